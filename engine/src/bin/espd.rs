@@ -1,0 +1,124 @@
+//! `espd`: the appliance binary. Commands: `pcap encrypt|decrypt`, `mtu`, `crypto`.
+
+use clap::{Parser, Subcommand};
+use engine::cli::{self, DecryptOpts, EncryptOpts};
+use engine::crypto::Backend;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "espd", version, about = "User-space IPsec ESP engine (RFC 4303 tunnel mode) for AWS Site-to-Site VPN tunnels")]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Encrypt or decrypt packets of a pcap file with static SAs.
+    Pcap {
+        #[command(subcommand)]
+        op: PcapOp,
+    },
+    /// Print the inner MTU and TCP MSS for every transform and NAT-T state (1500-byte path).
+    Mtu {
+        /// JSON array of {encryption, integrity, nat_t, mtu, mss_ipv4, mss_ipv6_in_ipv4}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the crypto backends available on this machine and which one `auto` picks.
+    Crypto,
+}
+
+#[derive(Subcommand)]
+enum PcapOp {
+    /// Each inner IP packet goes through the first "out" SA (or --sa-name): MSS clamping,
+    /// fragmentation before encryption, ESP.
+    Encrypt {
+        #[arg(long = "sa", value_name = "FILE")]
+        sa: PathBuf,
+        #[arg(long = "in", value_name = "IN.pcap")]
+        input: PathBuf,
+        #[arg(long = "out", value_name = "OUT.pcap")]
+        output: PathBuf,
+        #[arg(long)]
+        sa_name: Option<String>,
+        /// Write ICMP errors (DF honoured, IPv6 Packet Too Big) to this pcap.
+        #[arg(long, value_name = "FILE")]
+        icmp_out: Option<PathBuf>,
+        /// auto | rustcrypto | ipsec-mb
+        #[arg(long, default_value = "auto")]
+        backend: String,
+        /// Print the counters as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// ESP packets (IP protocol 50 or UDP 4500) are matched by SPI against the "in" SAs,
+    /// replay-checked in file order, decrypted, inner fragments reassembled.
+    Decrypt {
+        #[arg(long = "sa", value_name = "FILE")]
+        sa: PathBuf,
+        #[arg(long = "in", value_name = "IN.pcap")]
+        input: PathBuf,
+        #[arg(long = "out", value_name = "OUT.pcap")]
+        output: PathBuf,
+        /// auto | rustcrypto | ipsec-mb
+        #[arg(long, default_value = "auto")]
+        backend: String,
+        /// Drop outer fragments of ESP (counted as outer_fragment) instead of reassembling them.
+        #[arg(long)]
+        no_outer_reassembly: bool,
+        /// Seconds a fragmented datagram may wait for its other fragments.
+        #[arg(long, default_value_t = 30.0)]
+        reassembly_timeout: f64,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn backend(s: &str) -> Result<Backend, cli::CliError> {
+    s.parse::<Backend>().map_err(|e| cli::CliError(format!("--backend: {e}")))
+}
+
+fn run() -> Result<(), cli::CliError> {
+    match Args::parse().cmd {
+        Cmd::Pcap { op: PcapOp::Encrypt { sa, input, output, sa_name, icmp_out, backend: b, json } } => {
+            cli::pcap_encrypt(&EncryptOpts { sa_file: sa, input, output, sa_name, icmp_out, backend: backend(&b)?, json })
+        }
+        Cmd::Pcap { op: PcapOp::Decrypt { sa, input, output, backend: b, no_outer_reassembly, reassembly_timeout, json } } => {
+            cli::pcap_decrypt(&DecryptOpts {
+                sa_file: sa,
+                input,
+                output,
+                backend: backend(&b)?,
+                outer_reassembly: !no_outer_reassembly,
+                reasm_timeout: reassembly_timeout,
+                json,
+            })
+        }
+        Cmd::Mtu { json } => {
+            print!("{}", cli::mtu_table(json));
+            if json {
+                println!();
+            }
+            Ok(())
+        }
+        Cmd::Crypto => {
+            for b in [Backend::RustCrypto, Backend::IpsecMb] {
+                println!("{:<11} {:<9} {}", b.name(), if b.available() { "available" } else { "missing" }, b.describe());
+            }
+            println!("auto -> {}", Backend::fastest().name());
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("espd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! The fast backend: Intel ipsec-mb (Debian `libipsec-mb-dev`) through `csrc/imb_shim.c`.
+//! AES-GCM uses the library's direct API (lowest per-call cost measured on these machines);
+//! AES-CBC + HMAC uses the job manager, so a burst of packets of one SA is encrypted and
+//! hashed multi-buffer (AVX-512 lanes).
+//!
+//! This is the crypto FFI module: the only `unsafe` of the crypto layer lives here. Each
+//! thread gets its own `IMB_MGR` (the library's managers are not thread-safe); expanded keys
+//! are immutable after creation and shared between threads.
+
+use super::{Backend, CryptoOp, EspTransform, KeyError, Suite, gcm_aad, gcm_nonce};
+use std::cell::RefCell;
+use std::ffi::{CStr, c_char, c_int, c_void};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroize;
+
+#[repr(C)]
+struct CbcOp {
+    buf: *mut u8,
+    cipher_off: u64,
+    cipher_len: u64,
+    hash_len: u64,
+    tag: *mut u8,
+    tag_len: u64,
+    status: i32,
+    _pad: i32,
+}
+
+unsafe extern "C" {
+    fn espd_imb_mgr_new() -> *mut c_void;
+    fn espd_imb_mgr_free(m: *mut c_void);
+    fn espd_imb_mgr_arch(m: *mut c_void) -> c_int;
+    fn espd_imb_version() -> *const c_char;
+    fn espd_imb_gcm_key_new(m: *mut c_void, key: *const u8, key_len: c_int) -> *mut c_void;
+    fn espd_imb_gcm_key_free(k: *mut c_void);
+    fn espd_imb_gcm_seal(
+        m: *mut c_void,
+        k: *const c_void,
+        key_len: c_int,
+        buf: *mut u8,
+        len: u64,
+        iv: *const u8,
+        aad: *const u8,
+        aad_len: u64,
+        tag: *mut u8,
+    );
+    fn espd_imb_gcm_open(
+        m: *mut c_void,
+        k: *const c_void,
+        key_len: c_int,
+        buf: *mut u8,
+        len: u64,
+        iv: *const u8,
+        aad: *const u8,
+        aad_len: u64,
+        tag: *mut u8,
+    );
+    fn espd_imb_cbc_key_new(
+        m: *mut c_void,
+        aes_key: *const u8,
+        aes_len: c_int,
+        hash_alg: c_int,
+        mac_key: *const u8,
+        mac_len: c_int,
+    ) -> *mut c_void;
+    fn espd_imb_cbc_key_free(k: *mut c_void);
+    fn espd_imb_cbc_burst(m: *mut c_void, key: *const c_void, encrypt: c_int, ops: *mut CbcOp, n: c_int) -> c_int;
+}
+
+/// A thread's multi-buffer manager.
+struct Mgr(*mut c_void);
+
+impl Drop for Mgr {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from espd_imb_mgr_new and is freed once, by its owning thread.
+        unsafe { espd_imb_mgr_free(self.0) }
+    }
+}
+
+thread_local! {
+    static MGR: RefCell<Option<Mgr>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's manager, creating it on first use. Returns `None` when the
+/// library cannot initialise on this CPU.
+fn with_mgr<R>(f: impl FnOnce(*mut c_void) -> R) -> Option<R> {
+    MGR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            // SAFETY: plain constructor; NULL is handled.
+            let p = unsafe { espd_imb_mgr_new() };
+            if p.is_null() {
+                return None;
+            }
+            *slot = Some(Mgr(p));
+        }
+        slot.as_ref().map(|m| f(m.0))
+    })
+}
+
+/// Whether ipsec-mb initialises on this machine.
+pub fn available() -> bool {
+    with_mgr(|_| ()).is_some()
+}
+
+/// `ipsec-mb 1.3.0 (AVX512)`.
+pub fn describe() -> String {
+    // SAFETY: returns a static NUL-terminated string.
+    let v = unsafe { CStr::from_ptr(espd_imb_version()) }.to_string_lossy().into_owned();
+    // SAFETY: the manager pointer is valid for the duration of the closure.
+    let arch = with_mgr(|m| unsafe { espd_imb_mgr_arch(m) }).unwrap_or(0);
+    let a = match arch {
+        2 => "SSE",
+        3 => "AVX",
+        4 => "AVX2",
+        5 => "AVX512",
+        _ => "none",
+    };
+    format!("ipsec-mb {v} ({a})")
+}
+
+pub(super) fn new(suite: Suite, enc_key: &[u8], int_key: &[u8]) -> Result<Box<dyn EspTransform>, KeyError> {
+    let n = suite.enc.aes_key_len();
+    if suite.enc.is_gcm() {
+        let key = with_mgr(|m| {
+            // SAFETY: enc_key holds at least n bytes (checked by check_keys); m is valid.
+            unsafe { espd_imb_gcm_key_new(m, enc_key.as_ptr(), n as c_int) }
+        })
+        .ok_or(KeyError::BackendUnavailable("ipsec-mb"))?;
+        if key.is_null() {
+            return Err(KeyError::Backend);
+        }
+        let mut salt = [0u8; 4];
+        salt.copy_from_slice(&enc_key[n..n + 4]);
+        Ok(Box::new(ImbGcm { suite, key, key_len: n as c_int, salt }))
+    } else {
+        let alg = match suite.integ.icv_len() {
+            12 => 1,
+            16 => 256,
+            24 => 384,
+            _ => 512,
+        };
+        let key = with_mgr(|m| {
+            // SAFETY: both keys are valid slices of the given lengths; m is valid.
+            unsafe {
+                espd_imb_cbc_key_new(m, enc_key.as_ptr(), n as c_int, alg, int_key.as_ptr(), int_key.len() as c_int)
+            }
+        })
+        .ok_or(KeyError::BackendUnavailable("ipsec-mb"))?;
+        if key.is_null() {
+            return Err(KeyError::Backend);
+        }
+        Ok(Box::new(ImbCbc { suite, key }))
+    }
+}
+
+struct ImbGcm {
+    suite: Suite,
+    key: *mut c_void,
+    key_len: c_int,
+    salt: [u8; 4],
+}
+
+// SAFETY: the expanded key is written once at creation and only read afterwards; the
+// per-call context lives on the stack of the calling thread.
+unsafe impl Send for ImbGcm {}
+// SAFETY: as above: shared read-only key data.
+unsafe impl Sync for ImbGcm {}
+
+impl Drop for ImbGcm {
+    fn drop(&mut self) {
+        self.salt.zeroize();
+        // SAFETY: allocated by espd_imb_gcm_key_new, freed (and wiped) once.
+        unsafe { espd_imb_gcm_key_free(self.key) }
+    }
+}
+
+impl EspTransform for ImbGcm {
+    fn suite(&self) -> Suite {
+        self.suite
+    }
+    fn backend(&self) -> Backend {
+        Backend::IpsecMb
+    }
+    #[inline]
+    fn seal(&self, esp: &mut [u8], seq_hi: Option<u32>) {
+        let (aad, aad_len) = gcm_aad(esp, seq_hi);
+        let nonce = gcm_nonce(&self.salt, esp);
+        let n = esp.len();
+        let body_len = (n - 32) as u64;
+        let p = esp.as_mut_ptr();
+        with_mgr(|m| {
+            // SAFETY: body [16, n-16) and tag [n-16, n) lie inside `esp`; nonce and aad are
+            // stack arrays of 12 bytes; the key outlives the call.
+            unsafe {
+                espd_imb_gcm_seal(
+                    m,
+                    self.key,
+                    self.key_len,
+                    p.add(16),
+                    body_len,
+                    nonce.as_ptr(),
+                    aad.as_ptr(),
+                    aad_len as u64,
+                    p.add(n - 16),
+                )
+            }
+        })
+        .expect("ipsec-mb manager was available when the key was built");
+    }
+    #[inline]
+    fn open(&self, esp: &mut [u8], seq_hi: Option<u32>) -> bool {
+        let n = esp.len();
+        if n < 32 {
+            return false;
+        }
+        let (aad, aad_len) = gcm_aad(esp, seq_hi);
+        let nonce = gcm_nonce(&self.salt, esp);
+        let mut tag = [0u8; 16];
+        let p = esp.as_mut_ptr();
+        with_mgr(|m| {
+            // SAFETY: as in seal; the computed tag goes to a stack buffer.
+            unsafe {
+                espd_imb_gcm_open(
+                    m,
+                    self.key,
+                    self.key_len,
+                    p.add(16),
+                    (n - 32) as u64,
+                    nonce.as_ptr(),
+                    aad.as_ptr(),
+                    aad_len as u64,
+                    tag.as_mut_ptr(),
+                )
+            }
+        })
+        .expect("ipsec-mb manager available");
+        bool::from(tag.ct_eq(&esp[n - 16..]))
+    }
+}
+
+struct ImbCbc {
+    suite: Suite,
+    key: *mut c_void,
+}
+
+// SAFETY: the key structure (AES schedules and HMAC pad states) is immutable after creation.
+unsafe impl Send for ImbCbc {}
+// SAFETY: as above.
+unsafe impl Sync for ImbCbc {}
+
+impl Drop for ImbCbc {
+    fn drop(&mut self) {
+        // SAFETY: allocated by espd_imb_cbc_key_new, freed (and wiped) once.
+        unsafe { espd_imb_cbc_key_free(self.key) }
+    }
+}
+
+/// Most packets one job-manager call takes; longer bursts are cut into chunks of this size.
+const CHUNK: usize = 64;
+
+impl ImbCbc {
+    /// Runs up to CHUNK packets through the job manager. For `open`, the received ICVs are
+    /// saved first (ESN puts seq-hi where the ICV was), the computed ICVs land in `tags`.
+    fn run(&self, ops: &mut [CryptoOp<'_>], encrypt: bool) {
+        let icv = self.suite.icv_len();
+        let mut jobs: [CbcOp; CHUNK] = std::array::from_fn(|_| CbcOp {
+            buf: std::ptr::null_mut(),
+            cipher_off: 0,
+            cipher_len: 0,
+            hash_len: 0,
+            tag: std::ptr::null_mut(),
+            tag_len: 0,
+            status: -1,
+            _pad: 0,
+        });
+        let mut got = [[0u8; 32]; CHUNK];
+        let mut want = [[0u8; 32]; CHUNK];
+        let mut seq_hi_tail = [[0u8; 4]; CHUNK];
+        let mut valid = [false; CHUNK];
+        for (i, op) in ops.iter_mut().enumerate() {
+            let n = op.esp.len();
+            valid[i] = n >= 24 + icv + 16 && (n - 24 - icv) % 16 == 0;
+            if !valid[i] {
+                continue;
+            }
+            let authed = n - icv;
+            let mut hash_len = authed;
+            if !encrypt {
+                want[i][..icv].copy_from_slice(&op.esp[authed..]);
+            }
+            if let Some(hi) = op.seq_hi {
+                // RFC 4303 section 3.3.2.2: seq-hi is hashed after the ciphertext, never sent.
+                seq_hi_tail[i].copy_from_slice(&op.esp[authed..authed + 4]);
+                op.esp[authed..authed + 4].copy_from_slice(&hi.to_be_bytes());
+                hash_len += 4;
+            }
+            jobs[i] = CbcOp {
+                buf: op.esp.as_mut_ptr(),
+                cipher_off: 24,
+                cipher_len: (authed - 24) as u64,
+                hash_len: hash_len as u64,
+                tag: got[i].as_mut_ptr(),
+                tag_len: icv as u64,
+                status: -1,
+                _pad: 0,
+            };
+        }
+        // Compact the valid jobs to the front.
+        let mut idx = [0usize; CHUNK];
+        let mut k = 0;
+        for i in 0..ops.len() {
+            if valid[i] {
+                jobs.swap(k, i);
+                idx[k] = i;
+                k += 1;
+            }
+        }
+        if k > 0 {
+            let jp = jobs.as_mut_ptr();
+            with_mgr(|m| {
+                // SAFETY: each job points into a distinct packet buffer borrowed mutably for
+                // this call, with offsets/lengths checked above, and into `got` for the tag.
+                unsafe { espd_imb_cbc_burst(m, self.key, encrypt as c_int, jp, k as c_int) }
+            })
+            .expect("ipsec-mb manager available");
+        }
+        for (j, &i) in idx[..k].iter().enumerate() {
+            let op = &mut ops[i];
+            let authed = op.esp.len() - icv;
+            let status_ok = jobs[j].status == 0;
+            if op.seq_hi.is_some() {
+                op.esp[authed..authed + 4].copy_from_slice(&seq_hi_tail[i]);
+            }
+            if encrypt {
+                op.esp[authed..].copy_from_slice(&got[i][..icv]);
+                op.ok = status_ok;
+            } else {
+                op.esp[authed..].copy_from_slice(&want[i][..icv]);
+                op.ok = status_ok && bool::from(got[i][..icv].ct_eq(&want[i][..icv]));
+            }
+        }
+        for (i, op) in ops.iter_mut().enumerate() {
+            if !valid[i] {
+                op.ok = false;
+            }
+        }
+    }
+}
+
+impl EspTransform for ImbCbc {
+    fn suite(&self) -> Suite {
+        self.suite
+    }
+    fn backend(&self) -> Backend {
+        Backend::IpsecMb
+    }
+    fn seal(&self, esp: &mut [u8], seq_hi: Option<u32>) {
+        let mut ops = [CryptoOp { esp, seq_hi, ok: false }];
+        self.run(&mut ops, true);
+    }
+    fn open(&self, esp: &mut [u8], seq_hi: Option<u32>) -> bool {
+        let mut ops = [CryptoOp { esp, seq_hi, ok: false }];
+        self.run(&mut ops, false);
+        ops[0].ok
+    }
+    fn seal_burst(&self, ops: &mut [CryptoOp<'_>]) {
+        for chunk in ops.chunks_mut(CHUNK) {
+            self.run(chunk, true);
+        }
+    }
+    fn open_burst(&self, ops: &mut [CryptoOp<'_>]) {
+        for chunk in ops.chunks_mut(CHUNK) {
+            self.run(chunk, false);
+        }
+    }
+}

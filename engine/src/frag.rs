@@ -1,0 +1,569 @@
+//! Fragmentation of inner IPv4 packets *before* encryption (RFC 4459 section 3; the AWS rule
+//! of shared/spec/mtu.md section 4.1), ICMP errors for packets that may not be fragmented,
+//! and bounded reassembly of IPv4 and IPv6 fragments (inner after decryption, outer before).
+//!
+//! Contract (sans-IO): `now` is passed in (seconds as `f64` or any monotonic unit the caller
+//! chooses, consistently); memory is bounded by [`ReasmLimits`]; every fragment that does not
+//! end up in a datagram is returned as a [`DropReason`] or counted by [`Reassembler::expire`].
+
+use crate::counters::DropReason;
+use crate::pkt::{BufPool, PacketBuf};
+use crate::wire::{self, IPV4_HDR, IPV6_HDR, proto};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// Splits an IPv4 packet into fragments of at most `mtu` bytes (RFC 791 section 3.2), each
+/// in a buffer from `pool`, appended to `out`. DF is cleared in the fragments. Options are
+/// kept in the first fragment and only those with the copy flag in the others. Returns the
+/// number of fragments.
+pub fn fragment_ipv4(pkt: &[u8], mtu: usize, pool: &mut BufPool, out: &mut Vec<PacketBuf>) -> Result<usize, DropReason> {
+    let ip = wire::parse_ip(pkt).ok_or(DropReason::Malformed)?;
+    if ip.version != 4 {
+        return Err(DropReason::NotIp);
+    }
+    let hl = ip.hdr_len;
+    let payload = &pkt[hl..ip.total_len];
+    let frag_field = wire::be16(pkt, 6);
+    let orig_off = ((frag_field & 0x1fff) as usize) * 8;
+    let orig_mf = frag_field & 0x2000 != 0;
+    // Options copied into later fragments (copy flag = bit 7 of the type).
+    let mut copied = [0u8; 40];
+    let mut clen = 0;
+    let opts = &pkt[IPV4_HDR..hl];
+    let mut o = 0;
+    while o < opts.len() {
+        let t = opts[o];
+        if t == 0 {
+            break;
+        }
+        if t == 1 {
+            o += 1;
+            continue;
+        }
+        if o + 1 >= opts.len() {
+            break;
+        }
+        let l = opts[o + 1] as usize;
+        if l < 2 || o + l > opts.len() {
+            return Err(DropReason::Malformed);
+        }
+        if t & 0x80 != 0 {
+            copied[clen..clen + l].copy_from_slice(&opts[o..o + l]);
+            clen += l;
+        }
+        o += l;
+    }
+    let later_hl = IPV4_HDR + clen.div_ceil(4) * 4;
+    if mtu < hl + 8 || mtu < later_hl + 8 {
+        return Err(DropReason::TooBig);
+    }
+    let mut off = 0usize;
+    let mut n = 0;
+    while off < payload.len() {
+        let h = if off == 0 { hl } else { later_hl };
+        let room = (mtu - h) / 8 * 8;
+        let take = room.min(payload.len() - off);
+        let last = off + take == payload.len();
+        let mut b = pool.get();
+        let f = b.push_back(h + take).ok_or(DropReason::TooBig)?;
+        if off == 0 {
+            f[..hl].copy_from_slice(&pkt[..hl]);
+        } else {
+            f[..IPV4_HDR].copy_from_slice(&pkt[..IPV4_HDR]);
+            f[IPV4_HDR..IPV4_HDR + clen].copy_from_slice(&copied[..clen]);
+            for x in &mut f[IPV4_HDR + clen..h] {
+                *x = 0; // end-of-options padding
+            }
+            f[0] = 0x40 | (h / 4) as u8;
+        }
+        f[h..].copy_from_slice(&payload[off..off + take]);
+        wire::put16(f, 2, (h + take) as u16);
+        let mf = !last || orig_mf;
+        let fo = ((orig_off + off) / 8) as u16;
+        wire::put16(f, 6, fo | if mf { 0x2000 } else { 0 }); // DF cleared
+        wire::ipv4_fix_checksum(f);
+        out.push(b);
+        n += 1;
+        off += take;
+    }
+    Ok(n)
+}
+
+/// ICMP error rate limiter: a token bucket refilled per unit of `now`.
+#[derive(Clone, Debug)]
+pub struct RateLimit {
+    tokens: f64,
+    burst: f64,
+    per_sec: f64,
+    last: f64,
+}
+
+impl RateLimit {
+    pub fn new(per_sec: f64, burst: f64) -> Self {
+        RateLimit { tokens: burst, burst, per_sec, last: f64::NEG_INFINITY }
+    }
+    pub fn allow(&mut self, now: f64) -> bool {
+        if self.last.is_finite() {
+            self.tokens = (self.tokens + (now - self.last).max(0.0) * self.per_sec).min(self.burst);
+        }
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Builds ICMPv4 Destination Unreachable / Fragmentation Needed (type 3 code 4, RFC 1191
+/// section 4) with next-hop MTU `mtu`, quoting the original header and 8 bytes, from `src`
+/// to the original sender.
+pub fn icmpv4_frag_needed(orig: &[u8], mtu: u16, src: Ipv4Addr, out: &mut PacketBuf) -> Result<(), DropReason> {
+    let ip = wire::parse_ip(orig).ok_or(DropReason::Malformed)?;
+    let IpAddr::V4(dst) = ip.src else { return Err(DropReason::NotIp) };
+    let quote = (ip.hdr_len + 8).min(orig.len());
+    let total = IPV4_HDR + 8 + quote;
+    out.clear();
+    let b = out.push_back(total).ok_or(DropReason::TooBig)?;
+    wire::write_ipv4_header(b, total as u16, 0, false, 64, proto::ICMP, src, dst);
+    let icmp = &mut b[IPV4_HDR..];
+    icmp[0] = 3;
+    icmp[1] = 4;
+    icmp[2] = 0;
+    icmp[3] = 0;
+    icmp[4] = 0;
+    icmp[5] = 0;
+    wire::put16(icmp, 6, mtu);
+    icmp[8..].copy_from_slice(&orig[..quote]);
+    let c = wire::checksum(icmp);
+    wire::put16(icmp, 2, c);
+    Ok(())
+}
+
+/// Builds ICMPv6 Packet Too Big (type 2, RFC 4443 section 3.2) with MTU `mtu`, quoting as
+/// much of the original as fits in the IPv6 minimum MTU.
+pub fn icmpv6_packet_too_big(orig: &[u8], mtu: u32, src: Ipv6Addr, out: &mut PacketBuf) -> Result<(), DropReason> {
+    let ip = wire::parse_ip(orig).ok_or(DropReason::Malformed)?;
+    let IpAddr::V6(dst) = ip.src else { return Err(DropReason::NotIp) };
+    let quote = orig.len().min(1280 - IPV6_HDR - 8);
+    let total = IPV6_HDR + 8 + quote;
+    out.clear();
+    let b = out.push_back(total).ok_or(DropReason::TooBig)?;
+    wire::write_ipv6_header(b, (8 + quote) as u16, proto::ICMPV6, 64, src, dst);
+    {
+        let icmp = &mut b[IPV6_HDR..];
+        icmp[0] = 2;
+        icmp[1] = 0;
+        icmp[2] = 0;
+        icmp[3] = 0;
+        wire::put32(icmp, 4, mtu);
+        icmp[8..].copy_from_slice(&orig[..quote]);
+    }
+    let acc = wire::pseudo_sum(&b[8..24], &b[24..40], proto::ICMPV6, 8 + quote);
+    let c = wire::csum_fold(wire::csum_add(acc, &b[IPV6_HDR..]));
+    wire::put16(b, IPV6_HDR + 2, c);
+    Ok(())
+}
+
+/// Bounds of a reassembly table.
+#[derive(Clone, Copy, Debug)]
+pub struct ReasmLimits {
+    /// Datagrams in progress at once.
+    pub max_datagrams: usize,
+    /// Bytes buffered across all datagrams.
+    pub max_bytes: usize,
+    /// Largest reassembled datagram.
+    pub max_datagram: usize,
+    /// Seconds (in the caller's `now` unit) a datagram may wait for its fragments.
+    pub timeout: f64,
+}
+
+impl Default for ReasmLimits {
+    fn default() -> Self {
+        // shared/spec/mtu.md section 4.3 suggests 30 s with memory caps.
+        ReasmLimits { max_datagrams: 1024, max_bytes: 16 << 20, max_datagram: 65535, timeout: 30.0 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    src: IpAddr,
+    dst: IpAddr,
+    id: u32,
+    proto: u8,
+}
+
+#[derive(Debug)]
+struct Datagram {
+    /// Unfragmentable part (IPv4 header of the first fragment / IPv6 header + extensions).
+    header: Vec<u8>,
+    /// Offset in `header` of the byte that holds the next-header value to patch (IPv6).
+    nh_pos: usize,
+    payload: Vec<u8>,
+    /// Received byte ranges [start, end), kept sorted and disjoint.
+    ranges: Vec<(usize, usize)>,
+    total: Option<usize>,
+    fragments: u32,
+    first: f64,
+}
+
+/// Counters of a reassembler.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReasmStats {
+    pub reassembled: u64,
+    pub timeouts: u64,
+    pub timed_out_fragments: u64,
+    pub overflow: u64,
+    pub invalid: u64,
+    pub in_progress: usize,
+    pub bytes: usize,
+}
+
+/// IPv4 and IPv6 reassembly with bounded memory and time (RFC 791, RFC 8200 section 4.5).
+/// Overlapping fragments drop the whole datagram (RFC 5722).
+#[derive(Debug)]
+pub struct Reassembler {
+    limits: ReasmLimits,
+    table: HashMap<Key, Datagram>,
+    bytes: usize,
+    pub stats: ReasmStats,
+}
+
+/// Parsed fragment fields.
+struct Frag<'a> {
+    key: Key,
+    off: usize,
+    more: bool,
+    data: &'a [u8],
+    header: &'a [u8],
+    nh_pos: usize,
+    next: u8,
+}
+
+fn parse_frag(pkt: &[u8]) -> Result<Frag<'_>, DropReason> {
+    let ip = wire::parse_ip(pkt).ok_or(DropReason::Malformed)?;
+    if ip.version == 4 {
+        let f = wire::be16(pkt, 6);
+        return Ok(Frag {
+            key: Key { src: ip.src, dst: ip.dst, id: wire::be16(pkt, 4) as u32, proto: ip.proto },
+            off: ((f & 0x1fff) as usize) * 8,
+            more: f & 0x2000 != 0,
+            data: &pkt[ip.hdr_len..ip.total_len],
+            header: &pkt[..ip.hdr_len],
+            nh_pos: 9,
+            next: ip.proto,
+        });
+    }
+    // IPv6: find the fragment header, remembering where its next-header value is referenced.
+    let total = ip.total_len;
+    let mut nh_pos = 6;
+    let mut off = IPV6_HDR;
+    for _ in 0..8 {
+        let nh = pkt[nh_pos];
+        match nh {
+            proto::IPV6_FRAG => {
+                if off + 8 > total {
+                    return Err(DropReason::Malformed);
+                }
+                let fo = wire::be16(pkt, off + 2);
+                let id = wire::be32(pkt, off + 4);
+                return Ok(Frag {
+                    key: Key { src: ip.src, dst: ip.dst, id, proto: 0 },
+                    off: (fo >> 3) as usize * 8,
+                    more: fo & 1 != 0,
+                    data: &pkt[off + 8..total],
+                    header: &pkt[..off],
+                    nh_pos,
+                    next: pkt[off],
+                });
+            }
+            0 | 43 | 60 => {
+                if off + 8 > total {
+                    return Err(DropReason::Malformed);
+                }
+                nh_pos = off;
+                off += (pkt[off + 1] as usize + 1) * 8;
+            }
+            _ => break,
+        }
+    }
+    Err(DropReason::Malformed)
+}
+
+/// Whether `pkt` is an IPv4 or IPv6 fragment.
+pub fn is_fragment(pkt: &[u8]) -> bool {
+    wire::parse_ip(pkt).is_some_and(|i| i.is_fragment)
+}
+
+impl Reassembler {
+    pub fn new(limits: ReasmLimits) -> Self {
+        Reassembler { limits, table: HashMap::new(), bytes: 0, stats: ReasmStats::default() }
+    }
+
+    fn remove(&mut self, k: &Key) -> Option<Datagram> {
+        let d = self.table.remove(k)?;
+        self.bytes -= d.payload.capacity() + d.header.len();
+        self.stats.in_progress = self.table.len();
+        self.stats.bytes = self.bytes;
+        Some(d)
+    }
+
+    /// Adds one fragment. Returns the reassembled packet in `out` and `Ok(true)` when the
+    /// datagram completes, `Ok(false)` while it is incomplete, or the reason the fragment
+    /// (and, for invalid ones, its whole datagram) was dropped.
+    pub fn insert(&mut self, now: f64, pkt: &[u8], out: &mut PacketBuf) -> Result<bool, DropReason> {
+        let f = parse_frag(pkt)?;
+        let end = f.off + f.data.len();
+        let hdr_len = f.header.len();
+        if end + hdr_len > self.limits.max_datagram || (f.more && f.data.len() % 8 != 0) {
+            self.stats.invalid += 1;
+            self.remove(&f.key);
+            return Err(DropReason::ReassemblyInvalid);
+        }
+        if !self.table.contains_key(&f.key) {
+            if self.table.len() >= self.limits.max_datagrams || self.bytes + end + hdr_len > self.limits.max_bytes {
+                self.stats.overflow += 1;
+                return Err(DropReason::ReassemblyOverflow);
+            }
+            self.table.insert(
+                f.key,
+                Datagram {
+                    header: Vec::new(),
+                    nh_pos: 0,
+                    payload: Vec::new(),
+                    ranges: Vec::new(),
+                    total: None,
+                    fragments: 0,
+                    first: now,
+                },
+            );
+        }
+        let d = self.table.get_mut(&f.key).expect("inserted above");
+        // Overlap check against the sorted ranges.
+        let overlaps = d.ranges.iter().any(|&(s, e)| f.off < e && s < end);
+        let bad_total = match d.total {
+            Some(t) => end > t || (!f.more && end != t),
+            None => !f.more && d.ranges.iter().any(|&(_, e)| e > end),
+        };
+        if overlaps || bad_total || f.data.is_empty() && f.more {
+            self.stats.invalid += 1;
+            self.remove(&f.key);
+            return Err(DropReason::ReassemblyInvalid);
+        }
+        let before = d.payload.capacity() + d.header.len();
+        if d.payload.len() < end {
+            d.payload.resize(end, 0);
+        }
+        d.payload[f.off..end].copy_from_slice(f.data);
+        if f.off == 0 {
+            d.header.clear();
+            d.header.extend_from_slice(f.header);
+            d.nh_pos = f.nh_pos;
+            if f.key.src.is_ipv6() {
+                d.header[f.nh_pos] = f.next;
+            }
+        }
+        if !f.more {
+            d.total = Some(end);
+        }
+        let pos = d.ranges.partition_point(|&(s, _)| s < f.off);
+        d.ranges.insert(pos, (f.off, end));
+        d.fragments += 1;
+        let after = d.payload.capacity() + d.header.len();
+        self.bytes = self.bytes + after - before;
+        if self.bytes > self.limits.max_bytes {
+            self.stats.overflow += 1;
+            self.remove(&f.key);
+            return Err(DropReason::ReassemblyOverflow);
+        }
+        // Complete when the ranges are contiguous from 0 to total and the first fragment came.
+        let complete = match d.total {
+            Some(t) if !d.header.is_empty() => {
+                let mut at = 0;
+                for &(s, e) in &d.ranges {
+                    if s != at {
+                        break;
+                    }
+                    at = e;
+                }
+                at == t
+            }
+            _ => false,
+        };
+        if !complete {
+            self.stats.in_progress = self.table.len();
+            self.stats.bytes = self.bytes;
+            return Ok(false);
+        }
+        let d = self.remove(&f.key).expect("present");
+        let total = d.header.len() + d.payload.len();
+        out.clear();
+        let b = match out.push_back(total) {
+            Some(b) => b,
+            None => {
+                *out = PacketBuf::with_capacity(total + crate::pkt::DEFAULT_HEADROOM + 64);
+                out.push_back(total).expect("sized")
+            }
+        };
+        b[..d.header.len()].copy_from_slice(&d.header);
+        b[d.header.len()..].copy_from_slice(&d.payload);
+        if b[0] >> 4 == 4 {
+            wire::put16(b, 2, total as u16);
+            wire::put16(b, 6, 0);
+            wire::ipv4_fix_checksum(b);
+        } else {
+            wire::put16(b, 4, (total - IPV6_HDR) as u16);
+        }
+        self.stats.reassembled += 1;
+        Ok(true)
+    }
+
+    /// Drops datagrams older than the timeout. Returns how many fragments were discarded
+    /// (each to be counted as `reassembly_timeout`).
+    pub fn expire(&mut self, now: f64) -> u64 {
+        let timeout = self.limits.timeout;
+        let old: Vec<Key> = self.table.iter().filter(|(_, d)| now - d.first >= timeout).map(|(k, _)| *k).collect();
+        let mut frags = 0;
+        for k in old {
+            if let Some(d) = self.remove(&k) {
+                frags += d.fragments as u64;
+                self.stats.timeouts += 1;
+            }
+        }
+        self.stats.timed_out_fragments += frags;
+        frags
+    }
+
+    /// Datagrams still waiting.
+    pub fn pending(&self) -> usize {
+        self.table.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4_packet(len: usize, df: bool, id: u16) -> Vec<u8> {
+        let mut p = vec![0u8; len];
+        wire::write_ipv4_header(&mut p, len as u16, id, df, 64, proto::UDP, Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+        for (i, x) in p[20..].iter_mut().enumerate() {
+            *x = (i * 7 + 3) as u8;
+        }
+        p
+    }
+
+    #[test]
+    fn fact_47_1500_into_1444_and_76() {
+        let p = v4_packet(1500, false, 9);
+        let mut pool = BufPool::new(4, 2048);
+        let mut out = vec![];
+        assert_eq!(fragment_ipv4(&p, 1446, &mut pool, &mut out).unwrap(), 2);
+        assert_eq!(out[0].len(), 1444);
+        assert_eq!(out[1].len(), 76);
+        // Same packet on CBC+SHA1 (1438): 1436 and 84; with a 1399 MTU: 1396 and 124.
+        out.clear();
+        fragment_ipv4(&p, 1438, &mut pool, &mut out).unwrap();
+        assert_eq!((out[0].len(), out[1].len()), (1436, 84));
+        out.clear();
+        fragment_ipv4(&p, 1399, &mut pool, &mut out).unwrap();
+        assert_eq!((out[0].len(), out[1].len()), (1396, 124));
+    }
+
+    #[test]
+    fn fragments_reassemble_in_any_order() {
+        let p = v4_packet(3000, true, 77);
+        let mut pool = BufPool::new(4, 2048);
+        let mut out = vec![];
+        fragment_ipv4(&p, 1000, &mut pool, &mut out).unwrap();
+        assert!(out.len() >= 3);
+        for f in &out {
+            assert!(wire::ipv4_header_ok(f.bytes()));
+            assert_eq!(wire::be16(f.bytes(), 6) & 0x4000, 0, "DF cleared");
+        }
+        let mut r = Reassembler::new(ReasmLimits::default());
+        let mut got = PacketBuf::new();
+        out.reverse();
+        let n = out.len();
+        for (i, f) in out.iter().enumerate() {
+            assert_eq!(r.insert(0.0, f.bytes(), &mut got).unwrap(), i == n - 1);
+        }
+        let mut want = p.clone();
+        wire::put16(&mut want, 6, 0);
+        wire::ipv4_fix_checksum(&mut want);
+        assert_eq!(got.bytes(), &want[..]);
+        assert_eq!(r.pending(), 0);
+    }
+
+    #[test]
+    fn overlap_and_timeout() {
+        let p = v4_packet(3000, false, 5);
+        let mut pool = BufPool::new(4, 2048);
+        let mut out = vec![];
+        fragment_ipv4(&p, 1000, &mut pool, &mut out).unwrap();
+        let mut r = Reassembler::new(ReasmLimits { timeout: 30.0, ..Default::default() });
+        let mut got = PacketBuf::new();
+        assert!(!r.insert(0.0, out[0].bytes(), &mut got).unwrap());
+        assert_eq!(r.insert(0.0, out[0].bytes(), &mut got), Err(DropReason::ReassemblyInvalid));
+        assert!(!r.insert(1.0, out[1].bytes(), &mut got).unwrap());
+        assert_eq!(r.expire(10.0), 0);
+        assert_eq!(r.expire(31.0), 1);
+        assert_eq!(r.pending(), 0);
+    }
+
+    #[test]
+    fn memory_cap() {
+        let mut r = Reassembler::new(ReasmLimits { max_datagrams: 2, ..Default::default() });
+        let mut pool = BufPool::new(4, 2048);
+        let mut got = PacketBuf::new();
+        for id in 0..3u16 {
+            let p = v4_packet(3000, false, id);
+            let mut out = vec![];
+            fragment_ipv4(&p, 1000, &mut pool, &mut out).unwrap();
+            let r = r.insert(0.0, out[0].bytes(), &mut got);
+            if id < 2 {
+                assert_eq!(r, Ok(false));
+            } else {
+                assert_eq!(r, Err(DropReason::ReassemblyOverflow));
+            }
+        }
+    }
+
+    #[test]
+    fn icmp_frag_needed_is_valid() {
+        let p = v4_packet(1500, true, 1);
+        let mut b = PacketBuf::new();
+        icmpv4_frag_needed(&p, 1446, Ipv4Addr::new(192, 0, 2, 1), &mut b).unwrap();
+        let x = b.bytes();
+        assert!(wire::ipv4_header_ok(x));
+        assert_eq!((x[20], x[21], wire::be16(x, 26)), (3, 4, 1446));
+        assert_eq!(wire::checksum(&x[20..]), 0);
+    }
+
+    #[test]
+    fn ipv6_reassembly() {
+        // Two IPv6 fragments of a UDP datagram (fragment header right after the base header).
+        let payload: Vec<u8> = (0..2000u32).map(|i| i as u8).collect();
+        let mk = |off: usize, data: &[u8], more: bool| {
+            let mut p = vec![0u8; 48 + data.len()];
+            wire::write_ipv6_header(&mut p, (8 + data.len()) as u16, proto::IPV6_FRAG, 64, "2001:db8::1".parse().unwrap(), "2001:db8::2".parse().unwrap());
+            p[40] = proto::UDP;
+            wire::put16(&mut p, 42, ((off / 8) << 3) as u16 | more as u16);
+            wire::put32(&mut p, 44, 0xabcdef);
+            p[48..].copy_from_slice(data);
+            p
+        };
+        let a = mk(0, &payload[..1200], true);
+        let b = mk(1200, &payload[1200..], false);
+        let mut r = Reassembler::new(ReasmLimits::default());
+        let mut got = PacketBuf::new();
+        assert!(!r.insert(0.0, &b, &mut got).unwrap());
+        assert!(r.insert(0.0, &a, &mut got).unwrap());
+        let g = got.bytes();
+        assert_eq!(g.len(), 40 + 2000);
+        assert_eq!(g[6], proto::UDP);
+        assert_eq!(wire::be16(g, 4), 2000);
+        assert_eq!(&g[40..], &payload[..]);
+    }
+}

@@ -1,0 +1,376 @@
+//! Zero-copy checked views and helpers for the headers the data plane touches: IPv4, IPv6,
+//! UDP, TCP (MSS option) and the Internet checksum (RFC 1071).
+//!
+//! Contract: every function here is bounds-checked and returns `None`/`Err` on short or
+//! inconsistent input; nothing panics on any byte string. No allocation, no I/O.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// IP protocol numbers used by the engine.
+pub mod proto {
+    pub const ICMP: u8 = 1;
+    pub const IPIP: u8 = 4;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const IPV6: u8 = 41;
+    pub const IPV6_FRAG: u8 = 44;
+    pub const ESP: u8 = 50;
+    pub const ICMPV6: u8 = 58;
+    pub const NO_NEXT: u8 = 59;
+}
+
+/// The NAT-T port (RFC 3948).
+pub const NATT_PORT: u16 = 4500;
+pub const IPV4_HDR: usize = 20;
+pub const IPV6_HDR: usize = 40;
+pub const UDP_HDR: usize = 8;
+
+#[inline]
+pub fn be16(b: &[u8], off: usize) -> u16 {
+    u16::from_be_bytes([b[off], b[off + 1]])
+}
+#[inline]
+pub fn be32(b: &[u8], off: usize) -> u32 {
+    u32::from_be_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
+}
+#[inline]
+pub fn put16(b: &mut [u8], off: usize, v: u16) {
+    b[off..off + 2].copy_from_slice(&v.to_be_bytes());
+}
+#[inline]
+pub fn put32(b: &mut [u8], off: usize, v: u32) {
+    b[off..off + 4].copy_from_slice(&v.to_be_bytes());
+}
+
+/// One's-complement sum of `data` added to `acc` (not folded).
+pub fn csum_add(mut acc: u64, data: &[u8]) -> u64 {
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        let (s, o) = acc.overflowing_add(w);
+        acc = s + o as u64;
+    }
+    let rem = chunks.remainder();
+    let mut tail = [0u8; 8];
+    tail[..rem.len()].copy_from_slice(rem);
+    let w = u64::from_be_bytes(tail);
+    let (s, o) = acc.overflowing_add(w);
+    s + o as u64
+}
+
+/// Folds a running sum into the final 16-bit one's-complement checksum.
+pub fn csum_fold(mut acc: u64) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+/// Internet checksum of `data` (RFC 1071).
+pub fn checksum(data: &[u8]) -> u16 {
+    csum_fold(csum_add(0, data))
+}
+
+/// Incremental checksum update for one 16-bit word changing from `old` to `new` (RFC 1624 eq. 3).
+pub fn csum_update16(csum: u16, old: u16, new: u16) -> u16 {
+    let mut acc: u32 = (!csum as u32) + (!old as u32 & 0xffff) + new as u32;
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+/// Pseudo-header sum for TCP/UDP/ICMPv6 over IPv4 or IPv6.
+pub fn pseudo_sum(src: &[u8], dst: &[u8], proto: u8, len: usize) -> u64 {
+    let mut acc = csum_add(0, src);
+    acc = csum_add(acc, dst);
+    let mut tail = [0u8; 8];
+    tail[0..4].copy_from_slice(&(len as u32).to_be_bytes());
+    tail[7] = proto;
+    csum_add(acc, &tail)
+}
+
+/// A parsed view of an IP header (either family), enough for classification and fragmentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpInfo {
+    pub version: u8,
+    /// Header length (IPv4 IHL*4, IPv6 40 plus the extension headers walked over).
+    pub hdr_len: usize,
+    /// Total length claimed by the header.
+    pub total_len: usize,
+    /// Upper-layer protocol (after IPv6 extension headers we understand).
+    pub proto: u8,
+    /// IPv4: fragment offset in bytes or more-fragments set; IPv6: a fragment header is present.
+    pub is_fragment: bool,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+}
+
+/// Parses and checks an IPv4 or IPv6 header at the start of `pkt`. Returns `None` when the
+/// buffer is shorter than the header claims, the version is unknown or fields are inconsistent.
+/// The IPv4 header checksum is not verified here (see [`ipv4_header_ok`]).
+pub fn parse_ip(pkt: &[u8]) -> Option<IpInfo> {
+    let v = *pkt.first()? >> 4;
+    match v {
+        4 => {
+            if pkt.len() < IPV4_HDR {
+                return None;
+            }
+            let ihl = ((pkt[0] & 0x0f) as usize) * 4;
+            let total = be16(pkt, 2) as usize;
+            if ihl < IPV4_HDR || total < ihl || total > pkt.len() {
+                return None;
+            }
+            let frag = be16(pkt, 6);
+            Some(IpInfo {
+                version: 4,
+                hdr_len: ihl,
+                total_len: total,
+                proto: pkt[9],
+                is_fragment: frag & 0x3fff != 0,
+                src: IpAddr::V4(Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15])),
+                dst: IpAddr::V4(Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19])),
+            })
+        }
+        6 => {
+            if pkt.len() < IPV6_HDR {
+                return None;
+            }
+            let total = IPV6_HDR + be16(pkt, 4) as usize;
+            if total > pkt.len() {
+                return None;
+            }
+            let (proto, hdr_len, is_fragment) = walk_ipv6_ext(pkt, total)?;
+            let src: [u8; 16] = pkt[8..24].try_into().ok()?;
+            let dst: [u8; 16] = pkt[24..40].try_into().ok()?;
+            Some(IpInfo {
+                version: 6,
+                hdr_len,
+                total_len: total,
+                proto,
+                is_fragment,
+                src: IpAddr::V6(Ipv6Addr::from(src)),
+                dst: IpAddr::V6(Ipv6Addr::from(dst)),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Walks hop-by-hop, routing, destination-options and fragment headers. Returns the
+/// upper-layer protocol, the offset where it starts and whether a fragment header was seen.
+fn walk_ipv6_ext(pkt: &[u8], total: usize) -> Option<(u8, usize, bool)> {
+    let mut nh = pkt[6];
+    let mut off = IPV6_HDR;
+    let mut frag = false;
+    for _ in 0..8 {
+        match nh {
+            0 | 43 | 60 => {
+                if off + 8 > total {
+                    return None;
+                }
+                let len = (pkt[off + 1] as usize + 1) * 8;
+                nh = pkt[off];
+                off += len;
+            }
+            proto::IPV6_FRAG => {
+                if off + 8 > total {
+                    return None;
+                }
+                frag = true;
+                nh = pkt[off];
+                off += 8;
+            }
+            _ => break,
+        }
+    }
+    if off > total {
+        return None;
+    }
+    Some((nh, off, frag))
+}
+
+/// True when the IPv4 header checksum of `pkt` verifies.
+pub fn ipv4_header_ok(pkt: &[u8]) -> bool {
+    let ihl = ((pkt[0] & 0x0f) as usize) * 4;
+    pkt.len() >= ihl && checksum(&pkt[..ihl]) == 0
+}
+
+/// Recomputes the IPv4 header checksum in place (header length from IHL).
+pub fn ipv4_fix_checksum(hdr: &mut [u8]) {
+    let ihl = ((hdr[0] & 0x0f) as usize) * 4;
+    hdr[10] = 0;
+    hdr[11] = 0;
+    let c = checksum(&hdr[..ihl]);
+    put16(hdr, 10, c);
+}
+
+/// Writes a 20-byte IPv4 header (no options) into `h`.
+#[allow(clippy::too_many_arguments)]
+pub fn write_ipv4_header(
+    h: &mut [u8],
+    total_len: u16,
+    id: u16,
+    df: bool,
+    ttl: u8,
+    proto: u8,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+) {
+    h[0] = 0x45;
+    h[1] = 0;
+    put16(h, 2, total_len);
+    put16(h, 4, id);
+    put16(h, 6, if df { 0x4000 } else { 0 });
+    h[8] = ttl;
+    h[9] = proto;
+    h[10] = 0;
+    h[11] = 0;
+    h[12..16].copy_from_slice(&src.octets());
+    h[16..20].copy_from_slice(&dst.octets());
+    ipv4_fix_checksum(h);
+}
+
+/// Writes a 40-byte IPv6 header into `h`.
+pub fn write_ipv6_header(h: &mut [u8], payload_len: u16, next: u8, hop: u8, src: Ipv6Addr, dst: Ipv6Addr) {
+    h[0] = 0x60;
+    h[1] = 0;
+    h[2] = 0;
+    h[3] = 0;
+    put16(h, 4, payload_len);
+    h[6] = next;
+    h[7] = hop;
+    h[8..24].copy_from_slice(&src.octets());
+    h[24..40].copy_from_slice(&dst.octets());
+}
+
+/// Writes an 8-byte UDP header with a zero checksum (allowed for UDP-encapsulated ESP over
+/// IPv4, RFC 3948 section 2.1; over IPv6 the caller must fill it, see [`udp6_fix_checksum`]).
+pub fn write_udp_header(h: &mut [u8], sport: u16, dport: u16, len: u16) {
+    put16(h, 0, sport);
+    put16(h, 2, dport);
+    put16(h, 4, len);
+    put16(h, 6, 0);
+}
+
+/// Computes the UDP checksum of an IPv6 packet whose UDP header starts at `udp_off`.
+pub fn udp6_fix_checksum(pkt: &mut [u8], udp_off: usize) {
+    let len = pkt.len() - udp_off;
+    pkt[udp_off + 6] = 0;
+    pkt[udp_off + 7] = 0;
+    let acc = pseudo_sum(&pkt[8..24], &pkt[24..40], proto::UDP, len);
+    let mut c = csum_fold(csum_add(acc, &pkt[udp_off..]));
+    if c == 0 {
+        c = 0xffff;
+    }
+    put16(pkt, udp_off + 6, c);
+}
+
+/// Result of MSS clamping on one packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MssClamp {
+    /// Not a TCP SYN (or SYN-ACK) with an MSS option, or a non-first fragment.
+    NotApplicable,
+    /// The MSS was already at or below the limit.
+    Unchanged,
+    /// The MSS option was lowered from the first value to the second.
+    Clamped(u16, u16),
+}
+
+/// Clamps the MSS option of an IPv4/IPv6 TCP SYN or SYN-ACK to `max_mss`, fixing the TCP
+/// checksum incrementally (RFC 1624). Never raises a lower MSS. Malformed options are left
+/// alone.
+pub fn clamp_mss(pkt: &mut [u8], max_mss: u16) -> MssClamp {
+    let Some(ip) = parse_ip(pkt) else {
+        return MssClamp::NotApplicable;
+    };
+    if ip.proto != proto::TCP || ip.is_fragment {
+        return MssClamp::NotApplicable;
+    }
+    let t = ip.hdr_len;
+    if ip.total_len < t + 20 {
+        return MssClamp::NotApplicable;
+    }
+    let flags = pkt[t + 13];
+    if flags & 0x02 == 0 {
+        return MssClamp::NotApplicable;
+    }
+    let doff = ((pkt[t + 12] >> 4) as usize) * 4;
+    if doff < 20 || t + doff > ip.total_len {
+        return MssClamp::NotApplicable;
+    }
+    let mut o = t + 20;
+    let end = t + doff;
+    while o < end {
+        match pkt[o] {
+            0 => break,
+            1 => o += 1,
+            kind => {
+                if o + 1 >= end {
+                    break;
+                }
+                let len = pkt[o + 1] as usize;
+                if len < 2 || o + len > end {
+                    break;
+                }
+                if kind == 2 && len == 4 {
+                    let old = be16(pkt, o + 2);
+                    if old <= max_mss {
+                        return MssClamp::Unchanged;
+                    }
+                    put16(pkt, o + 2, max_mss);
+                    let c = be16(pkt, t + 16);
+                    put16(pkt, t + 16, csum_update16(c, old, max_mss));
+                    return MssClamp::Clamped(old, max_mss);
+                }
+                o += len;
+            }
+        }
+    }
+    MssClamp::NotApplicable
+}
+
+/// Computes the TCP or UDP checksum of a (non-fragmented) IPv4/IPv6 packet from scratch and
+/// returns whether it verifies. Used by tests and by the reassembly path's sanity checks.
+pub fn l4_checksum_ok(pkt: &[u8]) -> bool {
+    let Some(ip) = parse_ip(pkt) else { return false };
+    let l4 = &pkt[ip.hdr_len..ip.total_len];
+    let (s, d): (&[u8], &[u8]) = if ip.version == 4 { (&pkt[12..16], &pkt[16..20]) } else { (&pkt[8..24], &pkt[24..40]) };
+    let acc = pseudo_sum(s, d, ip.proto, l4.len());
+    csum_fold(csum_add(acc, l4)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc1071_example() {
+        // RFC 1071 section 3 example bytes: 00 01 f2 03 f4 f5 f6 f7 sum to 0xddf2 -> ~ = 0x220d.
+        let d = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(checksum(&d), !0xddf2);
+    }
+
+    #[test]
+    fn incremental_matches_full() {
+        let mut h = [0u8; 20];
+        write_ipv4_header(&mut h, 100, 7, true, 64, 6, Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+        assert!(ipv4_header_ok(&h));
+        let c = be16(&h, 10);
+        let old = be16(&h, 2);
+        put16(&mut h, 2, 1400);
+        let inc = csum_update16(c, old, 1400);
+        ipv4_fix_checksum(&mut h);
+        assert_eq!(inc, be16(&h, 10));
+    }
+
+    #[test]
+    fn parse_rejects_garbage() {
+        for len in 0..64 {
+            let b = vec![0x45u8; len];
+            let _ = parse_ip(&b);
+            let b = vec![0x60u8; len];
+            let _ = parse_ip(&b);
+        }
+    }
+}

@@ -63,6 +63,7 @@ unsafe extern "C" {
         mac_len: c_int,
     ) -> *mut c_void;
     fn espd_imb_cbc_key_free(k: *mut c_void);
+    fn espd_imb_hmac(m: *mut c_void, key: *const c_void, data: *const u8, len: u64, tag: *mut u8, tag_len: u64) -> c_int;
     fn espd_imb_cbc_burst(m: *mut c_void, key: *const c_void, encrypt: c_int, ops: *mut CbcOp, n: c_int) -> c_int;
 }
 
@@ -206,6 +207,9 @@ impl EspTransform for ImbGcm {
             }
         })
         .expect("ipsec-mb manager was available when the key was built");
+    }
+    fn auth_tag(&self, _data: &[u8], _out: &mut [u8]) -> bool {
+        false
     }
     #[inline]
     fn open(&self, esp: &mut [u8], seq_hi: Option<u32>) -> bool {
@@ -357,6 +361,18 @@ impl EspTransform for ImbCbc {
     fn seal(&self, esp: &mut [u8], seq_hi: Option<u32>) {
         let mut ops = [CryptoOp { esp, seq_hi, ok: false }];
         self.run(&mut ops, true);
+    }
+    fn auth_tag(&self, data: &[u8], out: &mut [u8]) -> bool {
+        let full = match self.suite.integ.icv_len() {
+            12 => 20,
+            16 => 32,
+            24 => 48,
+            _ => 64,
+        };
+        let n = out.len().min(full);
+        // SAFETY: data and out are valid slices; the library writes n <= out.len() bytes.
+        let rc = with_mgr(|m| unsafe { espd_imb_hmac(m, self.key, data.as_ptr(), data.len() as u64, out.as_mut_ptr(), n as u64) });
+        rc == Some(0)
     }
     fn open(&self, esp: &mut [u8], seq_hi: Option<u32>) -> bool {
         let mut ops = [CryptoOp { esp, seq_hi, ok: false }];

@@ -262,6 +262,9 @@ pub trait EspTransform: Send + Sync {
     fn seal(&self, esp: &mut [u8], seq_hi: Option<u32>);
     /// Verifies the ICV in constant time and decrypts in place; false when the ICV is wrong.
     fn open(&self, esp: &mut [u8], seq_hi: Option<u32>) -> bool;
+    /// The integrity tag (full HMAC output, truncated to `out.len()`) over arbitrary bytes,
+    /// for known-answer tests of the keyed MAC; `false` for AEAD transforms.
+    fn auth_tag(&self, data: &[u8], out: &mut [u8]) -> bool;
     /// Seals a burst of packets of this SA (backends batch across packets).
     fn seal_burst(&self, ops: &mut [CryptoOp<'_>]) {
         for op in ops {

@@ -87,6 +87,9 @@ where
             .expect("ESP payloads are far below the GCM length limit");
         tag_out.copy_from_slice(&tag);
     }
+    fn auth_tag(&self, _data: &[u8], _out: &mut [u8]) -> bool {
+        false
+    }
     #[inline]
     fn open(&self, esp: &mut [u8], seq_hi: Option<u32>) -> bool {
         if esp.len() < 32 {
@@ -158,6 +161,12 @@ where
         cbc::Encryptor::<&C>::inner_iv_init(&self.cipher, &Array::from(iv)).encrypt_blocks(blocks);
         let tag = self.icv(&esp[..n - icv_len], seq_hi);
         esp[n - icv_len..].copy_from_slice(&tag.as_ref()[..icv_len]);
+    }
+    fn auth_tag(&self, data: &[u8], out: &mut [u8]) -> bool {
+        let t = self.icv(data, None);
+        let n = out.len().min(t.as_ref().len());
+        out[..n].copy_from_slice(&t.as_ref()[..n]);
+        true
     }
     #[inline]
     fn open(&self, esp: &mut [u8], seq_hi: Option<u32>) -> bool {

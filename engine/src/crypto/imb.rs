@@ -110,6 +110,7 @@ pub fn describe() -> String {
     // SAFETY: the manager pointer is valid for the duration of the closure.
     let arch = with_mgr(|m| unsafe { espd_imb_mgr_arch(m) }).unwrap_or(0);
     let a = match arch {
+        1 => "no AES-NI",
         2 => "SSE",
         3 => "AVX",
         4 => "AVX2",

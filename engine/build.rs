@@ -13,9 +13,12 @@ fn main() {
         println!("cargo::warning=ESPD_NO_IPSEC_MB=1: building without the ipsec-mb backend");
         return;
     }
-    let header = ["/usr/include/intel-ipsec-mb.h", "/usr/local/include/intel-ipsec-mb.h"]
-        .into_iter()
-        .find(|p| Path::new(p).exists());
+    let header = [
+        "/usr/include/intel-ipsec-mb.h",
+        "/usr/local/include/intel-ipsec-mb.h",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists());
     let Some(header) = header else {
         println!(
             "cargo::warning=intel-ipsec-mb.h not found (apt-get install libipsec-mb-dev): \

@@ -56,7 +56,8 @@ pub struct DecryptOpts {
 
 fn os_seed() -> Result<[u8; 32], CliError> {
     let mut s = [0u8; 32];
-    getrandom::fill(&mut s).map_err(|e| CliError(format!("cannot read the OS random generator: {e}")))?;
+    getrandom::fill(&mut s)
+        .map_err(|e| CliError(format!("cannot read the OS random generator: {e}")))?;
     Ok(s)
 }
 
@@ -76,14 +77,20 @@ fn check_backend(b: Backend) -> Result<(), CliError> {
 }
 
 fn create(path: &Path) -> Result<BufWriter<std::fs::File>, CliError> {
-    std::fs::File::create(path).map(BufWriter::new).map_err(|e| CliError(format!("{}: cannot create: {e}", path.display())))
+    std::fs::File::create(path)
+        .map(BufWriter::new)
+        .map_err(|e| CliError(format!("{}: cannot create: {e}", path.display())))
 }
 
 fn summary_line(cfg: &SaConfig, backend: &str, c: &Counters) -> String {
     format!(
         "sa \"{}\" {} spi {:#010x} {}{} [{}]: packets {} inner_bytes {} outer_bytes {} fragmented {} ({} fragments) mss_clamped {} reassembled {} icmp_sent {} {}",
         cfg.name,
-        if cfg.direction == Direction::Out { "out" } else { "in" },
+        if cfg.direction == Direction::Out {
+            "out"
+        } else {
+            "in"
+        },
         cfg.spi,
         cfg.suite,
         if cfg.nat_t { " nat-t" } else { "" },
@@ -101,8 +108,11 @@ fn summary_line(cfg: &SaConfig, backend: &str, c: &Counters) -> String {
 }
 
 fn counters_json(cfg: &SaConfig, c: &Counters) -> serde_json::Value {
-    let drops: serde_json::Map<String, serde_json::Value> =
-        DropReason::ALL.iter().filter(|r| c.dropped(**r) > 0).map(|r| (r.name().to_string(), c.dropped(*r).into())).collect();
+    let drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
+        .iter()
+        .filter(|r| c.dropped(**r) > 0)
+        .map(|r| (r.name().to_string(), c.dropped(*r).into()))
+        .collect();
     serde_json::json!({
         "name": cfg.name, "spi": cfg.spi, "direction": if cfg.direction == Direction::Out {"out"} else {"in"},
         "suite": cfg.suite.to_string(), "packets": c.packets, "inner_bytes": c.inner_bytes, "outer_bytes": c.outer_bytes,
@@ -119,14 +129,27 @@ pub fn pcap_encrypt(o: &EncryptOpts) -> Result<(), CliError> {
     let sas = load(&o.sa_file)?;
     let cfg = match &o.sa_name {
         Some(n) => sas.into_iter().find(|s| &s.name == n).ok_or_else(|| {
-            CliError(format!("{}: --sa-name {n:?}: no SA with that name", o.sa_file.display()))
+            CliError(format!(
+                "{}: --sa-name {n:?}: no SA with that name",
+                o.sa_file.display()
+            ))
         })?,
-        None => sas.into_iter().find(|s| s.direction == Direction::Out).ok_or_else(|| {
-            CliError(format!("{}: no SA with direction = \"out\" to encrypt with", o.sa_file.display()))
-        })?,
+        None => sas
+            .into_iter()
+            .find(|s| s.direction == Direction::Out)
+            .ok_or_else(|| {
+                CliError(format!(
+                    "{}: no SA with direction = \"out\" to encrypt with",
+                    o.sa_file.display()
+                ))
+            })?,
     };
     if cfg.direction != Direction::Out {
-        return Err(CliError(format!("{}: sa \"{}\": direction is \"in\"; encrypt needs an \"out\" SA", o.sa_file.display(), cfg.name)));
+        return Err(CliError(format!(
+            "{}: sa \"{}\": direction is \"in\"; encrypt needs an \"out\" SA",
+            o.sa_file.display(),
+            cfg.name
+        )));
     }
     let input = pcap::read(&o.input)?;
     if !pcap::supported(input.linktype) {
@@ -136,13 +159,15 @@ pub fn pcap_encrypt(o: &EncryptOpts) -> Result<(), CliError> {
             input.linktype
         )));
     }
-    let mut sa = OutboundSa::new(cfg, o.backend, &os_seed()?).map_err(|e| CliError(format!("{}: {e}", o.sa_file.display())))?;
+    let mut sa = OutboundSa::new(cfg, o.backend, &os_seed()?)
+        .map_err(|e| CliError(format!("{}: {e}", o.sa_file.display())))?;
     let backend = sa.transform.backend().describe();
     let mut w = pcap::Writer::new(create(&o.output)?, input.linktype, input.nanos)
         .map_err(|e| CliError(format!("{}: {e}", o.output.display())))?;
     let mut iw = match &o.icmp_out {
         Some(p) => Some(
-            pcap::Writer::new(create(p)?, input.linktype, input.nanos).map_err(|e| CliError(format!("{}: {e}", p.display())))?,
+            pcap::Writer::new(create(p)?, input.linktype, input.nanos)
+                .map_err(|e| CliError(format!("{}: {e}", p.display())))?,
         ),
         None => None,
     };
@@ -162,15 +187,22 @@ pub fn pcap_encrypt(o: &EncryptOpts) -> Result<(), CliError> {
         }
         let now = rec.time(input.nanos);
         let r = pipeline::protect(&mut sa, &mut ctx, now, pkt, &mut pool, &mut out, &mut icmp);
-        if let Protected::Sent { soft_limit: true, .. } = r {
-            eprintln!("sa \"{}\": soft sequence-number limit reached: rekey this SA", sa.cfg.name);
+        if let Protected::Sent {
+            soft_limit: true, ..
+        } = r
+        {
+            eprintln!(
+                "sa \"{}\": soft sequence-number limit reached: rekey this SA",
+                sa.cfg.name
+            );
         }
         link_buf.clear();
         link_buf.extend_from_slice(link);
         let v = if sa.cfg.tunnel_src.is_ipv4() { 4 } else { 6 };
         pcap::fix_link(input.linktype, &mut link_buf, v);
         for p in out.drain(..) {
-            w.write(rec.ts_sec, rec.ts_frac, &link_buf, p.bytes()).map_err(|e| CliError(format!("{}: {e}", o.output.display())))?;
+            w.write(rec.ts_sec, rec.ts_frac, &link_buf, p.bytes())
+                .map_err(|e| CliError(format!("{}: {e}", o.output.display())))?;
             pool.put(p);
         }
         for p in icmp.drain(..) {
@@ -182,12 +214,14 @@ pub fn pcap_encrypt(o: &EncryptOpts) -> Result<(), CliError> {
                     a.swap_with_slice(&mut b[..6]);
                 }
                 pcap::fix_link(input.linktype, &mut l, p.bytes()[0] >> 4);
-                iw.write(rec.ts_sec, rec.ts_frac, &l, p.bytes()).map_err(|e| CliError(e.to_string()))?;
+                iw.write(rec.ts_sec, rec.ts_frac, &l, p.bytes())
+                    .map_err(|e| CliError(e.to_string()))?;
             }
             pool.put(p);
         }
     }
-    w.finish().map_err(|e| CliError(format!("{}: {e}", o.output.display())))?;
+    w.finish()
+        .map_err(|e| CliError(format!("{}: {e}", o.output.display())))?;
     if let Some(iw) = iw {
         iw.finish().map_err(|e| CliError(e.to_string()))?;
     }
@@ -211,11 +245,15 @@ pub fn pcap_decrypt(o: &DecryptOpts) -> Result<(), CliError> {
     for cfg in sas.into_iter().filter(|s| s.direction == Direction::In) {
         order.push(cfg.spi);
         let spi = cfg.spi;
-        let sa = InboundSa::new(cfg, o.backend).map_err(|e| CliError(format!("{}: {e}", o.sa_file.display())))?;
+        let sa = InboundSa::new(cfg, o.backend)
+            .map_err(|e| CliError(format!("{}: {e}", o.sa_file.display())))?;
         table.insert(spi, sa);
     }
     if table.is_empty() {
-        return Err(CliError(format!("{}: no SA with direction = \"in\" to decrypt with", o.sa_file.display())));
+        return Err(CliError(format!(
+            "{}: no SA with direction = \"in\" to decrypt with",
+            o.sa_file.display()
+        )));
     }
     let input = pcap::read(&o.input)?;
     if !pcap::supported(input.linktype) {
@@ -227,7 +265,10 @@ pub fn pcap_decrypt(o: &DecryptOpts) -> Result<(), CliError> {
     }
     let mut w = pcap::Writer::new(create(&o.output)?, input.linktype, input.nanos)
         .map_err(|e| CliError(format!("{}: {e}", o.output.display())))?;
-    let limits = ReasmLimits { timeout: o.reasm_timeout, ..Default::default() };
+    let limits = ReasmLimits {
+        timeout: o.reasm_timeout,
+        ..Default::default()
+    };
     let mut outer_reasm = Reassembler::new(limits);
     let mut inner_reasm = Reassembler::new(limits);
     let mut global = Counters::default();
@@ -291,20 +332,24 @@ pub fn pcap_decrypt(o: &DecryptOpts) -> Result<(), CliError> {
         if let Some(info) = crate::wire::parse_ip(pkt.bytes()) {
             pkt.truncate(info.total_len);
         }
-        pkt.pull_front(esp_off).expect("classify_outer checked the length");
+        pkt.pull_front(esp_off)
+            .expect("classify_outer checked the length");
         match pipeline::unprotect(sa, &mut inner_reasm, now, &mut pkt) {
             Ok(Unprotected::Inner) => {
                 let mut l = link.to_vec();
                 pcap::fix_link(input.linktype, &mut l, pkt.bytes()[0] >> 4);
-                w.write(rec.ts_sec, rec.ts_frac, &l, pkt.bytes()).map_err(|e| CliError(format!("{}: {e}", o.output.display())))?;
+                w.write(rec.ts_sec, rec.ts_frac, &l, pkt.bytes())
+                    .map_err(|e| CliError(format!("{}: {e}", o.output.display())))?;
             }
             Ok(Unprotected::Held) | Err(_) => {}
         }
     }
     // Whatever is still waiting at the end of the file never completed.
     let end = last_now + o.reasm_timeout.max(0.0) + 1.0;
-    global.drops[DropReason::ReassemblyTimeout as usize] += outer_reasm.expire(end) + inner_reasm.expire(end);
-    w.finish().map_err(|e| CliError(format!("{}: {e}", o.output.display())))?;
+    global.drops[DropReason::ReassemblyTimeout as usize] +=
+        outer_reasm.expire(end) + inner_reasm.expire(end);
+    w.finish()
+        .map_err(|e| CliError(format!("{}: {e}", o.output.display())))?;
     let backend = o.backend.describe();
     let mut js = vec![];
     for spi in &order {
@@ -340,7 +385,10 @@ pub fn mtu_table(json: bool) -> String {
     if json {
         return serde_json::to_string_pretty(&rows).expect("plain data");
     }
-    let mut s = format!("{:<14} {:<11} {:<6} {:>5} {:>9} {:>17}\n", "encryption", "integrity", "nat_t", "mtu", "mss_ipv4", "mss_ipv6_in_ipv4");
+    let mut s = format!(
+        "{:<14} {:<11} {:<6} {:>5} {:>9} {:>17}\n",
+        "encryption", "integrity", "nat_t", "mtu", "mss_ipv4", "mss_ipv6_in_ipv4"
+    );
     for r in rows {
         s += &format!(
             "{:<14} {:<11} {:<6} {:>5} {:>9} {:>17}\n",

@@ -103,6 +103,10 @@ impl Counters {
             .filter(|r| self.dropped(**r) > 0)
             .map(|r| format!("{}={}", r.name(), self.dropped(*r)))
             .collect();
-        if parts.is_empty() { "drops: 0".into() } else { format!("drops: {}", parts.join(" ")) }
+        if parts.is_empty() {
+            "drops: 0".into()
+        } else {
+            format!("drops: {}", parts.join(" "))
+        }
     }
 }

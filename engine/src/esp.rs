@@ -17,8 +17,8 @@ use std::net::IpAddr;
 
 /// ESP header: SPI (4) + sequence number (4).
 pub const ESP_HDR: usize = 8;
-/// Most packets handled in one crypto call.
-pub const MAX_BURST: usize = 256;
+/// Most packets handled in one crypto call (longer bursts are processed in chunks).
+pub const MAX_BURST: usize = 64;
 
 type Ops<'a> = SmallVec<[CryptoOp<'a>; 64]>;
 
@@ -26,7 +26,13 @@ type Ops<'a> = SmallVec<[CryptoOp<'a>; 64]>;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outer {
     /// ESP (IP protocol 50, or UDP-encapsulated): the ESP header starts at `esp_off`.
-    Esp { esp_off: usize, spi: u32, src: IpAddr, dst: IpAddr, udp: Option<(u16, u16)> },
+    Esp {
+        esp_off: usize,
+        spi: u32,
+        src: IpAddr,
+        dst: IpAddr,
+        udp: Option<(u16, u16)>,
+    },
     /// IKE: UDP 500, or UDP 4500 whose payload starts with the four-byte non-ESP marker.
     Ike,
     /// A one-byte 0xff NAT keepalive on UDP 4500 (RFC 3948 section 2.3).
@@ -39,11 +45,13 @@ pub enum Outer {
 
 /// Classifies an outer IP packet (starting at the IP header).
 pub fn classify_outer(pkt: &[u8]) -> Result<Outer, DropReason> {
-    let ip = wire::parse_ip(pkt).ok_or(if pkt.first().map(|b| b >> 4) == Some(4) || pkt.first().map(|b| b >> 4) == Some(6) {
-        DropReason::Malformed
-    } else {
-        DropReason::NotIp
-    })?;
+    let ip = wire::parse_ip(pkt).ok_or(
+        if pkt.first().map(|b| b >> 4) == Some(4) || pkt.first().map(|b| b >> 4) == Some(6) {
+            DropReason::Malformed
+        } else {
+            DropReason::NotIp
+        },
+    )?;
     if ip.is_fragment {
         return Ok(Outer::Fragment);
     }
@@ -53,7 +61,13 @@ pub fn classify_outer(pkt: &[u8]) -> Result<Outer, DropReason> {
             if l4.len() < ESP_HDR {
                 return Err(DropReason::Malformed);
             }
-            Ok(Outer::Esp { esp_off: ip.hdr_len, spi: wire::be32(l4, 0), src: ip.src, dst: ip.dst, udp: None })
+            Ok(Outer::Esp {
+                esp_off: ip.hdr_len,
+                spi: wire::be32(l4, 0),
+                src: ip.src,
+                dst: ip.dst,
+                udp: None,
+            })
         }
         proto::UDP => {
             if l4.len() < UDP_HDR {
@@ -138,7 +152,10 @@ fn prepare(sa: &mut OutboundSa, pkt: &mut PacketBuf) -> Result<Prepared, DropRea
     } else {
         sa.iv.next(&mut b[8..24]);
     }
-    Ok(Prepared { seq_hi: sa.cfg.esn.then_some((seq >> 32) as u32), soft: st == SeqState::SoftLimit })
+    Ok(Prepared {
+        seq_hi: sa.cfg.esn.then_some((seq >> 32) as u32),
+        soft: st == SeqState::SoftLimit,
+    })
 }
 
 /// Phase 3: prepends UDP (NAT-T) and the outer IP header to a sealed ESP packet.
@@ -155,7 +172,12 @@ fn finish(sa: &mut OutboundSa, pkt: &mut PacketBuf) {
             let p = if nat { proto::UDP } else { proto::ESP };
             wire::write_ipv4_header(b, (hl + esp_len) as u16, sa.ip_id, true, 64, p, s, d);
             if nat {
-                wire::write_udp_header(&mut b[IPV4_HDR..], sa.cfg.natt_sport, sa.cfg.natt_dport, (UDP_HDR + esp_len) as u16);
+                wire::write_udp_header(
+                    &mut b[IPV4_HDR..],
+                    sa.cfg.natt_sport,
+                    sa.cfg.natt_dport,
+                    (UDP_HDR + esp_len) as u16,
+                );
             }
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
@@ -164,7 +186,12 @@ fn finish(sa: &mut OutboundSa, pkt: &mut PacketBuf) {
             let p = if nat { proto::UDP } else { proto::ESP };
             wire::write_ipv6_header(b, (hl - IPV6_HDR + esp_len) as u16, p, 64, s, d);
             if nat {
-                wire::write_udp_header(&mut b[IPV6_HDR..], sa.cfg.natt_sport, sa.cfg.natt_dport, (UDP_HDR + esp_len) as u16);
+                wire::write_udp_header(
+                    &mut b[IPV6_HDR..],
+                    sa.cfg.natt_sport,
+                    sa.cfg.natt_dport,
+                    (UDP_HDR + esp_len) as u16,
+                );
                 wire::udp6_fix_checksum(b, IPV6_HDR);
             }
         }
@@ -182,15 +209,26 @@ pub fn encapsulate(sa: &mut OutboundSa, pkt: &mut PacketBuf) -> Result<SeqState,
     sa.counters.packets += 1;
     sa.counters.inner_bytes += inner as u64;
     sa.counters.outer_bytes += pkt.len() as u64;
-    Ok(if p.soft { SeqState::SoftLimit } else { SeqState::Ok })
+    Ok(if p.soft {
+        SeqState::SoftLimit
+    } else {
+        SeqState::Ok
+    })
 }
 
 /// Encapsulates a burst of inner packets for one SA: headers for all, one batched crypto
 /// call, outer headers for all. `results[i]` gets each packet's outcome; a dropped packet's
 /// buffer content is unspecified. `results.len()` must equal `pkts.len()`.
-pub fn encapsulate_burst(sa: &mut OutboundSa, pkts: &mut [PacketBuf], results: &mut [Result<SeqState, DropReason>]) {
+pub fn encapsulate_burst(
+    sa: &mut OutboundSa,
+    pkts: &mut [PacketBuf],
+    results: &mut [Result<SeqState, DropReason>],
+) {
     debug_assert_eq!(pkts.len(), results.len());
-    for (chunk, res) in pkts.chunks_mut(MAX_BURST).zip(results.chunks_mut(MAX_BURST)) {
+    for (chunk, res) in pkts
+        .chunks_mut(MAX_BURST)
+        .zip(results.chunks_mut(MAX_BURST))
+    {
         let mut inner = [0u32; MAX_BURST];
         let mut hi = [None; MAX_BURST];
         for (i, pkt) in chunk.iter_mut().enumerate() {
@@ -198,7 +236,11 @@ pub fn encapsulate_burst(sa: &mut OutboundSa, pkts: &mut [PacketBuf], results: &
             res[i] = match prepare(sa, pkt) {
                 Ok(p) => {
                     hi[i] = Some(p.seq_hi);
-                    Ok(if p.soft { SeqState::SoftLimit } else { SeqState::Ok })
+                    Ok(if p.soft {
+                        SeqState::SoftLimit
+                    } else {
+                        SeqState::Ok
+                    })
                 }
                 Err(r) => {
                     sa.counters.drop(r);
@@ -211,7 +253,11 @@ pub fn encapsulate_burst(sa: &mut OutboundSa, pkts: &mut [PacketBuf], results: &
             let mut ops: Ops<'_> = SmallVec::new();
             for (i, pkt) in chunk.iter_mut().enumerate() {
                 if let Some(seq_hi) = hi[i] {
-                    ops.push(CryptoOp { esp: pkt.bytes_mut(), seq_hi, ok: false });
+                    ops.push(CryptoOp {
+                        esp: pkt.bytes_mut(),
+                        seq_hi,
+                        ok: false,
+                    });
                 }
             }
             sa.transform.seal_burst(&mut ops);
@@ -248,7 +294,7 @@ fn pre_open(sa: &InboundSa, esp: &[u8]) -> Result<u64, DropReason> {
         return Err(DropReason::Malformed);
     }
     let ct = esp.len() - ESP_HDR - suite.iv_len() - suite.icv_len();
-    if !suite.enc.is_gcm() && ct % 16 != 0 {
+    if !suite.enc.is_gcm() && !ct.is_multiple_of(16) {
         return Err(DropReason::Malformed);
     }
     sa.replay.check(wire::be32(esp, 4)).map_err(|e| match e {
@@ -303,6 +349,7 @@ fn post_open(sa: &mut InboundSa, pkt: &mut PacketBuf, seq: u64) -> Result<(), Dr
 /// Decapsulates one ESP packet: `pkt` starts at the ESP header (outer headers removed) and
 /// on success holds the inner IP packet.
 pub fn decapsulate(sa: &mut InboundSa, pkt: &mut PacketBuf) -> Result<(), DropReason> {
+    let esp_len = pkt.len() as u64;
     let r = (|| {
         let seq = pre_open(sa, pkt.bytes())?;
         let seq_hi = sa.cfg.esn.then_some((seq >> 32) as u32);
@@ -315,6 +362,7 @@ pub fn decapsulate(sa: &mut InboundSa, pkt: &mut PacketBuf) -> Result<(), DropRe
         Ok(()) => {
             sa.counters.packets += 1;
             sa.counters.inner_bytes += pkt.len() as u64;
+            sa.counters.outer_bytes += esp_len;
         }
         Err(e) => sa.counters.drop(e),
     }
@@ -324,9 +372,16 @@ pub fn decapsulate(sa: &mut InboundSa, pkt: &mut PacketBuf) -> Result<(), DropRe
 /// Decapsulates a burst of ESP packets of one SA with one batched crypto call. Packets are
 /// replay-checked before and committed after, in burst order, so duplicates inside one
 /// burst are caught at commit.
-pub fn decapsulate_burst(sa: &mut InboundSa, pkts: &mut [PacketBuf], results: &mut [Result<(), DropReason>]) {
+pub fn decapsulate_burst(
+    sa: &mut InboundSa,
+    pkts: &mut [PacketBuf],
+    results: &mut [Result<(), DropReason>],
+) {
     debug_assert_eq!(pkts.len(), results.len());
-    for (chunk, res) in pkts.chunks_mut(MAX_BURST).zip(results.chunks_mut(MAX_BURST)) {
+    for (chunk, res) in pkts
+        .chunks_mut(MAX_BURST)
+        .zip(results.chunks_mut(MAX_BURST))
+    {
         let mut seqs = [0u64; MAX_BURST];
         let mut outer = [0u32; MAX_BURST];
         for (i, pkt) in chunk.iter().enumerate() {
@@ -339,7 +394,11 @@ pub fn decapsulate_burst(sa: &mut InboundSa, pkts: &mut [PacketBuf], results: &m
             for (i, pkt) in chunk.iter_mut().enumerate() {
                 if res[i].is_ok() {
                     let seq_hi = sa.cfg.esn.then_some((seqs[i] >> 32) as u32);
-                    ops.push(CryptoOp { esp: pkt.bytes_mut(), seq_hi, ok: false });
+                    ops.push(CryptoOp {
+                        esp: pkt.bytes_mut(),
+                        seq_hi,
+                        ok: false,
+                    });
                 }
             }
             sa.transform.open_burst(&mut ops);

@@ -16,7 +16,12 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// in a buffer from `pool`, appended to `out`. DF is cleared in the fragments. Options are
 /// kept in the first fragment and only those with the copy flag in the others. Returns the
 /// number of fragments.
-pub fn fragment_ipv4(pkt: &[u8], mtu: usize, pool: &mut BufPool, out: &mut Vec<PacketBuf>) -> Result<usize, DropReason> {
+pub fn fragment_ipv4(
+    pkt: &[u8],
+    mtu: usize,
+    pool: &mut BufPool,
+    out: &mut Vec<PacketBuf>,
+) -> Result<usize, DropReason> {
     let ip = wire::parse_ip(pkt).ok_or(DropReason::Malformed)?;
     if ip.version != 4 {
         return Err(DropReason::NotIp);
@@ -100,7 +105,12 @@ pub struct RateLimit {
 
 impl RateLimit {
     pub fn new(per_sec: f64, burst: f64) -> Self {
-        RateLimit { tokens: burst, burst, per_sec, last: f64::NEG_INFINITY }
+        RateLimit {
+            tokens: burst,
+            burst,
+            per_sec,
+            last: f64::NEG_INFINITY,
+        }
     }
     pub fn allow(&mut self, now: f64) -> bool {
         if self.last.is_finite() {
@@ -119,9 +129,16 @@ impl RateLimit {
 /// Builds ICMPv4 Destination Unreachable / Fragmentation Needed (type 3 code 4, RFC 1191
 /// section 4) with next-hop MTU `mtu`, quoting the original header and 8 bytes, from `src`
 /// to the original sender.
-pub fn icmpv4_frag_needed(orig: &[u8], mtu: u16, src: Ipv4Addr, out: &mut PacketBuf) -> Result<(), DropReason> {
+pub fn icmpv4_frag_needed(
+    orig: &[u8],
+    mtu: u16,
+    src: Ipv4Addr,
+    out: &mut PacketBuf,
+) -> Result<(), DropReason> {
     let ip = wire::parse_ip(orig).ok_or(DropReason::Malformed)?;
-    let IpAddr::V4(dst) = ip.src else { return Err(DropReason::NotIp) };
+    let IpAddr::V4(dst) = ip.src else {
+        return Err(DropReason::NotIp);
+    };
     let quote = (ip.hdr_len + 8).min(orig.len());
     let total = IPV4_HDR + 8 + quote;
     out.clear();
@@ -143,9 +160,16 @@ pub fn icmpv4_frag_needed(orig: &[u8], mtu: u16, src: Ipv4Addr, out: &mut Packet
 
 /// Builds ICMPv6 Packet Too Big (type 2, RFC 4443 section 3.2) with MTU `mtu`, quoting as
 /// much of the original as fits in the IPv6 minimum MTU.
-pub fn icmpv6_packet_too_big(orig: &[u8], mtu: u32, src: Ipv6Addr, out: &mut PacketBuf) -> Result<(), DropReason> {
+pub fn icmpv6_packet_too_big(
+    orig: &[u8],
+    mtu: u32,
+    src: Ipv6Addr,
+    out: &mut PacketBuf,
+) -> Result<(), DropReason> {
     let ip = wire::parse_ip(orig).ok_or(DropReason::Malformed)?;
-    let IpAddr::V6(dst) = ip.src else { return Err(DropReason::NotIp) };
+    let IpAddr::V6(dst) = ip.src else {
+        return Err(DropReason::NotIp);
+    };
     let quote = orig.len().min(1280 - IPV6_HDR - 8);
     let total = IPV6_HDR + 8 + quote;
     out.clear();
@@ -182,7 +206,12 @@ pub struct ReasmLimits {
 impl Default for ReasmLimits {
     fn default() -> Self {
         // shared/spec/mtu.md section 4.3 suggests 30 s with memory caps.
-        ReasmLimits { max_datagrams: 1024, max_bytes: 16 << 20, max_datagram: 65535, timeout: 30.0 }
+        ReasmLimits {
+            max_datagrams: 1024,
+            max_bytes: 16 << 20,
+            max_datagram: 65535,
+            timeout: 30.0,
+        }
     }
 }
 
@@ -246,7 +275,12 @@ fn parse_frag(pkt: &[u8]) -> Result<Frag<'_>, DropReason> {
     if ip.version == 4 {
         let f = wire::be16(pkt, 6);
         return Ok(Frag {
-            key: Key { src: ip.src, dst: ip.dst, id: wire::be16(pkt, 4) as u32, proto: ip.proto },
+            key: Key {
+                src: ip.src,
+                dst: ip.dst,
+                id: wire::be16(pkt, 4) as u32,
+                proto: ip.proto,
+            },
             off: ((f & 0x1fff) as usize) * 8,
             more: f & 0x2000 != 0,
             data: &pkt[ip.hdr_len..ip.total_len],
@@ -269,7 +303,12 @@ fn parse_frag(pkt: &[u8]) -> Result<Frag<'_>, DropReason> {
                 let fo = wire::be16(pkt, off + 2);
                 let id = wire::be32(pkt, off + 4);
                 return Ok(Frag {
-                    key: Key { src: ip.src, dst: ip.dst, id, proto: 0 },
+                    key: Key {
+                        src: ip.src,
+                        dst: ip.dst,
+                        id,
+                        proto: 0,
+                    },
                     off: (fo >> 3) as usize * 8,
                     more: fo & 1 != 0,
                     data: &pkt[off + 8..total],
@@ -298,7 +337,12 @@ pub fn is_fragment(pkt: &[u8]) -> bool {
 
 impl Reassembler {
     pub fn new(limits: ReasmLimits) -> Self {
-        Reassembler { limits, table: HashMap::new(), bytes: 0, stats: ReasmStats::default() }
+        Reassembler {
+            limits,
+            table: HashMap::new(),
+            bytes: 0,
+            stats: ReasmStats::default(),
+        }
     }
 
     fn remove(&mut self, k: &Key) -> Option<Datagram> {
@@ -312,7 +356,12 @@ impl Reassembler {
     /// Adds one fragment. Returns the reassembled packet in `out` and `Ok(true)` when the
     /// datagram completes, `Ok(false)` while it is incomplete, or the reason the fragment
     /// (and, for invalid ones, its whole datagram) was dropped.
-    pub fn insert(&mut self, now: f64, pkt: &[u8], out: &mut PacketBuf) -> Result<bool, DropReason> {
+    pub fn insert(
+        &mut self,
+        now: f64,
+        pkt: &[u8],
+        out: &mut PacketBuf,
+    ) -> Result<bool, DropReason> {
         let f = parse_frag(pkt)?;
         let end = f.off + f.data.len();
         let hdr_len = f.header.len();
@@ -322,7 +371,9 @@ impl Reassembler {
             return Err(DropReason::ReassemblyInvalid);
         }
         if !self.table.contains_key(&f.key) {
-            if self.table.len() >= self.limits.max_datagrams || self.bytes + end + hdr_len > self.limits.max_bytes {
+            if self.table.len() >= self.limits.max_datagrams
+                || self.bytes + end + hdr_len > self.limits.max_bytes
+            {
                 self.stats.overflow += 1;
                 return Err(DropReason::ReassemblyOverflow);
             }
@@ -423,7 +474,12 @@ impl Reassembler {
     /// (each to be counted as `reassembly_timeout`).
     pub fn expire(&mut self, now: f64) -> u64 {
         let timeout = self.limits.timeout;
-        let old: Vec<Key> = self.table.iter().filter(|(_, d)| now - d.first >= timeout).map(|(k, _)| *k).collect();
+        let old: Vec<Key> = self
+            .table
+            .iter()
+            .filter(|(_, d)| now - d.first >= timeout)
+            .map(|(k, _)| *k)
+            .collect();
         let mut frags = 0;
         for k in old {
             if let Some(d) = self.remove(&k) {
@@ -447,7 +503,16 @@ mod tests {
 
     fn v4_packet(len: usize, df: bool, id: u16) -> Vec<u8> {
         let mut p = vec![0u8; len];
-        wire::write_ipv4_header(&mut p, len as u16, id, df, 64, proto::UDP, Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+        wire::write_ipv4_header(
+            &mut p,
+            len as u16,
+            id,
+            df,
+            64,
+            proto::UDP,
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 2),
+        );
         for (i, x) in p[20..].iter_mut().enumerate() {
             *x = (i * 7 + 3) as u8;
         }
@@ -502,10 +567,16 @@ mod tests {
         let mut pool = BufPool::new(4, 2048);
         let mut out = vec![];
         fragment_ipv4(&p, 1000, &mut pool, &mut out).unwrap();
-        let mut r = Reassembler::new(ReasmLimits { timeout: 30.0, ..Default::default() });
+        let mut r = Reassembler::new(ReasmLimits {
+            timeout: 30.0,
+            ..Default::default()
+        });
         let mut got = PacketBuf::new();
         assert!(!r.insert(0.0, out[0].bytes(), &mut got).unwrap());
-        assert_eq!(r.insert(0.0, out[0].bytes(), &mut got), Err(DropReason::ReassemblyInvalid));
+        assert_eq!(
+            r.insert(0.0, out[0].bytes(), &mut got),
+            Err(DropReason::ReassemblyInvalid)
+        );
         assert!(!r.insert(1.0, out[1].bytes(), &mut got).unwrap());
         assert_eq!(r.expire(10.0), 0);
         assert_eq!(r.expire(31.0), 1);
@@ -514,7 +585,10 @@ mod tests {
 
     #[test]
     fn memory_cap() {
-        let mut r = Reassembler::new(ReasmLimits { max_datagrams: 2, ..Default::default() });
+        let mut r = Reassembler::new(ReasmLimits {
+            max_datagrams: 2,
+            ..Default::default()
+        });
         let mut pool = BufPool::new(4, 2048);
         let mut got = PacketBuf::new();
         for id in 0..3u16 {
@@ -547,7 +621,14 @@ mod tests {
         let payload: Vec<u8> = (0..2000u32).map(|i| i as u8).collect();
         let mk = |off: usize, data: &[u8], more: bool| {
             let mut p = vec![0u8; 48 + data.len()];
-            wire::write_ipv6_header(&mut p, (8 + data.len()) as u16, proto::IPV6_FRAG, 64, "2001:db8::1".parse().unwrap(), "2001:db8::2".parse().unwrap());
+            wire::write_ipv6_header(
+                &mut p,
+                (8 + data.len()) as u16,
+                proto::IPV6_FRAG,
+                64,
+                "2001:db8::1".parse().unwrap(),
+                "2001:db8::2".parse().unwrap(),
+            );
             p[40] = proto::UDP;
             wire::put16(&mut p, 42, ((off / 8) << 3) as u16 | more as u16);
             wire::put32(&mut p, 44, 0xabcdef);

@@ -34,8 +34,9 @@ pub fn inner_mtu(suite: Suite, nat_t: bool, outer: OuterFamily) -> usize {
 
 /// Inner MTU for an arbitrary outer path MTU, uncapped (the formula itself).
 pub fn inner_mtu_for_path(suite: Suite, nat_t: bool, outer: OuterFamily, path: usize) -> usize {
-    let avail = path
-        .saturating_sub(outer.header_len() + if nat_t { 8 } else { 0 } + 8 + suite.iv_len() + suite.icv_len());
+    let avail = path.saturating_sub(
+        outer.header_len() + if nat_t { 8 } else { 0 } + 8 + suite.iv_len() + suite.icv_len(),
+    );
     let a = suite.block();
     (avail / a * a).saturating_sub(2)
 }
@@ -111,9 +112,23 @@ mod tests {
             (s(E::Aes128Cbc, I::Sha512_256), true, 1406, 1366, 1346),
         ];
         for (suite, nat, mtu, m4, m6) in rows {
-            for suite in [suite, Suite { enc: if suite.enc.is_gcm() { E::Aes256Gcm16 } else { E::Aes256Cbc }, ..suite }] {
+            for suite in [
+                suite,
+                Suite {
+                    enc: if suite.enc.is_gcm() {
+                        E::Aes256Gcm16
+                    } else {
+                        E::Aes256Cbc
+                    },
+                    ..suite
+                },
+            ] {
                 let got = inner_mtu(suite, nat, OuterFamily::V4);
-                assert_eq!((got, mss_ipv4(got), mss_ipv6(got)), (mtu, m4, m6), "{suite} nat_t={nat}");
+                assert_eq!(
+                    (got, mss_ipv4(got), mss_ipv6(got)),
+                    (mtu, m4, m6),
+                    "{suite} nat_t={nat}"
+                );
                 // Fact 45: inner_mtu fits in 1500, one more byte does not.
                 assert!(outer_len(suite, nat, OuterFamily::V4, got) <= 1500);
                 assert!(outer_len(suite, nat, OuterFamily::V4, got + 1) > 1500);
@@ -124,11 +139,26 @@ mod tests {
     #[test]
     fn ipv6_outer_variants() {
         // shared/spec/mtu.md section 3.2.
-        assert_eq!(inner_mtu(s(E::Aes128Gcm16, I::None), false, OuterFamily::V6), 1426);
-        assert_eq!(inner_mtu(s(E::Aes128Gcm16, I::None), true, OuterFamily::V6), 1418);
-        assert_eq!(inner_mtu(s(E::Aes128Cbc, I::Sha1_96), false, OuterFamily::V6), 1422);
-        assert_eq!(inner_mtu(s(E::Aes128Cbc, I::Sha256_128), false, OuterFamily::V6), 1406);
-        assert_eq!(inner_mtu(s(E::Aes256Cbc, I::Sha512_256), true, OuterFamily::V6), 1390);
+        assert_eq!(
+            inner_mtu(s(E::Aes128Gcm16, I::None), false, OuterFamily::V6),
+            1426
+        );
+        assert_eq!(
+            inner_mtu(s(E::Aes128Gcm16, I::None), true, OuterFamily::V6),
+            1418
+        );
+        assert_eq!(
+            inner_mtu(s(E::Aes128Cbc, I::Sha1_96), false, OuterFamily::V6),
+            1422
+        );
+        assert_eq!(
+            inner_mtu(s(E::Aes128Cbc, I::Sha256_128), false, OuterFamily::V6),
+            1406
+        );
+        assert_eq!(
+            inner_mtu(s(E::Aes256Cbc, I::Sha512_256), true, OuterFamily::V6),
+            1390
+        );
     }
 
     #[test]

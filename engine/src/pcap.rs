@@ -41,7 +41,10 @@ impl Record {
 /// Parses a pcap file image.
 pub fn parse(buf: &[u8]) -> Result<Pcap, String> {
     if buf.len() < 24 {
-        return Err(format!("not a pcap file: {} bytes, the header needs 24", buf.len()));
+        return Err(format!(
+            "not a pcap file: {} bytes, the header needs 24",
+            buf.len()
+        ));
     }
     let magic = u32::from_le_bytes(buf[0..4].try_into().unwrap());
     let (le, nanos) = match magic {
@@ -49,12 +52,20 @@ pub fn parse(buf: &[u8]) -> Result<Pcap, String> {
         0xa1b23c4d => (true, true),
         0xd4c3b2a1 => (false, false),
         0x4d3cb2a1 => (false, true),
-        0x0a0d0d0a => return Err("pcapng files are not supported; convert with `editcap -F pcap IN OUT`".into()),
+        0x0a0d0d0a => {
+            return Err(
+                "pcapng files are not supported; convert with `editcap -F pcap IN OUT`".into(),
+            );
+        }
         m => return Err(format!("not a pcap file (magic {m:#010x})")),
     };
     let rd = |o: usize| -> u32 {
         let b: [u8; 4] = buf[o..o + 4].try_into().unwrap();
-        if le { u32::from_le_bytes(b) } else { u32::from_be_bytes(b) }
+        if le {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        }
     };
     let snaplen = rd(16);
     let linktype = rd(20) & 0x0fff_ffff;
@@ -64,15 +75,29 @@ pub fn parse(buf: &[u8]) -> Result<Pcap, String> {
         if o + 16 > buf.len() {
             return Err(format!("truncated record header at offset {o}"));
         }
-        let (ts_sec, ts_frac, incl, orig) = (rd(o), rd(o + 4), rd(o + 8) as usize, rd(o + 12) as usize);
+        let (ts_sec, ts_frac, incl, orig) =
+            (rd(o), rd(o + 4), rd(o + 8) as usize, rd(o + 12) as usize);
         o += 16;
         if incl > 262_144 || o + incl > buf.len() {
-            return Err(format!("truncated or corrupt record at offset {} (length {incl})", o - 16));
+            return Err(format!(
+                "truncated or corrupt record at offset {} (length {incl})",
+                o - 16
+            ));
         }
-        records.push(Record { ts_sec, ts_frac, data: buf[o..o + incl].to_vec(), truncated: orig > incl });
+        records.push(Record {
+            ts_sec,
+            ts_frac,
+            data: buf[o..o + incl].to_vec(),
+            truncated: orig > incl,
+        });
         o += incl;
     }
-    Ok(Pcap { linktype, nanos, snaplen, records })
+    Ok(Pcap {
+        linktype,
+        nanos,
+        snaplen,
+        records,
+    })
 }
 
 /// Reads a pcap file.
@@ -131,7 +156,8 @@ pub fn split_link(linktype: u32, frame: &[u8]) -> Option<(&[u8], &[u8])> {
             matches!(et, 0x0800 | 0x86dd).then(|| frame.split_at(hl))
         }
         LINKTYPE_RAW | LINKTYPE_IPV4 | LINKTYPE_IPV6 => {
-            matches!(frame.first().map(|b| b >> 4), Some(4) | Some(6)).then_some((&frame[..0], frame))
+            matches!(frame.first().map(|b| b >> 4), Some(4) | Some(6))
+                .then_some((&frame[..0], frame))
         }
         LINKTYPE_LINUX_SLL => {
             if frame.len() < 16 {
@@ -156,7 +182,10 @@ pub fn fix_link(linktype: u32, link: &mut [u8], ip_version: u8) {
 
 /// Whether we can read and write this link type.
 pub fn supported(linktype: u32) -> bool {
-    matches!(linktype, LINKTYPE_ETHERNET | LINKTYPE_RAW | LINKTYPE_IPV4 | LINKTYPE_IPV6 | LINKTYPE_LINUX_SLL)
+    matches!(
+        linktype,
+        LINKTYPE_ETHERNET | LINKTYPE_RAW | LINKTYPE_IPV4 | LINKTYPE_IPV6 | LINKTYPE_LINUX_SLL
+    )
 }
 
 #[cfg(test)]

@@ -39,24 +39,31 @@ pub struct OutboundCtx {
 
 impl Default for OutboundCtx {
     fn default() -> Self {
-        OutboundCtx { icmp_src_v4: None, icmp_src_v6: None, icmp_limit: RateLimit::new(100.0, 20.0), frags: Vec::with_capacity(64) }
+        OutboundCtx {
+            icmp_src_v4: None,
+            icmp_src_v6: None,
+            icmp_limit: RateLimit::new(100.0, 20.0),
+            frags: Vec::with_capacity(64),
+        }
     }
 }
 
 fn icmp_source_v4(ctx: &OutboundCtx, sa: &OutboundSa, inner_dst: IpAddr) -> Ipv4Addr {
-    ctx.icmp_src_v4.unwrap_or(match (sa.cfg.tunnel_src, inner_dst) {
-        (IpAddr::V4(a), _) => a,
-        (_, IpAddr::V4(d)) => d,
-        _ => Ipv4Addr::UNSPECIFIED,
-    })
+    ctx.icmp_src_v4
+        .unwrap_or(match (sa.cfg.tunnel_src, inner_dst) {
+            (IpAddr::V4(a), _) => a,
+            (_, IpAddr::V4(d)) => d,
+            _ => Ipv4Addr::UNSPECIFIED,
+        })
 }
 
 fn icmp_source_v6(ctx: &OutboundCtx, sa: &OutboundSa, inner_dst: IpAddr) -> Ipv6Addr {
-    ctx.icmp_src_v6.unwrap_or(match (sa.cfg.tunnel_src, inner_dst) {
-        (IpAddr::V6(a), _) => a,
-        (_, IpAddr::V6(d)) => d,
-        _ => Ipv6Addr::UNSPECIFIED,
-    })
+    ctx.icmp_src_v6
+        .unwrap_or(match (sa.cfg.tunnel_src, inner_dst) {
+            (IpAddr::V6(a), _) => a,
+            (_, IpAddr::V6(d)) => d,
+            _ => Ipv6Addr::UNSPECIFIED,
+        })
 }
 
 /// Protects one inner IP packet with `sa`: ESP packets go to `out`, an ICMP error (if any)
@@ -85,7 +92,11 @@ pub fn protect(
     // Trailing link-layer padding is not part of the packet.
     pkt.truncate(ip.total_len);
     if sa.cfg.mss_clamp {
-        let mss = if ip.version == 4 { sa.mss_ipv4() } else { sa.mss_ipv6() };
+        let mss = if ip.version == 4 {
+            sa.mss_ipv4()
+        } else {
+            sa.mss_ipv6()
+        };
         if let MssClamp::Clamped(..) = wire::clamp_mss(pkt.bytes_mut(), mss) {
             sa.counters.mss_clamped += 1;
         }
@@ -95,7 +106,10 @@ pub fn protect(
         return match esp::encapsulate(sa, &mut pkt) {
             Ok(st) => {
                 out.push(pkt);
-                Protected::Sent { packets: 1, soft_limit: st == SeqState::SoftLimit }
+                Protected::Sent {
+                    packets: 1,
+                    soft_limit: st == SeqState::SoftLimit,
+                }
             }
             Err(r) => {
                 pool.put(pkt);
@@ -106,16 +120,30 @@ pub fn protect(
     if ip.version == 6 {
         // IPv6 is never fragmented in transit: Packet Too Big with the inner MTU.
         let src = icmp_source_v6(ctx, sa, ip.dst);
-        return icmp_reply(sa, ctx, now, pkt, pool, icmp_out, DropReason::TooBig, |orig, b| {
-            frag::icmpv6_packet_too_big(orig, mtu as u32, src, b)
-        });
+        return icmp_reply(
+            sa,
+            ctx,
+            now,
+            pkt,
+            pool,
+            icmp_out,
+            DropReason::TooBig,
+            |orig, b| frag::icmpv6_packet_too_big(orig, mtu as u32, src, b),
+        );
     }
     let df = wire::be16(pkt.bytes(), 6) & 0x4000 != 0;
     if df && sa.cfg.df_policy == DfPolicy::Honor {
         let src = icmp_source_v4(ctx, sa, ip.dst);
-        return icmp_reply(sa, ctx, now, pkt, pool, icmp_out, DropReason::TooBig, |orig, b| {
-            frag::icmpv4_frag_needed(orig, mtu as u16, src, b)
-        });
+        return icmp_reply(
+            sa,
+            ctx,
+            now,
+            pkt,
+            pool,
+            icmp_out,
+            DropReason::TooBig,
+            |orig, b| frag::icmpv4_frag_needed(orig, mtu as u16, src, b),
+        );
     }
     let mut frags = std::mem::take(&mut ctx.frags);
     frags.clear();
@@ -156,7 +184,10 @@ pub fn protect(
     ctx.frags = frags;
     match first_err {
         Some(r) if sent == 0 => Protected::Dropped(r),
-        _ => Protected::Sent { packets: sent, soft_limit: soft },
+        _ => Protected::Sent {
+            packets: sent,
+            soft_limit: soft,
+        },
     }
 }
 
@@ -204,13 +235,23 @@ pub enum Unprotected {
 
 /// Decrypts one ESP packet (`pkt` starts at the ESP header) and, when the inner packet is a
 /// fragment, feeds the reassembler; the reassembled packet replaces `pkt`'s content.
-pub fn unprotect(sa: &mut InboundSa, reasm: &mut Reassembler, now: f64, pkt: &mut PacketBuf) -> Result<Unprotected, DropReason> {
+pub fn unprotect(
+    sa: &mut InboundSa,
+    reasm: &mut Reassembler,
+    now: f64,
+    pkt: &mut PacketBuf,
+) -> Result<Unprotected, DropReason> {
     esp::decapsulate(sa, pkt)?;
     finish_inbound(sa, reasm, now, pkt)
 }
 
 /// The inbound steps after decapsulation (reassembly, MSS clamp), shared by the burst path.
-pub fn finish_inbound(sa: &mut InboundSa, reasm: &mut Reassembler, now: f64, pkt: &mut PacketBuf) -> Result<Unprotected, DropReason> {
+pub fn finish_inbound(
+    sa: &mut InboundSa,
+    reasm: &mut Reassembler,
+    now: f64,
+    pkt: &mut PacketBuf,
+) -> Result<Unprotected, DropReason> {
     if frag::is_fragment(pkt.bytes()) {
         let mut whole = PacketBuf::new();
         match reasm.insert(now, pkt.bytes(), &mut whole) {
@@ -228,7 +269,11 @@ pub fn finish_inbound(sa: &mut InboundSa, reasm: &mut Reassembler, now: f64, pkt
     if sa.cfg.mss_clamp {
         let mtu = sa.cfg.inner_mtu();
         let v4 = pkt.bytes().first().is_some_and(|b| b >> 4 == 4);
-        let mss = if v4 { crate::mtu::mss_ipv4(mtu) } else { crate::mtu::mss_ipv6(mtu) } as u16;
+        let mss = if v4 {
+            crate::mtu::mss_ipv4(mtu)
+        } else {
+            crate::mtu::mss_ipv6(mtu)
+        } as u16;
         if let MssClamp::Clamped(..) = wire::clamp_mss(pkt.bytes_mut(), mss) {
             sa.counters.mss_clamped += 1;
         }

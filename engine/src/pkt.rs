@@ -9,6 +9,14 @@ pub const DEFAULT_HEADROOM: usize = 128;
 /// a bigger buffer: see [`PacketBuf::with_capacity`]) plus head/tailroom.
 pub const DEFAULT_CAPACITY: usize = 2048;
 
+/// A packet does not fit the buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("packet needs {need} bytes of buffer, capacity is {capacity}")]
+pub struct TooSmall {
+    pub need: usize,
+    pub capacity: usize,
+}
+
 /// A packet in a fixed buffer: the bytes are `data[head..tail]`.
 #[derive(Clone)]
 pub struct PacketBuf {
@@ -35,7 +43,11 @@ impl PacketBuf {
     }
     pub fn with_capacity(cap: usize) -> Self {
         let head = DEFAULT_HEADROOM.min(cap);
-        PacketBuf { data: vec![0u8; cap].into_boxed_slice(), head, tail: head }
+        PacketBuf {
+            data: vec![0u8; cap].into_boxed_slice(),
+            head,
+            tail: head,
+        }
     }
     /// A buffer holding a copy of `bytes` after the default headroom (grows the buffer if needed).
     pub fn from_slice(bytes: &[u8]) -> Self {
@@ -45,10 +57,13 @@ impl PacketBuf {
     }
     /// Replaces the content with a copy of `bytes` at the default headroom. Fails when the
     /// buffer is too small.
-    pub fn set(&mut self, bytes: &[u8]) -> Result<(), ()> {
+    pub fn set(&mut self, bytes: &[u8]) -> Result<(), TooSmall> {
         let head = DEFAULT_HEADROOM.min(self.data.len());
         if head + bytes.len() > self.data.len() {
-            return Err(());
+            return Err(TooSmall {
+                need: head + bytes.len(),
+                capacity: self.data.len(),
+            });
         }
         self.head = head;
         self.tail = head + bytes.len();
@@ -132,7 +147,10 @@ pub struct BufPool {
 impl BufPool {
     /// A pool pre-filled with `n` buffers of `capacity` bytes.
     pub fn new(n: usize, capacity: usize) -> Self {
-        BufPool { free: (0..n).map(|_| PacketBuf::with_capacity(capacity)).collect(), capacity }
+        BufPool {
+            free: (0..n).map(|_| PacketBuf::with_capacity(capacity)).collect(),
+            capacity,
+        }
     }
     pub fn get(&mut self) -> PacketBuf {
         match self.free.pop() {

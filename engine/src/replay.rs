@@ -34,7 +34,11 @@ pub struct ReplayWindow {
 
 impl std::fmt::Debug for ReplayWindow {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplayWindow").field("window", &self.window).field("esn", &self.esn).field("top", &self.top).finish()
+        f.debug_struct("ReplayWindow")
+            .field("window", &self.window)
+            .field("esn", &self.esn)
+            .field("top", &self.top)
+            .finish()
     }
 }
 
@@ -42,7 +46,12 @@ impl ReplayWindow {
     /// A window of `window` packets (64..=2048; out-of-range values are clamped, config
     /// validation rejects them earlier with a message).
     pub fn new(window: u32, esn: bool) -> Self {
-        ReplayWindow { window: window.clamp(MIN_WINDOW, MAX_WINDOW), esn, top: 0, bits: [0; BLOCKS] }
+        ReplayWindow {
+            window: window.clamp(MIN_WINDOW, MAX_WINDOW),
+            esn,
+            top: 0,
+            bits: [0; BLOCKS],
+        }
     }
 
     pub fn window(&self) -> u32 {
@@ -66,10 +75,18 @@ impl ReplayWindow {
         let bottom = tl.wrapping_sub(w - 1);
         let seqh = if tl >= w - 1 {
             // Case A: the window lies within one 2^32 subspace.
-            if seq_lo >= bottom { th } else { th.checked_add(1)? }
+            if seq_lo >= bottom {
+                th
+            } else {
+                th.checked_add(1)?
+            }
         } else {
             // Case B: the window spans the boundary into the previous subspace.
-            if seq_lo >= bottom { th.checked_sub(1)? } else { th }
+            if seq_lo >= bottom {
+                th.checked_sub(1)?
+            } else {
+                th
+            }
         };
         Some(((seqh as u64) << 32) | seq_lo as u64)
     }
@@ -89,7 +106,11 @@ impl ReplayWindow {
             return Err(ReplayError::TooOld);
         }
         let block = ((seq >> 6) & MASK) as usize;
-        if self.bits[block] & (1u64 << (seq & 63)) != 0 { Err(ReplayError::Replayed) } else { Ok(seq) }
+        if self.bits[block] & (1u64 << (seq & 63)) != 0 {
+            Err(ReplayError::Replayed)
+        } else {
+            Ok(seq)
+        }
     }
 
     /// Records `seq` (a value returned by `check` for a packet whose ICV verified). Returns
@@ -156,7 +177,11 @@ mod tests {
 
     fn run(w: u32, esn: bool, seqs: &[u64]) {
         let mut rw = ReplayWindow::new(w, esn);
-        let mut m = Model { w: w as u64, top: 0, seen: HashSet::new() };
+        let mut m = Model {
+            w: w as u64,
+            top: 0,
+            seen: HashSet::new(),
+        };
         for &s in seqs {
             let want = m.offer(s);
             let got = rw.check(s as u32).and_then(|full| {
@@ -255,8 +280,14 @@ mod tests {
             rw.commit(full).unwrap();
         }
         // A late packet from before the boundary is still inferred into subspace 0.
-        assert_eq!(rw.check(((1u64 << 32) - 5) as u32), Err(ReplayError::Replayed));
-        assert_eq!(rw.infer(((1u64 << 32) - 100) as u32), Some((1u64 << 32) - 100));
+        assert_eq!(
+            rw.check(((1u64 << 32) - 5) as u32),
+            Err(ReplayError::Replayed)
+        );
+        assert_eq!(
+            rw.infer(((1u64 << 32) - 100) as u32),
+            Some((1u64 << 32) - 100)
+        );
     }
 
     #[test]

@@ -82,7 +82,11 @@ impl fmt::Debug for SaConfig {
 
 impl SaConfig {
     pub fn outer_family(&self) -> OuterFamily {
-        if self.tunnel_src.is_ipv4() { OuterFamily::V4 } else { OuterFamily::V6 }
+        if self.tunnel_src.is_ipv4() {
+            OuterFamily::V4
+        } else {
+            OuterFamily::V6
+        }
     }
     /// The SA's inner MTU: the formula for its transform and NAT-T state, capped at 1446,
     /// lowered further by an override.
@@ -136,14 +140,20 @@ pub fn load_sa_file(path: &Path) -> Result<Vec<SaConfig>, ConfigErrors> {
 }
 
 fn hex_key(v: &str) -> Result<Zeroizing<Vec<u8>>, String> {
-    let s: String = v.chars().filter(|c| !c.is_whitespace() && *c != ':').collect();
+    let s: String = v
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != ':')
+        .collect();
     let s = s.strip_prefix("0x").unwrap_or(&s);
-    hex::decode(s).map(Zeroizing::new).map_err(|_| "is not a hex string".to_string())
+    hex::decode(s)
+        .map(Zeroizing::new)
+        .map_err(|_| "is not a hex string".to_string())
 }
 
 /// Parses and validates SA TOML text; `origin` names the file in messages.
 pub fn parse_sa_toml(text: &str, origin: &str) -> Result<Vec<SaConfig>, ConfigErrors> {
-    let raw: RawFile = toml::from_str(text).map_err(|e| ConfigErrors(vec![format!("{origin}: {e}")]))?;
+    let raw: RawFile =
+        toml::from_str(text).map_err(|e| ConfigErrors(vec![format!("{origin}: {e}")]))?;
     let mut errs = vec![];
     let mut out = vec![];
     if raw.sa.is_empty() {
@@ -160,7 +170,10 @@ pub fn parse_sa_toml(text: &str, origin: &str) -> Result<Vec<SaConfig>, ConfigEr
             Some("out") => Some(Direction::Out),
             Some("in") => Some(Direction::In),
             Some(v) => {
-                e("direction", format!("{v:?} is not allowed; allowed: \"out\", \"in\""));
+                e(
+                    "direction",
+                    format!("{v:?} is not allowed; allowed: \"out\", \"in\""),
+                );
                 None
             }
             None => {
@@ -171,7 +184,12 @@ pub fn parse_sa_toml(text: &str, origin: &str) -> Result<Vec<SaConfig>, ConfigEr
         let spi = match r.spi {
             Some(v) if (256..=u32::MAX as i64).contains(&v) => Some(v as u32),
             Some(v) => {
-                e("spi", format!("{v:#x} is out of range; allowed: 0x100..=0xffffffff (1..255 are reserved, RFC 4303 section 2.1)"));
+                e(
+                    "spi",
+                    format!(
+                        "{v:#x} is out of range; allowed: 0x100..=0xffffffff (1..255 are reserved, RFC 4303 section 2.1)"
+                    ),
+                );
                 None
             }
             None => {
@@ -186,7 +204,10 @@ pub fn parse_sa_toml(text: &str, origin: &str) -> Result<Vec<SaConfig>, ConfigEr
                 None
             }
             None => {
-                e("encryption", "missing; allowed: aes128-gcm16, aes256-gcm16, aes128-cbc, aes256-cbc".into());
+                e(
+                    "encryption",
+                    "missing; allowed: aes128-gcm16, aes256-gcm16, aes128-cbc, aes256-cbc".into(),
+                );
                 None
             }
         };
@@ -197,7 +218,11 @@ pub fn parse_sa_toml(text: &str, origin: &str) -> Result<Vec<SaConfig>, ConfigEr
                 None
             }
             None => {
-                e("integrity", "missing; allowed: none (GCM), sha1-96, sha256-128, sha384-192, sha512-256".into());
+                e(
+                    "integrity",
+                    "missing; allowed: none (GCM), sha1-96, sha256-128, sha384-192, sha512-256"
+                        .into(),
+                );
                 None
             }
         };
@@ -233,10 +258,19 @@ pub fn parse_sa_toml(text: &str, origin: &str) -> Result<Vec<SaConfig>, ConfigEr
         if let (Some(s), Some(k)) = (suite, &enc_key)
             && k.len() != s.enc.enc_key_len()
         {
-            let what = if s.enc.is_gcm() { "key followed by the 4-byte salt" } else { "the AES key" };
+            let what = if s.enc.is_gcm() {
+                "key followed by the 4-byte salt"
+            } else {
+                "the AES key"
+            };
             e(
                 "enc_key",
-                format!("{} bytes is the wrong length for {}; allowed: {} bytes ({what})", k.len(), s.enc.name(), s.enc.enc_key_len()),
+                format!(
+                    "{} bytes is the wrong length for {}; allowed: {} bytes ({what})",
+                    k.len(),
+                    s.enc.name(),
+                    s.enc.enc_key_len()
+                ),
             );
         }
         if let (Some(s), Some(k)) = (suite, &int_key)
@@ -247,12 +281,26 @@ pub fn parse_sa_toml(text: &str, origin: &str) -> Result<Vec<SaConfig>, ConfigEr
             } else {
                 format!("{} bytes", s.integ.key_len())
             };
-            e("int_key", format!("{} bytes is the wrong length for {}; allowed: {allowed}", k.len(), s.integ.name()));
+            e(
+                "int_key",
+                format!(
+                    "{} bytes is the wrong length for {}; allowed: {allowed}",
+                    k.len(),
+                    s.integ.name()
+                ),
+            );
         }
-        let mut addr = |key: &str, v: &Option<String>| match v.as_deref().map(str::parse::<IpAddr>) {
+        let mut addr = |key: &str, v: &Option<String>| match v.as_deref().map(str::parse::<IpAddr>)
+        {
             Some(Ok(a)) => Some(a),
             Some(Err(_)) => {
-                e(key, format!("{:?} is not an IPv4 or IPv6 address", v.as_deref().unwrap_or("")));
+                e(
+                    key,
+                    format!(
+                        "{:?} is not an IPv4 or IPv6 address",
+                        v.as_deref().unwrap_or("")
+                    ),
+                );
                 None
             }
             None => {
@@ -265,7 +313,10 @@ pub fn parse_sa_toml(text: &str, origin: &str) -> Result<Vec<SaConfig>, ConfigEr
         if let (Some(a), Some(b)) = (src, dst)
             && a.is_ipv4() != b.is_ipv4()
         {
-            e("tunnel_dst", format!("{b} is not the same address family as tunnel_src {a}"));
+            e(
+                "tunnel_dst",
+                format!("{b} is not the same address family as tunnel_src {a}"),
+            );
         }
         let mut port = |key: &str, v: Option<i64>| match v {
             None => 4500u16,
@@ -280,9 +331,14 @@ pub fn parse_sa_toml(text: &str, origin: &str) -> Result<Vec<SaConfig>, ConfigEr
         let esn = r.esn.unwrap_or(false);
         let replay_window = match r.replay_window {
             None => replay::DEFAULT_WINDOW,
-            Some(w) if (replay::MIN_WINDOW as i64..=replay::MAX_WINDOW as i64).contains(&w) => w as u32,
+            Some(w) if (replay::MIN_WINDOW as i64..=replay::MAX_WINDOW as i64).contains(&w) => {
+                w as u32
+            }
             Some(w) => {
-                e("replay_window", format!("{w} is out of range; allowed: 64..=2048"));
+                e(
+                    "replay_window",
+                    format!("{w} is out of range; allowed: 64..=2048"),
+                );
                 replay::DEFAULT_WINDOW
             }
         };
@@ -291,7 +347,10 @@ pub fn parse_sa_toml(text: &str, origin: &str) -> Result<Vec<SaConfig>, ConfigEr
             None => 1,
             Some(s) if (1..=max_seq).contains(&s) => s as u64,
             Some(s) => {
-                e("seq", format!("{s} is out of range; allowed: 1..={max_seq}"));
+                e(
+                    "seq",
+                    format!("{s} is out of range; allowed: 1..={max_seq}"),
+                );
                 1
             }
         };
@@ -299,7 +358,10 @@ pub fn parse_sa_toml(text: &str, origin: &str) -> Result<Vec<SaConfig>, ConfigEr
             None | Some("clear") => DfPolicy::Clear,
             Some("honor") => DfPolicy::Honor,
             Some(v) => {
-                e("df_policy", format!("{v:?} is not allowed; allowed: \"clear\", \"honor\""));
+                e(
+                    "df_policy",
+                    format!("{v:?} is not allowed; allowed: \"clear\", \"honor\""),
+                );
                 DfPolicy::Clear
             }
         };
@@ -307,7 +369,10 @@ pub fn parse_sa_toml(text: &str, origin: &str) -> Result<Vec<SaConfig>, ConfigEr
             None => None,
             Some(m) if (1280..=1446).contains(&m) => Some(m as usize),
             Some(m) => {
-                e("inner_mtu", format!("{m} is out of range; allowed: 1280..=1446 (presets 1399, 1436)"));
+                e(
+                    "inner_mtu",
+                    format!("{m} is out of range; allowed: 1280..=1446 (presets 1399, 1436)"),
+                );
                 None
             }
         };
@@ -315,12 +380,22 @@ pub fn parse_sa_toml(text: &str, origin: &str) -> Result<Vec<SaConfig>, ConfigEr
             None => 90,
             Some(p) if (1..=99).contains(&p) => p as u8,
             Some(p) => {
-                e("soft_seq_percent", format!("{p} is out of range; allowed: 1..=99"));
+                e(
+                    "soft_seq_percent",
+                    format!("{p} is out of range; allowed: 1..=99"),
+                );
                 90
             }
         };
-        if let (Some(direction), Some(spi), Some(suite), Some(enc_key), Some(int_key), Some(src), Some(dst)) =
-            (direction, spi, suite, enc_key, int_key, src, dst)
+        if let (
+            Some(direction),
+            Some(spi),
+            Some(suite),
+            Some(enc_key),
+            Some(int_key),
+            Some(src),
+            Some(dst),
+        ) = (direction, spi, suite, enc_key, int_key, src, dst)
         {
             out.push(SaConfig {
                 name,
@@ -350,7 +425,11 @@ pub fn parse_sa_toml(text: &str, origin: &str) -> Result<Vec<SaConfig>, ConfigEr
             errs.push(format!("{origin}: sa \"{}\": spi: {:#010x} is used by another \"in\" SA; inbound SPIs must be unique", s.name, s.spi));
         }
     }
-    if errs.is_empty() { Ok(out) } else { Err(ConfigErrors(errs)) }
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(ConfigErrors(errs))
+    }
 }
 
 /// Unpredictable CBC IVs (RFC 3602 section 3): a counter encrypted under a random per-SA
@@ -402,13 +481,20 @@ pub struct OutboundSa {
 
 impl fmt::Debug for OutboundSa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OutboundSa").field("cfg", &self.cfg).field("next_seq", &self.next_seq).finish_non_exhaustive()
+        f.debug_struct("OutboundSa")
+            .field("cfg", &self.cfg)
+            .field("next_seq", &self.next_seq)
+            .finish_non_exhaustive()
     }
 }
 
 impl OutboundSa {
     /// Builds the SA; `seed` comes from the caller's RNG (OS randomness in the shell).
-    pub fn new(cfg: SaConfig, backend: Backend, seed: &[u8; 32]) -> Result<Self, crate::crypto::KeyError> {
+    pub fn new(
+        cfg: SaConfig,
+        backend: Backend,
+        seed: &[u8; 32],
+    ) -> Result<Self, crate::crypto::KeyError> {
         let transform = new_transform(backend, cfg.suite, &cfg.enc_key, &cfg.int_key)?;
         let max_seq = if cfg.esn { u64::MAX } else { u32::MAX as u64 };
         let soft_seq = (max_seq / 100).saturating_mul(cfg.soft_seq_percent as u64);
@@ -462,14 +548,22 @@ pub struct InboundSa {
 
 impl fmt::Debug for InboundSa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("InboundSa").field("cfg", &self.cfg).field("replay", &self.replay).finish_non_exhaustive()
+        f.debug_struct("InboundSa")
+            .field("cfg", &self.cfg)
+            .field("replay", &self.replay)
+            .finish_non_exhaustive()
     }
 }
 
 impl InboundSa {
     pub fn new(cfg: SaConfig, backend: Backend) -> Result<Self, crate::crypto::KeyError> {
         let transform = new_transform(backend, cfg.suite, &cfg.enc_key, &cfg.int_key)?;
-        Ok(InboundSa { replay: ReplayWindow::new(cfg.replay_window, cfg.esn), transform, cfg, counters: Counters::default() })
+        Ok(InboundSa {
+            replay: ReplayWindow::new(cfg.replay_window, cfg.esn),
+            transform,
+            cfg,
+            counters: Counters::default(),
+        })
     }
 }
 
@@ -510,7 +604,10 @@ replay_window = 64
         assert_eq!(v[0].spi, 0x0a0b0c0d);
         assert_eq!(v[0].inner_mtu(), 1446);
         assert_eq!(v[1].replay_window, 64);
-        assert!(!format!("{:?}", v[1]).contains("000102"), "Debug must not print keys");
+        assert!(
+            !format!("{:?}", v[1]).contains("000102"),
+            "Debug must not print keys"
+        );
     }
 
     #[test]
@@ -520,8 +617,16 @@ replay_window = 64
             .replace("replay_window = 64", "replay_window = 4096")
             .replace("\"2001:db8::1\"", "\"192.0.2.9\"");
         let e = parse_sa_toml(&bad, "bad.toml").unwrap_err().to_string();
-        assert!(e.contains("bad.toml: sa[0] \"t1-out\": encryption: unknown encryption \"aes128-gcm8\""), "{e}");
-        assert!(e.contains("sa[1] \"t1-in\": replay_window: 4096 is out of range; allowed: 64..=2048"), "{e}");
+        assert!(
+            e.contains(
+                "bad.toml: sa[0] \"t1-out\": encryption: unknown encryption \"aes128-gcm8\""
+            ),
+            "{e}"
+        );
+        assert!(
+            e.contains("sa[1] \"t1-in\": replay_window: 4096 is out of range; allowed: 64..=2048"),
+            "{e}"
+        );
         assert!(e.contains("tunnel_dst"), "{e}");
     }
 
@@ -529,7 +634,10 @@ replay_window = 64
     fn key_length_errors() {
         let bad = GOOD.replace("0c0d0e0f10111213\"", "0c0d0e0f\"");
         let e = parse_sa_toml(&bad, "f").unwrap_err().to_string();
-        assert!(e.contains("enc_key: 16 bytes is the wrong length for aes128-gcm16; allowed: 20 bytes"), "{e}");
+        assert!(
+            e.contains("enc_key: 16 bytes is the wrong length for aes128-gcm16; allowed: 20 bytes"),
+            "{e}"
+        );
         let bad = GOOD.replace("integrity = \"none\"", "integrity = \"sha1-96\"");
         let e = parse_sa_toml(&bad, "f").unwrap_err().to_string();
         assert!(e.contains("integrity must be \"none\""), "{e}");
@@ -549,7 +657,10 @@ replay_window = 64
         let mut sa = OutboundSa::new(cfg, Backend::RustCrypto, &[7; 32]).unwrap();
         assert!(sa.reserve_seq().is_ok());
         assert!(sa.reserve_seq().is_ok());
-        assert_eq!(sa.reserve_seq(), Err(crate::counters::DropReason::SeqExhausted));
+        assert_eq!(
+            sa.reserve_seq(),
+            Err(crate::counters::DropReason::SeqExhausted)
+        );
         assert_eq!(sa.counters.soft_limit_events, 1);
     }
 }

@@ -232,7 +232,14 @@ pub fn write_ipv4_header(
 }
 
 /// Writes a 40-byte IPv6 header into `h`.
-pub fn write_ipv6_header(h: &mut [u8], payload_len: u16, next: u8, hop: u8, src: Ipv6Addr, dst: Ipv6Addr) {
+pub fn write_ipv6_header(
+    h: &mut [u8],
+    payload_len: u16,
+    next: u8,
+    hop: u8,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+) {
     h[0] = 0x60;
     h[1] = 0;
     h[2] = 0;
@@ -333,9 +340,15 @@ pub fn clamp_mss(pkt: &mut [u8], max_mss: u16) -> MssClamp {
 /// Computes the TCP or UDP checksum of a (non-fragmented) IPv4/IPv6 packet from scratch and
 /// returns whether it verifies. Used by tests and by the reassembly path's sanity checks.
 pub fn l4_checksum_ok(pkt: &[u8]) -> bool {
-    let Some(ip) = parse_ip(pkt) else { return false };
+    let Some(ip) = parse_ip(pkt) else {
+        return false;
+    };
     let l4 = &pkt[ip.hdr_len..ip.total_len];
-    let (s, d): (&[u8], &[u8]) = if ip.version == 4 { (&pkt[12..16], &pkt[16..20]) } else { (&pkt[8..24], &pkt[24..40]) };
+    let (s, d): (&[u8], &[u8]) = if ip.version == 4 {
+        (&pkt[12..16], &pkt[16..20])
+    } else {
+        (&pkt[8..24], &pkt[24..40])
+    };
     let acc = pseudo_sum(s, d, ip.proto, l4.len());
     csum_fold(csum_add(acc, l4)) == 0
 }
@@ -354,7 +367,16 @@ mod tests {
     #[test]
     fn incremental_matches_full() {
         let mut h = [0u8; 20];
-        write_ipv4_header(&mut h, 100, 7, true, 64, 6, Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+        write_ipv4_header(
+            &mut h,
+            100,
+            7,
+            true,
+            64,
+            6,
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 2),
+        );
         assert!(ipv4_header_ok(&h));
         let c = be16(&h, 10);
         let old = be16(&h, 2);

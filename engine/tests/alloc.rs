@@ -40,7 +40,9 @@ fn steady_state_bursts_do_not_allocate() {
     for backend in Backend::available_all() {
         for suite in Suite::all() {
             let (mut o, mut i) = pair(suite, backend, false, true, true);
-            let inner: Vec<Vec<u8>> = (0..32).map(|k| udp4(64 + k * 40, false, k as u16, 1)).collect();
+            let inner: Vec<Vec<u8>> = (0..32)
+                .map(|k| udp4(64 + k * 40, false, k as u16, 1))
+                .collect();
             let mut out: Vec<PacketBuf> = inner.iter().map(|p| PacketBuf::from_slice(p)).collect();
             let mut ins: Vec<PacketBuf> = (0..32).map(|_| PacketBuf::new()).collect();
             let mut eres = vec![Ok(SeqState::Ok); 32];
@@ -58,7 +60,10 @@ fn steady_state_bursts_do_not_allocate() {
                 esp::decapsulate_burst(&mut i, &mut ins, &mut dres);
                 let n = ALLOCS.load(Ordering::Relaxed) - before;
                 if count {
-                    assert_eq!(n, 0, "{suite} on {backend:?} allocated {n} times for a burst of 32");
+                    assert_eq!(
+                        n, 0,
+                        "{suite} on {backend:?} allocated {n} times for a burst of 32"
+                    );
                 }
                 assert!(dres.iter().all(|r| r.is_ok()));
             };

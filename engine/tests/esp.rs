@@ -37,8 +37,15 @@ fn roundtrip_every_suite_backend_family_natt_esn() {
                 for nat in [false, true] {
                     for esn in [false, true] {
                         let (mut o, mut i) = pair(suite, backend, v6, nat, esn);
-                        let mut pkts: Vec<PacketBuf> =
-                            (0..40).map(|k| PacketBuf::from_slice(&if k % 3 == 0 { udp6(100 + k * 7, k as u8) } else { udp4(60 + k * 30, false, k as u16, k as u8) })).collect();
+                        let mut pkts: Vec<PacketBuf> = (0..40)
+                            .map(|k| {
+                                PacketBuf::from_slice(&if k % 3 == 0 {
+                                    udp6(100 + k * 7, k as u8)
+                                } else {
+                                    udp4(60 + k * 30, false, k as u16, k as u8)
+                                })
+                            })
+                            .collect();
                         let inner: Vec<Vec<u8>> = pkts.iter().map(|p| p.bytes().to_vec()).collect();
                         let mut res = vec![Ok(engine::sa::SeqState::Ok); pkts.len()];
                         esp::encapsulate_burst(&mut o, &mut pkts, &mut res);
@@ -69,11 +76,18 @@ fn roundtrip_every_suite_backend_family_natt_esn() {
                         let mut res = vec![Ok(()); ins.len()];
                         esp::decapsulate_burst(&mut i, &mut ins, &mut res);
                         for (k, (p, r)) in ins.iter().zip(&res).enumerate() {
-                            assert_eq!(*r, Ok(()), "{suite} {backend:?} v6={v6} nat={nat} esn={esn} pkt {k}");
+                            assert_eq!(
+                                *r,
+                                Ok(()),
+                                "{suite} {backend:?} v6={v6} nat={nat} esn={esn} pkt {k}"
+                            );
                             assert_eq!(p.bytes(), &inner[k][..]);
                         }
                         assert_eq!(i.counters.packets, 40);
-                        assert_eq!(i.counters.inner_bytes, inner.iter().map(|x| x.len() as u64).sum::<u64>());
+                        assert_eq!(
+                            i.counters.inner_bytes,
+                            inner.iter().map(|x| x.len() as u64).sum::<u64>()
+                        );
                         assert_eq!(o.counters.inner_bytes, i.counters.inner_bytes);
                         // Replaying the whole burst is dropped as replay.
                         let mut again: Vec<PacketBuf> = pkts
@@ -104,7 +118,11 @@ fn gcm_iv_is_the_sequence_number_and_padding_is_monotonic() {
     esp::encapsulate(&mut o, &mut p).unwrap();
     let b = p.bytes();
     assert_eq!(wire::be32(b, 24), 1, "first sequence number");
-    assert_eq!(&b[28..36], &1u64.to_be_bytes(), "explicit IV = 64-bit sequence number");
+    assert_eq!(
+        &b[28..36],
+        &1u64.to_be_bytes(),
+        "explicit IV = 64-bit sequence number"
+    );
     // 61 + 2 -> 64: one pad byte; outer = 20 + 8 + 8 + 64 + 16.
     assert_eq!(b.len(), 20 + 8 + 8 + 64 + 16);
 }
@@ -119,8 +137,19 @@ fn fragment_3000_bytes_every_suite_fits_1500_and_reassembles() {
                 let mut pool = BufPool::new(8, 2048);
                 let (mut out, mut icmp) = (vec![], vec![]);
                 let inner = udp4(3000, true, 4242, 9);
-                let r = pipeline::protect(&mut o, &mut ctx, 0.0, PacketBuf::from_slice(&inner), &mut pool, &mut out, &mut icmp);
-                assert!(matches!(r, Protected::Sent { packets: 3, .. }), "{suite}: {r:?}");
+                let r = pipeline::protect(
+                    &mut o,
+                    &mut ctx,
+                    0.0,
+                    PacketBuf::from_slice(&inner),
+                    &mut pool,
+                    &mut out,
+                    &mut icmp,
+                );
+                assert!(
+                    matches!(r, Protected::Sent { packets: 3, .. }),
+                    "{suite}: {r:?}"
+                );
                 assert_eq!(o.counters.df_cleared, 1);
                 for p in &out {
                     assert!(p.len() <= 1500, "{suite} nat={nat}: {} bytes", p.len());
@@ -154,7 +183,11 @@ fn tampering_any_byte_is_detected() {
             // Flipping the SPI would miss the SA in a real lookup; here it is an ICV failure.
             assert!(r.is_err(), "{suite}: flip at {pos} accepted");
             assert_eq!(i.counters.total_drops(), 1);
-            assert_eq!(i.replay.top(), 0, "a forged packet must not move the window");
+            assert_eq!(
+                i.replay.top(),
+                0,
+                "a forged packet must not move the window"
+            );
         }
     }
 }
@@ -168,31 +201,71 @@ fn df_honor_sends_icmp_frag_needed_with_inner_mtu() {
     let mut pool = BufPool::new(8, 2048);
     let (mut out, mut icmp) = (vec![], vec![]);
     // 1438 fits this suite; 1439 with DF does not.
-    let r = pipeline::protect(&mut o, &mut ctx, 0.0, PacketBuf::from_slice(&udp4(1438, true, 1, 0)), &mut pool, &mut out, &mut icmp);
+    let r = pipeline::protect(
+        &mut o,
+        &mut ctx,
+        0.0,
+        PacketBuf::from_slice(&udp4(1438, true, 1, 0)),
+        &mut pool,
+        &mut out,
+        &mut icmp,
+    );
     assert!(matches!(r, Protected::Sent { packets: 1, .. }));
     assert!(out[0].len() <= 1500);
-    let r = pipeline::protect(&mut o, &mut ctx, 0.0, PacketBuf::from_slice(&udp4(1439, true, 2, 0)), &mut pool, &mut out, &mut icmp);
+    let r = pipeline::protect(
+        &mut o,
+        &mut ctx,
+        0.0,
+        PacketBuf::from_slice(&udp4(1439, true, 2, 0)),
+        &mut pool,
+        &mut out,
+        &mut icmp,
+    );
     assert_eq!(r, Protected::DroppedWithIcmp(DropReason::TooBig));
     let m = icmp[0].bytes();
     assert_eq!((m[20], m[21], wire::be16(m, 26)), (3, 4, 1438));
     assert_eq!(m[16..20], [198, 51, 100, 1], "back to the sender");
     assert_eq!(o.counters.dropped(DropReason::TooBig), 1);
     // Without DF it is fragmented even under honor.
-    let r = pipeline::protect(&mut o, &mut ctx, 0.0, PacketBuf::from_slice(&udp4(1439, false, 3, 0)), &mut pool, &mut out, &mut icmp);
+    let r = pipeline::protect(
+        &mut o,
+        &mut ctx,
+        0.0,
+        PacketBuf::from_slice(&udp4(1439, false, 3, 0)),
+        &mut pool,
+        &mut out,
+        &mut icmp,
+    );
     assert!(matches!(r, Protected::Sent { packets: 2, .. }));
 }
 
 #[test]
 fn fact_50_1410_byte_df_ping() {
     // Passes unfragmented on AES128/SHA1 with or without NAT-T; not on CBC/SHA2-512 with NAT-T.
-    for (integ, nat, fits) in [(Integrity::Sha1_96, false, true), (Integrity::Sha1_96, true, true), (Integrity::Sha512_256, true, false)] {
+    for (integ, nat, fits) in [
+        (Integrity::Sha1_96, false, true),
+        (Integrity::Sha1_96, true, true),
+        (Integrity::Sha512_256, true, false),
+    ] {
         let suite = Suite::new(Encryption::Aes128Cbc, integ).unwrap();
         let (mut o, _) = pair(suite, Backend::RustCrypto, false, nat, false);
         let mut ctx = OutboundCtx::default();
         let mut pool = BufPool::new(8, 2048);
         let (mut out, mut icmp) = (vec![], vec![]);
-        let r = pipeline::protect(&mut o, &mut ctx, 0.0, PacketBuf::from_slice(&udp4(1410, true, 1, 0)), &mut pool, &mut out, &mut icmp);
-        assert_eq!(matches!(r, Protected::Sent { packets: 1, .. }), fits, "{suite} nat={nat}: {r:?}");
+        let r = pipeline::protect(
+            &mut o,
+            &mut ctx,
+            0.0,
+            PacketBuf::from_slice(&udp4(1410, true, 1, 0)),
+            &mut pool,
+            &mut out,
+            &mut icmp,
+        );
+        assert_eq!(
+            matches!(r, Protected::Sent { packets: 1, .. }),
+            fits,
+            "{suite} nat={nat}: {r:?}"
+        );
     }
 }
 
@@ -203,13 +276,29 @@ fn ipv6_oversize_gets_packet_too_big() {
     let mut ctx = OutboundCtx::default();
     let mut pool = BufPool::new(8, 2048);
     let (mut out, mut icmp) = (vec![], vec![]);
-    let r = pipeline::protect(&mut o, &mut ctx, 0.0, PacketBuf::from_slice(&udp6(1447, 0)), &mut pool, &mut out, &mut icmp);
+    let r = pipeline::protect(
+        &mut o,
+        &mut ctx,
+        0.0,
+        PacketBuf::from_slice(&udp6(1447, 0)),
+        &mut pool,
+        &mut out,
+        &mut icmp,
+    );
     assert_eq!(r, Protected::DroppedWithIcmp(DropReason::TooBig));
     let m = icmp[0].bytes();
     assert_eq!((m[6], m[40], wire::be32(m, 44)), (58, 2, 1446));
     assert!(wire::l4_checksum_ok(m));
     assert!(m.len() <= 1280);
-    let r = pipeline::protect(&mut o, &mut ctx, 0.0, PacketBuf::from_slice(&udp6(1446, 0)), &mut pool, &mut out, &mut icmp);
+    let r = pipeline::protect(
+        &mut o,
+        &mut ctx,
+        0.0,
+        PacketBuf::from_slice(&udp6(1446, 0)),
+        &mut pool,
+        &mut out,
+        &mut icmp,
+    );
     assert!(matches!(r, Protected::Sent { packets: 1, .. }));
     assert_eq!(out[0].len(), 1500);
 }
@@ -221,8 +310,24 @@ fn mss_clamped_both_directions_never_raised() {
     let mut ctx = OutboundCtx::default();
     let mut pool = BufPool::new(8, 2048);
     let (mut out, mut icmp) = (vec![], vec![]);
-    pipeline::protect(&mut o, &mut ctx, 0.0, PacketBuf::from_slice(&tcp_syn4(1460)), &mut pool, &mut out, &mut icmp);
-    pipeline::protect(&mut o, &mut ctx, 0.0, PacketBuf::from_slice(&tcp_syn4(1200)), &mut pool, &mut out, &mut icmp);
+    pipeline::protect(
+        &mut o,
+        &mut ctx,
+        0.0,
+        PacketBuf::from_slice(&tcp_syn4(1460)),
+        &mut pool,
+        &mut out,
+        &mut icmp,
+    );
+    pipeline::protect(
+        &mut o,
+        &mut ctx,
+        0.0,
+        PacketBuf::from_slice(&tcp_syn4(1200)),
+        &mut pool,
+        &mut out,
+        &mut icmp,
+    );
     assert_eq!(o.counters.mss_clamped, 1);
     let got = decrypt_all(&mut i, &out);
     // 1406 - 40 = 1366 (fact 44), checksum still valid; 1200 untouched.
@@ -233,7 +338,15 @@ fn mss_clamped_both_directions_never_raised() {
     let (mut o2, mut i2) = pair(suite, Backend::RustCrypto, false, true, false);
     o2.cfg.mss_clamp = false;
     let mut out2 = vec![];
-    pipeline::protect(&mut o2, &mut ctx, 0.0, PacketBuf::from_slice(&tcp_syn4(1460)), &mut pool, &mut out2, &mut icmp);
+    pipeline::protect(
+        &mut o2,
+        &mut ctx,
+        0.0,
+        PacketBuf::from_slice(&tcp_syn4(1460)),
+        &mut pool,
+        &mut out2,
+        &mut icmp,
+    );
     let got = decrypt_all(&mut i2, &out2);
     assert_eq!(wire::be16(&got[0], 42), 1366);
     assert_eq!(i2.counters.mss_clamped, 1);
@@ -281,11 +394,20 @@ fn bad_padding_and_next_header_are_named() {
         e
     };
     let mut b = PacketBuf::from_slice(&mk(&[1, 3, 2, 4], 1)); // pad 1,3 is not monotonic
-    assert_eq!(esp::decapsulate(&mut i, &mut b), Err(DropReason::BadPadding));
+    assert_eq!(
+        esp::decapsulate(&mut i, &mut b),
+        Err(DropReason::BadPadding)
+    );
     let mut b = PacketBuf::from_slice(&mk(&[1, 2, 2, 17], 2)); // next header UDP in tunnel mode
-    assert_eq!(esp::decapsulate(&mut i, &mut b), Err(DropReason::BadNextHeader));
+    assert_eq!(
+        esp::decapsulate(&mut i, &mut b),
+        Err(DropReason::BadNextHeader)
+    );
     let mut b = PacketBuf::from_slice(&mk(&[1, 2, 2, 41], 3)); // says IPv6, carries IPv4
-    assert_eq!(esp::decapsulate(&mut i, &mut b), Err(DropReason::BadNextHeader));
+    assert_eq!(
+        esp::decapsulate(&mut i, &mut b),
+        Err(DropReason::BadNextHeader)
+    );
     let mut b = PacketBuf::from_slice(&mk(&[1, 2, 2, 59], 4)); // dummy packet
     assert_eq!(esp::decapsulate(&mut i, &mut b), Err(DropReason::Dummy));
     let mut b = PacketBuf::from_slice(&mk(&[1, 2, 2, 4], 5));
@@ -296,16 +418,37 @@ fn bad_padding_and_next_header_are_named() {
 #[test]
 fn classify_natt_markers() {
     let mut p = vec![0u8; 20 + 8 + 1];
-    wire::write_ipv4_header(&mut p, 29, 1, false, 64, 17, "192.0.2.2".parse().unwrap(), "192.0.2.1".parse().unwrap());
+    wire::write_ipv4_header(
+        &mut p,
+        29,
+        1,
+        false,
+        64,
+        17,
+        "192.0.2.2".parse().unwrap(),
+        "192.0.2.1".parse().unwrap(),
+    );
     wire::write_udp_header(&mut p[20..], 4500, 4500, 9);
     p[28] = 0xff;
     assert_eq!(esp::classify_outer(&p), Ok(Outer::NatKeepalive));
     let mut p = vec![0u8; 20 + 8 + 40];
-    wire::write_ipv4_header(&mut p, 68, 1, false, 64, 17, "192.0.2.2".parse().unwrap(), "192.0.2.1".parse().unwrap());
+    wire::write_ipv4_header(
+        &mut p,
+        68,
+        1,
+        false,
+        64,
+        17,
+        "192.0.2.2".parse().unwrap(),
+        "192.0.2.1".parse().unwrap(),
+    );
     wire::write_udp_header(&mut p[20..], 4500, 4500, 48);
     assert_eq!(esp::classify_outer(&p), Ok(Outer::Ike), "non-ESP marker");
     p[31] = 1;
-    assert!(matches!(esp::classify_outer(&p), Ok(Outer::Esp { spi: 1, .. })));
+    assert!(matches!(
+        esp::classify_outer(&p),
+        Ok(Outer::Esp { spi: 1, .. })
+    ));
     wire::write_udp_header(&mut p[20..], 500, 500, 48);
     assert_eq!(esp::classify_outer(&p), Ok(Outer::Ike));
 }
@@ -319,6 +462,9 @@ fn sequence_exhaustion_refuses_to_send() {
     let mut p = PacketBuf::from_slice(&udp4(100, false, 1, 0));
     assert!(esp::encapsulate(&mut o, &mut p).is_ok());
     let mut p = PacketBuf::from_slice(&udp4(100, false, 1, 0));
-    assert_eq!(esp::encapsulate(&mut o, &mut p), Err(DropReason::SeqExhausted));
+    assert_eq!(
+        esp::encapsulate(&mut o, &mut p),
+        Err(DropReason::SeqExhausted)
+    );
     assert_eq!(o.counters.dropped(DropReason::SeqExhausted), 1);
 }

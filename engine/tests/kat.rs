@@ -120,28 +120,58 @@ fn gcm_draft_mcgrew_vectors_every_backend() {
         for (i, c) in GCM.iter().enumerate() {
             let key = h(c.key);
             let nonce = h(c.nonce);
-            let enc = if key.len() == 16 { Encryption::Aes128Gcm16 } else { Encryption::Aes256Gcm16 };
+            let enc = if key.len() == 16 {
+                Encryption::Aes128Gcm16
+            } else {
+                Encryption::Aes256Gcm16
+            };
             let mut enc_key = key.clone();
             enc_key.extend_from_slice(&nonce[..4]);
-            let t = new_transform(backend, Suite::new(enc, Integrity::None).unwrap(), &enc_key, &[]).unwrap();
+            let t = new_transform(
+                backend,
+                Suite::new(enc, Integrity::None).unwrap(),
+                &enc_key,
+                &[],
+            )
+            .unwrap();
             let seq = h(c.seq);
             let seq_hi = (seq.len() == 8).then(|| u32::from_be_bytes(seq[..4].try_into().unwrap()));
             let want = h(c.packet);
+            assert_eq!(&want[..4], &h(c.spi)[..], "case {i}: SPI");
+            assert_eq!(
+                &want[4..8],
+                &seq[seq.len() - 4..],
+                "case {i}: low 32 bits of seq on the wire"
+            );
             let mut esp = want[..16].to_vec();
             esp.extend_from_slice(&h(c.plaintext));
             esp.extend_from_slice(&[0u8; 16]);
             t.seal(&mut esp, seq_hi);
-            assert_eq!(hex::encode(&esp), hex::encode(&want), "case {i} seal, {backend:?}");
+            assert_eq!(
+                hex::encode(&esp),
+                hex::encode(&want),
+                "case {i} seal, {backend:?}"
+            );
             assert!(t.open(&mut esp, seq_hi), "case {i} open, {backend:?}");
-            assert_eq!(&esp[16..esp.len() - 16], &h(c.plaintext)[..], "case {i} plaintext");
+            assert_eq!(
+                &esp[16..esp.len() - 16],
+                &h(c.plaintext)[..],
+                "case {i} plaintext"
+            );
             // Any flipped bit in header, IV, ciphertext or tag fails; so does the wrong seq-hi.
             for pos in [0, 5, 9, 20, want.len() - 1] {
                 let mut bad = want.clone();
                 bad[pos] ^= 0x80;
-                assert!(!t.open(&mut bad, seq_hi), "case {i} tamper at {pos}, {backend:?}");
+                assert!(
+                    !t.open(&mut bad, seq_hi),
+                    "case {i} tamper at {pos}, {backend:?}"
+                );
             }
             let mut bad = want.clone();
-            assert!(!t.open(&mut bad, Some(seq_hi.map_or(1, |x| x ^ 1))), "case {i} seq-hi must be authenticated");
+            assert!(
+                !t.open(&mut bad, Some(seq_hi.map_or(1, |x| x ^ 1))),
+                "case {i} seq-hi must be authenticated"
+            );
         }
     }
 }
@@ -196,7 +226,12 @@ fn pad_to(payload: &[u8], nh: u8, block: usize) -> Vec<u8> {
 #[test]
 fn cbc_rfc3602_vectors_every_backend_every_hmac() {
     for backend in Backend::available_all() {
-        for integ in [Integrity::Sha1_96, Integrity::Sha256_128, Integrity::Sha384_192, Integrity::Sha512_256] {
+        for integ in [
+            Integrity::Sha1_96,
+            Integrity::Sha256_128,
+            Integrity::Sha384_192,
+            Integrity::Sha512_256,
+        ] {
             for (i, c) in CBC.iter().enumerate() {
                 let suite = Suite::new(Encryption::Aes128Cbc, integ).unwrap();
                 let ikey = vec![0x5a; integ.key_len()];
@@ -207,7 +242,12 @@ fn cbc_rfc3602_vectors_every_backend_every_hmac() {
                 esp.extend(vec![0u8; integ.icv_len()]);
                 t.seal(&mut esp, None);
                 let n = esp.len() - integ.icv_len();
-                assert_eq!(hex::encode(&esp[..n]), hex::encode(&msg), "RFC 3602 case {} {backend:?} {integ:?}", i + 5);
+                assert_eq!(
+                    hex::encode(&esp[..n]),
+                    hex::encode(&msg),
+                    "RFC 3602 case {} {backend:?} {integ:?}",
+                    i + 5
+                );
                 // The ICV is the truncated HMAC of everything before it (RFC 4303 section 3.3.2.2).
                 let mut full = [0u8; 64];
                 assert!(t.auth_tag(&msg, &mut full[..integ.icv_len()]));
@@ -232,8 +272,18 @@ fn hmac_rfc2202_rfc4231_rfc4868_every_backend() {
     // for nothing?"). The SHA-2 values with a 20-byte key are RFC 4231 test case 1, checked
     // through the RustCrypto HMAC directly below.
     let cases: &[(Integrity, Vec<u8>, &[u8], &str)] = &[
-        (Integrity::Sha1_96, vec![0x0b; 20], b"Hi There", "b617318655057264e28bc0b6fb378c8ef146be00"),
-        (Integrity::Sha256_128, vec![0x0b; 32], b"Hi There", "198a607eb44bfbc69903a0f1cf2bbdc5ba0aa3f3d9ae3c1c7a3b1696a0b68cf7"),
+        (
+            Integrity::Sha1_96,
+            vec![0x0b; 20],
+            b"Hi There",
+            "b617318655057264e28bc0b6fb378c8ef146be00",
+        ),
+        (
+            Integrity::Sha256_128,
+            vec![0x0b; 32],
+            b"Hi There",
+            "198a607eb44bfbc69903a0f1cf2bbdc5ba0aa3f3d9ae3c1c7a3b1696a0b68cf7",
+        ),
         (
             Integrity::Sha384_192,
             vec![0x0b; 48],
@@ -273,7 +323,11 @@ fn hmac_rfc2202_rfc4231_rfc4868_every_backend() {
             // Truncated to the ICV length, as ESP uses it.
             let mut out = vec![0u8; integ.icv_len()];
             assert!(t.auth_tag(data, &mut out), "{backend:?}");
-            assert_eq!(hex::encode(&out), hex::encode(&want[..integ.icv_len()]), "{backend:?} {integ:?}");
+            assert_eq!(
+                hex::encode(&out),
+                hex::encode(&want[..integ.icv_len()]),
+                "{backend:?} {integ:?}"
+            );
         }
     }
 }
@@ -291,12 +345,18 @@ fn hmac_rfc4231_case1_and_2_reference() {
         }};
     }
     let k = [0x0bu8; 20];
-    assert_eq!(mac!(sha2::Sha256, &k, b"Hi There"), "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7");
+    assert_eq!(
+        mac!(sha2::Sha256, &k, b"Hi There"),
+        "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
+    );
     assert_eq!(
         mac!(sha2::Sha512, b"Jefe", b"what do ya want for nothing?"),
         "164b7a7bfcf819e2e395fbe73b56e0a387bd64222e831fd610270cd7ea2505549758bf75c05a994a6d034f65f8f0e6fdcaeab1a34d4a6b4b636e070a38bce737"
     );
-    assert_eq!(mac!(sha1::Sha1, b"Jefe", b"what do ya want for nothing?"), "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79");
+    assert_eq!(
+        mac!(sha1::Sha1, b"Jefe", b"what do ya want for nothing?"),
+        "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79"
+    );
 }
 
 #[test]
@@ -306,7 +366,10 @@ fn backends_agree_on_random_packets_with_esn() {
     for suite in Suite::all() {
         let ek: Vec<u8> = (0..suite.enc.enc_key_len() as u8).collect();
         let ik: Vec<u8> = (100..100 + suite.integ.key_len() as u8).collect();
-        let ts: Vec<_> = backends.iter().map(|b| new_transform(*b, suite, &ek, &ik).unwrap()).collect();
+        let ts: Vec<_> = backends
+            .iter()
+            .map(|b| new_transform(*b, suite, &ek, &ik).unwrap())
+            .collect();
         for len in [16usize, 64, 512, 1408] {
             for seq_hi in [None, Some(0xdead_beef)] {
                 let mut base = vec![0u8; 8 + suite.iv_len() + len + suite.icv_len()];

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "espd", version, about = "User-space IPsec ESP engine (RFC 4303 tunnel mode) for AWS Site-to-Site VPN tunnels")]
+#[command(
+    name = "espd",
+    version,
+    about = "User-space IPsec ESP engine (RFC 4303 tunnel mode) for AWS Site-to-Site VPN tunnels"
+)]
 struct Args {
     #[command(subcommand)]
     cmd: Cmd,
@@ -77,25 +81,52 @@ enum PcapOp {
 }
 
 fn backend(s: &str) -> Result<Backend, cli::CliError> {
-    s.parse::<Backend>().map_err(|e| cli::CliError(format!("--backend: {e}")))
+    s.parse::<Backend>()
+        .map_err(|e| cli::CliError(format!("--backend: {e}")))
 }
 
 fn run() -> Result<(), cli::CliError> {
     match Args::parse().cmd {
-        Cmd::Pcap { op: PcapOp::Encrypt { sa, input, output, sa_name, icmp_out, backend: b, json } } => {
-            cli::pcap_encrypt(&EncryptOpts { sa_file: sa, input, output, sa_name, icmp_out, backend: backend(&b)?, json })
-        }
-        Cmd::Pcap { op: PcapOp::Decrypt { sa, input, output, backend: b, no_outer_reassembly, reassembly_timeout, json } } => {
-            cli::pcap_decrypt(&DecryptOpts {
-                sa_file: sa,
-                input,
-                output,
-                backend: backend(&b)?,
-                outer_reassembly: !no_outer_reassembly,
-                reasm_timeout: reassembly_timeout,
-                json,
-            })
-        }
+        Cmd::Pcap {
+            op:
+                PcapOp::Encrypt {
+                    sa,
+                    input,
+                    output,
+                    sa_name,
+                    icmp_out,
+                    backend: b,
+                    json,
+                },
+        } => cli::pcap_encrypt(&EncryptOpts {
+            sa_file: sa,
+            input,
+            output,
+            sa_name,
+            icmp_out,
+            backend: backend(&b)?,
+            json,
+        }),
+        Cmd::Pcap {
+            op:
+                PcapOp::Decrypt {
+                    sa,
+                    input,
+                    output,
+                    backend: b,
+                    no_outer_reassembly,
+                    reassembly_timeout,
+                    json,
+                },
+        } => cli::pcap_decrypt(&DecryptOpts {
+            sa_file: sa,
+            input,
+            output,
+            backend: backend(&b)?,
+            outer_reassembly: !no_outer_reassembly,
+            reasm_timeout: reassembly_timeout,
+            json,
+        }),
         Cmd::Mtu { json } => {
             print!("{}", cli::mtu_table(json));
             if json {
@@ -105,7 +136,16 @@ fn run() -> Result<(), cli::CliError> {
         }
         Cmd::Crypto => {
             for b in [Backend::RustCrypto, Backend::IpsecMb] {
-                println!("{:<11} {:<9} {}", b.name(), if b.available() { "available" } else { "missing" }, b.describe());
+                println!(
+                    "{:<11} {:<9} {}",
+                    b.name(),
+                    if b.available() {
+                        "available"
+                    } else {
+                        "missing"
+                    },
+                    b.describe()
+                );
             }
             println!("auto -> {}", Backend::fastest().name());
             Ok(())

@@ -63,8 +63,21 @@ unsafe extern "C" {
         mac_len: c_int,
     ) -> *mut c_void;
     fn espd_imb_cbc_key_free(k: *mut c_void);
-    fn espd_imb_hmac(m: *mut c_void, key: *const c_void, data: *const u8, len: u64, tag: *mut u8, tag_len: u64) -> c_int;
-    fn espd_imb_cbc_burst(m: *mut c_void, key: *const c_void, encrypt: c_int, ops: *mut CbcOp, n: c_int) -> c_int;
+    fn espd_imb_hmac(
+        m: *mut c_void,
+        key: *const c_void,
+        data: *const u8,
+        len: u64,
+        tag: *mut u8,
+        tag_len: u64,
+    ) -> c_int;
+    fn espd_imb_cbc_burst(
+        m: *mut c_void,
+        key: *const c_void,
+        encrypt: c_int,
+        ops: *mut CbcOp,
+        n: c_int,
+    ) -> c_int;
 }
 
 /// A thread's multi-buffer manager.
@@ -106,7 +119,9 @@ pub fn available() -> bool {
 /// `ipsec-mb 1.3.0 (AVX512)`.
 pub fn describe() -> String {
     // SAFETY: returns a static NUL-terminated string.
-    let v = unsafe { CStr::from_ptr(espd_imb_version()) }.to_string_lossy().into_owned();
+    let v = unsafe { CStr::from_ptr(espd_imb_version()) }
+        .to_string_lossy()
+        .into_owned();
     // SAFETY: the manager pointer is valid for the duration of the closure.
     let arch = with_mgr(|m| unsafe { espd_imb_mgr_arch(m) }).unwrap_or(0);
     let a = match arch {
@@ -120,7 +135,11 @@ pub fn describe() -> String {
     format!("ipsec-mb {v} ({a})")
 }
 
-pub(super) fn new(suite: Suite, enc_key: &[u8], int_key: &[u8]) -> Result<Box<dyn EspTransform>, KeyError> {
+pub(super) fn new(
+    suite: Suite,
+    enc_key: &[u8],
+    int_key: &[u8],
+) -> Result<Box<dyn EspTransform>, KeyError> {
     let n = suite.enc.aes_key_len();
     if suite.enc.is_gcm() {
         let key = with_mgr(|m| {
@@ -133,7 +152,12 @@ pub(super) fn new(suite: Suite, enc_key: &[u8], int_key: &[u8]) -> Result<Box<dy
         }
         let mut salt = [0u8; 4];
         salt.copy_from_slice(&enc_key[n..n + 4]);
-        Ok(Box::new(ImbGcm { suite, key, key_len: n as c_int, salt }))
+        Ok(Box::new(ImbGcm {
+            suite,
+            key,
+            key_len: n as c_int,
+            salt,
+        }))
     } else {
         let alg = match suite.integ.icv_len() {
             12 => 1,
@@ -144,7 +168,14 @@ pub(super) fn new(suite: Suite, enc_key: &[u8], int_key: &[u8]) -> Result<Box<dy
         let key = with_mgr(|m| {
             // SAFETY: both keys are valid slices of the given lengths; m is valid.
             unsafe {
-                espd_imb_cbc_key_new(m, enc_key.as_ptr(), n as c_int, alg, int_key.as_ptr(), int_key.len() as c_int)
+                espd_imb_cbc_key_new(
+                    m,
+                    enc_key.as_ptr(),
+                    n as c_int,
+                    alg,
+                    int_key.as_ptr(),
+                    int_key.len() as c_int,
+                )
             }
         })
         .ok_or(KeyError::BackendUnavailable("ipsec-mb"))?;
@@ -176,44 +207,34 @@ impl Drop for ImbGcm {
     }
 }
 
-impl EspTransform for ImbGcm {
-    fn suite(&self) -> Suite {
-        self.suite
-    }
-    fn backend(&self) -> Backend {
-        Backend::IpsecMb
-    }
+impl ImbGcm {
+    /// Seals one packet with an already borrowed manager.
     #[inline]
-    fn seal(&self, esp: &mut [u8], seq_hi: Option<u32>) {
+    fn seal_with(&self, m: *mut c_void, esp: &mut [u8], seq_hi: Option<u32>) {
         let (aad, aad_len) = gcm_aad(esp, seq_hi);
         let nonce = gcm_nonce(&self.salt, esp);
         let n = esp.len();
-        let body_len = (n - 32) as u64;
         let p = esp.as_mut_ptr();
-        with_mgr(|m| {
-            // SAFETY: body [16, n-16) and tag [n-16, n) lie inside `esp`; nonce and aad are
-            // stack arrays of 12 bytes; the key outlives the call.
-            unsafe {
-                espd_imb_gcm_seal(
-                    m,
-                    self.key,
-                    self.key_len,
-                    p.add(16),
-                    body_len,
-                    nonce.as_ptr(),
-                    aad.as_ptr(),
-                    aad_len as u64,
-                    p.add(n - 16),
-                )
-            }
-        })
-        .expect("ipsec-mb manager was available when the key was built");
+        // SAFETY: body [16, n-16) and tag [n-16, n) lie inside `esp` (n >= 32 is the caller's
+        // contract); nonce and aad are stack arrays of 12 bytes; the key outlives the call.
+        unsafe {
+            espd_imb_gcm_seal(
+                m,
+                self.key,
+                self.key_len,
+                p.add(16),
+                (n - 32) as u64,
+                nonce.as_ptr(),
+                aad.as_ptr(),
+                aad_len as u64,
+                p.add(n - 16),
+            )
+        }
     }
-    fn auth_tag(&self, _data: &[u8], _out: &mut [u8]) -> bool {
-        false
-    }
+
+    /// Decrypts one packet with an already borrowed manager and checks its tag.
     #[inline]
-    fn open(&self, esp: &mut [u8], seq_hi: Option<u32>) -> bool {
+    fn open_with(&self, m: *mut c_void, esp: &mut [u8], seq_hi: Option<u32>) -> bool {
         let n = esp.len();
         if n < 32 {
             return false;
@@ -222,24 +243,57 @@ impl EspTransform for ImbGcm {
         let nonce = gcm_nonce(&self.salt, esp);
         let mut tag = [0u8; 16];
         let p = esp.as_mut_ptr();
+        // SAFETY: as in seal_with; the computed tag goes to a stack buffer.
+        unsafe {
+            espd_imb_gcm_open(
+                m,
+                self.key,
+                self.key_len,
+                p.add(16),
+                (n - 32) as u64,
+                nonce.as_ptr(),
+                aad.as_ptr(),
+                aad_len as u64,
+                tag.as_mut_ptr(),
+            )
+        }
+        bool::from(tag.ct_eq(&esp[n - 16..]))
+    }
+}
+
+impl EspTransform for ImbGcm {
+    fn suite(&self) -> Suite {
+        self.suite
+    }
+    fn backend(&self) -> Backend {
+        Backend::IpsecMb
+    }
+    fn seal(&self, esp: &mut [u8], seq_hi: Option<u32>) {
+        with_mgr(|m| self.seal_with(m, esp, seq_hi)).expect("ipsec-mb manager was available when the key was built");
+    }
+    fn auth_tag(&self, _data: &[u8], _out: &mut [u8]) -> bool {
+        false
+    }
+    fn open(&self, esp: &mut [u8], seq_hi: Option<u32>) -> bool {
+        with_mgr(|m| self.open_with(m, esp, seq_hi)).expect("ipsec-mb manager available")
+    }
+    /// One thread-local lookup per burst instead of per packet.
+    fn seal_burst(&self, ops: &mut [CryptoOp<'_>]) {
         with_mgr(|m| {
-            // SAFETY: as in seal; the computed tag goes to a stack buffer.
-            unsafe {
-                espd_imb_gcm_open(
-                    m,
-                    self.key,
-                    self.key_len,
-                    p.add(16),
-                    (n - 32) as u64,
-                    nonce.as_ptr(),
-                    aad.as_ptr(),
-                    aad_len as u64,
-                    tag.as_mut_ptr(),
-                )
+            for op in ops.iter_mut() {
+                self.seal_with(m, op.esp, op.seq_hi);
+                op.ok = true;
             }
         })
         .expect("ipsec-mb manager available");
-        bool::from(tag.ct_eq(&esp[n - 16..]))
+    }
+    fn open_burst(&self, ops: &mut [CryptoOp<'_>]) {
+        with_mgr(|m| {
+            for op in ops.iter_mut() {
+                op.ok = self.open_with(m, op.esp, op.seq_hi);
+            }
+        })
+        .expect("ipsec-mb manager available");
     }
 }
 
@@ -284,7 +338,7 @@ impl ImbCbc {
         let mut valid = [false; CHUNK];
         for (i, op) in ops.iter_mut().enumerate() {
             let n = op.esp.len();
-            valid[i] = n >= 24 + icv + 16 && (n - 24 - icv) % 16 == 0;
+            valid[i] = n >= 24 + icv + 16 && (n - 24 - icv).is_multiple_of(16);
             if !valid[i] {
                 continue;
             }
@@ -313,8 +367,13 @@ impl ImbCbc {
         // Compact the valid jobs to the front.
         let mut idx = [0usize; CHUNK];
         let mut k = 0;
-        for i in 0..ops.len() {
-            if valid[i] {
+        for (i, _) in valid
+            .iter()
+            .enumerate()
+            .take(ops.len())
+            .filter(|(_, v)| **v)
+        {
+            {
                 jobs.swap(k, i);
                 idx[k] = i;
                 k += 1;
@@ -360,7 +419,11 @@ impl EspTransform for ImbCbc {
         Backend::IpsecMb
     }
     fn seal(&self, esp: &mut [u8], seq_hi: Option<u32>) {
-        let mut ops = [CryptoOp { esp, seq_hi, ok: false }];
+        let mut ops = [CryptoOp {
+            esp,
+            seq_hi,
+            ok: false,
+        }];
         self.run(&mut ops, true);
     }
     fn auth_tag(&self, data: &[u8], out: &mut [u8]) -> bool {
@@ -372,11 +435,24 @@ impl EspTransform for ImbCbc {
         };
         let n = out.len().min(full);
         // SAFETY: data and out are valid slices; the library writes n <= out.len() bytes.
-        let rc = with_mgr(|m| unsafe { espd_imb_hmac(m, self.key, data.as_ptr(), data.len() as u64, out.as_mut_ptr(), n as u64) });
+        let rc = with_mgr(|m| unsafe {
+            espd_imb_hmac(
+                m,
+                self.key,
+                data.as_ptr(),
+                data.len() as u64,
+                out.as_mut_ptr(),
+                n as u64,
+            )
+        });
         rc == Some(0)
     }
     fn open(&self, esp: &mut [u8], seq_hi: Option<u32>) -> bool {
-        let mut ops = [CryptoOp { esp, seq_hi, ok: false }];
+        let mut ops = [CryptoOp {
+            esp,
+            seq_hi,
+            ok: false,
+        }];
         self.run(&mut ops, false);
         ops[0].ok
     }

@@ -38,7 +38,12 @@ pub enum Integrity {
 }
 
 impl Encryption {
-    pub const ALL: [Encryption; 4] = [Self::Aes128Gcm16, Self::Aes256Gcm16, Self::Aes128Cbc, Self::Aes256Cbc];
+    pub const ALL: [Encryption; 4] = [
+        Self::Aes128Gcm16,
+        Self::Aes256Gcm16,
+        Self::Aes128Cbc,
+        Self::Aes256Cbc,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Self::Aes128Gcm16 => "aes128-gcm16",
@@ -71,7 +76,13 @@ impl Encryption {
 }
 
 impl Integrity {
-    pub const ALL: [Integrity; 5] = [Self::None, Self::Sha1_96, Self::Sha256_128, Self::Sha384_192, Self::Sha512_256];
+    pub const ALL: [Integrity; 5] = [
+        Self::None,
+        Self::Sha1_96,
+        Self::Sha256_128,
+        Self::Sha384_192,
+        Self::Sha512_256,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Self::None => "none",
@@ -135,7 +146,11 @@ impl Suite {
     pub fn new(enc: Encryption, integ: Integrity) -> Result<Suite, String> {
         match (enc.is_gcm(), integ) {
             (true, Integrity::None) => Ok(Suite { enc, integ }),
-            (true, _) => Err(format!("{} is an AEAD: integrity must be \"none\", not {:?}", enc.name(), integ.name())),
+            (true, _) => Err(format!(
+                "{} is an AEAD: integrity must be \"none\", not {:?}",
+                enc.name(),
+                integ.name()
+            )),
             (false, Integrity::None) => Err(format!(
                 "{} needs an integrity algorithm: one of sha1-96, sha256-128, sha384-192, sha512-256",
                 enc.name()
@@ -159,7 +174,11 @@ impl Suite {
         self.enc.iv_len()
     }
     pub fn icv_len(self) -> usize {
-        if self.enc.is_gcm() { 16 } else { self.integ.icv_len() }
+        if self.enc.is_gcm() {
+            16
+        } else {
+            self.integ.icv_len()
+        }
     }
     pub fn block(self) -> usize {
         self.enc.block()
@@ -168,7 +187,11 @@ impl Suite {
 
 impl fmt::Display for Suite {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.enc.is_gcm() { f.write_str(self.enc.name()) } else { write!(f, "{}+{}", self.enc.name(), self.integ.name()) }
+        if self.enc.is_gcm() {
+            f.write_str(self.enc.name())
+        } else {
+            write!(f, "{}+{}", self.enc.name(), self.integ.name())
+        }
     }
 }
 
@@ -201,11 +224,18 @@ impl Backend {
     /// The fastest available backend: ipsec-mb when present (2-3.5x at MTU size, see
     /// `shared/design/crypto.md`), RustCrypto otherwise.
     pub fn fastest() -> Backend {
-        if Backend::IpsecMb.available() { Backend::IpsecMb } else { Backend::RustCrypto }
+        if Backend::IpsecMb.available() {
+            Backend::IpsecMb
+        } else {
+            Backend::RustCrypto
+        }
     }
     /// Every backend usable here.
     pub fn available_all() -> Vec<Backend> {
-        [Backend::RustCrypto, Backend::IpsecMb].into_iter().filter(|b| b.available()).collect()
+        [Backend::RustCrypto, Backend::IpsecMb]
+            .into_iter()
+            .filter(|b| b.available())
+            .collect()
     }
     /// A description for logs (`ipsec-mb 1.3.0 (AVX512)`).
     pub fn describe(self) -> String {
@@ -226,7 +256,9 @@ impl FromStr for Backend {
             "rustcrypto" | "rust" => Ok(Backend::RustCrypto),
             "ipsec-mb" | "ipsecmb" | "imb" => Ok(Backend::IpsecMb),
             "auto" => Ok(Backend::fastest()),
-            _ => Err(format!("unknown crypto backend {s:?}; allowed: auto, rustcrypto, ipsec-mb")),
+            _ => Err(format!(
+                "unknown crypto backend {s:?}; allowed: auto, rustcrypto, ipsec-mb"
+            )),
         }
     }
 }
@@ -235,9 +267,17 @@ impl FromStr for Backend {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
     #[error("enc_key must be {expected} bytes for {alg}, got {got}")]
-    EncKeyLen { alg: &'static str, expected: usize, got: usize },
+    EncKeyLen {
+        alg: &'static str,
+        expected: usize,
+        got: usize,
+    },
     #[error("int_key must be {expected} bytes for {alg}, got {got}")]
-    IntKeyLen { alg: &'static str, expected: usize, got: usize },
+    IntKeyLen {
+        alg: &'static str,
+        expected: usize,
+        got: usize,
+    },
     #[error("crypto backend {0} is not available on this machine")]
     BackendUnavailable(&'static str),
     #[error("crypto backend failed to expand the key")]
@@ -301,10 +341,18 @@ pub fn new_transform(
 /// Validates key lengths for a suite.
 pub fn check_keys(suite: Suite, enc_key: &[u8], int_key: &[u8]) -> Result<(), KeyError> {
     if enc_key.len() != suite.enc.enc_key_len() {
-        return Err(KeyError::EncKeyLen { alg: suite.enc.name(), expected: suite.enc.enc_key_len(), got: enc_key.len() });
+        return Err(KeyError::EncKeyLen {
+            alg: suite.enc.name(),
+            expected: suite.enc.enc_key_len(),
+            got: enc_key.len(),
+        });
     }
     if int_key.len() != suite.integ.key_len() {
-        return Err(KeyError::IntKeyLen { alg: suite.integ.name(), expected: suite.integ.key_len(), got: int_key.len() });
+        return Err(KeyError::IntKeyLen {
+            alg: suite.integ.name(),
+            expected: suite.integ.key_len(),
+            got: int_key.len(),
+        });
     }
     Ok(())
 }

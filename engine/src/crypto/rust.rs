@@ -8,7 +8,9 @@ use aes::{Aes128, Aes256};
 use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Aes128Gcm, Aes256Gcm, KeyInit};
 use cbc::cipher::array::Array;
-use cbc::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, BlockModeDecrypt, BlockModeEncrypt, InnerIvInit};
+use cbc::cipher::{
+    BlockCipherDecrypt, BlockCipherEncrypt, BlockModeDecrypt, BlockModeEncrypt, InnerIvInit,
+};
 use hmac::{Hmac, Mac};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
@@ -34,10 +36,18 @@ where
         + 'static,
 {
     match suite.integ {
-        Integrity::Sha1_96 => Box::new(CbcHmac::<C, Hmac<sha1::Sha1>>::new(suite, enc_key, int_key)),
-        Integrity::Sha256_128 => Box::new(CbcHmac::<C, Hmac<sha2::Sha256>>::new(suite, enc_key, int_key)),
-        Integrity::Sha384_192 => Box::new(CbcHmac::<C, Hmac<sha2::Sha384>>::new(suite, enc_key, int_key)),
-        Integrity::Sha512_256 => Box::new(CbcHmac::<C, Hmac<sha2::Sha512>>::new(suite, enc_key, int_key)),
+        Integrity::Sha1_96 => {
+            Box::new(CbcHmac::<C, Hmac<sha1::Sha1>>::new(suite, enc_key, int_key))
+        }
+        Integrity::Sha256_128 => Box::new(CbcHmac::<C, Hmac<sha2::Sha256>>::new(
+            suite, enc_key, int_key,
+        )),
+        Integrity::Sha384_192 => Box::new(CbcHmac::<C, Hmac<sha2::Sha384>>::new(
+            suite, enc_key, int_key,
+        )),
+        Integrity::Sha512_256 => Box::new(CbcHmac::<C, Hmac<sha2::Sha512>>::new(
+            suite, enc_key, int_key,
+        )),
         Integrity::None => unreachable!("Suite::new rejects CBC without integrity"),
     }
 }
@@ -67,7 +77,9 @@ impl<A> Drop for Gcm<A> {
 
 impl<A> EspTransform for Gcm<A>
 where
-    A: AeadInOut<NonceSize = aes::cipher::consts::U12, TagSize = aes::cipher::consts::U16> + Send + Sync,
+    A: AeadInOut<NonceSize = aes::cipher::consts::U12, TagSize = aes::cipher::consts::U16>
+        + Send
+        + Sync,
 {
     fn suite(&self) -> Suite {
         self.suite
@@ -100,7 +112,9 @@ where
         let n = esp.len();
         let (body, tag_in) = esp[16..].split_at_mut(n - 32);
         let tag = Array::try_from(&*tag_in).expect("16-byte tag");
-        self.aead.decrypt_inout_detached(&nonce, &aad[..aad_len], body.into(), &tag).is_ok()
+        self.aead
+            .decrypt_inout_detached(&nonce, &aad[..aad_len], body.into(), &tag)
+            .is_ok()
     }
 }
 
@@ -172,7 +186,7 @@ where
     fn open(&self, esp: &mut [u8], seq_hi: Option<u32>) -> bool {
         let icv_len = self.suite.icv_len();
         let n = esp.len();
-        if n < 24 + icv_len || (n - 24 - icv_len) % 16 != 0 {
+        if n < 24 + icv_len || !(n - 24 - icv_len).is_multiple_of(16) {
             return false;
         }
         let tag = self.icv(&esp[..n - icv_len], seq_hi);

@@ -9,7 +9,10 @@ use zeroize::Zeroizing;
 
 pub fn cfg(suite: Suite, dir: Direction, v6_outer: bool, nat_t: bool, esn: bool) -> SaConfig {
     let (src, dst): (IpAddr, IpAddr) = if v6_outer {
-        ("2001:db8::1".parse().unwrap(), "2001:db8::2".parse().unwrap())
+        (
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+        )
     } else {
         ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap())
     };
@@ -18,8 +21,16 @@ pub fn cfg(suite: Suite, dir: Direction, v6_outer: bool, nat_t: bool, esn: bool)
         direction: dir,
         spi: 0x1000_0001,
         suite,
-        enc_key: Zeroizing::new((0..suite.enc.enc_key_len() as u8).map(|i| i.wrapping_mul(7) ^ 0x5c).collect()),
-        int_key: Zeroizing::new((0..suite.integ.key_len() as u8).map(|i| i.wrapping_mul(13) ^ 0x36).collect()),
+        enc_key: Zeroizing::new(
+            (0..suite.enc.enc_key_len() as u8)
+                .map(|i| i.wrapping_mul(7) ^ 0x5c)
+                .collect(),
+        ),
+        int_key: Zeroizing::new(
+            (0..suite.integ.key_len() as u8)
+                .map(|i| i.wrapping_mul(13) ^ 0x36)
+                .collect(),
+        ),
         tunnel_src: src,
         tunnel_dst: dst,
         nat_t,
@@ -36,8 +47,19 @@ pub fn cfg(suite: Suite, dir: Direction, v6_outer: bool, nat_t: bool, esn: bool)
 }
 
 /// A matching outbound / inbound pair.
-pub fn pair(suite: Suite, backend: Backend, v6_outer: bool, nat_t: bool, esn: bool) -> (OutboundSa, InboundSa) {
-    let o = OutboundSa::new(cfg(suite, Direction::Out, v6_outer, nat_t, esn), backend, &[3; 32]).unwrap();
+pub fn pair(
+    suite: Suite,
+    backend: Backend,
+    v6_outer: bool,
+    nat_t: bool,
+    esn: bool,
+) -> (OutboundSa, InboundSa) {
+    let o = OutboundSa::new(
+        cfg(suite, Direction::Out, v6_outer, nat_t, esn),
+        backend,
+        &[3; 32],
+    )
+    .unwrap();
     let mut ic = cfg(suite, Direction::In, v6_outer, nat_t, esn);
     std::mem::swap(&mut ic.tunnel_src, &mut ic.tunnel_dst);
     let i = InboundSa::new(ic, backend).unwrap();
@@ -47,7 +69,16 @@ pub fn pair(suite: Suite, backend: Backend, v6_outer: bool, nat_t: bool, esn: bo
 /// An IPv4 UDP packet of `len` bytes with a patterned payload.
 pub fn udp4(len: usize, df: bool, id: u16, seed: u8) -> Vec<u8> {
     let mut p = vec![0u8; len];
-    wire::write_ipv4_header(&mut p, len as u16, id, df, 64, wire::proto::UDP, Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::new(203, 0, 113, 1));
+    wire::write_ipv4_header(
+        &mut p,
+        len as u16,
+        id,
+        df,
+        64,
+        wire::proto::UDP,
+        Ipv4Addr::new(198, 51, 100, 1),
+        Ipv4Addr::new(203, 0, 113, 1),
+    );
     wire::put16(&mut p, 20, 1234);
     wire::put16(&mut p, 22, 5678);
     wire::put16(&mut p, 24, (len - 20) as u16);
@@ -75,7 +106,16 @@ pub fn udp6(len: usize, seed: u8) -> Vec<u8> {
 /// An IPv4 TCP SYN with an MSS option.
 pub fn tcp_syn4(mss: u16) -> Vec<u8> {
     let mut p = vec![0u8; 44];
-    wire::write_ipv4_header(&mut p, 44, 1, true, 64, wire::proto::TCP, Ipv4Addr::new(198, 51, 100, 1), Ipv4Addr::new(203, 0, 113, 1));
+    wire::write_ipv4_header(
+        &mut p,
+        44,
+        1,
+        true,
+        64,
+        wire::proto::TCP,
+        Ipv4Addr::new(198, 51, 100, 1),
+        Ipv4Addr::new(203, 0, 113, 1),
+    );
     let t = &mut p[20..];
     wire::put16(t, 0, 40000);
     wire::put16(t, 2, 443);

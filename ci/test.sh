@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The test command (README line 2, called by .ci/run). On a fresh Debian machine with only
+# Rust, gcc and Python it installs what the tests need, idempotently and quietly:
+#   apt: libipsec-mb-dev (the fast crypto backend), tshark (independent ESP decryption)
+#   pip: scapy, cryptography (independent ESP implementation)
+# then runs: cargo fmt --check, cargo clippy -D warnings, cargo test (unit, known-answer,
+# property, zero-allocation, CLI), and the scapy/tshark interop suite.
+# Slow soaks are gated: ESPD_SOAK=1 raises the property-test case counts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '== %s\n' "$*"; }
+
+need_apt=()
+for pkg in libipsec-mb-dev tshark; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+  log "installing ${need_apt[*]} (apt)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo 'wireshark-common wireshark-common/install-setuid boolean false' | $SUDO debconf-set-selections
+  $SUDO apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+if ! python3 -c 'import scapy, cryptography' 2>/dev/null; then
+  log "installing scapy, cryptography (pip)"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore scapy cryptography
+fi
+
+if [ "${ESPD_SOAK:-0}" = "1" ]; then export PROPTEST_CASES=20000; fi
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+log "cargo test"
+cargo test --workspace --quiet 2>&1 | grep -v '^$'
+
+log "crypto backends"
+cargo run --quiet -p engine --bin espd -- crypto
+
+log "interop: scapy and tshark against espd pcap"
+cargo build --quiet -p engine --bin espd
+python3 tests/interop/interop.py target/debug/espd "$(mktemp -d)" 2>&1 | grep -v -e '^PASS' -e 'WARNING: '

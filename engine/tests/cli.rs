@@ -1,0 +1,153 @@
+//! The `espd` binary's file contracts: `espd mtu --json` keys and values, every SA file in
+//! configs/ loads, and the bundled sample captures round-trip through `espd pcap`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn espd() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_espd"))
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+#[test]
+fn mtu_json_contract() {
+    let out = espd().args(["mtu", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 20);
+    for r in rows {
+        for k in [
+            "encryption",
+            "integrity",
+            "nat_t",
+            "mtu",
+            "mss_ipv4",
+            "mss_ipv6_in_ipv4",
+        ] {
+            assert!(r.get(k).is_some(), "missing {k}");
+        }
+    }
+    let find = |e: &str, i: &str, n: bool| {
+        rows.iter()
+            .find(|r| r["encryption"] == e && r["integrity"] == i && r["nat_t"] == n)
+            .unwrap()["mtu"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(find("aes128-gcm16", "none", false), 1446);
+    assert_eq!(find("aes256-cbc", "sha512-256", true), 1406);
+}
+
+#[test]
+fn every_sa_file_in_configs_loads() {
+    let mut n = 0;
+    for e in std::fs::read_dir(root().join("configs")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml")
+            && std::fs::read_to_string(&p).unwrap().contains("[[sa]]")
+        {
+            engine::sa::load_sa_file(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 2);
+}
+
+#[test]
+fn sample_captures_roundtrip() {
+    let dir = std::env::temp_dir().join(format!("espd-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sa = root().join("configs/static-sa.toml");
+    // Decrypt what scapy encrypted (11 packets and one replay).
+    let out = espd()
+        .args(["pcap", "decrypt", "--json", "--sa"])
+        .arg(&sa)
+        .arg("--in")
+        .arg(root().join("configs/pcap/esp-from-scapy.pcap"))
+        .arg("--out")
+        .arg(dir.join("inner.pcap"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["sas"][0]["packets"], 11);
+    assert_eq!(v["sas"][0]["drops"]["replay"], 1);
+    // Encrypt the plaintext sample: the 3000-byte datagram becomes 3 ESP packets.
+    let out = espd()
+        .args([
+            "pcap",
+            "encrypt",
+            "--json",
+            "--backend",
+            "rustcrypto",
+            "--sa",
+        ])
+        .arg(&sa)
+        .arg("--in")
+        .arg(root().join("configs/pcap/inner.pcap"))
+        .arg("--out")
+        .arg(dir.join("esp.pcap"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["sas"][0]["packets"], 14);
+    assert_eq!(v["sas"][0]["frag_before_encrypt_fragments"], 3);
+    assert_eq!(v["sas"][0]["mss_clamped"], 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("sa \"a-to-b\" out spi 0x0a0b0c0d aes128-gcm16"),
+        "{stderr}"
+    );
+    let pcap = engine::pcap::read(&dir.join("esp.pcap")).unwrap();
+    assert!(pcap.records.iter().all(|r| r.data.len() - 14 <= 1500));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn errors_name_file_sa_key() {
+    let dir = std::env::temp_dir().join(format!("espd-cli-err-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("bad.toml");
+    std::fs::write(
+        &f,
+        "[[sa]]\nname = \"x\"\ndirection = \"out\"\nspi = 0x100\nencryption = \"aes128-cbc\"\nintegrity = \"sha256-128\"\nenc_key = \"00\"\nint_key = \"00\"\ntunnel_src = \"192.0.2.1\"\ntunnel_dst = \"192.0.2.2\"\n",
+    )
+    .unwrap();
+    let out = espd()
+        .args(["pcap", "encrypt", "--sa"])
+        .arg(&f)
+        .args(["--in", "/nonexistent", "--out", "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("bad.toml: sa[0] \"x\": enc_key: 1 bytes is the wrong length for aes128-cbc; allowed: 16 bytes"), "{e}");
+    assert!(
+        e.contains("int_key: 1 bytes is the wrong length for sha256-128; allowed: 32 bytes"),
+        "{e}"
+    );
+    let out = espd()
+        .args(["pcap", "encrypt", "--backend", "openssl", "--sa"])
+        .arg(&f)
+        .args(["--in", "x", "--out", "y"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("allowed: auto, rustcrypto, ipsec-mb"));
+    std::fs::remove_dir_all(&dir).ok();
+}

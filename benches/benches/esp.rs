@@ -10,20 +10,35 @@ use engine::crypto::{Backend, Suite};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-const SIZES: [Size; 4] = [Size::Fixed(64), Size::Fixed(512), Size::Fixed(1400), Size::Imix];
+const SIZES: [Size; 4] = [
+    Size::Fixed(64),
+    Size::Fixed(512),
+    Size::Fixed(1400),
+    Size::Imix,
+];
 
 fn bench(c: &mut Criterion) {
     for suite in Suite::all() {
         for backend in Backend::available_all() {
             let mut g = c.benchmark_group(format!("{suite}/{}", backend.name()));
-            g.warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_millis(800)).sample_size(20);
+            g.warm_up_time(Duration::from_millis(300))
+                .measurement_time(Duration::from_millis(800))
+                .sample_size(20);
             for size in SIZES {
                 let mut f = Fixture::new(suite, backend, size);
                 g.throughput(Throughput::Bytes(f.inner_bytes));
-                g.bench_function(BenchmarkId::new("raw-seal", size.label()), |b| b.iter(|| black_box(&mut f).raw_seal()));
-                g.bench_function(BenchmarkId::new("encap", size.label()), |b| b.iter(|| black_box(&mut f).encap()));
-                g.bench_function(BenchmarkId::new("raw-open", size.label()), |b| b.iter(|| black_box(&mut f).raw_open()));
-                g.bench_function(BenchmarkId::new("decap", size.label()), |b| b.iter(|| black_box(&mut f).decap()));
+                g.bench_function(BenchmarkId::new("raw-seal", size.label()), |b| {
+                    b.iter(|| black_box(&mut f).raw_seal())
+                });
+                g.bench_function(BenchmarkId::new("encap", size.label()), |b| {
+                    b.iter(|| black_box(&mut f).encap())
+                });
+                g.bench_function(BenchmarkId::new("raw-open", size.label()), |b| {
+                    b.iter(|| black_box(&mut f).raw_open())
+                });
+                g.bench_function(BenchmarkId::new("decap", size.label()), |b| {
+                    b.iter(|| black_box(&mut f).decap())
+                });
             }
             g.finish();
         }
@@ -62,10 +77,22 @@ fn paired_median_ns(mut a: impl FnMut(), mut b: impl FnMut(), rounds: usize) -> 
 }
 
 fn ratio_report(filter: Option<&str>) {
-    println!("\nESP path vs raw crypto on the same buffers (burst of {BURST}, median of 11 alternating rounds; ratio = raw time / ESP time):");
+    println!(
+        "\nESP path vs raw crypto on the same buffers (burst of {BURST}, median of 11 alternating rounds; ratio = raw time / ESP time):"
+    );
     println!(
         "{:<26} {:<10} {:>5} | {:>9} {:>9} {:>6} {:>7} | {:>9} {:>9} {:>6} {:>7}",
-        "transform", "backend", "size", "seal ns", "encap ns", "ratio", "Gbps", "open ns", "decap ns", "ratio", "Mpps"
+        "transform",
+        "backend",
+        "size",
+        "seal ns",
+        "encap ns",
+        "ratio",
+        "Gbps",
+        "open ns",
+        "decap ns",
+        "ratio",
+        "Mpps"
     );
     for suite in Suite::all() {
         for backend in Backend::available_all() {
@@ -77,8 +104,10 @@ fn ratio_report(filter: Option<&str>) {
                 let mut f = Fixture::new(suite, backend, size);
                 let bytes = f.inner_bytes as f64;
                 let f = std::cell::RefCell::new(&mut f);
-                let (rs, en) = paired_median_ns(|| f.borrow_mut().raw_seal(), || f.borrow_mut().encap(), 11);
-                let (ro, de) = paired_median_ns(|| f.borrow_mut().raw_open(), || f.borrow_mut().decap(), 11);
+                let (rs, en) =
+                    paired_median_ns(|| f.borrow_mut().raw_seal(), || f.borrow_mut().encap(), 11);
+                let (ro, de) =
+                    paired_median_ns(|| f.borrow_mut().raw_open(), || f.borrow_mut().decap(), 11);
                 println!(
                     "{:<26} {:<10} {:>5} | {:>9.0} {:>9.0} {:>5.0}% {:>7.2} | {:>9.0} {:>9.0} {:>5.0}% {:>7.2}",
                     suite.to_string(),

@@ -48,7 +48,9 @@ fn cfg(suite: Suite, dir: Direction) -> SaConfig {
         spi: 0x1234_5678,
         suite,
         enc_key: zeroize::Zeroizing::new((0..suite.enc.enc_key_len() as u8).collect()),
-        int_key: zeroize::Zeroizing::new((0..suite.integ.key_len() as u8).map(|x| x ^ 0xa5).collect()),
+        int_key: zeroize::Zeroizing::new(
+            (0..suite.integ.key_len() as u8).map(|x| x ^ 0xa5).collect(),
+        ),
         tunnel_src: "192.0.2.1".parse().unwrap(),
         tunnel_dst: "192.0.2.2".parse().unwrap(),
         nat_t: false,
@@ -67,7 +69,16 @@ fn cfg(suite: Suite, dir: Direction) -> SaConfig {
 /// An IPv4 UDP packet of `len` bytes.
 pub fn inner_packet(len: usize, id: u16) -> Vec<u8> {
     let mut p = vec![0u8; len];
-    wire::write_ipv4_header(&mut p, len as u16, id, false, 64, wire::proto::UDP, Ipv4Addr::new(10, 0, 0, 1), Ipv4Addr::new(10, 0, 0, 2));
+    wire::write_ipv4_header(
+        &mut p,
+        len as u16,
+        id,
+        false,
+        64,
+        wire::proto::UDP,
+        Ipv4Addr::new(10, 0, 0, 1),
+        Ipv4Addr::new(10, 0, 0, 2),
+    );
     for (i, b) in p[20..].iter_mut().enumerate() {
         *b = i as u8;
     }
@@ -94,8 +105,19 @@ impl Fixture {
     pub fn new(suite: Suite, backend: Backend, size: Size) -> Fixture {
         let mut out = OutboundSa::new(cfg(suite, Direction::Out), backend, &[9; 32]).unwrap();
         let inb = InboundSa::new(cfg(suite, Direction::In), backend).unwrap();
-        let raw = engine::crypto::new_transform(backend, suite, &cfg(suite, Direction::Out).enc_key, &cfg(suite, Direction::Out).int_key).unwrap();
-        let inner: Vec<Vec<u8>> = size.sizes().iter().enumerate().map(|(i, &n)| inner_packet(n, i as u16)).collect();
+        let raw = engine::crypto::new_transform(
+            backend,
+            suite,
+            &cfg(suite, Direction::Out).enc_key,
+            &cfg(suite, Direction::Out).int_key,
+        )
+        .unwrap();
+        let inner: Vec<Vec<u8>> = size
+            .sizes()
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| inner_packet(n, i as u16))
+            .collect();
         let mut esp_pkts = vec![];
         let mut raw_plain = vec![];
         for p in &inner {
@@ -111,7 +133,17 @@ impl Fixture {
         let bufs = (0..BURST).map(|_| PacketBuf::new()).collect();
         let raw_bufs = raw_plain.clone();
         let inner_bytes = inner.iter().map(|p| p.len() as u64).sum();
-        Fixture { out, inb, raw, inner, esp: esp_pkts, raw_plain, bufs, raw_bufs, inner_bytes }
+        Fixture {
+            out,
+            inb,
+            raw,
+            inner,
+            esp: esp_pkts,
+            raw_plain,
+            bufs,
+            raw_bufs,
+            inner_bytes,
+        }
     }
 
     /// Baseline: copy the plaintext layouts in, seal the burst with the transform alone.
@@ -121,7 +153,11 @@ impl Fixture {
         }
         let mut ops: smallvec::SmallVec<[CryptoOp<'_>; BURST]> = smallvec::SmallVec::new();
         for b in self.raw_bufs.iter_mut() {
-            ops.push(CryptoOp { esp: b, seq_hi: None, ok: false });
+            ops.push(CryptoOp {
+                esp: b,
+                seq_hi: None,
+                ok: false,
+            });
         }
         self.raw.seal_burst(&mut ops);
     }
@@ -143,7 +179,11 @@ impl Fixture {
         }
         let mut ops: smallvec::SmallVec<[CryptoOp<'_>; BURST]> = smallvec::SmallVec::new();
         for b in self.raw_bufs.iter_mut() {
-            ops.push(CryptoOp { esp: b, seq_hi: None, ok: false });
+            ops.push(CryptoOp {
+                esp: b,
+                seq_hi: None,
+                ok: false,
+            });
         }
         self.raw.open_burst(&mut ops);
     }

@@ -269,7 +269,8 @@ impl EspTransform for ImbGcm {
         Backend::IpsecMb
     }
     fn seal(&self, esp: &mut [u8], seq_hi: Option<u32>) {
-        with_mgr(|m| self.seal_with(m, esp, seq_hi)).expect("ipsec-mb manager was available when the key was built");
+        with_mgr(|m| self.seal_with(m, esp, seq_hi))
+            .expect("ipsec-mb manager was available when the key was built");
     }
     fn auth_tag(&self, _data: &[u8], _out: &mut [u8]) -> bool {
         false

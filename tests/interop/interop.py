@@ -244,6 +244,43 @@ def fragmentation():
                   len(rdpcap(fout)) == 0 and dropped == len(tampered) and j["sas"][0]["packets"] == 0, str(j))
 
 
+def outer_fragments():
+    """ESP packets whose outer IP packet was fragmented on the path (scapy fragments them):
+    reassembled before decryption by default, dropped and counted with --no-outer-reassembly."""
+    from scapy.all import fragment6, IPv6ExtHdrFragment
+    s = SUITES[3]
+    for v6 in (False, True):
+        ek, ik = key(s[4], 7), key(s[5], 8)
+        src, dst = addrs(v6)
+        sa = scapy_sa(s, 0x5555, ek, ik, src, dst, v6, False)
+        inner = IP(src="198.51.100.1", dst="203.0.113.1", id=77) / UDP(sport=9, dport=9) / Raw(bytes(1300))
+        e = sa.encrypt(inner, seq_num=1)
+        if v6:
+            frags = fragment6(IPv6(src=src, dst=dst) / IPv6ExtHdrFragment(id=0x1234) / bytes(e.payload), 600)
+            frags = [IPv6(bytes(f)) for f in frags]
+            for f in frags:  # the fragment header must say ESP follows
+                f[IPv6ExtHdrFragment].nh = 50
+            frags = [IPv6(bytes(f)) for f in frags]
+        else:
+            frags = fragment(e, fragsize=600)
+        d = os.path.join(WORK, "ofrag")
+        os.makedirs(d, exist_ok=True)
+        fin, fout, fsa = (os.path.join(d, x) for x in ("esp.pcap", "inner.pcap", "sa.toml"))
+        wrpcap(fin, [Ether() / f for f in reversed(frags)])
+        with open(fsa, "w") as f:
+            f.write(sa_toml("in", "in", 0x5555, s, ek, ik, dst, src, False))
+        tag = f"outer={'v6' if v6 else 'v4'} {len(frags)} fragments"
+        r = run(["pcap", "decrypt", "--sa", fsa, "--in", fin, "--out", fout, "--json"])
+        j = json.loads(r.stdout)
+        got = [inner_of(bytes(x)) for x in rdpcap(fout)]
+        check(f"outer fragments reassembled before decryption, {tag}",
+              len(frags) > 1 and got == [bytes(inner)] and j["outer_reassembled"] == 1, str(j))
+        r = run(["pcap", "decrypt", "--no-outer-reassembly", "--sa", fsa, "--in", fin, "--out", fout, "--json"])
+        j = json.loads(r.stdout)
+        check(f"outer fragments dropped and counted with --no-outer-reassembly, {tag}",
+              j["global_drops"].get("outer_fragment") == len(frags) and len(rdpcap(fout)) == 0, str(j))
+
+
 def bad_input():
     d = os.path.join(WORK, "bad")
     os.makedirs(d, exist_ok=True)
@@ -272,6 +309,7 @@ def bad_input():
 scapy_to_espd()
 espd_to_scapy_and_tshark()
 fragmentation()
+outer_fragments()
 bad_input()
 print(f"interop: {passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)

@@ -291,7 +291,7 @@ pub fn pcap_decrypt(o: &DecryptOpts) -> Result<(), CliError> {
                 global.drop(DropReason::OuterFragment);
                 continue;
             }
-            let mut whole = PacketBuf::new();
+            let mut whole = PacketBuf::with_capacity(0);
             match outer_reasm.insert(now, pkt.bytes(), &mut whole) {
                 Ok(true) => {
                     global.reassembled += 1;

@@ -253,7 +253,8 @@ pub fn finish_inbound(
     pkt: &mut PacketBuf,
 ) -> Result<Unprotected, DropReason> {
     if frag::is_fragment(pkt.bytes()) {
-        let mut whole = PacketBuf::new();
+        // Capacity 0: nothing is allocated unless the datagram completes.
+        let mut whole = PacketBuf::with_capacity(0);
         match reasm.insert(now, pkt.bytes(), &mut whole) {
             Ok(false) => return Ok(Unprotected::Held),
             Ok(true) => {

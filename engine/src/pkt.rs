@@ -137,34 +137,98 @@ impl PacketBuf {
     }
 }
 
-/// A free list of buffers: `get` reuses a returned buffer before allocating.
+/// Buffers shared between threads (a packet encrypted on one worker is freed on another):
+/// a bounded lock-free queue that per-thread [`BufPool`]s refill from and spill to in batches.
+pub type SharedPool = std::sync::Arc<crossbeam_queue::ArrayQueue<PacketBuf>>;
+
+/// Creates a shared pool holding `n` buffers of `capacity` bytes (room for `n` more).
+pub fn shared_pool(n: usize, capacity: usize) -> SharedPool {
+    let q = crossbeam_queue::ArrayQueue::new(n.max(1) * 2);
+    for _ in 0..n {
+        let _ = q.push(PacketBuf::with_capacity(capacity));
+    }
+    std::sync::Arc::new(q)
+}
+
+/// Batch size of refills from and spills to the shared pool.
+const POOL_BATCH: usize = 64;
+
+/// A per-thread free list of buffers: `get` reuses a returned buffer before refilling from
+/// the shared pool, and allocates only when both are empty (counted in `grown`).
 #[derive(Debug, Default)]
 pub struct BufPool {
     free: Vec<PacketBuf>,
     capacity: usize,
+    shared: Option<SharedPool>,
+    /// Buffers allocated because the pool was empty (zero in steady state).
+    pub grown: u64,
 }
 
 impl BufPool {
     /// A pool pre-filled with `n` buffers of `capacity` bytes.
     pub fn new(n: usize, capacity: usize) -> Self {
-        BufPool {
-            free: (0..n).map(|_| PacketBuf::with_capacity(capacity)).collect(),
-            capacity,
-        }
+        let mut free = Vec::with_capacity(n.max(POOL_BATCH * 4));
+        free.extend((0..n).map(|_| PacketBuf::with_capacity(capacity)));
+        BufPool { free, capacity, shared: None, grown: 0 }
     }
+    /// A pool that refills from and spills to `shared`.
+    pub fn with_shared(shared: SharedPool, capacity: usize) -> Self {
+        BufPool { free: Vec::with_capacity(POOL_BATCH * 4), capacity, shared: Some(shared), grown: 0 }
+    }
+    #[inline]
     pub fn get(&mut self) -> PacketBuf {
+        if self.free.is_empty()
+            && let Some(sh) = &self.shared
+        {
+            for _ in 0..POOL_BATCH {
+                match sh.pop() {
+                    Some(b) => self.free.push(b),
+                    None => break,
+                }
+            }
+        }
         match self.free.pop() {
             Some(mut b) => {
                 b.clear();
                 b
             }
-            None => PacketBuf::with_capacity(self.capacity.max(DEFAULT_CAPACITY)),
+            None => {
+                self.grown += 1;
+                PacketBuf::with_capacity(self.capacity.max(DEFAULT_CAPACITY))
+            }
         }
     }
+    #[inline]
     pub fn put(&mut self, b: PacketBuf) {
+        if b.capacity() < DEFAULT_CAPACITY {
+            return; // a zero-capacity placeholder or a foreign small buffer: not pooled
+        }
         self.free.push(b);
+        if self.free.len() >= POOL_BATCH * 4
+            && let Some(sh) = &self.shared
+        {
+            for _ in 0..POOL_BATCH * 2 {
+                let Some(b) = self.free.pop() else { break };
+                if let Err(b) = sh.push(b) {
+                    self.free.push(b);
+                    break;
+                }
+            }
+        }
     }
+    /// Buffers in the local free list.
     pub fn available(&self) -> usize {
         self.free.len()
+    }
+    /// Returns every local buffer to the shared pool (at shutdown, for leak accounting).
+    pub fn flush(&mut self) {
+        if let Some(sh) = &self.shared {
+            while let Some(b) = self.free.pop() {
+                if let Err(b) = sh.push(b) {
+                    self.free.push(b);
+                    break;
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,799 @@
+//! The poll-mode runtime: one worker per core, each polling an inside (plaintext) port and an
+//! outside (ESP) port in bursts, running the sans-IO ESP core on its own SAs.
+//!
+//! Design (see README, "Runtime"):
+//! - **One writer per SA by steering.** Each tunnel is owned by exactly one worker; flows are
+//!   steered to it (inside: by tunnel, as RSS does per flow; outside: by SPI, as the XDP
+//!   program does per SPI), so a worker's SA tables hold only its own SAs and the sequence
+//!   counter and replay window of an SA are touched by one thread only. A packet whose SPI
+//!   is not in the worker's table is counted `unknown_spi`.
+//! - **Tables without locks.** A worker's tables (outbound: longest-prefix match of the inner
+//!   destination -> slot; inbound: SPI -> slot, with a last-SPI cache) are read and written by
+//!   that worker only. The control thread changes them with [`Command`]s over a channel; the
+//!   worker applies them between bursts, so each change is atomic for the data path.
+//!   Removed SAs are handed back on the `retired` channel and freed by the control thread,
+//!   after the worker has moved past them.
+//! - **Make-before-break.** A rekey installs the new inbound SA (`AddInbound`), then switches
+//!   outbound (`SetOutbound`), and deletes the old inbound SA (`DelInbound`) only later; both
+//!   inbound SAs decrypt meanwhile.
+//! - **No lock, no allocation, no syscall per packet.** Buffers come from a pool; scratch
+//!   vectors are reused; counters are plain integers owned by the worker and copied out on
+//!   `Report`.
+
+use crate::counters::{Counters, DropReason};
+use crate::esp::{self, Outer};
+use crate::frag::{ReasmLimits, Reassembler};
+use crate::io::PacketIo;
+use crate::pipeline::{self, OutboundCtx, Unprotected};
+use crate::pkt::{BufPool, PacketBuf};
+use crate::sa::{InboundSa, OutboundSa, SeqState};
+use crate::wire;
+use crossbeam_channel::{Receiver, Sender};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Multiplicative hashing for the integer keys of the hot tables (SPIs and addresses are
+/// chosen by us or configured, not by an attacker).
+#[derive(Default, Clone, Copy)]
+pub struct IntHasher(u64);
+
+impl Hasher for IntHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(0x51_7cc1_b727_220a_95);
+        }
+    }
+    fn write_u32(&mut self, x: u32) {
+        self.0 = (self.0 ^ x as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn write_u128(&mut self, x: u128) {
+        self.0 = ((x as u64) ^ ((x >> 64) as u64).rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type IntMap<K, V> = HashMap<K, V, BuildHasherDefault<IntHasher>>;
+
+/// A traffic selector: inner destination prefix routed into a tunnel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Selector {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Selector {
+    pub fn host(addr: IpAddr) -> Self {
+        Selector { addr, prefix: if addr.is_ipv4() { 32 } else { 128 } }
+    }
+}
+
+/// Longest-prefix match with one hash map per prefix length in use.
+#[derive(Debug, Default)]
+struct Lpm {
+    v4: Vec<(u8, IntMap<u32, usize>)>,
+    v6: Vec<(u8, IntMap<u128, usize>)>,
+}
+
+fn mask4(a: u32, len: u8) -> u32 {
+    if len == 0 { 0 } else { a & (u32::MAX << (32 - len as u32)) }
+}
+fn mask6(a: u128, len: u8) -> u128 {
+    if len == 0 { 0 } else { a & (u128::MAX << (128 - len as u32)) }
+}
+
+impl Lpm {
+    fn insert(&mut self, s: Selector, slot: usize) {
+        match s.addr {
+            IpAddr::V4(a) => {
+                let len = s.prefix.min(32);
+                let i = match self.v4.iter().position(|(l, _)| *l == len) {
+                    Some(i) => i,
+                    None => {
+                        self.v4.push((len, IntMap::default()));
+                        self.v4.sort_by(|a, b| b.0.cmp(&a.0));
+                        self.v4.iter().position(|(l, _)| *l == len).expect("just inserted")
+                    }
+                };
+                self.v4[i].1.insert(mask4(u32::from(a), len), slot);
+            }
+            IpAddr::V6(a) => {
+                let len = s.prefix.min(128);
+                let i = match self.v6.iter().position(|(l, _)| *l == len) {
+                    Some(i) => i,
+                    None => {
+                        self.v6.push((len, IntMap::default()));
+                        self.v6.sort_by(|a, b| b.0.cmp(&a.0));
+                        self.v6.iter().position(|(l, _)| *l == len).expect("just inserted")
+                    }
+                };
+                self.v6[i].1.insert(mask6(u128::from(a), len), slot);
+            }
+        }
+    }
+    fn remove_slot(&mut self, slot: usize) {
+        for (_, m) in &mut self.v4 {
+            m.retain(|_, s| *s != slot);
+        }
+        for (_, m) in &mut self.v6 {
+            m.retain(|_, s| *s != slot);
+        }
+        self.v4.retain(|(_, m)| !m.is_empty());
+        self.v6.retain(|(_, m)| !m.is_empty());
+    }
+    #[inline]
+    fn lookup(&self, pkt: &[u8]) -> Option<usize> {
+        match pkt.first()? >> 4 {
+            4 if pkt.len() >= 20 => {
+                let a = wire::be32(pkt, 16);
+                self.v4.iter().find_map(|(l, m)| m.get(&mask4(a, *l)).copied())
+            }
+            6 if pkt.len() >= 40 => {
+                let a = u128::from_be_bytes(pkt[24..40].try_into().ok()?);
+                self.v6.iter().find_map(|(l, m)| m.get(&mask6(a, *l)).copied())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Control-plane commands, applied by the worker between bursts, in order.
+pub enum Command {
+    /// Installs the tunnel's outbound SA and selectors, or switches it to a new SA
+    /// (make-before-break: the new inbound SA must already be installed at the peer).
+    SetOutbound { tunnel: u32, sa: Box<OutboundSa>, selectors: Vec<Selector> },
+    /// Adds an inbound SA; several may be live for one tunnel during a rekey.
+    AddInbound { tunnel: u32, sa: Box<InboundSa> },
+    /// Removes the inbound SA with this SPI.
+    DelInbound { spi: u32 },
+    /// Removes a tunnel's outbound SA, its selectors and all its inbound SAs.
+    DelTunnel { tunnel: u32 },
+    /// Replies once every earlier command has been applied.
+    Barrier(Sender<()>),
+    /// Replies with the counters (and per-tunnel counters when asked).
+    Report { per_tunnel: bool, reply: Sender<WorkerReport> },
+    /// Ends the poll loop.
+    Stop,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::SetOutbound { tunnel, sa, .. } => write!(f, "SetOutbound({tunnel}, spi {:#x})", sa.cfg.spi),
+            Command::AddInbound { tunnel, sa } => write!(f, "AddInbound({tunnel}, spi {:#x})", sa.cfg.spi),
+            Command::DelInbound { spi } => write!(f, "DelInbound({spi:#x})"),
+            Command::DelTunnel { tunnel } => write!(f, "DelTunnel({tunnel})"),
+            Command::Barrier(_) => f.write_str("Barrier"),
+            Command::Report { .. } => f.write_str("Report"),
+            Command::Stop => f.write_str("Stop"),
+        }
+    }
+}
+
+/// An SA the worker no longer uses, handed back to be freed off the data path.
+#[derive(Debug)]
+pub enum Retired {
+    Out(Box<OutboundSa>),
+    In(Box<InboundSa>),
+}
+
+/// Events for the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// An outbound SA crossed its soft sequence-number limit: rekey it.
+    SoftLimit { tunnel: u32, spi: u32 },
+}
+
+/// Traffic of one tunnel: inner bytes as AWS `TunnelDataIn` / `TunnelDataOut` count them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TunnelCounters {
+    pub out: Counters,
+    pub inb: Counters,
+}
+
+/// A worker's counters, copied out on request.
+#[derive(Clone, Debug, Default)]
+pub struct WorkerReport {
+    pub worker: usize,
+    /// Everything: worker-level drops plus every SA's counters (live and retired).
+    pub total: Counters,
+    pub tx_out: u64,
+    pub tx_in: u64,
+    pub outbound_sas: usize,
+    pub inbound_sas: usize,
+    /// Receive-burst occupancy: bucket i counts bursts of [2^(i-1), 2^i) packets (bucket 0: empty).
+    pub burst_hist: [u64; 10],
+    pub polls: u64,
+    pub pool_grown: u64,
+    pub pool_free: usize,
+    pub per_tunnel: Vec<(u32, TunnelCounters)>,
+}
+
+struct OutSlot {
+    tunnel: u32,
+    sa: Box<OutboundSa>,
+}
+
+struct InSlot {
+    tunnel: u32,
+    sa: Box<InboundSa>,
+}
+
+/// Runtime settings of a worker.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub id: usize,
+    /// CPU to pin to (None: not pinned).
+    pub core: Option<usize>,
+    /// Packets per receive burst (32..=256).
+    pub burst: usize,
+    pub reassembly: ReasmLimits,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig { id: 0, core: None, burst: 64, reassembly: ReasmLimits::default() }
+    }
+}
+
+/// One poll-mode worker with its two ports and its SAs.
+pub struct Worker<I: PacketIo, O: PacketIo> {
+    pub cfg: WorkerConfig,
+    pub inside: I,
+    pub outside: O,
+    pub pool: BufPool,
+    cmds: Receiver<Command>,
+    retired: Sender<Retired>,
+    events: Sender<Event>,
+    outs: Vec<Option<OutSlot>>,
+    out_free: Vec<usize>,
+    tunnel_out: IntMap<u32, usize>,
+    sel: Lpm,
+    ins: Vec<Option<InSlot>>,
+    in_free: Vec<usize>,
+    spi_map: IntMap<u32, usize>,
+    last_spi: Option<(u32, usize)>,
+    reasm: Reassembler,
+    outer_reasm: Reassembler,
+    ctx: OutboundCtx,
+    counters: Counters,
+    retired_counters: IntMap<u32, TunnelCounters>,
+    burst_hist: [u64; 10],
+    polls: u64,
+    tx_out_total: u64,
+    tx_in_total: u64,
+    epoch: Instant,
+    // Scratch vectors, reused every burst.
+    rx: Vec<PacketBuf>,
+    run: Vec<PacketBuf>,
+    tx: Vec<PacketBuf>,
+    icmp: Vec<PacketBuf>,
+    /// IKE and other non-ESP packets from the outside, for the control thread.
+    pub to_control: Option<Arc<crossbeam_queue::ArrayQueue<PacketBuf>>>,
+    stopped: bool,
+}
+
+/// The channels the control thread keeps for one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerHandle {
+    pub cmds: Sender<Command>,
+    pub retired: Receiver<Retired>,
+    pub events: Receiver<Event>,
+}
+
+impl WorkerHandle {
+    /// Sends a command; false if the worker is gone.
+    pub fn send(&self, c: Command) -> bool {
+        self.cmds.send(c).is_ok()
+    }
+    /// Waits until every command sent so far has been applied.
+    pub fn barrier(&self) -> bool {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(Command::Barrier(tx)) && rx.recv().is_ok()
+    }
+    /// Asks for a report and waits for it.
+    pub fn report(&self, per_tunnel: bool) -> Option<WorkerReport> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        if !self.send(Command::Report { per_tunnel, reply: tx }) {
+            return None;
+        }
+        rx.recv().ok()
+    }
+    /// Frees the SAs the worker retired. Returns how many.
+    pub fn reap(&self) -> usize {
+        self.retired.try_iter().count()
+    }
+}
+
+impl<I: PacketIo, O: PacketIo> Worker<I, O> {
+    /// A worker and the handle the control thread uses to drive it.
+    pub fn new(cfg: WorkerConfig, inside: I, outside: O, pool: BufPool) -> (Self, WorkerHandle) {
+        let (ctx, crx) = crossbeam_channel::unbounded();
+        let (rtx, rrx) = crossbeam_channel::unbounded();
+        let (etx, erx) = crossbeam_channel::unbounded();
+        let burst = cfg.burst.clamp(1, 256);
+        let w = Worker {
+            reasm: Reassembler::new(cfg.reassembly),
+            outer_reasm: Reassembler::new(cfg.reassembly),
+            cfg,
+            inside,
+            outside,
+            pool,
+            cmds: crx,
+            retired: rtx,
+            events: etx,
+            outs: Vec::new(),
+            out_free: Vec::new(),
+            tunnel_out: IntMap::default(),
+            sel: Lpm::default(),
+            ins: Vec::new(),
+            in_free: Vec::new(),
+            spi_map: IntMap::default(),
+            last_spi: None,
+            ctx: OutboundCtx::default(),
+            counters: Counters::default(),
+            retired_counters: IntMap::default(),
+            burst_hist: [0; 10],
+            polls: 0,
+            tx_out_total: 0,
+            tx_in_total: 0,
+            epoch: Instant::now(),
+            rx: Vec::with_capacity(burst * 2),
+            run: Vec::with_capacity(burst * 2),
+            tx: Vec::with_capacity(burst * 4),
+            icmp: Vec::with_capacity(16),
+            to_control: None,
+            stopped: false,
+        };
+        (w, WorkerHandle { cmds: ctx, retired: rrx, events: erx })
+    }
+
+    fn retire_out(&mut self, slot: usize) {
+        if let Some(s) = self.outs[slot].take() {
+            self.retired_counters.entry(s.tunnel).or_default().out.merge(&s.sa.counters);
+            let _ = self.retired.send(Retired::Out(s.sa));
+            self.out_free.push(slot);
+        }
+    }
+
+    fn retire_in(&mut self, slot: usize) {
+        if let Some(s) = self.ins[slot].take() {
+            self.spi_map.remove(&s.sa.cfg.spi);
+            self.retired_counters.entry(s.tunnel).or_default().inb.merge(&s.sa.counters);
+            let _ = self.retired.send(Retired::In(s.sa));
+            self.in_free.push(slot);
+        }
+        self.last_spi = None;
+    }
+
+    /// Applies one command. Returns false on `Stop`.
+    fn apply(&mut self, c: Command) -> bool {
+        match c {
+            Command::SetOutbound { tunnel, sa, selectors } => {
+                let slot = match self.tunnel_out.get(&tunnel) {
+                    Some(&slot) => {
+                        // Switch: the old SA is retired, the slot (and selectors) stay.
+                        if let Some(old) = self.outs[slot].replace(OutSlot { tunnel, sa }) {
+                            self.retired_counters.entry(tunnel).or_default().out.merge(&old.sa.counters);
+                            let _ = self.retired.send(Retired::Out(old.sa));
+                        }
+                        slot
+                    }
+                    None => {
+                        let s = OutSlot { tunnel, sa };
+                        let slot = match self.out_free.pop() {
+                            Some(i) => {
+                                self.outs[i] = Some(s);
+                                i
+                            }
+                            None => {
+                                self.outs.push(Some(s));
+                                self.outs.len() - 1
+                            }
+                        };
+                        self.tunnel_out.insert(tunnel, slot);
+                        slot
+                    }
+                };
+                for s in selectors {
+                    self.sel.insert(s, slot);
+                }
+            }
+            Command::AddInbound { tunnel, sa } => {
+                let spi = sa.cfg.spi;
+                if let Some(&old) = self.spi_map.get(&spi) {
+                    self.retire_in(old);
+                }
+                let s = InSlot { tunnel, sa };
+                let slot = match self.in_free.pop() {
+                    Some(i) => {
+                        self.ins[i] = Some(s);
+                        i
+                    }
+                    None => {
+                        self.ins.push(Some(s));
+                        self.ins.len() - 1
+                    }
+                };
+                self.spi_map.insert(spi, slot);
+            }
+            Command::DelInbound { spi } => {
+                if let Some(&slot) = self.spi_map.get(&spi) {
+                    self.retire_in(slot);
+                }
+            }
+            Command::DelTunnel { tunnel } => {
+                if let Some(slot) = self.tunnel_out.remove(&tunnel) {
+                    self.sel.remove_slot(slot);
+                    self.retire_out(slot);
+                }
+                let slots: Vec<usize> =
+                    self.ins.iter().enumerate().filter(|(_, s)| s.as_ref().is_some_and(|s| s.tunnel == tunnel)).map(|(i, _)| i).collect();
+                for s in slots {
+                    self.retire_in(s);
+                }
+            }
+            Command::Barrier(tx) => {
+                let _ = tx.send(());
+            }
+            Command::Report { per_tunnel, reply } => {
+                let _ = reply.send(self.report(per_tunnel));
+            }
+            Command::Stop => return false,
+        }
+        true
+    }
+
+    /// The worker's counters now.
+    pub fn report(&self, per_tunnel: bool) -> WorkerReport {
+        let mut total = self.counters.clone();
+        let mut tunnels: IntMap<u32, TunnelCounters> = IntMap::default();
+        for (t, c) in &self.retired_counters {
+            total.merge(&c.out);
+            total.merge(&c.inb);
+            if per_tunnel {
+                tunnels.insert(*t, c.clone());
+            }
+        }
+        for s in self.outs.iter().flatten() {
+            total.merge(&s.sa.counters);
+            if per_tunnel {
+                tunnels.entry(s.tunnel).or_default().out.merge(&s.sa.counters);
+            }
+        }
+        for s in self.ins.iter().flatten() {
+            total.merge(&s.sa.counters);
+            if per_tunnel {
+                tunnels.entry(s.tunnel).or_default().inb.merge(&s.sa.counters);
+            }
+        }
+        let mut per: Vec<(u32, TunnelCounters)> = tunnels.into_iter().collect();
+        per.sort_by_key(|(t, _)| *t);
+        WorkerReport {
+            worker: self.cfg.id,
+            total,
+            tx_out: self.tx_out_total,
+            tx_in: self.tx_in_total,
+            outbound_sas: self.outs.iter().flatten().count(),
+            inbound_sas: self.ins.iter().flatten().count(),
+            burst_hist: self.burst_hist,
+            polls: self.polls,
+            pool_grown: self.pool.grown,
+            pool_free: self.pool.available(),
+            per_tunnel: per,
+        }
+    }
+
+    /// Applies pending commands (bounded per call). Returns false when told to stop.
+    pub fn service_commands(&mut self) -> bool {
+        for _ in 0..64 {
+            match self.cmds.try_recv() {
+                Ok(c) => {
+                    if !self.apply(c) {
+                        self.stopped = true;
+                        return false;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        true
+    }
+
+    #[inline]
+    fn flush_out_run(&mut self, slot: usize) {
+        if self.run.is_empty() {
+            return;
+        }
+        let Some(s) = self.outs[slot].as_mut() else {
+            for p in self.run.drain(..) {
+                self.counters.drop(DropReason::NoSa);
+                self.pool.put(p);
+            }
+            return;
+        };
+        let mut res = [Ok(SeqState::Ok); esp::MAX_BURST];
+        let mut soft = false;
+        while !self.run.is_empty() {
+            let n = self.run.len().min(esp::MAX_BURST);
+            esp::encapsulate_burst(&mut s.sa, &mut self.run[..n], &mut res[..n]);
+            for (p, r) in self.run.drain(..n).zip(res.iter()) {
+                match r {
+                    Ok(st) => {
+                        soft |= *st == SeqState::SoftLimit;
+                        self.tx.push(p);
+                    }
+                    Err(_) => self.pool.put(p), // counted on the SA
+                }
+            }
+        }
+        if soft {
+            let _ = self.events.send(Event::SoftLimit { tunnel: s.tunnel, spi: s.sa.cfg.spi });
+        }
+    }
+
+    /// One burst from the inside port: select the tunnel, clamp MSS, fragment oversize
+    /// packets, encrypt runs of packets of the same SA as one crypto burst, send outside.
+    fn poll_inside(&mut self, now: f64) -> usize {
+        // Leave room for fragments (up to 3 per packet at 1500 bytes... 64 KiB datagrams are
+        // rare; the ring drops and counts what does not fit).
+        let burst = self.cfg.burst.min(self.outside.tx_room() / 2);
+        if burst == 0 {
+            return 0;
+        }
+        let n = self.inside.rx_burst(&mut self.pool, &mut self.rx, burst);
+        let mut run_slot = usize::MAX;
+        let mut rx = std::mem::take(&mut self.rx);
+        for mut p in rx.drain(..) {
+            let Some(slot) = self.sel.lookup(p.bytes()) else {
+                let r = if wire::parse_ip(p.bytes()).is_some() { DropReason::NoSa } else { DropReason::NotIp };
+                self.counters.drop(r);
+                self.pool.put(p);
+                continue;
+            };
+            if slot != run_slot {
+                if run_slot != usize::MAX {
+                    self.flush_out_run(run_slot);
+                }
+                run_slot = slot;
+            }
+            let Some(s) = self.outs[slot].as_mut() else {
+                self.counters.drop(DropReason::NoSa);
+                self.pool.put(p);
+                continue;
+            };
+            let sa = &mut s.sa;
+            let Some(ip) = wire::parse_ip(p.bytes()) else {
+                sa.counters.drop(DropReason::Malformed);
+                self.pool.put(p);
+                continue;
+            };
+            p.truncate(ip.total_len);
+            if p.len() > sa.inner_mtu {
+                // Slow path: fragmentation or ICMP, one packet at a time, after the packets
+                // before it (order within a flow is kept).
+                self.flush_out_run(slot);
+                let Some(s) = self.outs[slot].as_mut() else { continue };
+                let sa = &mut s.sa;
+                let tunnel = s.tunnel;
+                let r = pipeline::protect(sa, &mut self.ctx, now, p, &mut self.pool, &mut self.tx, &mut self.icmp);
+                if let pipeline::Protected::Sent { soft_limit: true, .. } = r {
+                    let _ = self.events.send(Event::SoftLimit { tunnel, spi: sa.cfg.spi });
+                }
+                continue;
+            }
+            if sa.cfg.mss_clamp && ip.proto == wire::proto::TCP {
+                let mss = if ip.version == 4 { sa.mss_ipv4() } else { sa.mss_ipv6() };
+                if let wire::MssClamp::Clamped(..) = wire::clamp_mss(p.bytes_mut(), mss) {
+                    sa.counters.mss_clamped += 1;
+                }
+            }
+            self.run.push(p);
+        }
+        self.rx = rx;
+        if run_slot != usize::MAX {
+            self.flush_out_run(run_slot);
+        }
+        if !self.tx.is_empty() {
+            self.tx_out_total += self.outside.tx_burst(&mut self.pool, &mut self.tx) as u64;
+        }
+        if !self.icmp.is_empty() {
+            self.tx_in_total += self.inside.tx_burst(&mut self.pool, &mut self.icmp) as u64;
+        }
+        n
+    }
+
+    #[inline]
+    fn in_slot(&mut self, spi: u32) -> Option<usize> {
+        if let Some((s, slot)) = self.last_spi
+            && s == spi
+        {
+            return Some(slot);
+        }
+        let slot = *self.spi_map.get(&spi)?;
+        self.last_spi = Some((spi, slot));
+        Some(slot)
+    }
+
+    fn flush_in_run(&mut self, slot: usize, now: f64) {
+        if self.run.is_empty() {
+            return;
+        }
+        let Some(s) = self.ins[slot].as_mut() else {
+            for p in self.run.drain(..) {
+                self.counters.drop(DropReason::UnknownSpi);
+                self.pool.put(p);
+            }
+            return;
+        };
+        let mut res = [Ok(()); esp::MAX_BURST];
+        while !self.run.is_empty() {
+            let n = self.run.len().min(esp::MAX_BURST);
+            esp::decapsulate_burst(&mut s.sa, &mut self.run[..n], &mut res[..n]);
+            for (mut p, r) in self.run.drain(..n).zip(res.iter()) {
+                if r.is_err() {
+                    self.pool.put(p); // counted on the SA
+                    continue;
+                }
+                match pipeline::finish_inbound(&mut s.sa, &mut self.reasm, now, &mut p) {
+                    Ok(Unprotected::Inner) => self.tx.push(p),
+                    Ok(Unprotected::Held) | Err(_) => self.pool.put(p),
+                }
+            }
+        }
+    }
+
+    /// One burst from the outside port: classify, look the SA up by SPI, decrypt runs of the
+    /// same SA as one crypto burst, reassemble, send inside.
+    fn poll_outside(&mut self, now: f64) -> usize {
+        let burst = self.cfg.burst.min(self.inside.tx_room());
+        if burst == 0 {
+            return 0;
+        }
+        let n = self.outside.rx_burst(&mut self.pool, &mut self.rx, burst);
+        let mut run_slot = usize::MAX;
+        let mut rx = std::mem::take(&mut self.rx);
+        for mut p in rx.drain(..) {
+            let mut class = esp::classify_outer(p.bytes());
+            if class == Ok(Outer::Fragment) {
+                let mut whole = PacketBuf::with_capacity(0);
+                match self.outer_reasm.insert(now, p.bytes(), &mut whole) {
+                    Ok(true) => {
+                        self.counters.reassembled += 1;
+                        self.pool.put(std::mem::replace(&mut p, whole));
+                        class = esp::classify_outer(p.bytes());
+                    }
+                    Ok(false) => {
+                        self.pool.put(p);
+                        continue;
+                    }
+                    Err(r) => {
+                        self.counters.drop(r);
+                        self.pool.put(p);
+                        continue;
+                    }
+                }
+            }
+            let (esp_off, spi) = match class {
+                Ok(Outer::Esp { esp_off, spi, .. }) => (esp_off, spi),
+                Ok(Outer::NatKeepalive) => {
+                    self.counters.nat_keepalives += 1;
+                    self.pool.put(p);
+                    continue;
+                }
+                Ok(Outer::Ike) | Ok(Outer::Other) | Ok(Outer::Fragment) => {
+                    self.counters.ike_passed += 1;
+                    match &self.to_control {
+                        Some(q) => {
+                            if let Err(p) = q.push(p) {
+                                self.pool.put(p);
+                            }
+                        }
+                        None => self.pool.put(p),
+                    }
+                    continue;
+                }
+                Err(r) => {
+                    self.counters.drop(r);
+                    self.pool.put(p);
+                    continue;
+                }
+            };
+            let Some(slot) = self.in_slot(spi) else {
+                self.counters.drop(DropReason::UnknownSpi);
+                self.pool.put(p);
+                continue;
+            };
+            if let Some(ip) = wire::parse_ip(p.bytes()) {
+                p.truncate(ip.total_len);
+            }
+            if p.pull_front(esp_off).is_none() {
+                self.counters.drop(DropReason::Malformed);
+                self.pool.put(p);
+                continue;
+            }
+            if slot != run_slot {
+                if run_slot != usize::MAX {
+                    self.flush_in_run(run_slot, now);
+                }
+                run_slot = slot;
+            }
+            self.run.push(p);
+        }
+        self.rx = rx;
+        if run_slot != usize::MAX {
+            self.flush_in_run(run_slot, now);
+        }
+        if !self.tx.is_empty() {
+            self.tx_in_total += self.inside.tx_burst(&mut self.pool, &mut self.tx) as u64;
+        }
+        n
+    }
+
+    /// One iteration of the poll loop: commands, a burst each way, timers. Returns the number
+    /// of packets received. `now` is seconds on the caller's clock.
+    pub fn poll_once(&mut self, now: f64) -> usize {
+        if !self.service_commands() {
+            return 0;
+        }
+        let a = self.poll_inside(now);
+        let b = self.poll_outside(now);
+        self.polls += 1;
+        let n = a.max(b);
+        let bucket = if n == 0 { 0 } else { (usize::BITS - n.leading_zeros()) as usize };
+        self.burst_hist[bucket.min(9)] += 1;
+        if self.polls % 1024 == 0 {
+            let t = self.reasm.expire(now) + self.outer_reasm.expire(now);
+            self.counters.drops[DropReason::ReassemblyTimeout as usize] += t;
+        }
+        a + b
+    }
+
+    /// Commands sent but not applied yet.
+    pub fn pending_commands(&self) -> usize {
+        self.cmds.len()
+    }
+
+    /// Whether a `Stop` command was applied.
+    pub fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    /// Runs the poll loop on this thread (pinned to `cfg.core` when set) until `Stop` or
+    /// `stop` is raised. Returns the worker so its ports and counters can be inspected.
+    pub fn run(mut self, stop: Arc<AtomicBool>) -> Self {
+        if let Some(core) = self.cfg.core {
+            core_affinity::set_for_current(core_affinity::CoreId { id: core });
+        }
+        let epoch = self.epoch;
+        let mut idle = 0u32;
+        while !stop.load(Ordering::Relaxed) && !self.stopped {
+            let now = epoch.elapsed().as_secs_f64();
+            if self.poll_once(now) == 0 {
+                idle += 1;
+                if idle > 1024 {
+                    std::hint::spin_loop();
+                }
+            } else {
+                idle = 0;
+            }
+        }
+        // Apply what is left (reports, barriers) so no caller waits forever.
+        while let Ok(c) = self.cmds.try_recv() {
+            if !self.apply(c) {
+                break;
+            }
+        }
+        self
+    }
+
+    /// Sets the time origin of `run` (shared with generators that stamp packets).
+    pub fn set_epoch(&mut self, epoch: Instant) {
+        self.epoch = epoch;
+    }
+}

@@ -61,7 +61,12 @@ pub struct MemPort {
 
 impl std::fmt::Debug for MemPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MemPort(rx {} queued, tx {} queued)", self.rx.len(), self.tx.len())
+        write!(
+            f,
+            "MemPort(rx {} queued, tx {} queued)",
+            self.rx.len(),
+            self.tx.len()
+        )
     }
 }
 
@@ -78,7 +83,14 @@ pub fn mem_link(capacity: usize, impair: Impair) -> (MemPort, MemPort) {
         held: Vec::with_capacity(impair.reorder_depth + 1),
         stats: Arc::default(),
     };
-    let b = MemPort { tx: ba, rx: ab, impair: Impair::default(), rng: 1, held: Vec::new(), stats: Arc::default() };
+    let b = MemPort {
+        tx: ba,
+        rx: ab,
+        impair: Impair::default(),
+        rng: 1,
+        held: Vec::new(),
+        stats: Arc::default(),
+    };
     (a, b)
 }
 
@@ -152,7 +164,10 @@ impl PacketIo for MemPort {
                     pool.put(d);
                 }
             }
-            if imp.reorder_depth > 0 && self.held.len() < imp.reorder_depth && self.chance(imp.reorder) {
+            if imp.reorder_depth > 0
+                && self.held.len() < imp.reorder_depth
+                && self.chance(imp.reorder)
+            {
                 reord += 1;
                 let delay = 1 + (self.rng as usize % imp.reorder_depth);
                 self.held.push((delay, p));
@@ -203,20 +218,37 @@ impl std::fmt::Debug for PcapPort {
 }
 
 impl PcapPort {
-    pub fn new(input: Option<&std::path::Path>, output: Option<&std::path::Path>) -> Result<Self, String> {
+    pub fn new(
+        input: Option<&std::path::Path>,
+        output: Option<&std::path::Path>,
+    ) -> Result<Self, String> {
         let input = input.map(crate::pcap::read).transpose()?;
         let output = match output {
             Some(p) => {
                 let f = std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
-                Some(crate::pcap::Writer::new(std::io::BufWriter::new(f), crate::pcap::LINKTYPE_RAW, false).map_err(|e| e.to_string())?)
+                Some(
+                    crate::pcap::Writer::new(
+                        std::io::BufWriter::new(f),
+                        crate::pcap::LINKTYPE_RAW,
+                        false,
+                    )
+                    .map_err(|e| e.to_string())?,
+                )
             }
             None => None,
         };
-        Ok(PcapPort { input, pos: 0, output, skipped: 0 })
+        Ok(PcapPort {
+            input,
+            pos: 0,
+            output,
+            skipped: 0,
+        })
     }
     /// Whether every input record has been received.
     pub fn exhausted(&self) -> bool {
-        self.input.as_ref().is_none_or(|p| self.pos >= p.records.len())
+        self.input
+            .as_ref()
+            .is_none_or(|p| self.pos >= p.records.len())
     }
     /// Flushes the output file.
     pub fn finish(self) -> Result<(), String> {
@@ -295,7 +327,9 @@ mod tests {
     fn link_delivers_in_order_without_impairment() {
         let (mut a, mut b) = mem_link(64, Impair::default());
         let mut pool = BufPool::new(16, 2048);
-        let mut v: Vec<PacketBuf> = (0..10u8).map(|i| PacketBuf::from_slice(&[0x45, i])).collect();
+        let mut v: Vec<PacketBuf> = (0..10u8)
+            .map(|i| PacketBuf::from_slice(&[0x45, i]))
+            .collect();
         assert_eq!(a.tx_burst(&mut pool, &mut v), 10);
         let mut got = vec![];
         assert_eq!(b.rx_burst(&mut pool, &mut got, 32), 10);
@@ -304,19 +338,31 @@ mod tests {
 
     #[test]
     fn impairments_are_seeded_and_counted() {
-        let imp = Impair { loss: 0.1, dup: 0.1, reorder: 0.2, reorder_depth: 4, seed: 42 };
+        let imp = Impair {
+            loss: 0.1,
+            dup: 0.1,
+            reorder: 0.2,
+            reorder_depth: 4,
+            seed: 42,
+        };
         let run = || {
             let (mut a, mut b) = mem_link(4096, imp);
             let mut pool = BufPool::new(16, 2048);
             let mut seen = vec![];
             for k in 0..20u8 {
-                let mut v: Vec<PacketBuf> = (0..32u8).map(|i| PacketBuf::from_slice(&[0x45, k, i])).collect();
+                let mut v: Vec<PacketBuf> = (0..32u8)
+                    .map(|i| PacketBuf::from_slice(&[0x45, k, i]))
+                    .collect();
                 a.tx_burst(&mut pool, &mut v);
                 let mut got = vec![];
                 b.rx_burst(&mut pool, &mut got, 4096);
                 seen.extend(got.iter().map(|p| (p.bytes()[1], p.bytes()[2])));
             }
-            (seen, a.stats.lost.load(Ordering::Relaxed), a.stats.duplicated.load(Ordering::Relaxed))
+            (
+                seen,
+                a.stats.lost.load(Ordering::Relaxed),
+                a.stats.duplicated.load(Ordering::Relaxed),
+            )
         };
         let (s1, lost, dup) = run();
         let (s2, _, _) = run();

@@ -169,11 +169,21 @@ impl BufPool {
     pub fn new(n: usize, capacity: usize) -> Self {
         let mut free = Vec::with_capacity(n.max(POOL_BATCH * 4));
         free.extend((0..n).map(|_| PacketBuf::with_capacity(capacity)));
-        BufPool { free, capacity, shared: None, grown: 0 }
+        BufPool {
+            free,
+            capacity,
+            shared: None,
+            grown: 0,
+        }
     }
     /// A pool that refills from and spills to `shared`.
     pub fn with_shared(shared: SharedPool, capacity: usize) -> Self {
-        BufPool { free: Vec::with_capacity(POOL_BATCH * 4), capacity, shared: Some(shared), grown: 0 }
+        BufPool {
+            free: Vec::with_capacity(POOL_BATCH * 4),
+            capacity,
+            shared: Some(shared),
+            grown: 0,
+        }
     }
     #[inline]
     pub fn get(&mut self) -> PacketBuf {

@@ -47,14 +47,15 @@ impl Hasher for IntHasher {
     }
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(0x51_7cc1_b727_220a_95);
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(0x517c_c1b7_2722_0a95);
         }
     }
     fn write_u32(&mut self, x: u32) {
         self.0 = (self.0 ^ x as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
     fn write_u128(&mut self, x: u128) {
-        self.0 = ((x as u64) ^ ((x >> 64) as u64).rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 =
+            ((x as u64) ^ ((x >> 64) as u64).rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 
@@ -69,7 +70,10 @@ pub struct Selector {
 
 impl Selector {
     pub fn host(addr: IpAddr) -> Self {
-        Selector { addr, prefix: if addr.is_ipv4() { 32 } else { 128 } }
+        Selector {
+            addr,
+            prefix: if addr.is_ipv4() { 32 } else { 128 },
+        }
     }
 }
 
@@ -81,10 +85,18 @@ struct Lpm {
 }
 
 fn mask4(a: u32, len: u8) -> u32 {
-    if len == 0 { 0 } else { a & (u32::MAX << (32 - len as u32)) }
+    if len == 0 {
+        0
+    } else {
+        a & (u32::MAX << (32 - len as u32))
+    }
 }
 fn mask6(a: u128, len: u8) -> u128 {
-    if len == 0 { 0 } else { a & (u128::MAX << (128 - len as u32)) }
+    if len == 0 {
+        0
+    } else {
+        a & (u128::MAX << (128 - len as u32))
+    }
 }
 
 impl Lpm {
@@ -96,8 +108,11 @@ impl Lpm {
                     Some(i) => i,
                     None => {
                         self.v4.push((len, IntMap::default()));
-                        self.v4.sort_by(|a, b| b.0.cmp(&a.0));
-                        self.v4.iter().position(|(l, _)| *l == len).expect("just inserted")
+                        self.v4.sort_by_key(|e| std::cmp::Reverse(e.0));
+                        self.v4
+                            .iter()
+                            .position(|(l, _)| *l == len)
+                            .expect("just inserted")
                     }
                 };
                 self.v4[i].1.insert(mask4(u32::from(a), len), slot);
@@ -108,8 +123,11 @@ impl Lpm {
                     Some(i) => i,
                     None => {
                         self.v6.push((len, IntMap::default()));
-                        self.v6.sort_by(|a, b| b.0.cmp(&a.0));
-                        self.v6.iter().position(|(l, _)| *l == len).expect("just inserted")
+                        self.v6.sort_by_key(|e| std::cmp::Reverse(e.0));
+                        self.v6
+                            .iter()
+                            .position(|(l, _)| *l == len)
+                            .expect("just inserted")
                     }
                 };
                 self.v6[i].1.insert(mask6(u128::from(a), len), slot);
@@ -131,11 +149,15 @@ impl Lpm {
         match pkt.first()? >> 4 {
             4 if pkt.len() >= 20 => {
                 let a = wire::be32(pkt, 16);
-                self.v4.iter().find_map(|(l, m)| m.get(&mask4(a, *l)).copied())
+                self.v4
+                    .iter()
+                    .find_map(|(l, m)| m.get(&mask4(a, *l)).copied())
             }
             6 if pkt.len() >= 40 => {
                 let a = u128::from_be_bytes(pkt[24..40].try_into().ok()?);
-                self.v6.iter().find_map(|(l, m)| m.get(&mask6(a, *l)).copied())
+                self.v6
+                    .iter()
+                    .find_map(|(l, m)| m.get(&mask6(a, *l)).copied())
             }
             _ => None,
         }
@@ -146,17 +168,27 @@ impl Lpm {
 pub enum Command {
     /// Installs the tunnel's outbound SA and selectors, or switches it to a new SA
     /// (make-before-break: the new inbound SA must already be installed at the peer).
-    SetOutbound { tunnel: u32, sa: Box<OutboundSa>, selectors: Vec<Selector> },
+    SetOutbound {
+        tunnel: u32,
+        sa: Box<OutboundSa>,
+        selectors: Vec<Selector>,
+    },
     /// Adds an inbound SA; several may be live for one tunnel during a rekey.
     AddInbound { tunnel: u32, sa: Box<InboundSa> },
     /// Removes the inbound SA with this SPI.
     DelInbound { spi: u32 },
     /// Removes a tunnel's outbound SA, its selectors and all its inbound SAs.
     DelTunnel { tunnel: u32 },
+    /// Forgets the replay window of an inbound SA. Only for rigs that replay the same
+    /// capture in a loop (`perf oneway --direction decrypt`); never sent by the control plane.
+    ResetReplay { spi: Option<u32> },
     /// Replies once every earlier command has been applied.
     Barrier(Sender<()>),
     /// Replies with the counters (and per-tunnel counters when asked).
-    Report { per_tunnel: bool, reply: Sender<WorkerReport> },
+    Report {
+        per_tunnel: bool,
+        reply: Sender<WorkerReport>,
+    },
     /// Ends the poll loop.
     Stop,
 }
@@ -164,10 +196,15 @@ pub enum Command {
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Command::SetOutbound { tunnel, sa, .. } => write!(f, "SetOutbound({tunnel}, spi {:#x})", sa.cfg.spi),
-            Command::AddInbound { tunnel, sa } => write!(f, "AddInbound({tunnel}, spi {:#x})", sa.cfg.spi),
+            Command::SetOutbound { tunnel, sa, .. } => {
+                write!(f, "SetOutbound({tunnel}, spi {:#x})", sa.cfg.spi)
+            }
+            Command::AddInbound { tunnel, sa } => {
+                write!(f, "AddInbound({tunnel}, spi {:#x})", sa.cfg.spi)
+            }
             Command::DelInbound { spi } => write!(f, "DelInbound({spi:#x})"),
             Command::DelTunnel { tunnel } => write!(f, "DelTunnel({tunnel})"),
+            Command::ResetReplay { spi } => write!(f, "ResetReplay({spi:?})"),
             Command::Barrier(_) => f.write_str("Barrier"),
             Command::Report { .. } => f.write_str("Report"),
             Command::Stop => f.write_str("Stop"),
@@ -237,7 +274,12 @@ pub struct WorkerConfig {
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        WorkerConfig { id: 0, core: None, burst: 64, reassembly: ReasmLimits::default() }
+        WorkerConfig {
+            id: 0,
+            core: None,
+            burst: 64,
+            reassembly: ReasmLimits::default(),
+        }
     }
 }
 
@@ -299,7 +341,10 @@ impl WorkerHandle {
     /// Asks for a report and waits for it.
     pub fn report(&self, per_tunnel: bool) -> Option<WorkerReport> {
         let (tx, rx) = crossbeam_channel::bounded(1);
-        if !self.send(Command::Report { per_tunnel, reply: tx }) {
+        if !self.send(Command::Report {
+            per_tunnel,
+            reply: tx,
+        }) {
             return None;
         }
         rx.recv().ok()
@@ -350,12 +395,23 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
             to_control: None,
             stopped: false,
         };
-        (w, WorkerHandle { cmds: ctx, retired: rrx, events: erx })
+        (
+            w,
+            WorkerHandle {
+                cmds: ctx,
+                retired: rrx,
+                events: erx,
+            },
+        )
     }
 
     fn retire_out(&mut self, slot: usize) {
         if let Some(s) = self.outs[slot].take() {
-            self.retired_counters.entry(s.tunnel).or_default().out.merge(&s.sa.counters);
+            self.retired_counters
+                .entry(s.tunnel)
+                .or_default()
+                .out
+                .merge(&s.sa.counters);
             let _ = self.retired.send(Retired::Out(s.sa));
             self.out_free.push(slot);
         }
@@ -364,7 +420,11 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
     fn retire_in(&mut self, slot: usize) {
         if let Some(s) = self.ins[slot].take() {
             self.spi_map.remove(&s.sa.cfg.spi);
-            self.retired_counters.entry(s.tunnel).or_default().inb.merge(&s.sa.counters);
+            self.retired_counters
+                .entry(s.tunnel)
+                .or_default()
+                .inb
+                .merge(&s.sa.counters);
             let _ = self.retired.send(Retired::In(s.sa));
             self.in_free.push(slot);
         }
@@ -374,12 +434,20 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
     /// Applies one command. Returns false on `Stop`.
     fn apply(&mut self, c: Command) -> bool {
         match c {
-            Command::SetOutbound { tunnel, sa, selectors } => {
+            Command::SetOutbound {
+                tunnel,
+                sa,
+                selectors,
+            } => {
                 let slot = match self.tunnel_out.get(&tunnel) {
                     Some(&slot) => {
                         // Switch: the old SA is retired, the slot (and selectors) stay.
                         if let Some(old) = self.outs[slot].replace(OutSlot { tunnel, sa }) {
-                            self.retired_counters.entry(tunnel).or_default().out.merge(&old.sa.counters);
+                            self.retired_counters
+                                .entry(tunnel)
+                                .or_default()
+                                .out
+                                .merge(&old.sa.counters);
                             let _ = self.retired.send(Retired::Out(old.sa));
                         }
                         slot
@@ -432,10 +500,23 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
                     self.sel.remove_slot(slot);
                     self.retire_out(slot);
                 }
-                let slots: Vec<usize> =
-                    self.ins.iter().enumerate().filter(|(_, s)| s.as_ref().is_some_and(|s| s.tunnel == tunnel)).map(|(i, _)| i).collect();
+                let slots: Vec<usize> = self
+                    .ins
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.as_ref().is_some_and(|s| s.tunnel == tunnel))
+                    .map(|(i, _)| i)
+                    .collect();
                 for s in slots {
                     self.retire_in(s);
+                }
+            }
+            Command::ResetReplay { spi } => {
+                for s in self.ins.iter_mut().flatten() {
+                    if spi.is_none_or(|x| x == s.sa.cfg.spi) {
+                        s.sa.replay =
+                            crate::replay::ReplayWindow::new(s.sa.cfg.replay_window, s.sa.cfg.esn);
+                    }
                 }
             }
             Command::Barrier(tx) => {
@@ -463,13 +544,21 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
         for s in self.outs.iter().flatten() {
             total.merge(&s.sa.counters);
             if per_tunnel {
-                tunnels.entry(s.tunnel).or_default().out.merge(&s.sa.counters);
+                tunnels
+                    .entry(s.tunnel)
+                    .or_default()
+                    .out
+                    .merge(&s.sa.counters);
             }
         }
         for s in self.ins.iter().flatten() {
             total.merge(&s.sa.counters);
             if per_tunnel {
-                tunnels.entry(s.tunnel).or_default().inb.merge(&s.sa.counters);
+                tunnels
+                    .entry(s.tunnel)
+                    .or_default()
+                    .inb
+                    .merge(&s.sa.counters);
             }
         }
         let mut per: Vec<(u32, TunnelCounters)> = tunnels.into_iter().collect();
@@ -533,7 +622,10 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
             }
         }
         if soft {
-            let _ = self.events.send(Event::SoftLimit { tunnel: s.tunnel, spi: s.sa.cfg.spi });
+            let _ = self.events.send(Event::SoftLimit {
+                tunnel: s.tunnel,
+                spi: s.sa.cfg.spi,
+            });
         }
     }
 
@@ -551,7 +643,11 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
         let mut rx = std::mem::take(&mut self.rx);
         for mut p in rx.drain(..) {
             let Some(slot) = self.sel.lookup(p.bytes()) else {
-                let r = if wire::parse_ip(p.bytes()).is_some() { DropReason::NoSa } else { DropReason::NotIp };
+                let r = if wire::parse_ip(p.bytes()).is_some() {
+                    DropReason::NoSa
+                } else {
+                    DropReason::NotIp
+                };
                 self.counters.drop(r);
                 self.pool.put(p);
                 continue;
@@ -578,17 +674,37 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
                 // Slow path: fragmentation or ICMP, one packet at a time, after the packets
                 // before it (order within a flow is kept).
                 self.flush_out_run(slot);
-                let Some(s) = self.outs[slot].as_mut() else { continue };
+                let Some(s) = self.outs[slot].as_mut() else {
+                    continue;
+                };
                 let sa = &mut s.sa;
                 let tunnel = s.tunnel;
-                let r = pipeline::protect(sa, &mut self.ctx, now, p, &mut self.pool, &mut self.tx, &mut self.icmp);
-                if let pipeline::Protected::Sent { soft_limit: true, .. } = r {
-                    let _ = self.events.send(Event::SoftLimit { tunnel, spi: sa.cfg.spi });
+                let r = pipeline::protect(
+                    sa,
+                    &mut self.ctx,
+                    now,
+                    p,
+                    &mut self.pool,
+                    &mut self.tx,
+                    &mut self.icmp,
+                );
+                if let pipeline::Protected::Sent {
+                    soft_limit: true, ..
+                } = r
+                {
+                    let _ = self.events.send(Event::SoftLimit {
+                        tunnel,
+                        spi: sa.cfg.spi,
+                    });
                 }
                 continue;
             }
             if sa.cfg.mss_clamp && ip.proto == wire::proto::TCP {
-                let mss = if ip.version == 4 { sa.mss_ipv4() } else { sa.mss_ipv6() };
+                let mss = if ip.version == 4 {
+                    sa.mss_ipv4()
+                } else {
+                    sa.mss_ipv6()
+                };
                 if let wire::MssClamp::Clamped(..) = wire::clamp_mss(p.bytes_mut(), mss) {
                     sa.counters.mss_clamped += 1;
                 }
@@ -745,9 +861,13 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
         let b = self.poll_outside(now);
         self.polls += 1;
         let n = a.max(b);
-        let bucket = if n == 0 { 0 } else { (usize::BITS - n.leading_zeros()) as usize };
+        let bucket = if n == 0 {
+            0
+        } else {
+            (usize::BITS - n.leading_zeros()) as usize
+        };
         self.burst_hist[bucket.min(9)] += 1;
-        if self.polls % 1024 == 0 {
+        if self.polls.is_multiple_of(1024) {
             let t = self.reasm.expire(now) + self.outer_reasm.expire(now);
             self.counters.drops[DropReason::ReassemblyTimeout as usize] += t;
         }
@@ -772,8 +892,14 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
         }
         let epoch = self.epoch;
         let mut idle = 0u32;
+        let mut now = 0.0;
+        let mut tick = 0u32;
         while !stop.load(Ordering::Relaxed) && !self.stopped {
-            let now = epoch.elapsed().as_secs_f64();
+            // The clock is read every 8 polls: timers (reassembly, ICMP pacing) are coarse.
+            if tick & 7 == 0 {
+                now = epoch.elapsed().as_secs_f64();
+            }
+            tick = tick.wrapping_add(1);
             if self.poll_once(now) == 0 {
                 idle += 1;
                 if idle > 1024 {

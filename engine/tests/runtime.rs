@@ -25,10 +25,29 @@ fn gateways(impair: Impair) -> (A, WorkerHandle, B, WorkerHandle) {
     gateways_with(impair, shared_pool(4096, 2048))
 }
 
-fn gateways_with(impair: Impair, shared: engine::pkt::SharedPool) -> (A, WorkerHandle, B, WorkerHandle) {
+fn gateways_with(
+    impair: Impair,
+    shared: engine::pkt::SharedPool,
+) -> (A, WorkerHandle, B, WorkerHandle) {
     let (la, lb) = mem_link(8192, impair);
-    let (a, ha) = Worker::new(WorkerConfig { id: 0, ..Default::default() }, QueuePort::default(), la, BufPool::with_shared(shared.clone(), 2048));
-    let (b, hb) = Worker::new(WorkerConfig { id: 1, ..Default::default() }, QueuePort::default(), lb, BufPool::with_shared(shared, 2048));
+    let (a, ha) = Worker::new(
+        WorkerConfig {
+            id: 0,
+            ..Default::default()
+        },
+        QueuePort::default(),
+        la,
+        BufPool::with_shared(shared.clone(), 2048),
+    );
+    let (b, hb) = Worker::new(
+        WorkerConfig {
+            id: 1,
+            ..Default::default()
+        },
+        QueuePort::default(),
+        lb,
+        BufPool::with_shared(shared, 2048),
+    );
     (a, ha, b, hb)
 }
 
@@ -40,17 +59,37 @@ fn tunnel_dst(t: u32) -> Ipv4Addr {
 fn sa_pair(suite: Suite, t: u32, spi: u32, v6: bool, nat: bool) -> (OutboundSa, InboundSa) {
     let mut oc = cfg(suite, Direction::Out, v6, nat, false);
     oc.spi = spi;
-    oc.enc_key.iter_mut().for_each(|b| *b ^= (t as u8) ^ (spi as u8));
+    oc.enc_key
+        .iter_mut()
+        .for_each(|b| *b ^= (t as u8) ^ (spi as u8));
     let mut ic = oc.clone();
     ic.direction = Direction::In;
     std::mem::swap(&mut ic.tunnel_src, &mut ic.tunnel_dst);
-    (OutboundSa::new(oc, Backend::fastest(), &[t as u8; 32]).unwrap(), InboundSa::new(ic, Backend::fastest()).unwrap())
+    (
+        OutboundSa::new(oc, Backend::fastest(), &[t as u8; 32]).unwrap(),
+        InboundSa::new(ic, Backend::fastest()).unwrap(),
+    )
 }
 
-fn install(ha: &WorkerHandle, hb: &WorkerHandle, suite: Suite, t: u32, spi: u32, v6: bool, nat: bool) {
+fn install(
+    ha: &WorkerHandle,
+    hb: &WorkerHandle,
+    suite: Suite,
+    t: u32,
+    spi: u32,
+    v6: bool,
+    nat: bool,
+) {
     let (o, i) = sa_pair(suite, t, spi, v6, nat);
-    hb.send(Command::AddInbound { tunnel: t, sa: Box::new(i) });
-    ha.send(Command::SetOutbound { tunnel: t, sa: Box::new(o), selectors: vec![Selector::host(IpAddr::V4(tunnel_dst(t)))] });
+    hb.send(Command::AddInbound {
+        tunnel: t,
+        sa: Box::new(i),
+    });
+    ha.send(Command::SetOutbound {
+        tunnel: t,
+        sa: Box::new(o),
+        selectors: vec![Selector::host(IpAddr::V4(tunnel_dst(t)))],
+    });
 }
 
 /// An inner UDP packet of flow `t` with sequence `seq` in its payload.
@@ -64,7 +103,10 @@ fn flow_packet(t: u32, seq: u64, len: usize) -> Vec<u8> {
 }
 
 fn flow_of(p: &[u8]) -> (u32, u64) {
-    (wire::be32(p, 28), u64::from_be_bytes(p[32..40].try_into().unwrap()))
+    (
+        wire::be32(p, 28),
+        u64::from_be_bytes(p[32..40].try_into().unwrap()),
+    )
 }
 
 fn pump(a: &mut A, b: &mut B, rounds: usize) {
@@ -108,7 +150,13 @@ fn loopback_every_transform_family_natt() {
                 }
                 let ra = a.report(false);
                 let rb = b.report(false);
-                assert_eq!(ra.total.total_drops() + rb.total.total_drops(), 0, "{:?} {:?}", ra.total.drops_summary(), rb.total.drops_summary());
+                assert_eq!(
+                    ra.total.total_drops() + rb.total.total_drops(),
+                    0,
+                    "{:?} {:?}",
+                    ra.total.drops_summary(),
+                    rb.total.drops_summary()
+                );
                 assert!(ra.total.frag_before_encrypt_packets >= 100);
                 assert_eq!(rb.total.reassembled, ra.total.frag_before_encrypt_packets);
             }
@@ -121,22 +169,37 @@ fn run_impaired(impair: Impair) -> (Vec<(u32, u64)>, u64, engine::counters::Coun
     let (mut a, ha, mut b, hb) = gateways(impair);
     install(&ha, &hb, suite, 0, 0x500, false, false);
     for k in 0..5000u64 {
-        a.inside.rx.push_back(PacketBuf::from_slice(&flow_packet(0, k, 200)));
+        a.inside
+            .rx
+            .push_back(PacketBuf::from_slice(&flow_packet(0, k, 200)));
         if k % 64 == 0 {
             pump(&mut a, &mut b, 1);
         }
     }
     pump(&mut a, &mut b, 200);
     let got: Vec<(u32, u64)> = b.inside.tx.iter().map(|p| flow_of(p.bytes())).collect();
-    let dups = a.outside.stats.duplicated.load(std::sync::atomic::Ordering::Relaxed);
-    let reord = a.outside.stats.reordered.load(std::sync::atomic::Ordering::Relaxed);
+    let dups = a
+        .outside
+        .stats
+        .duplicated
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let reord = a
+        .outside
+        .stats
+        .reordered
+        .load(std::sync::atomic::Ordering::Relaxed);
     drop((ha, hb));
     (got, dups, b.report(false).total, reord)
 }
 
 #[test]
 fn reordering_within_the_window_loses_nothing() {
-    let (got, _, c, reordered) = run_impaired(Impair { reorder: 0.2, reorder_depth: 16, seed: 7, ..Default::default() });
+    let (got, _, c, reordered) = run_impaired(Impair {
+        reorder: 0.2,
+        reorder_depth: 16,
+        seed: 7,
+        ..Default::default()
+    });
     assert!(reordered > 500, "the link did reorder ({reordered})");
     let mut seqs: Vec<u64> = got.iter().map(|g| g.1).collect();
     assert_ne!(seqs, (0..5000).collect::<Vec<_>>(), "arrival order differs");
@@ -147,11 +210,21 @@ fn reordering_within_the_window_loses_nothing() {
 
 #[test]
 fn duplicates_are_exactly_the_replay_drops() {
-    let (got, dups, c, _) = run_impaired(Impair { dup: 0.05, reorder: 0.05, reorder_depth: 4, seed: 99, ..Default::default() });
+    let (got, dups, c, _) = run_impaired(Impair {
+        dup: 0.05,
+        reorder: 0.05,
+        reorder_depth: 4,
+        seed: 99,
+        ..Default::default()
+    });
     assert!(dups > 100);
     let mut seqs: Vec<u64> = got.iter().map(|g| g.1).collect();
     seqs.sort();
-    assert_eq!(seqs, (0..5000).collect::<Vec<_>>(), "every packet exactly once");
+    assert_eq!(
+        seqs,
+        (0..5000).collect::<Vec<_>>(),
+        "every packet exactly once"
+    );
     assert_eq!(c.dropped(DropReason::Replay), dups);
     assert_eq!(c.total_drops(), dups);
 }
@@ -174,11 +247,19 @@ fn ten_thousand_sas_installed_used_deleted_under_traffic() {
         pump(&mut a, &mut b, 1);
         // Traffic to every live tunnel.
         for &t in &live {
-            a.inside.rx.push_back(PacketBuf::from_slice(&flow_packet(t, seq[t as usize], 100)));
+            a.inside
+                .rx
+                .push_back(PacketBuf::from_slice(&flow_packet(t, seq[t as usize], 100)));
             seq[t as usize] += 1;
             sent += 1;
         }
-        while !a.inside.rx.is_empty() || a.outside.stats.sent.load(std::sync::atomic::Ordering::Relaxed) as usize > delivered + b.inside.tx.len() {
+        while !a.inside.rx.is_empty()
+            || a.outside
+                .stats
+                .sent
+                .load(std::sync::atomic::Ordering::Relaxed) as usize
+                > delivered + b.inside.tx.len()
+        {
             pump(&mut a, &mut b, 1);
         }
         delivered += b.inside.tx.len();
@@ -201,16 +282,34 @@ fn ten_thousand_sas_installed_used_deleted_under_traffic() {
     }
     pump(&mut a, &mut b, 2);
     let (ra, rb) = (a.report(false), b.report(false));
-    assert_eq!((ra.outbound_sas, ra.inbound_sas, rb.outbound_sas, rb.inbound_sas), (0, 0, 0, 0));
-    assert_eq!(ha.reap() + hb.reap(), 20_000, "every SA handed back to be freed");
+    assert_eq!(
+        (
+            ra.outbound_sas,
+            ra.inbound_sas,
+            rb.outbound_sas,
+            rb.inbound_sas
+        ),
+        (0, 0, 0, 0)
+    );
+    assert_eq!(
+        ha.reap() + hb.reap(),
+        20_000,
+        "every SA handed back to be freed"
+    );
     assert_eq!(ra.total.total_drops() + rb.total.total_drops(), 0);
-    assert_eq!(ra.total.packets, sent as u64, "retired SAs keep their counters");
+    assert_eq!(
+        ra.total.packets, sent as u64,
+        "retired SAs keep their counters"
+    );
     assert_eq!(a.pool.grown + b.pool.grown, 0);
     // Every buffer is back in a pool: nothing leaked in rings or tables.
     // (Each test packet brought its own buffer, which ends in a pool after delivery.)
     a.pool.flush();
     b.pool.flush();
-    assert_eq!(shared.len() + a.pool.available() + b.pool.available(), pool_start + sent);
+    assert_eq!(
+        shared.len() + a.pool.available() + b.pool.available(),
+        pool_start + sent
+    );
 }
 
 #[test]
@@ -222,7 +321,9 @@ fn hundred_make_before_break_replacements_under_load_lose_nothing() {
     // Pre-load A's inside queue with the whole load; A drains it at its own pace.
     const N: u64 = 100_000;
     for k in 0..N {
-        a.inside.rx.push_back(PacketBuf::from_slice(&flow_packet(0, k, 64)));
+        a.inside
+            .rx
+            .push_back(PacketBuf::from_slice(&flow_packet(0, k, 64)));
     }
     let sent_by_a = a.outside.stats.clone();
     let received_by_b = b.outside.stats.clone();
@@ -235,14 +336,25 @@ fn hundred_make_before_break_replacements_under_load_lose_nothing() {
         let new_spi = 0x2000 + r;
         let (o, i) = sa_pair(suite, 0, new_spi, false, false);
         // 1. new inbound live at B; 2. A switches; 3. old inbound deleted after the link drained.
-        hb.send(Command::AddInbound { tunnel: 0, sa: Box::new(i) });
+        hb.send(Command::AddInbound {
+            tunnel: 0,
+            sa: Box::new(i),
+        });
         assert!(hb.barrier());
-        ha.send(Command::SetOutbound { tunnel: 0, sa: Box::new(o), selectors: vec![] });
+        ha.send(Command::SetOutbound {
+            tunnel: 0,
+            sa: Box::new(o),
+            selectors: vec![],
+        });
         assert!(ha.barrier());
         // Every packet sent with the old SA has left A: wait until B has taken them all
         // and finished that burst (in a real gateway, the IKE DELETE exchange times this).
         let target = sent_by_a.sent.load(std::sync::atomic::Ordering::Relaxed);
-        while received_by_b.received.load(std::sync::atomic::Ordering::Relaxed) < target {
+        while received_by_b
+            .received
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < target
+        {
             std::thread::yield_now();
         }
         assert!(hb.barrier());
@@ -269,7 +381,12 @@ fn hundred_make_before_break_replacements_under_load_lose_nothing() {
     let b = tb.join().unwrap();
     let rb = b.report(false);
     let got: Vec<u64> = b.inside.tx.iter().map(|p| flow_of(p.bytes()).1).collect();
-    assert_eq!(got.len() as u64, N, "zero loss across 100 replacements ({})", rb.total.drops_summary());
+    assert_eq!(
+        got.len() as u64,
+        N,
+        "zero loss across 100 replacements ({})",
+        rb.total.drops_summary()
+    );
     assert!(got.windows(2).all(|w| w[0] < w[1]), "in order");
     assert_eq!(rb.total.dropped(DropReason::Replay), 0);
     assert_eq!(rb.total.total_drops(), 0, "{}", rb.total.drops_summary());

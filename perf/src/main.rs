@@ -1,49 +1,715 @@
-//! `perf`: the traffic generator and benchmark rig. The embedded loopback benchmark
-//! (`perf loopback`) arrives with the poll-mode runtime; for now `perf crypto` measures the
-//! single-core seal/open rate of every transform on every crypto backend built here.
+//! `perf`: the traffic generator and benchmark rig.
+//!
+//! - `perf loopback`: generator -> gateway A encrypts -> in-memory link -> gateway B decrypts
+//!   -> sink verifies every packet (content, order per flow) and measures latency. No NIC,
+//!   no root. The README's main job.
+//! - `perf oneway --direction encrypt|decrypt`: one worker, prebuilt packets replayed from
+//!   memory with one copy per packet into a pool buffer (as a NIC would), output dropped.
+//! - `perf crypto`: the raw seal/open rate of every transform and backend.
+//!
+//! Each run measures the raw crypto of its transform in the same process first, as the
+//! baseline, and reports the ratio.
 
-use clap::{Parser, Subcommand};
-use engine::crypto::{Backend, CryptoOp, Suite, new_transform};
+mod traffic;
+
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use engine::counters::{Counters, DropReason};
+use engine::crypto::{Backend, CryptoOp, Encryption, Integrity, Suite, new_transform};
+use engine::io::{Impair, mem_link};
+use engine::pkt::{BufPool, PacketBuf, shared_pool};
+use engine::runtime::{Command, Selector, Worker, WorkerConfig, WorkerHandle, WorkerReport};
+use engine::sa::{DfPolicy, Direction, InboundSa, OutboundSa, SaConfig};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use traffic::{Generator, Null, Replay, Sink, tunnel_dst};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "perf", about = "espd benchmark rig")]
-struct Args {
+struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
 }
 
+#[derive(Clone, Debug, ClapArgs)]
+struct Common {
+    /// Transform: the `encryption` name, or `encryption+integrity` (aes128-gcm16, aes256-cbc+sha256-128, ...).
+    #[arg(long, default_value = "aes128-gcm16")]
+    transform: String,
+    /// Inner IP packet size in bytes, or `imix` (7:4:1 of 64/570/1518-byte frames).
+    #[arg(long, default_value = "1400")]
+    packet_size: String,
+    /// Number of tunnels (SA pairs), 1..100000.
+    #[arg(long, default_value_t = 1)]
+    tunnels: u32,
+    /// Workers per gateway.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Seconds of traffic.
+    #[arg(long, default_value_t = 8.0)]
+    duration: f64,
+    /// Packets per second offered in total (default: as fast as possible).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Machine-readable output (one JSON object on stdout).
+    #[arg(long)]
+    json: bool,
+    /// Crypto backend: auto | rustcrypto | ipsec-mb.
+    #[arg(long, default_value = "auto")]
+    backend: String,
+    /// UDP-encapsulate ESP (NAT-T).
+    #[arg(long)]
+    nat_t: bool,
+    /// Outer (tunnel) addresses are IPv6.
+    #[arg(long)]
+    ipv6_outer: bool,
+    /// Packets per receive burst.
+    #[arg(long, default_value_t = 64)]
+    burst: usize,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DirectionArg {
+    Encrypt,
+    Decrypt,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
-    /// Seal and open bursts of 32 ESP packets per transform and backend, one core.
+    /// The whole pipeline in memory: generator, encrypting gateway, link, decrypting gateway, sink.
+    Loopback(Common),
+    /// One worker, one direction, prebuilt packets replayed from memory.
+    Oneway {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_enum, default_value = "encrypt")]
+        direction: DirectionArg,
+    },
+    /// Raw seal/open rate of every transform and backend (bursts of 32, one core).
     Crypto {
-        /// Payload (ciphertext) bytes per packet.
         #[arg(long, default_value_t = 1400)]
         size: usize,
-        /// Milliseconds measured per point.
         #[arg(long, default_value_t = 200)]
         ms: u64,
-        /// Only transforms whose name contains this.
         #[arg(long)]
         only: Option<String>,
     },
 }
 
-fn rate(ms: u64, mut f: impl FnMut()) -> f64 {
-    let end = Duration::from_millis(ms);
-    let t = Instant::now();
-    let mut n = 0u64;
-    while t.elapsed() < end {
-        for _ in 0..16 {
-            f();
-        }
-        n += 16;
-    }
-    n as f64 / t.elapsed().as_secs_f64()
+fn fail(msg: String) -> ! {
+    eprintln!("perf: {msg}");
+    std::process::exit(2);
 }
 
-fn main() {
-    let Cmd::Crypto { size, ms, only } = Args::parse().cmd;
+fn parse_suite(s: &str) -> Suite {
+    let (e, i) = s.split_once('+').unwrap_or((s, "none"));
+    let enc: Encryption = e
+        .parse()
+        .unwrap_or_else(|m: String| fail(format!("--transform: {m}")));
+    let integ: Integrity = i
+        .parse()
+        .unwrap_or_else(|m: String| fail(format!("--transform: {m}")));
+    Suite::new(enc, integ).unwrap_or_else(|m| fail(format!("--transform {s:?}: {m}")))
+}
+
+struct Setup {
+    suite: Suite,
+    size: Option<usize>,
+    backend: Backend,
+    tunnels: u32,
+    workers: usize,
+}
+
+fn setup(c: &Common) -> Setup {
+    let suite = parse_suite(&c.transform);
+    let size = match c.packet_size.as_str() {
+        "imix" => None,
+        n => Some(
+            n.parse::<usize>()
+                .ok()
+                .filter(|n| (traffic::MIN_PACKET..=1500).contains(n))
+                .unwrap_or_else(|| {
+                    fail(format!(
+                        "--packet-size {n:?}: allowed: {}..=1500 or imix",
+                        traffic::MIN_PACKET
+                    ))
+                }),
+        ),
+    };
+    let backend: Backend = c
+        .backend
+        .parse()
+        .unwrap_or_else(|m: String| fail(format!("--backend: {m}")));
+    if !backend.available() {
+        fail(format!(
+            "--backend {}: not available on this machine",
+            backend.name()
+        ));
+    }
+    if !(1..=100_000).contains(&c.tunnels) {
+        fail(format!("--tunnels {}: allowed: 1..=100000", c.tunnels));
+    }
+    if !(1..=64).contains(&c.workers) {
+        fail(format!("--workers {}: allowed: 1..=64", c.workers));
+    }
+    if c.duration <= 0.0 || c.duration > 86_400.0 {
+        fail(format!(
+            "--duration {}: allowed: more than 0, up to 86400 seconds",
+            c.duration
+        ));
+    }
+    Setup {
+        suite,
+        size,
+        backend,
+        tunnels: c.tunnels,
+        workers: c.workers,
+    }
+}
+
+/// SA pair of tunnel `t`: distinct SPI and keys per tunnel.
+fn sa_pair(s: &Setup, c: &Common, t: u32) -> (OutboundSa, InboundSa) {
+    let (src, dst): (IpAddr, IpAddr) = if c.ipv6_outer {
+        (
+            "2001:db8::a".parse().unwrap(),
+            "2001:db8::b".parse().unwrap(),
+        )
+    } else {
+        ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap())
+    };
+    let key = |n: usize, salt: u8| -> zeroize::Zeroizing<Vec<u8>> {
+        zeroize::Zeroizing::new(
+            (0..n)
+                .map(|i| (i as u8).wrapping_mul(31) ^ salt ^ (t as u8) ^ ((t >> 8) as u8))
+                .collect(),
+        )
+    };
+    let cfg = SaConfig {
+        name: format!("t{t}"),
+        direction: Direction::Out,
+        spi: 0x1000_0000 + t,
+        suite: s.suite,
+        enc_key: key(s.suite.enc.enc_key_len(), 0x11),
+        int_key: key(s.suite.integ.key_len(), 0x22),
+        tunnel_src: src,
+        tunnel_dst: dst,
+        nat_t: c.nat_t,
+        natt_sport: 4500,
+        natt_dport: 4500,
+        esn: false,
+        replay_window: 1024,
+        seq: 1,
+        df_policy: DfPolicy::Clear,
+        mss_clamp: true,
+        inner_mtu: None,
+        soft_seq_percent: 90,
+    };
+    let mut ic = cfg.clone();
+    ic.direction = Direction::In;
+    std::mem::swap(&mut ic.tunnel_src, &mut ic.tunnel_dst);
+    let seed: [u8; 32] = std::array::from_fn(|i| (i as u32 ^ t) as u8);
+    (
+        OutboundSa::new(cfg, s.backend, &seed).unwrap_or_else(|e| fail(e.to_string())),
+        InboundSa::new(ic, s.backend).unwrap_or_else(|e| fail(e.to_string())),
+    )
+}
+
+/// Raw seal rate (packets/s) of the transform on one core at this size: the baseline.
+fn baseline_mpps(s: &Setup, decrypt: bool) -> f64 {
+    let sizes = traffic::size_pattern(s.size);
+    let t = new_transform(
+        s.backend,
+        s.suite,
+        &vec![7; s.suite.enc.enc_key_len()],
+        &vec![9; s.suite.integ.key_len()],
+    )
+    .expect("keys");
+    let mk = |inner: usize| {
+        let ct = (inner + 2).div_ceil(s.suite.block()) * s.suite.block();
+        vec![0u8; 8 + s.suite.iv_len() + ct + s.suite.icv_len()]
+    };
+    let templates: Vec<Vec<u8>> = (0..32).map(|i| mk(sizes[i % sizes.len()])).collect();
+    let mut sealed = templates.clone();
+    {
+        let mut ops: Vec<CryptoOp<'_>> = sealed
+            .iter_mut()
+            .map(|b| CryptoOp {
+                esp: b,
+                seq_hi: None,
+                ok: false,
+            })
+            .collect();
+        t.seal_burst(&mut ops);
+    }
+    let src = if decrypt { &sealed } else { &templates };
+    let mut bufs = src.clone();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < Duration::from_millis(300) {
+        for _ in 0..8 {
+            for (b, s) in bufs.iter_mut().zip(src) {
+                b.copy_from_slice(s);
+            }
+            let mut ops: smallvec::SmallVec<[CryptoOp<'_>; 32]> = bufs
+                .iter_mut()
+                .map(|b| CryptoOp {
+                    esp: b,
+                    seq_hi: None,
+                    ok: false,
+                })
+                .collect();
+            if decrypt {
+                t.open_burst(&mut ops);
+            } else {
+                t.seal_burst(&mut ops);
+            }
+            n += 32;
+        }
+    }
+    n as f64 / start.elapsed().as_secs_f64() / 1e6
+}
+
+fn drops_json(
+    c: &Counters,
+    extra: &[(&str, u64)],
+) -> (u64, serde_json::Map<String, serde_json::Value>) {
+    let mut m = serde_json::Map::new();
+    let mut total = 0;
+    for r in DropReason::ALL {
+        let n = c.dropped(*r);
+        if n > 0 {
+            m.insert(r.name().into(), n.into());
+            total += n;
+        }
+    }
+    for (k, v) in extra {
+        if *v > 0 {
+            m.insert((*k).into(), (*v).into());
+            total += v;
+        }
+    }
+    (total, m)
+}
+
+fn percentiles(h: &hdrhistogram::Histogram<u64>) -> serde_json::Value {
+    let us = |q: f64| {
+        if h.is_empty() {
+            0.0
+        } else {
+            h.value_at_quantile(q) as f64 / 1000.0
+        }
+    };
+    serde_json::json!({"p50": us(0.5), "p99": us(0.99), "p999": us(0.999), "max": if h.is_empty() {0.0} else {h.max() as f64 / 1000.0}})
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+fn loopback(c: Common) {
+    let s = setup(&c);
+    let base = baseline_mpps(&s, false);
+    let w = s.workers;
+    let ncpu = cores();
+    let epoch = Instant::now();
+    let mut handles: Vec<(WorkerHandle, WorkerHandle)> = vec![];
+    let mut gen_go = vec![];
+    let mut generated = vec![];
+    let mut delivered = vec![];
+    let mut threads_a = vec![];
+    let mut threads_b = vec![];
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut link_stats = vec![];
+    let mut workers_a = vec![];
+    let mut workers_b = vec![];
+    for i in 0..w {
+        let owned: Vec<u32> = (0..s.tunnels).filter(|t| *t as usize % w == i).collect();
+        let rate = c.rate.map(|r| r / w as f64);
+        let g = Generator::new(owned, s.size, rate, epoch);
+        gen_go.push(g.go.clone());
+        generated.push(g.generated.clone());
+        let sink = Sink::new(s.tunnels as usize, epoch);
+        delivered.push(sink.delivered.clone());
+        let (la, lb) = mem_link(4096, Impair::default());
+        link_stats.push(la.stats.clone());
+        let shared = shared_pool(16384, 2048);
+        let mk = |id: usize, core: usize| WorkerConfig {
+            id,
+            core: Some(core % ncpu),
+            burst: c.burst,
+            ..Default::default()
+        };
+        let (mut a, ha) = Worker::new(
+            mk(i, 2 * i),
+            g,
+            la,
+            BufPool::with_shared(shared.clone(), 2048),
+        );
+        let (mut b, hb) = Worker::new(
+            mk(w + i, 2 * i + 1),
+            sink,
+            lb,
+            BufPool::with_shared(shared, 2048),
+        );
+        a.set_epoch(epoch);
+        b.set_epoch(epoch);
+        handles.push((ha, hb));
+        workers_a.push(a);
+        workers_b.push(b);
+    }
+    // Install the SAs (on the owner worker of each tunnel), then start.
+    for t in 0..s.tunnels {
+        let (o, i) = sa_pair(&s, &c, t);
+        let (ha, hb) = &handles[t as usize % w];
+        hb.send(Command::AddInbound {
+            tunnel: t,
+            sa: Box::new(i),
+        });
+        ha.send(Command::SetOutbound {
+            tunnel: t,
+            sa: Box::new(o),
+            selectors: vec![Selector::host(IpAddr::V4(tunnel_dst(t)))],
+        });
+    }
+    for a in workers_a.drain(..) {
+        let st = stop.clone();
+        threads_a.push(std::thread::spawn(move || a.run(st)));
+    }
+    for b in workers_b.drain(..) {
+        let st = stop.clone();
+        threads_b.push(std::thread::spawn(move || b.run(st)));
+    }
+    for (ha, hb) in &handles {
+        ha.barrier();
+        hb.barrier();
+    }
+    if !c.json {
+        eprintln!(
+            "perf loopback: {} {} bytes, {} tunnel(s), {} worker(s) per gateway, {}, backend {}",
+            s.suite,
+            c.packet_size,
+            s.tunnels,
+            w,
+            c.rate
+                .map_or("as fast as possible".to_string(), |r| format!(
+                    "{r} pps offered"
+                )),
+            s.backend.describe()
+        );
+    }
+    let t0 = Instant::now();
+    for g in &gen_go {
+        g.store(true, Ordering::Relaxed);
+    }
+    let sum = |v: &Vec<Arc<std::sync::atomic::AtomicU64>>| {
+        v.iter().map(|x| x.load(Ordering::Relaxed)).sum::<u64>()
+    };
+    let mut last = (0u64, t0);
+    while t0.elapsed().as_secs_f64() < c.duration {
+        std::thread::sleep(Duration::from_millis(250).min(Duration::from_secs_f64(
+            (c.duration - t0.elapsed().as_secs_f64()).max(0.0),
+        )));
+        if !c.json && last.1.elapsed() >= Duration::from_secs(1) {
+            let d = sum(&delivered);
+            let dt = last.1.elapsed().as_secs_f64();
+            eprint!(
+                "\r  {:5.1}s  {:7.3} Mpps delivered  generated {}  delivered {}   ",
+                t0.elapsed().as_secs_f64(),
+                (d - last.0) as f64 / dt / 1e6,
+                sum(&generated),
+                d
+            );
+            last = (d, Instant::now());
+        }
+    }
+    for g in &gen_go {
+        g.store(false, Ordering::Relaxed);
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    // Drain: wait until every generated packet was delivered (or stops moving).
+    let mut prev = (sum(&delivered), Instant::now());
+    while sum(&delivered) < sum(&generated) && prev.1.elapsed() < Duration::from_millis(500) {
+        std::thread::sleep(Duration::from_millis(5));
+        let d = sum(&delivered);
+        if d != prev.0 {
+            prev = (d, Instant::now());
+        }
+    }
+    if !c.json {
+        eprintln!();
+    }
+    let reports_a: Vec<WorkerReport> = handles
+        .iter()
+        .map(|(ha, _)| ha.report(false).expect("worker"))
+        .collect();
+    let reports_b: Vec<WorkerReport> = handles
+        .iter()
+        .map(|(_, hb)| hb.report(false).expect("worker"))
+        .collect();
+    stop.store(true, Ordering::Relaxed);
+    let sinks: Vec<Sink> = threads_b
+        .into_iter()
+        .map(|t| t.join().expect("worker B").inside)
+        .collect();
+    for t in threads_a {
+        let _ = t.join();
+    }
+    let tx = sum(&generated);
+    let mut hist =
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+    let mut rx = 0;
+    let mut rx_bytes = 0;
+    let (mut bad, mut gaps, mut dups) = (0, 0, 0);
+    for k in &sinks {
+        hist.add(&k.latency_ns).expect("same bounds");
+        rx += k.stats.packets;
+        rx_bytes += k.stats.bytes;
+        bad += k.stats.bad_content;
+        gaps += k.stats.gaps;
+        dups += k.stats.duplicates;
+    }
+    let mut all = Counters::default();
+    for r in reports_a.iter().chain(&reports_b) {
+        all.merge(&r.total);
+    }
+    let ring_full: u64 = link_stats
+        .iter()
+        .map(|l| l.ring_full.load(Ordering::Relaxed))
+        .sum();
+    let lost = tx.saturating_sub(rx);
+    let (drops, by_reason) = drops_json(
+        &all,
+        &[
+            ("link_ring_full", ring_full),
+            ("sink_bad_content", bad),
+            ("sink_duplicates", dups),
+        ],
+    );
+    let outer_bytes: u64 = reports_a.iter().map(|r| r.total.outer_bytes).sum();
+    let mpps = rx as f64 / elapsed / 1e6;
+    let per_core_a: Vec<f64> = reports_a
+        .iter()
+        .map(|r| r.total.packets as f64 / elapsed / 1e6)
+        .collect();
+    let per_core_b: Vec<f64> = reports_b
+        .iter()
+        .map(|r| r.tx_in as f64 / elapsed / 1e6)
+        .collect();
+    let ratio = mpps / (base * w as f64);
+    let v = serde_json::json!({
+        "mode": "loopback",
+        "transform": s.suite.to_string(),
+        "backend": s.backend.name(),
+        "packet_size": c.packet_size,
+        "tunnels": s.tunnels,
+        "workers": w,
+        "nat_t": c.nat_t,
+        "ipv6_outer": c.ipv6_outer,
+        "duration_s": elapsed,
+        "offered_pps": c.rate,
+        "tx_packets": tx,
+        "rx_packets": rx,
+        "lost": lost,
+        "out_of_order_gaps": gaps,
+        "drops": drops,
+        "drops_by_reason": by_reason,
+        "mpps": mpps,
+        "gbps_inner": rx_bytes as f64 * 8.0 / elapsed / 1e9,
+        "gbps_wire": outer_bytes as f64 * 8.0 / elapsed / 1e9,
+        "per_core_mpps": {"encrypt": per_core_a, "decrypt": per_core_b},
+        "burst_occupancy": reports_a.iter().chain(&reports_b).map(|r| serde_json::json!({"worker": r.worker, "polls": r.polls, "log2_buckets": r.burst_hist})).collect::<Vec<_>>(),
+        "latency_us": percentiles(&hist),
+        "baseline_crypto_mpps": base,
+        "ratio_to_baseline": ratio,
+    });
+    if c.json {
+        println!("{v}");
+    } else {
+        let l = &v["latency_us"];
+        println!(
+            "{} {} bytes x {} tunnel(s), {} worker(s)/gateway: {:.3} Mpps, {:.2} Gbps inner, {:.2} Gbps wire over {:.1} s",
+            s.suite,
+            c.packet_size,
+            s.tunnels,
+            w,
+            mpps,
+            v["gbps_inner"].as_f64().unwrap_or(0.0),
+            v["gbps_wire"].as_f64().unwrap_or(0.0),
+            elapsed
+        );
+        println!(
+            "  per core: encrypt {:?} Mpps, decrypt {:?} Mpps",
+            per_core_a
+                .iter()
+                .map(|x| (x * 1000.0).round() / 1000.0)
+                .collect::<Vec<_>>(),
+            per_core_b
+                .iter()
+                .map(|x| (x * 1000.0).round() / 1000.0)
+                .collect::<Vec<_>>()
+        );
+        println!(
+            "  packets: generated {tx}, delivered {rx}, lost {lost}; drops {drops} {}",
+            serde_json::Value::Object(
+                v["drops_by_reason"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default()
+            )
+        );
+        println!(
+            "  latency us: p50 {} p99 {} p99.9 {} max {}",
+            l["p50"], l["p99"], l["p999"], l["max"]
+        );
+        println!(
+            "  raw crypto baseline (same process, one core): {:.3} Mpps seal; pipeline = {:.0}% of the encrypting cores' raw crypto",
+            base,
+            ratio * 100.0
+        );
+    }
+    if drops > 0 || lost > 0 {
+        std::process::exit(1);
+    }
+}
+
+fn oneway(c: Common, dir: DirectionArg) {
+    let s = setup(&c);
+    let decrypt = matches!(dir, DirectionArg::Decrypt);
+    let base = baseline_mpps(&s, decrypt);
+    let sizes = traffic::size_pattern(s.size);
+    let pat = traffic::pattern();
+    // Prebuilt packets: inner packets round-robin over the tunnels (encrypt), or the ESP of
+    // those packets (decrypt, replay window reset at each pass).
+    let n_pkts = 16384usize.max(s.tunnels as usize);
+    let mut outs = vec![];
+    let mut ins = vec![];
+    for t in 0..s.tunnels {
+        let (o, i) = sa_pair(&s, &c, t);
+        outs.push(o);
+        ins.push(i);
+    }
+    let mut pkts = Vec::with_capacity(n_pkts);
+    for k in 0..n_pkts {
+        let t = (k % s.tunnels as usize) as u32;
+        let mut b = PacketBuf::new();
+        traffic::build(&mut b, t, k as u64, 0, sizes[k % sizes.len()], &pat);
+        if decrypt {
+            engine::esp::encapsulate(&mut outs[t as usize], &mut b).expect("prebuild");
+        }
+        pkts.push(b.bytes().to_vec());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let null = Null::default();
+    let (np, nb) = (null.packets.clone(), null.bytes.clone());
+    let shared = shared_pool(8192, 2048);
+    let wc = WorkerConfig {
+        id: 0,
+        core: Some(0),
+        burst: c.burst,
+        ..Default::default()
+    };
+    let (go, thread, h) = if decrypt {
+        // At the end of each pass the replay port asks the worker (through its own command
+        // channel, applied before the next burst) to forget the replay window.
+        let cmd_slot: Arc<std::sync::OnceLock<crossbeam_channel::Sender<Command>>> = Arc::default();
+        let slot = cmd_slot.clone();
+        let replay = Replay::new(
+            pkts,
+            Some(Box::new(move || {
+                if let Some(tx) = slot.get() {
+                    let _ = tx.send(Command::ResetReplay { spi: None });
+                }
+            })),
+        );
+        let go = replay.go.clone();
+        let (wk, h) = Worker::new(wc, null, replay, BufPool::with_shared(shared, 2048));
+        let _ = cmd_slot.set(h.cmds.clone());
+        for (t, i) in ins.into_iter().enumerate() {
+            h.send(Command::AddInbound {
+                tunnel: t as u32,
+                sa: Box::new(i),
+            });
+        }
+        let st = stop.clone();
+        (go, std::thread::spawn(move || drop(wk.run(st))), h)
+    } else {
+        let replay = Replay::new(pkts, None);
+        let go = replay.go.clone();
+        let (wk, h) = Worker::new(wc, replay, null, BufPool::with_shared(shared, 2048));
+        for (t, o) in outs.into_iter().enumerate() {
+            h.send(Command::SetOutbound {
+                tunnel: t as u32,
+                sa: Box::new(o),
+                selectors: vec![Selector::host(IpAddr::V4(tunnel_dst(t as u32)))],
+            });
+        }
+        let st = stop.clone();
+        (go, std::thread::spawn(move || drop(wk.run(st))), h)
+    };
+    h.barrier();
+    let t0 = Instant::now();
+    go.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs_f64(c.duration));
+    go.store(false, Ordering::Relaxed);
+    let elapsed = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(20));
+    let r = h.report(false).expect("worker");
+    stop.store(true, Ordering::Relaxed);
+    let _ = thread.join();
+    let rx = np.load(Ordering::Relaxed);
+    let bytes = nb.load(Ordering::Relaxed);
+    let mpps = rx as f64 / elapsed / 1e6;
+    let (drops, by_reason) = drops_json(&r.total, &[]);
+    let (inner_bytes, wire_bytes) = if decrypt {
+        (bytes, r.total.outer_bytes)
+    } else {
+        (r.total.inner_bytes, bytes)
+    };
+    let v = serde_json::json!({
+        "mode": "oneway",
+        "direction": if decrypt {"decrypt"} else {"encrypt"},
+        "transform": s.suite.to_string(),
+        "backend": s.backend.name(),
+        "packet_size": c.packet_size,
+        "tunnels": s.tunnels,
+        "workers": 1,
+        "duration_s": elapsed,
+        "tx_packets": rx,
+        "rx_packets": rx,
+        "drops": drops,
+        "drops_by_reason": by_reason,
+        "mpps": mpps,
+        "gbps_inner": inner_bytes as f64 * 8.0 / elapsed / 1e9,
+        "gbps_wire": wire_bytes as f64 * 8.0 / elapsed / 1e9,
+        "latency_us": {"p50": 0.0, "p99": 0.0, "p999": 0.0, "max": 0.0},
+        "baseline_crypto_mpps": base,
+        "ratio_to_baseline": mpps / base,
+    });
+    if c.json {
+        println!("{v}");
+    } else {
+        println!(
+            "oneway {} {} {} bytes x {} tunnel(s), 1 core, backend {}: {:.3} Mpps, {:.2} Gbps inner; raw crypto {:.3} Mpps; ratio {:.0}%; drops {drops}",
+            if decrypt { "decrypt" } else { "encrypt" },
+            s.suite,
+            c.packet_size,
+            s.tunnels,
+            s.backend.name(),
+            mpps,
+            v["gbps_inner"].as_f64().unwrap_or(0.0),
+            base,
+            100.0 * mpps / base
+        );
+    }
+}
+
+fn crypto(size: usize, ms: u64, only: Option<String>) {
     println!(
         "{:<26} {:<11} {:>10} {:>10} {:>10} {:>10}",
         "transform", "backend", "seal Mpps", "seal Gbps", "open Mpps", "open Gbps"
@@ -55,49 +721,35 @@ fn main() {
         {
             continue;
         }
-        let ct = size.div_ceil(suite.block()) * suite.block();
-        let len = 8 + suite.iv_len() + ct + suite.icv_len();
         for backend in Backend::available_all() {
-            let ek = vec![0x11; suite.enc.enc_key_len()];
-            let ik = vec![0x22; suite.integ.key_len()];
-            let t = new_transform(backend, suite, &ek, &ik).expect("valid keys");
-            let mut bufs = vec![vec![0u8; len]; 32];
-            let seal = rate(ms, || {
-                let mut ops: Vec<CryptoOp<'_>> = bufs
-                    .iter_mut()
-                    .map(|b| CryptoOp {
-                        esp: b,
-                        seq_hi: None,
-                        ok: false,
-                    })
-                    .collect();
-                t.seal_burst(&mut ops);
-            }) * 32.0;
-            let sealed = bufs.clone();
-            let open = rate(ms, || {
-                for (b, s) in bufs.iter_mut().zip(&sealed) {
-                    b.copy_from_slice(s);
-                }
-                let mut ops: Vec<CryptoOp<'_>> = bufs
-                    .iter_mut()
-                    .map(|b| CryptoOp {
-                        esp: b,
-                        seq_hi: None,
-                        ok: false,
-                    })
-                    .collect();
-                t.open_burst(&mut ops);
-            }) * 32.0;
-            let gbps = |pps: f64| pps * size as f64 * 8.0 / 1e9;
+            let s = Setup {
+                suite,
+                size: Some(size.clamp(traffic::MIN_PACKET, 1500)),
+                backend,
+                tunnels: 1,
+                workers: 1,
+            };
+            let _ = ms;
+            let seal = baseline_mpps(&s, false);
+            let open = baseline_mpps(&s, true);
+            let gbps = |m: f64| m * size as f64 * 8.0 / 1e3;
             println!(
                 "{:<26} {:<11} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
                 suite.to_string(),
                 backend.name(),
-                seal / 1e6,
+                seal,
                 gbps(seal),
-                open / 1e6,
+                open,
                 gbps(open)
             );
         }
+    }
+}
+
+fn main() {
+    match Cli::parse().cmd {
+        Cmd::Loopback(c) => loopback(c),
+        Cmd::Oneway { common, direction } => oneway(common, direction),
+        Cmd::Crypto { size, ms, only } => crypto(size, ms, only),
     }
 }

@@ -10,7 +10,6 @@
 use super::{Backend, CryptoOp, EspTransform, KeyError, Suite, gcm_aad, gcm_nonce};
 use std::cell::RefCell;
 use std::ffi::{CStr, c_char, c_int, c_void};
-use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
 #[repr(C)]
@@ -257,7 +256,7 @@ impl ImbGcm {
                 tag.as_mut_ptr(),
             )
         }
-        bool::from(tag.ct_eq(&esp[n - 16..]))
+        super::ct_eq(&tag, &esp[n - 16..])
     }
 }
 
@@ -401,7 +400,7 @@ impl ImbCbc {
                 op.ok = status_ok;
             } else {
                 op.esp[authed..].copy_from_slice(&want[i][..icv]);
-                op.ok = status_ok && bool::from(got[i][..icv].ct_eq(&want[i][..icv]));
+                op.ok = status_ok && super::ct_eq(&got[i][..icv], &want[i][..icv]);
             }
         }
         for (i, op) in ops.iter_mut().enumerate() {

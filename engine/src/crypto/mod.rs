@@ -357,6 +357,25 @@ pub fn check_keys(suite: Suite, enc_key: &[u8], int_key: &[u8]) -> Result<(), Ke
     Ok(())
 }
 
+/// Compares two tags in constant time: every byte is read, the only branch is on the final
+/// result (equal or not), which the caller reveals anyway by accepting or dropping.
+#[inline]
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut acc = 0u64;
+    let (ca, ra) = a.as_chunks::<8>();
+    let (cb, rb) = b.as_chunks::<8>();
+    for (x, y) in ca.iter().zip(cb) {
+        acc |= u64::from_ne_bytes(*x) ^ u64::from_ne_bytes(*y);
+    }
+    for (x, y) in ra.iter().zip(rb) {
+        acc |= (x ^ y) as u64;
+    }
+    std::hint::black_box(acc) == 0
+}
+
 /// Builds the GCM AAD (RFC 4106 section 5): SPI|seq (8 bytes) or SPI|seq-hi|seq-lo (12 bytes).
 /// Returns the buffer and the length used.
 #[inline]
@@ -383,4 +402,23 @@ pub(crate) fn gcm_nonce(salt: &[u8; 4], esp: &[u8]) -> [u8; 12] {
     n[..4].copy_from_slice(salt);
     n[4..].copy_from_slice(&esp[8..16]);
     n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ct_eq;
+
+    #[test]
+    fn ct_eq_compares_every_byte() {
+        let a: Vec<u8> = (0..32).collect();
+        for len in [0, 1, 7, 8, 12, 16, 24, 32] {
+            assert!(ct_eq(&a[..len], &a[..len]));
+            for i in 0..len {
+                let mut b = a[..len].to_vec();
+                b[i] ^= 0x80;
+                assert!(!ct_eq(&a[..len], &b), "len {len} byte {i}");
+            }
+        }
+        assert!(!ct_eq(&a[..4], &a[..5]));
+    }
 }

@@ -12,7 +12,6 @@ use cbc::cipher::{
     BlockCipherDecrypt, BlockCipherEncrypt, BlockModeDecrypt, BlockModeEncrypt, InnerIvInit,
 };
 use hmac::{Hmac, Mac};
-use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
 use super::Backend;
@@ -190,7 +189,7 @@ where
             return false;
         }
         let tag = self.icv(&esp[..n - icv_len], seq_hi);
-        if !bool::from(tag.as_ref()[..icv_len].ct_eq(&esp[n - icv_len..])) {
+        if !super::ct_eq(&tag.as_ref()[..icv_len], &esp[n - icv_len..]) {
             return false;
         }
         let iv: [u8; 16] = esp[8..24].try_into().expect("IV");

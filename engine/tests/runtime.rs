@@ -392,3 +392,58 @@ fn hundred_make_before_break_replacements_under_load_lose_nothing() {
     assert_eq!(rb.total.total_drops(), 0, "{}", rb.total.drops_summary());
     assert_eq!(rb.inbound_sas, 1);
 }
+
+#[test]
+fn pcap_ports_run_the_same_worker() {
+    use engine::io::PcapPort;
+    let dir = std::env::temp_dir().join(format!("espd-rt-pcap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let inner_path = dir.join("inner.pcap");
+    let esp_path = dir.join("esp.pcap");
+    let inner: Vec<Vec<u8>> = (0..50u64)
+        .map(|k| flow_packet(0, k, 100 + k as usize * 20))
+        .collect();
+    {
+        let f = std::io::BufWriter::new(std::fs::File::create(&inner_path).unwrap());
+        let mut w = engine::pcap::Writer::new(f, engine::pcap::LINKTYPE_RAW, false).unwrap();
+        for p in &inner {
+            w.write(0, 0, &[], p).unwrap();
+        }
+        w.finish().unwrap();
+    }
+    let suite = Suite::new(Encryption::Aes256Cbc, Integrity::Sha384_192).unwrap();
+    let inside = PcapPort::new(Some(&inner_path), None).unwrap();
+    let outside = PcapPort::new(None, Some(&esp_path)).unwrap();
+    let (mut w, h) = Worker::new(
+        WorkerConfig::default(),
+        inside,
+        outside,
+        BufPool::new(64, 2048),
+    );
+    let (o, mut i) = sa_pair(suite, 0, 0x777, false, true);
+    h.send(Command::SetOutbound {
+        tunnel: 0,
+        sa: Box::new(o),
+        selectors: vec![Selector {
+            addr: "16.0.0.0".parse().unwrap(),
+            prefix: 8,
+        }],
+    });
+    while !w.inside.exhausted() {
+        w.poll_once(0.0);
+    }
+    let r = w.report(false);
+    assert_eq!(r.tx_out, 50);
+    let Worker { outside, .. } = w;
+    outside.finish().unwrap();
+    let cap = engine::pcap::read(&esp_path).unwrap();
+    assert_eq!(cap.records.len(), 50);
+    for (rec, want) in cap.records.iter().zip(&inner) {
+        let mut p = PacketBuf::from_slice(&rec.data);
+        let off = esp_part(p.bytes());
+        p.pull_front(off).unwrap();
+        engine::esp::decapsulate(&mut i, &mut p).unwrap();
+        assert_eq!(p.bytes(), &want[..]);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -8,7 +8,7 @@ use engine::crypto::{Backend, CryptoOp, EspTransform, Suite};
 use engine::esp;
 use engine::pkt::PacketBuf;
 use engine::replay::ReplayWindow;
-use engine::sa::{DfPolicy, Direction, InboundSa, OutboundSa, SaConfig, SeqState};
+use engine::sa::{Direction, InboundSa, OutboundSa, SaConfig, SeqState};
 use engine::wire;
 use std::net::Ipv4Addr;
 
@@ -42,28 +42,16 @@ impl Size {
 }
 
 fn cfg(suite: Suite, dir: Direction) -> SaConfig {
-    SaConfig {
-        name: "bench".into(),
-        direction: dir,
-        spi: 0x1234_5678,
+    SaConfig::new(
+        "bench",
+        dir,
+        0x1234_5678,
         suite,
-        enc_key: zeroize::Zeroizing::new((0..suite.enc.enc_key_len() as u8).collect()),
-        int_key: zeroize::Zeroizing::new(
-            (0..suite.integ.key_len() as u8).map(|x| x ^ 0xa5).collect(),
-        ),
-        tunnel_src: "192.0.2.1".parse().unwrap(),
-        tunnel_dst: "192.0.2.2".parse().unwrap(),
-        nat_t: false,
-        natt_sport: 4500,
-        natt_dport: 4500,
-        esn: false,
-        replay_window: 1024,
-        seq: 1,
-        df_policy: DfPolicy::Clear,
-        mss_clamp: true,
-        inner_mtu: None,
-        soft_seq_percent: 90,
-    }
+        (0..suite.enc.enc_key_len() as u8).collect(),
+        (0..suite.integ.key_len() as u8).map(|x| x ^ 0xa5).collect(),
+        "192.0.2.1".parse().unwrap(),
+        "192.0.2.2".parse().unwrap(),
+    )
 }
 
 /// An IPv4 UDP packet of `len` bytes.

@@ -76,6 +76,16 @@ fn check_backend(b: Backend) -> Result<(), CliError> {
     }
 }
 
+fn check_linktype(path: &Path, linktype: u32) -> Result<(), CliError> {
+    if pcap::supported(linktype) {
+        return Ok(());
+    }
+    Err(CliError(format!(
+        "{}: link type {linktype} is not supported; allowed: 1 (Ethernet), 101/228/229 (raw IP), 113 (Linux cooked)",
+        path.display()
+    )))
+}
+
 fn create(path: &Path) -> Result<BufWriter<std::fs::File>, CliError> {
     std::fs::File::create(path)
         .map(BufWriter::new)
@@ -152,13 +162,7 @@ pub fn pcap_encrypt(o: &EncryptOpts) -> Result<(), CliError> {
         )));
     }
     let input = pcap::read(&o.input)?;
-    if !pcap::supported(input.linktype) {
-        return Err(CliError(format!(
-            "{}: link type {} is not supported; allowed: 1 (Ethernet), 101/228/229 (raw IP), 113 (Linux cooked)",
-            o.input.display(),
-            input.linktype
-        )));
-    }
+    check_linktype(&o.input, input.linktype)?;
     let mut sa = OutboundSa::new(cfg, o.backend, &os_seed()?)
         .map_err(|e| CliError(format!("{}: {e}", o.sa_file.display())))?;
     let backend = sa.transform.backend().describe();
@@ -256,13 +260,7 @@ pub fn pcap_decrypt(o: &DecryptOpts) -> Result<(), CliError> {
         )));
     }
     let input = pcap::read(&o.input)?;
-    if !pcap::supported(input.linktype) {
-        return Err(CliError(format!(
-            "{}: link type {} is not supported; allowed: 1 (Ethernet), 101/228/229 (raw IP), 113 (Linux cooked)",
-            o.input.display(),
-            input.linktype
-        )));
-    }
+    check_linktype(&o.input, input.linktype)?;
     let mut w = pcap::Writer::new(create(&o.output)?, input.linktype, input.nanos)
         .map_err(|e| CliError(format!("{}: {e}", o.output.display())))?;
     let limits = ReasmLimits {

@@ -81,6 +81,55 @@ impl fmt::Debug for SaConfig {
 }
 
 impl SaConfig {
+    /// An SA with the defaults of the static file for every optional key: raw ESP (no
+    /// NAT-T), no ESN, replay window 1024, first sequence number 1, `df_policy = "clear"`,
+    /// MSS clamping on, computed inner MTU, soft limit at 90%.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: impl Into<String>,
+        direction: Direction,
+        spi: u32,
+        suite: Suite,
+        enc_key: Vec<u8>,
+        int_key: Vec<u8>,
+        tunnel_src: IpAddr,
+        tunnel_dst: IpAddr,
+    ) -> SaConfig {
+        SaConfig {
+            name: name.into(),
+            direction,
+            spi,
+            suite,
+            enc_key: Zeroizing::new(enc_key),
+            int_key: Zeroizing::new(int_key),
+            tunnel_src,
+            tunnel_dst,
+            nat_t: false,
+            natt_sport: 4500,
+            natt_dport: 4500,
+            esn: false,
+            replay_window: replay::DEFAULT_WINDOW,
+            seq: 1,
+            df_policy: DfPolicy::Clear,
+            mss_clamp: true,
+            inner_mtu: None,
+            soft_seq_percent: 90,
+        }
+    }
+
+    /// The peer's view of this SA: the other direction, tunnel addresses swapped, same SPI,
+    /// keys and options.
+    pub fn mirrored(&self) -> SaConfig {
+        let mut m = self.clone();
+        m.direction = if self.direction == Direction::Out {
+            Direction::In
+        } else {
+            Direction::Out
+        };
+        std::mem::swap(&mut m.tunnel_src, &mut m.tunnel_dst);
+        m
+    }
+
     pub fn outer_family(&self) -> OuterFamily {
         if self.tunnel_src.is_ipv4() {
             OuterFamily::V4

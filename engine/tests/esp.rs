@@ -14,6 +14,18 @@ use engine::pkt::{BufPool, PacketBuf};
 use engine::sa::DfPolicy;
 use engine::wire;
 
+/// Copies of outer packets with the outer headers removed (ready for decapsulation).
+fn esp_bufs(pkts: &[PacketBuf]) -> Vec<PacketBuf> {
+    pkts.iter()
+        .map(|p| {
+            let mut q = PacketBuf::from_slice(p.bytes());
+            let off = esp_part(q.bytes());
+            q.pull_front(off).unwrap();
+            q
+        })
+        .collect()
+}
+
 fn decrypt_all(i: &mut engine::sa::InboundSa, outs: &[PacketBuf]) -> Vec<Vec<u8>> {
     let mut r = Reassembler::new(ReasmLimits::default());
     let mut got = vec![];
@@ -64,15 +76,7 @@ fn roundtrip_every_suite_backend_family_natt_esn() {
                             }
                         }
                         // Decrypt as a burst.
-                        let mut ins: Vec<PacketBuf> = pkts
-                            .iter()
-                            .map(|p| {
-                                let mut q = PacketBuf::from_slice(p.bytes());
-                                let off = esp_part(q.bytes());
-                                q.pull_front(off).unwrap();
-                                q
-                            })
-                            .collect();
+                        let mut ins: Vec<PacketBuf> = esp_bufs(&pkts);
                         let mut res = vec![Ok(()); ins.len()];
                         esp::decapsulate_burst(&mut i, &mut ins, &mut res);
                         for (k, (p, r)) in ins.iter().zip(&res).enumerate() {
@@ -90,15 +94,7 @@ fn roundtrip_every_suite_backend_family_natt_esn() {
                         );
                         assert_eq!(o.counters.inner_bytes, i.counters.inner_bytes);
                         // Replaying the whole burst is dropped as replay.
-                        let mut again: Vec<PacketBuf> = pkts
-                            .iter()
-                            .map(|p| {
-                                let mut q = PacketBuf::from_slice(p.bytes());
-                                let off = esp_part(q.bytes());
-                                q.pull_front(off).unwrap();
-                                q
-                            })
-                            .collect();
+                        let mut again: Vec<PacketBuf> = esp_bufs(&pkts);
                         let mut res = vec![Ok(()); again.len()];
                         esp::decapsulate_burst(&mut i, &mut again, &mut res);
                         assert!(res.iter().all(|r| *r == Err(DropReason::Replay)));

@@ -18,7 +18,7 @@ use engine::crypto::{Backend, CryptoOp, Encryption, Integrity, Suite, new_transf
 use engine::io::{Impair, mem_link};
 use engine::pkt::{BufPool, PacketBuf, shared_pool};
 use engine::runtime::{Command, Selector, Worker, WorkerConfig, WorkerHandle, WorkerReport};
-use engine::sa::{DfPolicy, Direction, InboundSa, OutboundSa, SaConfig};
+use engine::sa::{Direction, InboundSa, OutboundSa, SaConfig};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -181,36 +181,23 @@ fn sa_pair(s: &Setup, c: &Common, t: u32) -> (OutboundSa, InboundSa) {
     } else {
         ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap())
     };
-    let key = |n: usize, salt: u8| -> zeroize::Zeroizing<Vec<u8>> {
-        zeroize::Zeroizing::new(
-            (0..n)
-                .map(|i| (i as u8).wrapping_mul(31) ^ salt ^ (t as u8) ^ ((t >> 8) as u8))
-                .collect(),
-        )
+    let key = |n: usize, salt: u8| -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31) ^ salt ^ (t as u8) ^ ((t >> 8) as u8))
+            .collect()
     };
-    let cfg = SaConfig {
-        name: format!("t{t}"),
-        direction: Direction::Out,
-        spi: 0x1000_0000 + t,
-        suite: s.suite,
-        enc_key: key(s.suite.enc.enc_key_len(), 0x11),
-        int_key: key(s.suite.integ.key_len(), 0x22),
-        tunnel_src: src,
-        tunnel_dst: dst,
-        nat_t: c.nat_t,
-        natt_sport: 4500,
-        natt_dport: 4500,
-        esn: false,
-        replay_window: 1024,
-        seq: 1,
-        df_policy: DfPolicy::Clear,
-        mss_clamp: true,
-        inner_mtu: None,
-        soft_seq_percent: 90,
-    };
-    let mut ic = cfg.clone();
-    ic.direction = Direction::In;
-    std::mem::swap(&mut ic.tunnel_src, &mut ic.tunnel_dst);
+    let mut cfg = SaConfig::new(
+        format!("t{t}"),
+        Direction::Out,
+        0x1000_0000 + t,
+        s.suite,
+        key(s.suite.enc.enc_key_len(), 0x11),
+        key(s.suite.integ.key_len(), 0x22),
+        src,
+        dst,
+    );
+    cfg.nat_t = c.nat_t;
+    let ic = cfg.mirrored();
     let seed: [u8; 32] = std::array::from_fn(|i| (i as u32 ^ t) as u8);
     (
         OutboundSa::new(cfg, s.backend, &seed).unwrap_or_else(|e| fail(e.to_string())),

@@ -2,10 +2,9 @@
 #![allow(dead_code)]
 
 use engine::crypto::{Backend, Suite};
-use engine::sa::{DfPolicy, Direction, InboundSa, OutboundSa, SaConfig};
+use engine::sa::{Direction, InboundSa, OutboundSa, SaConfig};
 use engine::wire;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use zeroize::Zeroizing;
 
 pub fn cfg(suite: Suite, dir: Direction, v6_outer: bool, nat_t: bool, esn: bool) -> SaConfig {
     let (src, dst): (IpAddr, IpAddr) = if v6_outer {
@@ -16,34 +15,23 @@ pub fn cfg(suite: Suite, dir: Direction, v6_outer: bool, nat_t: bool, esn: bool)
     } else {
         ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap())
     };
-    SaConfig {
-        name: format!("{suite}"),
-        direction: dir,
-        spi: 0x1000_0001,
+    let mut c = SaConfig::new(
+        format!("{suite}"),
+        dir,
+        0x1000_0001,
         suite,
-        enc_key: Zeroizing::new(
-            (0..suite.enc.enc_key_len() as u8)
-                .map(|i| i.wrapping_mul(7) ^ 0x5c)
-                .collect(),
-        ),
-        int_key: Zeroizing::new(
-            (0..suite.integ.key_len() as u8)
-                .map(|i| i.wrapping_mul(13) ^ 0x36)
-                .collect(),
-        ),
-        tunnel_src: src,
-        tunnel_dst: dst,
-        nat_t,
-        natt_sport: 4500,
-        natt_dport: 4500,
-        esn,
-        replay_window: 1024,
-        seq: 1,
-        df_policy: DfPolicy::Clear,
-        mss_clamp: true,
-        inner_mtu: None,
-        soft_seq_percent: 90,
-    }
+        (0..suite.enc.enc_key_len() as u8)
+            .map(|i| i.wrapping_mul(7) ^ 0x5c)
+            .collect(),
+        (0..suite.integ.key_len() as u8)
+            .map(|i| i.wrapping_mul(13) ^ 0x36)
+            .collect(),
+        src,
+        dst,
+    );
+    c.nat_t = nat_t;
+    c.esn = esn;
+    c
 }
 
 /// A matching outbound / inbound pair.

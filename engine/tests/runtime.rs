@@ -175,6 +175,25 @@ fn loopback_every_transform_family_natt() {
                     rb.total.drops_summary()
                 );
                 assert!(ra.total.frag_before_encrypt_packets >= 100);
+                // Per-tunnel counters: inner bytes out at A equal inner bytes in at B (AWS
+                // TunnelDataOut / TunnelDataIn), 100 packets per tunnel.
+                let (pa, pb) = (a.report(true).per_tunnel, b.report(true).per_tunnel);
+                assert_eq!(pa.len(), 5);
+                for ((ta, ca), (tb, cb)) in pa.iter().zip(&pb) {
+                    assert_eq!(ta, tb);
+                    assert_eq!(cb.inb.inner_bytes, ca.out.inner_bytes, "tunnel {ta}");
+                    assert!(ca.out.packets >= 100);
+                }
+                let by_tunnel: u64 = pa.iter().map(|(_, c)| c.out.inner_bytes).sum();
+                // Inner bytes are counted before encryption, after fragmentation: each extra
+                // fragment adds a 20-byte IPv4 header.
+                let extra = 20
+                    * (ra.total.frag_before_encrypt_fragments
+                        - ra.total.frag_before_encrypt_packets);
+                assert_eq!(
+                    by_tunnel,
+                    sent.iter().map(|p| p.len() as u64).sum::<u64>() + extra
+                );
                 assert_eq!(rb.total.reassembled, ra.total.frag_before_encrypt_packets);
             }
         }

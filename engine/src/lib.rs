@@ -16,6 +16,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod cli;
+pub mod config;
 pub mod counters;
 pub mod crypto;
 pub mod esp;

@@ -32,6 +32,11 @@ enum Cmd {
     },
     /// Show the crypto backends available on this machine and which one `auto` picks.
     Crypto,
+    /// Validate a tunnel configuration: exit 0 with one line per tunnel, or print every error.
+    CheckConfig {
+        /// The TOML file ([[tunnel]] tables with the AWS option names).
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -133,6 +138,18 @@ fn run() -> Result<(), cli::CliError> {
                 println!();
             }
             Ok(())
+        }
+        Cmd::CheckConfig { file } => {
+            let mut fill = |b: &mut [u8]| getrandom::fill(b).expect("OS random generator");
+            match engine::config::load(&file, &mut fill) {
+                Ok(c) => {
+                    for l in c.summary() {
+                        println!("{l}");
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(cli::CliError(format!("{} error(s):\n{e}", e.0.len()))),
+            }
         }
         Cmd::Crypto => {
             for b in [Backend::RustCrypto, Backend::IpsecMb] {

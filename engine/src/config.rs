@@ -1,0 +1,1009 @@
+//! Tunnel configuration with the AWS Site-to-Site VPN option names (shared/spec/
+//! tunnel-options.md): parsing, defaults (exactly AWS's), and validation of every range and
+//! cross-option rule, all errors at once, each naming the file, the tunnel, the option, the
+//! value and what is allowed. Unknown keys are errors (a typo must not become a default).
+//!
+//! Contract: [`load`] / [`parse`] return a [`Config`] only when the whole file is valid. The
+//! only randomness is the PSK generated when none is configured; it comes from the caller's
+//! generator (`fill`), so tests are deterministic.
+
+use crate::sa::{self, SaConfig};
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+use zeroize::Zeroizing;
+
+/// IKE versions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum IkeVersion {
+    V1,
+    V2,
+}
+
+/// What to do when DPD declares the peer dead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DpdAction {
+    Clear,
+    None,
+    Restart,
+}
+
+/// Who brings the tunnel up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartupAction {
+    Add,
+    Start,
+}
+
+/// NAT traversal mode (engine option).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatT {
+    Auto,
+    Off,
+    Force,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// An IP prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl Cidr {
+    /// Parses `a.b.c.d/n` or `x::y/n`; rejects host bits set.
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (address/prefix)"))?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{s:?} is not a CIDR: bad address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len: u8 = l
+            .parse()
+            .ok()
+            .filter(|n| *n <= max)
+            .ok_or_else(|| format!("{s:?} is not a CIDR: prefix must be 0..={max}"))?;
+        let c = Cidr { addr, len };
+        if c.network() != addr {
+            return Err(format!(
+                "{s:?} has host bits set; did you mean {}/{len}?",
+                c.network()
+            ));
+        }
+        Ok(c)
+    }
+    pub fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => {
+                let m = if self.len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.len as u32)
+                };
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) & m))
+            }
+            IpAddr::V6(a) => {
+                let m = if self.len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.len as u32)
+                };
+                IpAddr::V6(Ipv6Addr::from(u128::from(a) & m))
+            }
+        }
+    }
+    /// Whether `other` lies inside this prefix.
+    pub fn contains(&self, other: &Cidr) -> bool {
+        other.len >= self.len
+            && Cidr {
+                addr: other.addr,
+                len: self.len,
+            }
+            .network()
+                == self.addr
+            && self.addr.is_ipv4() == other.addr.is_ipv4()
+    }
+    /// The n-th address of the prefix (AWS side = 1, CGW side = 2: tunnel-options.md 4.8).
+    pub fn host(&self, n: u32) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) + n)),
+            IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) + n as u128)),
+        }
+    }
+}
+
+/// One tunnel, every option resolved (defaults applied).
+#[derive(Clone)]
+pub struct Tunnel {
+    pub name: String,
+    pub connection: String,
+    pub outside_ip: IpAddr,
+    pub peer_ip: Option<IpAddr>,
+    pub nat_t: NatT,
+    pub ike_versions: Vec<IkeVersion>,
+    pub phase1_encryption: Vec<String>,
+    pub phase2_encryption: Vec<String>,
+    pub phase1_integrity: Vec<String>,
+    pub phase2_integrity: Vec<String>,
+    pub phase1_dh_groups: Vec<u16>,
+    pub phase2_dh_groups: Vec<u16>,
+    pub phase1_lifetime_s: u32,
+    pub phase2_lifetime_s: u32,
+    pub rekey_margin_s: u32,
+    pub rekey_fuzz_pct: u32,
+    pub replay_window_size: u32,
+    pub dpd_timeout_s: u32,
+    pub dpd_timeout_action: DpdAction,
+    pub startup_action: StartupAction,
+    pub pre_shared_key: Zeroizing<String>,
+    /// True when the PSK was generated because none was configured.
+    pub psk_generated: bool,
+    pub tunnel_inside_cidr: Cidr,
+    pub tunnel_inside_ipv6_cidr: Option<Cidr>,
+    pub tunnel_inside_ip_version: IpVersion,
+    pub local_ipv4_network_cidr: Cidr,
+    pub remote_ipv4_network_cidr: Cidr,
+    pub local_ipv6_network_cidr: Cidr,
+    pub remote_ipv6_network_cidr: Cidr,
+    pub log_enabled: bool,
+    pub log_destination: Option<String>,
+    pub log_output_format: LogFormat,
+    pub tunnel_lifecycle_control: bool,
+    /// Static SAs attached to this tunnel (rigs without IKE).
+    pub sas: Vec<SaConfig>,
+    /// Lifetimes below the AWS minimums were allowed by `[lab]`.
+    pub lab: bool,
+}
+
+impl fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tunnel")
+            .field("name", &self.name)
+            .field("connection", &self.connection)
+            .field("outside_ip", &self.outside_ip)
+            .field("peer_ip", &self.peer_ip)
+            .field("pre_shared_key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// Inside IP version of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpVersion {
+    V4,
+    V6,
+}
+
+/// A whole configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub allow_short_lifetimes: bool,
+    pub tunnels: Vec<Tunnel>,
+}
+
+/// Every error of a file, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+const ENCRYPTION: [&str; 4] = ["AES128", "AES256", "AES128-GCM-16", "AES256-GCM-16"];
+const INTEGRITY: [&str; 4] = ["SHA1", "SHA2-256", "SHA2-384", "SHA2-512"];
+const DH1: [u16; 12] = [2, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24];
+const DH2: [u16; 13] = [2, 5, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24];
+const RESERVED_INSIDE: [&str; 7] = [
+    "169.254.0.0",
+    "169.254.1.0",
+    "169.254.2.0",
+    "169.254.3.0",
+    "169.254.4.0",
+    "169.254.5.0",
+    "169.254.169.252",
+];
+
+/// Keys a `[[tunnel]]` table may have.
+pub const TUNNEL_KEYS: &[&str] = &[
+    "name",
+    "connection",
+    "outside_ip",
+    "peer_ip",
+    "nat_t",
+    "ike_versions",
+    "phase1_encryption",
+    "phase2_encryption",
+    "phase1_integrity",
+    "phase2_integrity",
+    "phase1_dh_groups",
+    "phase2_dh_groups",
+    "phase1_lifetime_s",
+    "phase2_lifetime_s",
+    "rekey_margin_s",
+    "rekey_fuzz_pct",
+    "replay_window_size",
+    "dpd_timeout_s",
+    "dpd_timeout_action",
+    "startup_action",
+    "pre_shared_key",
+    "tunnel_inside_cidr",
+    "tunnel_inside_ipv6_cidr",
+    "tunnel_inside_ip_version",
+    "local_ipv4_network_cidr",
+    "remote_ipv4_network_cidr",
+    "local_ipv6_network_cidr",
+    "remote_ipv6_network_cidr",
+    "log_enabled",
+    "log_destination",
+    "log_output_format",
+    "log_format",
+    "tunnel_lifecycle_control",
+    "sa",
+];
+
+/// Reads and validates a configuration file. `fill` provides random bytes (for PSKs that
+/// are generated when none is configured).
+pub fn load(path: &Path, fill: &mut dyn FnMut(&mut [u8])) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors(vec![format!("{}: cannot read: {e}", path.display())]))?;
+    parse(&text, &path.display().to_string(), fill)
+}
+
+/// A PSK as AWS generates one: 32 alphanumeric characters, never starting with `0`.
+pub fn generate_psk(fill: &mut dyn FnMut(&mut [u8])) -> String {
+    const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(32);
+    let mut b = [0u8; 1];
+    while out.len() < 32 {
+        fill(&mut b);
+        // Rejection sampling: 248 = 4 * 62 keeps the distribution uniform.
+        if b[0] >= 248 {
+            continue;
+        }
+        let c = ALNUM[(b[0] % 62) as usize] as char;
+        if out.is_empty() && c == '0' {
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Checks the AWS PSK rules (tunnel-options.md 4.7).
+pub fn check_psk(p: &str) -> Result<(), String> {
+    let n = p.chars().count();
+    if !(8..=64).contains(&n) {
+        return Err(format!("{n} characters; allowed: 8..=64 characters"));
+    }
+    if let Some(c) = p
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_'))
+    {
+        return Err(format!(
+            "character {c:?} is not allowed; allowed: letters, digits, '.' and '_'"
+        ));
+    }
+    if p.starts_with('0') {
+        return Err("must not start with '0'".into());
+    }
+    Ok(())
+}
+
+struct Ctx<'a> {
+    errs: &'a mut Vec<String>,
+    label: String,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, key: &str, msg: impl fmt::Display) {
+        self.errs.push(format!("{}: {key}: {msg}", self.label));
+    }
+}
+
+fn int(
+    cx: &mut Ctx,
+    t: &toml::Table,
+    key: &str,
+    default: i64,
+    lo: i64,
+    hi: i64,
+    unit: &str,
+) -> i64 {
+    match t.get(key) {
+        None => default,
+        Some(toml::Value::Integer(v)) if (lo..=hi).contains(v) => *v,
+        Some(toml::Value::Integer(v)) => {
+            cx.err(
+                key,
+                format!("{v} is out of range; allowed: {lo}..={hi}{unit}"),
+            );
+            default
+        }
+        Some(v) => {
+            cx.err(
+                key,
+                format!("{v} is not a whole number; allowed: {lo}..={hi}{unit}"),
+            );
+            default
+        }
+    }
+}
+
+fn string<'t>(cx: &mut Ctx, t: &'t toml::Table, key: &str) -> Option<&'t str> {
+    match t.get(key) {
+        None => None,
+        Some(toml::Value::String(s)) => Some(s.as_str()),
+        Some(v) => {
+            cx.err(key, format!("{v} is not a string"));
+            None
+        }
+    }
+}
+
+fn boolean(cx: &mut Ctx, t: &toml::Table, key: &str, default: bool) -> bool {
+    match t.get(key) {
+        None => default,
+        Some(toml::Value::Boolean(b)) => *b,
+        Some(v) => {
+            cx.err(key, format!("{v} is not true or false"));
+            default
+        }
+    }
+}
+
+fn choice<T: Copy>(
+    cx: &mut Ctx,
+    t: &toml::Table,
+    key: &str,
+    default: T,
+    options: &[(&str, T)],
+) -> T {
+    let Some(s) = string(cx, t, key) else {
+        return default;
+    };
+    match options.iter().find(|(n, _)| n.eq_ignore_ascii_case(s)) {
+        Some((_, v)) => *v,
+        None => {
+            let allowed: Vec<String> = options.iter().map(|(n, _)| format!("{n:?}")).collect();
+            cx.err(
+                key,
+                format!("{s:?} is not allowed; allowed: {}", allowed.join(", ")),
+            );
+            default
+        }
+    }
+}
+
+fn name_list(
+    cx: &mut Ctx,
+    t: &toml::Table,
+    key: &str,
+    allowed: &[&str],
+    aliases: &[(&str, &str)],
+) -> Vec<String> {
+    let Some(v) = t.get(key) else {
+        return allowed.iter().map(|s| s.to_string()).collect();
+    };
+    let Some(arr) = v.as_array() else {
+        cx.err(
+            key,
+            format!(
+                "{v} is not a list; allowed: a non-empty list of {}",
+                allowed.join(", ")
+            ),
+        );
+        return allowed.iter().map(|s| s.to_string()).collect();
+    };
+    let mut out = vec![];
+    for x in arr {
+        let s = x.as_str().unwrap_or("");
+        let canon = aliases
+            .iter()
+            .find(|(a, _)| a.eq_ignore_ascii_case(s))
+            .map(|(_, c)| *c)
+            .unwrap_or(s);
+        match allowed.iter().find(|a| a.eq_ignore_ascii_case(canon)) {
+            Some(a) => {
+                if !out.contains(&a.to_string()) {
+                    out.push(a.to_string());
+                }
+            }
+            None => cx.err(
+                key,
+                format!("{x} is not allowed; allowed: {}", allowed.join(", ")),
+            ),
+        }
+    }
+    if arr.is_empty() {
+        cx.err(
+            key,
+            format!(
+                "an empty list is not allowed; allowed: a non-empty list of {}",
+                allowed.join(", ")
+            ),
+        );
+    }
+    // Keep AWS's documented order ("lowest" first, tunnel-options.md 4.3).
+    out.sort_by_key(|s| allowed.iter().position(|a| a == s));
+    out
+}
+
+fn group_list(cx: &mut Ctx, t: &toml::Table, key: &str, allowed: &[u16]) -> Vec<u16> {
+    let all = || allowed.to_vec();
+    let show = || {
+        allowed
+            .iter()
+            .map(|g| g.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(v) = t.get(key) else { return all() };
+    let Some(arr) = v.as_array() else {
+        cx.err(
+            key,
+            format!("{v} is not a list; allowed: a non-empty list of {}", show()),
+        );
+        return all();
+    };
+    let mut out = vec![];
+    for x in arr {
+        match x
+            .as_integer()
+            .and_then(|g| u16::try_from(g).ok())
+            .filter(|g| allowed.contains(g))
+        {
+            Some(g) => {
+                if !out.contains(&g) {
+                    out.push(g)
+                }
+            }
+            None => cx.err(
+                key,
+                format!("group {x} is not allowed; allowed: {}", show()),
+            ),
+        }
+    }
+    if arr.is_empty() {
+        cx.err(
+            key,
+            format!(
+                "an empty list is not allowed; allowed: a non-empty list of {}",
+                show()
+            ),
+        );
+    }
+    out.sort();
+    out
+}
+
+fn cidr(cx: &mut Ctx, t: &toml::Table, key: &str, default: &str) -> Cidr {
+    let s = string(cx, t, key).unwrap_or(default).to_string();
+    Cidr::parse(&s).unwrap_or_else(|m| {
+        cx.err(key, m);
+        Cidr::parse(default).expect("valid default")
+    })
+}
+
+fn addr(cx: &mut Ctx, t: &toml::Table, key: &str) -> Option<IpAddr> {
+    let s = string(cx, t, key)?;
+    match s.parse::<IpAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            cx.err(key, format!("{s:?} is not an IP address"));
+            None
+        }
+    }
+}
+
+/// Parses and validates configuration text; `origin` names the file in messages.
+pub fn parse(
+    text: &str,
+    origin: &str,
+    fill: &mut dyn FnMut(&mut [u8]),
+) -> Result<Config, ConfigErrors> {
+    let root: toml::Table = text
+        .parse()
+        .map_err(|e| ConfigErrors(vec![format!("{origin}: {e}")]))?;
+    let mut errs = vec![];
+    for k in root.keys() {
+        if k != "lab" && k != "tunnel" {
+            errs.push(format!(
+                "{origin}: unknown top-level key {k:?}; allowed: [lab], [[tunnel]]"
+            ));
+        }
+    }
+    let mut lab = false;
+    if let Some(l) = root.get("lab") {
+        match l.as_table() {
+            Some(t) => {
+                for k in t.keys() {
+                    if k != "allow_short_lifetimes" {
+                        errs.push(format!(
+                            "{origin}: [lab]: unknown key {k:?}; allowed: allow_short_lifetimes"
+                        ));
+                    }
+                }
+                let mut cx = Ctx {
+                    errs: &mut errs,
+                    label: format!("{origin}: [lab]"),
+                };
+                lab = boolean(&mut cx, t, "allow_short_lifetimes", false);
+            }
+            None => errs.push(format!("{origin}: lab must be a table")),
+        }
+    }
+    let tables: Vec<&toml::Table> = match root.get("tunnel") {
+        None => {
+            errs.push(format!("{origin}: no [[tunnel]] tables"));
+            vec![]
+        }
+        Some(toml::Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| {
+                let t = v.as_table();
+                if t.is_none() {
+                    errs.push(format!("{origin}: every tunnel must be a [[tunnel]] table"));
+                }
+                t
+            })
+            .collect(),
+        Some(_) => {
+            errs.push(format!(
+                "{origin}: tunnel must be an array of [[tunnel]] tables"
+            ));
+            vec![]
+        }
+    };
+    let mut tunnels = vec![];
+    for (i, t) in tables.iter().enumerate() {
+        if let Some(tu) = tunnel(t, i, origin, lab, &mut errs, fill) {
+            tunnels.push(tu);
+        }
+    }
+    let mut cfg = Config {
+        allow_short_lifetimes: lab,
+        tunnels,
+    };
+    cfg.assign_inside_cidrs();
+    let tunnels = cfg.tunnels;
+    // Connections: exactly two tunnels each, unique names, unique inside CIDRs.
+    let mut conns: BTreeMap<&str, Vec<&Tunnel>> = BTreeMap::new();
+    for t in &tunnels {
+        conns.entry(&t.connection).or_default().push(t);
+    }
+    for (c, ts) in &conns {
+        if ts.len() != 2 {
+            errs.push(format!(
+                "{origin}: connection {c:?}: has {} tunnel(s) ({}); a VPN connection has exactly 2 tunnels",
+                ts.len(),
+                ts.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+            ));
+        }
+    }
+    let mut names = HashSet::new();
+    let mut inside = HashSet::new();
+    for t in &tunnels {
+        if !names.insert(&t.name) {
+            errs.push(format!(
+                "{origin}: tunnel {:?}: name: used by another tunnel; tunnel names must be unique",
+                t.name
+            ));
+        }
+        if !inside.insert(t.tunnel_inside_cidr) {
+            errs.push(format!(
+                "{origin}: tunnel {:?}: tunnel_inside_cidr: {} is used by another tunnel; inside CIDRs must be unique",
+                t.name, t.tunnel_inside_cidr
+            ));
+        }
+    }
+    if errs.is_empty() {
+        Ok(Config {
+            allow_short_lifetimes: lab,
+            tunnels,
+        })
+    } else {
+        Err(ConfigErrors(errs))
+    }
+}
+
+fn tunnel(
+    t: &toml::Table,
+    i: usize,
+    origin: &str,
+    lab: bool,
+    errs: &mut Vec<String>,
+    fill: &mut dyn FnMut(&mut [u8]),
+) -> Option<Tunnel> {
+    let name = t.get("name").and_then(|v| v.as_str()).map(str::to_string);
+    let label = match &name {
+        Some(n) => format!("{origin}: tunnel {n:?}"),
+        None => format!("{origin}: tunnel[{i}]"),
+    };
+    let mut cx = Ctx { errs, label };
+    for k in t.keys() {
+        if !TUNNEL_KEYS.contains(&k.as_str()) {
+            cx.err(
+                k,
+                "unknown option; see shared/spec/tunnel-options.md for the option names",
+            );
+        }
+    }
+    let Some(name) = name else {
+        cx.err("name", "missing; a unique tunnel name");
+        return None;
+    };
+    let connection = string(&mut cx, t, "connection")
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            cx.err(
+                "connection",
+                "missing; the VPN connection this tunnel belongs to (two tunnels each)",
+            );
+            String::new()
+        });
+    let outside_ip = addr(&mut cx, t, "outside_ip");
+    if outside_ip.is_none() && !t.contains_key("outside_ip") {
+        cx.err("outside_ip", "missing; this gateway's outside IPv4 address");
+    }
+    if let Some(IpAddr::V6(a)) = outside_ip {
+        cx.err(
+            "outside_ip",
+            format!("{a} is IPv6; AWS outside addresses are always IPv4"),
+        );
+    }
+    let peer_ip = addr(&mut cx, t, "peer_ip");
+    let nat_t = choice(
+        &mut cx,
+        t,
+        "nat_t",
+        NatT::Auto,
+        &[
+            ("auto", NatT::Auto),
+            ("off", NatT::Off),
+            ("force", NatT::Force),
+        ],
+    );
+    let ike_versions: Vec<IkeVersion> = {
+        let l = name_list(&mut cx, t, "ike_versions", &["ikev1", "ikev2"], &[]);
+        l.iter()
+            .map(|v| {
+                if v == "ikev1" {
+                    IkeVersion::V1
+                } else {
+                    IkeVersion::V2
+                }
+            })
+            .collect()
+    };
+    let enc_alias = [("AES-128", "AES128"), ("AES-256", "AES256")];
+    let int_alias = [
+        ("SHA-1", "SHA1"),
+        ("SHA-256", "SHA2-256"),
+        ("SHA-384", "SHA2-384"),
+        ("SHA-512", "SHA2-512"),
+    ];
+    let phase1_encryption = name_list(&mut cx, t, "phase1_encryption", &ENCRYPTION, &enc_alias);
+    let phase2_encryption = name_list(&mut cx, t, "phase2_encryption", &ENCRYPTION, &enc_alias);
+    let phase1_integrity = name_list(&mut cx, t, "phase1_integrity", &INTEGRITY, &int_alias);
+    let phase2_integrity = name_list(&mut cx, t, "phase2_integrity", &INTEGRITY, &int_alias);
+    let phase1_dh_groups = group_list(&mut cx, t, "phase1_dh_groups", &DH1);
+    let phase2_dh_groups = group_list(&mut cx, t, "phase2_dh_groups", &DH2);
+    let (lo_life, lo_margin) = if lab { (2, 1) } else { (900, 60) };
+    let p1 = int(
+        &mut cx,
+        t,
+        "phase1_lifetime_s",
+        28_800,
+        lo_life,
+        28_800,
+        " seconds",
+    ) as u32;
+    let p2 = int(
+        &mut cx,
+        t,
+        "phase2_lifetime_s",
+        3_600,
+        lo_life,
+        3_600,
+        " seconds",
+    ) as u32;
+    if p2 >= p1 {
+        cx.err(
+            "phase2_lifetime_s",
+            format!(
+                "{p2} is not below phase1_lifetime_s {p1}; phase 2 must be shorter than phase 1"
+            ),
+        );
+    }
+    let margin_hi = (p2 / 2) as i64;
+    let rekey_margin_s = match t.get("rekey_margin_s") {
+        None if 270 <= margin_hi => 270,
+        None => {
+            cx.err("rekey_margin_s", format!("the default 270 is above half of phase2_lifetime_s ({margin_hi}); set it to {lo_margin}..={margin_hi}"));
+            margin_hi.max(lo_margin)
+        }
+        Some(_) => int(
+            &mut cx,
+            t,
+            "rekey_margin_s",
+            270,
+            lo_margin,
+            margin_hi.max(lo_margin),
+            " seconds (60 to half of phase2_lifetime_s)",
+        ),
+    } as u32;
+    let rekey_fuzz_pct = int(&mut cx, t, "rekey_fuzz_pct", 100, 0, 100, " percent") as u32;
+    let replay_window_size =
+        int(&mut cx, t, "replay_window_size", 1024, 64, 2048, " packets") as u32;
+    let dpd_timeout_s = int(&mut cx, t, "dpd_timeout_s", 40, 30, 86_400, " seconds") as u32;
+    let dpd_timeout_action = choice(
+        &mut cx,
+        t,
+        "dpd_timeout_action",
+        DpdAction::Clear,
+        &[
+            ("clear", DpdAction::Clear),
+            ("none", DpdAction::None),
+            ("restart", DpdAction::Restart),
+        ],
+    );
+    let startup_action = choice(
+        &mut cx,
+        t,
+        "startup_action",
+        StartupAction::Add,
+        &[("add", StartupAction::Add), ("start", StartupAction::Start)],
+    );
+    if startup_action == StartupAction::Start {
+        if peer_ip.is_none() {
+            cx.err("startup_action", "\"start\" needs peer_ip: the engine initiates towards the customer gateway's address");
+        }
+        if !ike_versions.contains(&IkeVersion::V2) {
+            cx.err(
+                "startup_action",
+                "\"start\" needs ikev2 in ike_versions (AWS initiates with IKEv2 only)",
+            );
+        }
+    }
+    let (pre_shared_key, psk_generated) = match string(&mut cx, t, "pre_shared_key") {
+        Some(p) => {
+            if let Err(m) = check_psk(p) {
+                // Never echo the key itself.
+                cx.err(
+                    "pre_shared_key",
+                    format!("the configured key is invalid: {m}"),
+                );
+            }
+            (Zeroizing::new(p.to_string()), false)
+        }
+        None => (Zeroizing::new(generate_psk(fill)), true),
+    };
+    let tunnel_inside_ip_version = choice(
+        &mut cx,
+        t,
+        "tunnel_inside_ip_version",
+        IpVersion::V4,
+        &[("ipv4", IpVersion::V4), ("ipv6", IpVersion::V6)],
+    );
+    let tunnel_inside_cidr = match string(&mut cx, t, "tunnel_inside_cidr") {
+        None => Cidr {
+            addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            len: 0,
+        }, // assigned below
+        Some(s) => match Cidr::parse(s) {
+            Ok(c) => {
+                let link_local = Cidr::parse("169.254.0.0/16").expect("valid");
+                if c.len != 30 || !link_local.contains(&c) {
+                    cx.err(
+                        "tunnel_inside_cidr",
+                        format!("{c} is not allowed; allowed: a /30 inside 169.254.0.0/16"),
+                    );
+                } else if RESERVED_INSIDE
+                    .iter()
+                    .any(|r| c.addr == r.parse::<IpAddr>().expect("valid"))
+                {
+                    cx.err(
+                        "tunnel_inside_cidr",
+                        format!("{c} is reserved; reserved: 169.254.0.0/30 .. 169.254.5.0/30 and 169.254.169.252/30"),
+                    );
+                }
+                c
+            }
+            Err(m) => {
+                cx.err("tunnel_inside_cidr", m);
+                Cidr {
+                    addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    len: 0,
+                }
+            }
+        },
+    };
+    let tunnel_inside_ipv6_cidr = match string(&mut cx, t, "tunnel_inside_ipv6_cidr") {
+        None => None,
+        Some(s) => match Cidr::parse(s) {
+            Ok(c) => {
+                if c.len != 126 || !Cidr::parse("fd00::/8").expect("valid").contains(&c) {
+                    cx.err(
+                        "tunnel_inside_ipv6_cidr",
+                        format!("{c} is not allowed; allowed: a /126 inside fd00::/8"),
+                    );
+                }
+                if tunnel_inside_ip_version != IpVersion::V6 {
+                    cx.err(
+                        "tunnel_inside_ipv6_cidr",
+                        "only allowed with tunnel_inside_ip_version = \"ipv6\"",
+                    );
+                }
+                Some(c)
+            }
+            Err(m) => {
+                cx.err("tunnel_inside_ipv6_cidr", m);
+                None
+            }
+        },
+    };
+    let local_ipv4_network_cidr = cidr(&mut cx, t, "local_ipv4_network_cidr", "0.0.0.0/0");
+    let remote_ipv4_network_cidr = cidr(&mut cx, t, "remote_ipv4_network_cidr", "0.0.0.0/0");
+    let local_ipv6_network_cidr = cidr(&mut cx, t, "local_ipv6_network_cidr", "::/0");
+    let remote_ipv6_network_cidr = cidr(&mut cx, t, "remote_ipv6_network_cidr", "::/0");
+    for (k, c, v6) in [
+        ("local_ipv4_network_cidr", local_ipv4_network_cidr, false),
+        ("remote_ipv4_network_cidr", remote_ipv4_network_cidr, false),
+        ("local_ipv6_network_cidr", local_ipv6_network_cidr, true),
+        ("remote_ipv6_network_cidr", remote_ipv6_network_cidr, true),
+    ] {
+        if c.addr.is_ipv6() != v6 {
+            cx.err(k, format!("{c} is the wrong address family"));
+        }
+        if v6 && t.contains_key(k) && tunnel_inside_ip_version != IpVersion::V6 {
+            cx.err(k, "only allowed with tunnel_inside_ip_version = \"ipv6\"");
+        }
+    }
+    let log_enabled = boolean(&mut cx, t, "log_enabled", false);
+    let log_destination = string(&mut cx, t, "log_destination").map(str::to_string);
+    let fmt_key = if t.contains_key("log_format") {
+        "log_format"
+    } else {
+        "log_output_format"
+    };
+    if t.contains_key("log_format") && t.contains_key("log_output_format") {
+        cx.err(
+            "log_format",
+            "set either log_output_format or its alias log_format, not both",
+        );
+    }
+    let log_output_format = choice(
+        &mut cx,
+        t,
+        fmt_key,
+        LogFormat::Json,
+        &[("json", LogFormat::Json), ("text", LogFormat::Text)],
+    );
+    let tunnel_lifecycle_control = boolean(&mut cx, t, "tunnel_lifecycle_control", false);
+    let mut sas = vec![];
+    if let Some(v) = t.get("sa") {
+        // Static SAs in the [[sa]] format, nested as [[tunnel.sa]].
+        let mut doc = toml::Table::new();
+        doc.insert("sa".into(), v.clone());
+        match sa::parse_sa_toml(&toml::to_string(&doc).unwrap_or_default(), &cx.label) {
+            Ok(v) => sas = v,
+            Err(e) => cx.errs.extend(e.0),
+        }
+    }
+    let outside_ip = outside_ip?;
+    Some(Tunnel {
+        name,
+        connection,
+        outside_ip,
+        peer_ip,
+        nat_t,
+        ike_versions,
+        phase1_encryption,
+        phase2_encryption,
+        phase1_integrity,
+        phase2_integrity,
+        phase1_dh_groups,
+        phase2_dh_groups,
+        phase1_lifetime_s: p1,
+        phase2_lifetime_s: p2,
+        rekey_margin_s,
+        rekey_fuzz_pct,
+        replay_window_size,
+        dpd_timeout_s,
+        dpd_timeout_action,
+        startup_action,
+        pre_shared_key,
+        psk_generated,
+        tunnel_inside_cidr,
+        tunnel_inside_ipv6_cidr,
+        tunnel_inside_ip_version,
+        local_ipv4_network_cidr,
+        remote_ipv4_network_cidr,
+        local_ipv6_network_cidr,
+        remote_ipv6_network_cidr,
+        log_enabled,
+        log_destination,
+        log_output_format,
+        tunnel_lifecycle_control,
+        sas,
+        lab,
+    })
+}
+
+impl Config {
+    /// Assigns a /30 to every tunnel without a configured `tunnel_inside_cidr` (as AWS does),
+    /// from 169.254.10.0/30 upwards, skipping used and reserved blocks.
+    pub fn assign_inside_cidrs(&mut self) {
+        let mut used: HashSet<IpAddr> = self
+            .tunnels
+            .iter()
+            .filter(|t| t.tunnel_inside_cidr.len == 30)
+            .map(|t| t.tunnel_inside_cidr.addr)
+            .collect();
+        let mut next = u32::from(Ipv4Addr::new(169, 254, 10, 0));
+        for t in self
+            .tunnels
+            .iter_mut()
+            .filter(|t| t.tunnel_inside_cidr.len != 30)
+        {
+            loop {
+                let a = IpAddr::V4(Ipv4Addr::from(next));
+                next += 4;
+                if !used.contains(&a)
+                    && !RESERVED_INSIDE
+                        .iter()
+                        .any(|r| r.parse::<IpAddr>().expect("valid") == a)
+                {
+                    used.insert(a);
+                    t.tunnel_inside_cidr = Cidr { addr: a, len: 30 };
+                    break;
+                }
+            }
+        }
+    }
+
+    /// One line per tunnel for `espd check-config` (no secrets).
+    pub fn summary(&self) -> Vec<String> {
+        self.tunnels
+            .iter()
+            .map(|t| {
+                format!(
+                    "tunnel {:?} connection {:?}: outside {} peer {} inside {} (aws {} cgw {}) ike {:?} p1 {}s p2 {}s margin {}s fuzz {}% replay {} dpd {}s/{:?} startup {:?} nat_t {:?} psk {} static SAs {}{}",
+                    t.name,
+                    t.connection,
+                    t.outside_ip,
+                    t.peer_ip.map_or("any".to_string(), |p| p.to_string()),
+                    t.tunnel_inside_cidr,
+                    t.tunnel_inside_cidr.host(1),
+                    t.tunnel_inside_cidr.host(2),
+                    t.ike_versions,
+                    t.phase1_lifetime_s,
+                    t.phase2_lifetime_s,
+                    t.rekey_margin_s,
+                    t.rekey_fuzz_pct,
+                    t.replay_window_size,
+                    t.dpd_timeout_s,
+                    t.dpd_timeout_action,
+                    t.startup_action,
+                    t.nat_t,
+                    if t.psk_generated { "generated" } else { "configured" },
+                    t.sas.len(),
+                    if t.lab { " [lab: short lifetimes allowed]" } else { "" }
+                )
+            })
+            .collect()
+    }
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README line 2, called by .ci/run). On a fresh Debian machine with only
 # Rust, gcc and Python it installs what the tests need, idempotently and quietly:
-#   apt: libipsec-mb-dev (the fast crypto backend), tshark (independent ESP decryption)
+#   apt: libipsec-mb-dev (the fast crypto backend), tshark (independent ESP decryption),
+#        strongSwan's charon + swanctl (loads the exported customer-gateway configs)
 #   pip: scapy, cryptography (independent ESP implementation)
 # then runs: cargo fmt --check, cargo clippy -D warnings, cargo test (unit, known-answer,
 # property, zero-allocation, CLI), and the scapy/tshark interop suite.
@@ -12,7 +13,7 @@ cd "$(dirname "$0")/.."
 log() { printf '== %s\n' "$*"; }
 
 need_apt=()
-for pkg in libipsec-mb-dev tshark; do
+for pkg in libipsec-mb-dev tshark strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libcharon-extra-plugins iproute2; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -44,3 +45,6 @@ cargo run --quiet -p engine --bin espd -- crypto
 log "interop: scapy and tshark against espd pcap"
 cargo build --quiet -p engine --bin espd
 python3 tests/interop/interop.py target/debug/espd "$(mktemp -d)" 2>&1 | grep -v -e '^PASS' -e 'WARNING: '
+
+log "export-config: strongSwan loads what espd exports"
+bash tests/interop/export_swanctl.sh target/debug/espd

@@ -20,6 +20,7 @@ pub mod config;
 pub mod counters;
 pub mod crypto;
 pub mod esp;
+pub mod export;
 pub mod frag;
 pub mod io;
 pub mod mtu;

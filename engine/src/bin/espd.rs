@@ -32,6 +32,19 @@ enum Cmd {
     },
     /// Show the crypto backends available on this machine and which one `auto` picks.
     Crypto,
+    /// Write the customer-gateway side of a tunnel, as AWS's downloadable configuration does.
+    ExportConfig {
+        /// The tunnel configuration file.
+        file: PathBuf,
+        /// strongswan (swanctl.conf) or generic (vendor-neutral text).
+        #[arg(long, default_value = "strongswan")]
+        peer: String,
+        /// The tunnel's name.
+        tunnel: String,
+        /// Output file (default: stdout). The output holds the PSK.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Validate a tunnel configuration: exit 0 with one line per tunnel, or print every error.
     CheckConfig {
         /// The TOML file ([[tunnel]] tables with the AWS option names).
@@ -149,6 +162,41 @@ fn run() -> Result<(), cli::CliError> {
                     Ok(())
                 }
                 Err(e) => Err(cli::CliError(format!("{} error(s):\n{e}", e.0.len()))),
+            }
+        }
+        Cmd::ExportConfig {
+            file,
+            peer,
+            tunnel,
+            out,
+        } => {
+            let mut fill = |b: &mut [u8]| getrandom::fill(b).expect("OS random generator");
+            let cfg = engine::config::load(&file, &mut fill)
+                .map_err(|e| cli::CliError(format!("{} error(s):\n{e}", e.0.len())))?;
+            let Some(t) = cfg.tunnels.iter().find(|t| t.name == tunnel) else {
+                let names: Vec<&str> = cfg.tunnels.iter().map(|t| t.name.as_str()).collect();
+                return Err(cli::CliError(format!(
+                    "{}: no tunnel {tunnel:?}; tunnels: {}",
+                    file.display(),
+                    names.join(", ")
+                )));
+            };
+            let text = match peer.as_str() {
+                "strongswan" => engine::export::strongswan(t),
+                "generic" => engine::export::generic(t),
+                p => {
+                    return Err(cli::CliError(format!(
+                        "--peer {p:?}: allowed: strongswan, generic"
+                    )));
+                }
+            };
+            match out {
+                Some(p) => std::fs::write(&p, text)
+                    .map_err(|e| cli::CliError(format!("{}: {e}", p.display()))),
+                None => {
+                    print!("{text}");
+                    Ok(())
+                }
             }
         }
         Cmd::Crypto => {

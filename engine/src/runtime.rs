@@ -134,7 +134,7 @@ impl Lpm {
             }
         }
     }
-    fn remove_slot(&mut self, slot: usize) {
+    fn remove_target(&mut self, slot: usize) {
         for (_, m) in &mut self.v4 {
             m.retain(|_, s| *s != slot);
         }
@@ -175,6 +175,15 @@ pub enum Command {
     },
     /// Adds an inbound SA; several may be live for one tunnel during a rekey.
     AddInbound { tunnel: u32, sa: Box<InboundSa> },
+    /// Routes `selectors` into the first usable tunnel of `tunnels` (preference order): a
+    /// connection's preferred tunnel while it is UP, the other one while it is DOWN, and back.
+    SetRoute {
+        selectors: Vec<Selector>,
+        tunnels: Vec<u32>,
+    },
+    /// Marks a tunnel UP or DOWN (DPD clear, hard expiry: decided by the control plane). A
+    /// tunnel without an outbound SA is DOWN anyway.
+    SetTunnelState { tunnel: u32, up: bool },
     /// Removes the inbound SA with this SPI.
     DelInbound { spi: u32 },
     /// Removes a tunnel's outbound SA, its selectors and all its inbound SAs.
@@ -201,6 +210,10 @@ impl std::fmt::Debug for Command {
             }
             Command::AddInbound { tunnel, sa } => {
                 write!(f, "AddInbound({tunnel}, spi {:#x})", sa.cfg.spi)
+            }
+            Command::SetRoute { tunnels, .. } => write!(f, "SetRoute({tunnels:?})"),
+            Command::SetTunnelState { tunnel, up } => {
+                write!(f, "SetTunnelState({tunnel}, up={up})")
             }
             Command::DelInbound { spi } => write!(f, "DelInbound({spi:#x})"),
             Command::DelTunnel { tunnel } => write!(f, "DelTunnel({tunnel})"),
@@ -256,6 +269,15 @@ struct OutSlot {
     sa: Box<OutboundSa>,
 }
 
+/// Where a selector sends packets: the first usable tunnel of `tunnels`.
+struct Route {
+    tunnels: Vec<u32>,
+    /// The tunnel that created the route with `SetOutbound` (removed with it), if any.
+    owner: Option<u32>,
+    /// Outbound slot of the first tunnel that is UP (recomputed on every table change).
+    active: Option<usize>,
+}
+
 struct InSlot {
     tunnel: u32,
     sa: Box<InboundSa>,
@@ -296,6 +318,9 @@ pub struct Worker<I: PacketIo, O: PacketIo> {
     out_free: Vec<usize>,
     tunnel_out: IntMap<u32, usize>,
     sel: Lpm,
+    routes: Vec<Option<Route>>,
+    route_free: Vec<usize>,
+    down: std::collections::HashSet<u32, BuildHasherDefault<IntHasher>>,
     ins: Vec<Option<InSlot>>,
     in_free: Vec<usize>,
     spi_map: IntMap<u32, usize>,
@@ -376,6 +401,9 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
             out_free: Vec::new(),
             tunnel_out: IntMap::default(),
             sel: Lpm::default(),
+            routes: Vec::new(),
+            route_free: Vec::new(),
+            down: Default::default(),
             ins: Vec::new(),
             in_free: Vec::new(),
             spi_map: IntMap::default(),
@@ -431,6 +459,47 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
         self.last_spi = None;
     }
 
+    fn add_route(&mut self, tunnels: Vec<u32>, owner: Option<u32>) -> usize {
+        let r = Route {
+            tunnels,
+            owner,
+            active: None,
+        };
+        match self.route_free.pop() {
+            Some(i) => {
+                self.routes[i] = Some(r);
+                i
+            }
+            None => {
+                self.routes.push(Some(r));
+                self.routes.len() - 1
+            }
+        }
+    }
+
+    /// Recomputes which tunnel each route uses now (control path, between bursts).
+    fn resolve_routes(&mut self) {
+        for r in self.routes.iter_mut().flatten() {
+            r.active = r
+                .tunnels
+                .iter()
+                .filter(|t| !self.down.contains(t))
+                .find_map(|t| {
+                    self.tunnel_out
+                        .get(t)
+                        .copied()
+                        .filter(|s| self.outs[*s].is_some())
+                });
+        }
+    }
+
+    /// The tunnel a route currently sends on (for tests and `show`).
+    pub fn route_of(&self, pkt: &[u8]) -> Option<u32> {
+        let r = self.sel.lookup(pkt)?;
+        let slot = self.routes[r].as_ref()?.active?;
+        self.outs[slot].as_ref().map(|s| s.tunnel)
+    }
+
     /// Applies one command. Returns false on `Stop`.
     fn apply(&mut self, c: Command) -> bool {
         match c {
@@ -468,9 +537,29 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
                         slot
                     }
                 };
-                for s in selectors {
-                    self.sel.insert(s, slot);
+                let _ = slot;
+                if !selectors.is_empty() {
+                    let r = self.add_route(vec![tunnel], Some(tunnel));
+                    for s in selectors {
+                        self.sel.insert(s, r);
+                    }
                 }
+                self.resolve_routes();
+            }
+            Command::SetRoute { selectors, tunnels } => {
+                let r = self.add_route(tunnels, None);
+                for s in selectors {
+                    self.sel.insert(s, r);
+                }
+                self.resolve_routes();
+            }
+            Command::SetTunnelState { tunnel, up } => {
+                if up {
+                    self.down.remove(&tunnel);
+                } else {
+                    self.down.insert(tunnel);
+                }
+                self.resolve_routes();
             }
             Command::AddInbound { tunnel, sa } => {
                 let spi = sa.cfg.spi;
@@ -497,9 +586,22 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
             }
             Command::DelTunnel { tunnel } => {
                 if let Some(slot) = self.tunnel_out.remove(&tunnel) {
-                    self.sel.remove_slot(slot);
                     self.retire_out(slot);
                 }
+                // Routes the tunnel created go with it; shared routes keep it in their
+                // preference list (it is preferred again when it comes back).
+                for r in 0..self.routes.len() {
+                    if self.routes[r]
+                        .as_ref()
+                        .is_some_and(|x| x.owner == Some(tunnel))
+                    {
+                        self.routes[r] = None;
+                        self.sel.remove_target(r);
+                        self.route_free.push(r);
+                    }
+                }
+                self.down.remove(&tunnel);
+                self.resolve_routes();
                 let slots: Vec<usize> = self
                     .ins
                     .iter()
@@ -642,7 +744,11 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
         let mut run_slot = usize::MAX;
         let mut rx = std::mem::take(&mut self.rx);
         for mut p in rx.drain(..) {
-            let Some(slot) = self.sel.lookup(p.bytes()) else {
+            let Some(slot) = self
+                .sel
+                .lookup(p.bytes())
+                .and_then(|r| self.routes[r].as_ref()?.active)
+            else {
                 let r = if wire::parse_ip(p.bytes()).is_some() {
                     DropReason::NoSa
                 } else {

@@ -519,7 +519,7 @@ fn connection_fails_over_to_the_other_tunnel_and_back() {
                 .rx
                 .push_back(PacketBuf::from_slice(&flow_packet(0, seq, 200)));
             seq += 1;
-            if seq % 32 == 0 {
+            if seq.is_multiple_of(32) {
                 a.poll_once(0.0);
                 b.poll_once(0.0);
             }

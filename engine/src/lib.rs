@@ -23,6 +23,7 @@ pub mod esp;
 pub mod export;
 pub mod frag;
 pub mod io;
+pub mod metrics;
 pub mod mtu;
 pub mod pcap;
 pub mod pipeline;

@@ -70,6 +70,13 @@ struct Common {
     /// Packets per receive burst.
     #[arg(long, default_value_t = 64)]
     burst: usize,
+    /// Serve Prometheus metrics (AWS TunnelState / TunnelDataIn / TunnelDataOut ...) on this
+    /// address, e.g. 127.0.0.1:9100 (loopback only; off by default).
+    #[arg(long)]
+    metrics: Option<String>,
+    /// Keep serving metrics this many seconds after the traffic stopped.
+    #[arg(long, default_value_t = 0.0)]
+    metrics_linger: f64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -376,6 +383,40 @@ fn loopback(c: Common) {
         ha.barrier();
         hb.barrier();
     }
+    let metrics_server = c.metrics.as_ref().map(|addr| {
+        let hs = handles.clone();
+        let snapshot = Arc::new(move || {
+            let mut tunnels: std::collections::BTreeMap<u32, engine::metrics::TunnelSnapshot> =
+                Default::default();
+            for (ha, hb) in &hs {
+                for (t, cnt) in ha.report(true).map(|r| r.per_tunnel).unwrap_or_default() {
+                    let e = tunnels.entry(t).or_default();
+                    e.out = cnt.out;
+                    e.up = true;
+                }
+                for (t, cnt) in hb.report(true).map(|r| r.per_tunnel).unwrap_or_default() {
+                    tunnels.entry(t).or_default().inb = cnt.inb;
+                }
+            }
+            let snaps: Vec<_> = tunnels
+                .into_iter()
+                .map(|(t, mut snap)| {
+                    snap.vpn_id = format!("vpn-loopback-{}", t / 2);
+                    snap.tunnel_ip = "192.0.2.1".into();
+                    snap.name = format!("t{t}");
+                    snap.dpd_enabled = true;
+                    snap
+                })
+                .collect();
+            engine::metrics::render(&snaps)
+        });
+        let srv = engine::metrics::serve(addr, snapshot)
+            .unwrap_or_else(|e| fail(format!("--metrics {addr}: {e}")));
+        if !c.json {
+            eprintln!("metrics on http://{}/metrics", srv.addr);
+        }
+        srv
+    });
     if !c.json {
         eprintln!(
             "perf loopback: {} {} bytes, {} tunnel(s), {} worker(s) per gateway, {}, backend {}",
@@ -431,6 +472,10 @@ fn loopback(c: Common) {
     if !c.json {
         eprintln!();
     }
+    if metrics_server.is_some() && c.metrics_linger > 0.0 {
+        std::thread::sleep(Duration::from_secs_f64(c.metrics_linger));
+    }
+    drop(metrics_server);
     let reports_a: Vec<WorkerReport> = handles
         .iter()
         .map(|(ha, _)| ha.report(false).expect("worker"))
@@ -509,6 +554,8 @@ fn loopback(c: Common) {
         "mpps": mpps,
         "gbps_inner": rx_bytes as f64 * 8.0 / elapsed / 1e9,
         "gbps_wire": outer_bytes as f64 * 8.0 / elapsed / 1e9,
+        "inner_bytes_out": reports_a.iter().map(|r| r.total.inner_bytes).sum::<u64>(),
+        "inner_bytes_in": reports_b.iter().map(|r| r.total.inner_bytes).sum::<u64>(),
         "per_core_mpps": {"encrypt": per_core_a, "decrypt": per_core_b},
         "burst_occupancy": reports_a.iter().chain(&reports_b).map(|r| serde_json::json!({"worker": r.worker, "polls": r.polls, "log2_buckets": r.burst_hist})).collect::<Vec<_>>(),
         "latency_us": percentiles(&hist),

@@ -119,3 +119,84 @@ fn bad_flags_are_named() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("allowed: aes128-gcm16"));
 }
+
+fn scrape(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(c, "GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut s = String::new();
+    c.read_to_string(&mut s).ok()?;
+    Some(s)
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains('{'))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64)
+        .sum()
+}
+
+#[test]
+fn metrics_are_scraped_during_a_loopback_run() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_perf"))
+        .args([
+            "loopback",
+            "--json",
+            "--duration",
+            "1.5",
+            "--tunnels",
+            "4",
+            "--packet-size",
+            "256",
+            "--rate",
+            "40000",
+        ])
+        .args([
+            "--metrics",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-linger",
+            "3",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // During the run: the counters move.
+    let mut during = None;
+    for _ in 0..100 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if let Some(m) = scrape(port)
+            && metric(&m, "vpn_tunnel_data_out_bytes_total") > 0
+        {
+            during = Some(m);
+            break;
+        }
+    }
+    let during = during.expect("metrics endpoint answered during the run");
+    assert!(
+        during.contains("vpn_connection_tunnel_state{vpn_id=\"vpn-loopback-0\"} 1"),
+        "{during}"
+    );
+    assert_eq!(during.matches("vpn_tunnel_state{").count(), 4);
+    // After the traffic stopped (the endpoint lingers): the totals are final.
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    let after = scrape(port).expect("lingering endpoint");
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let data_out = metric(&after, "vpn_tunnel_data_out_bytes_total");
+    let data_in = metric(&after, "vpn_tunnel_data_in_bytes_total");
+    assert!(data_out > metric(&during, "vpn_tunnel_data_out_bytes_total"));
+    // TunnelDataOut / TunnelDataIn equal the inner bytes the rig sent and received: 256 each.
+    assert_eq!(data_out, v["inner_bytes_out"].as_u64().unwrap());
+    assert_eq!(data_in, v["inner_bytes_in"].as_u64().unwrap());
+    assert_eq!(data_in, v["rx_packets"].as_u64().unwrap() * 256);
+    assert_eq!(
+        metric(&after, "vpn_tunnel_packets_in_total"),
+        v["rx_packets"].as_u64().unwrap()
+    );
+}

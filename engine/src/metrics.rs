@@ -1,0 +1,264 @@
+//! AWS-style tunnel metrics in the Prometheus text format (shared/spec/logs-metrics.md
+//! section 4): `TunnelState` per tunnel and per connection (the mean of its tunnels),
+//! `TunnelDataIn` (inner bytes after decryption) and `TunnelDataOut` (inner bytes before
+//! encryption), packets, wire bytes and drops by reason; and a minimal HTTP endpoint.
+//!
+//! Contract: [`render`] is a pure function of the snapshot it is given; [`serve`] runs one
+//! thread that answers `GET /metrics` on a local address by calling the snapshot function.
+
+use crate::counters::{Counters, DropReason};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// One tunnel's state and counters at one instant.
+#[derive(Clone, Debug, Default)]
+pub struct TunnelSnapshot {
+    pub vpn_id: String,
+    pub tunnel_ip: String,
+    pub name: String,
+    pub up: bool,
+    pub nat_t: bool,
+    pub dpd_enabled: bool,
+    /// Traffic sent into the tunnel (counted before encryption).
+    pub out: Counters,
+    /// Traffic received from the tunnel (counted after decryption).
+    pub inb: Counters,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Renders the Prometheus text exposition of these tunnels.
+pub fn render(tunnels: &[TunnelSnapshot]) -> String {
+    let mut o = String::new();
+    let l = |t: &TunnelSnapshot| {
+        format!(
+            "vpn_id=\"{}\",tunnel_ip=\"{}\",tunnel=\"{}\"",
+            esc(&t.vpn_id),
+            esc(&t.tunnel_ip),
+            esc(&t.name)
+        )
+    };
+    let mut series = |name: &str, kind: &str, help: &str, f: &dyn Fn(&TunnelSnapshot) -> String| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for t in tunnels {
+            let _ = writeln!(o, "{name}{{{}}} {}", l(t), f(t));
+        }
+    };
+    series(
+        "vpn_tunnel_state",
+        "gauge",
+        "AWS TunnelState: 1 = UP, 0 = DOWN.",
+        &|t| (t.up as u8).to_string(),
+    );
+    series(
+        "vpn_tunnel_data_in_bytes_total",
+        "counter",
+        "AWS TunnelDataIn: inner bytes received, after decryption.",
+        &|t| t.inb.inner_bytes.to_string(),
+    );
+    series(
+        "vpn_tunnel_data_out_bytes_total",
+        "counter",
+        "AWS TunnelDataOut: inner bytes sent, before encryption.",
+        &|t| t.out.inner_bytes.to_string(),
+    );
+    series(
+        "vpn_tunnel_packets_in_total",
+        "counter",
+        "Inner packets received from the tunnel.",
+        &|t| t.inb.packets.to_string(),
+    );
+    series(
+        "vpn_tunnel_packets_out_total",
+        "counter",
+        "Inner packets sent into the tunnel.",
+        &|t| t.out.packets.to_string(),
+    );
+    series(
+        "vpn_tunnel_wire_bytes_in_total",
+        "counter",
+        "Outer (ESP) bytes received.",
+        &|t| t.inb.outer_bytes.to_string(),
+    );
+    series(
+        "vpn_tunnel_wire_bytes_out_total",
+        "counter",
+        "Outer (ESP) bytes sent.",
+        &|t| t.out.outer_bytes.to_string(),
+    );
+    series(
+        "vpn_tunnel_nat_t_detected",
+        "gauge",
+        "AWS TunnelCGWNATTDetectionStatus.",
+        &|t| (t.nat_t as u8).to_string(),
+    );
+    series(
+        "vpn_tunnel_dpd_enabled",
+        "gauge",
+        "AWS TunnelDPDEnabled.",
+        &|t| (t.dpd_enabled as u8).to_string(),
+    );
+    series(
+        "vpn_tunnel_mss_clamped_total",
+        "counter",
+        "TCP SYNs whose MSS was lowered.",
+        &|t| (t.out.mss_clamped + t.inb.mss_clamped).to_string(),
+    );
+    series(
+        "vpn_tunnel_frag_before_encrypt_packets_total",
+        "counter",
+        "Inner packets fragmented before encryption.",
+        &|t| t.out.frag_before_encrypt_packets.to_string(),
+    );
+    let _ = writeln!(
+        o,
+        "# HELP vpn_tunnel_drops_total Packets dropped, by reason.\n# TYPE vpn_tunnel_drops_total counter"
+    );
+    for t in tunnels {
+        for r in DropReason::ALL {
+            let n = t.out.dropped(*r) + t.inb.dropped(*r);
+            if n > 0 {
+                let _ = writeln!(
+                    o,
+                    "vpn_tunnel_drops_total{{{},reason=\"{}\"}} {n}",
+                    l(t),
+                    r.name()
+                );
+            }
+        }
+    }
+    // Connection level: the mean of the tunnel states (0.5 = one of two tunnels up).
+    let mut conns: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
+    for t in tunnels {
+        let e = conns.entry(&t.vpn_id).or_default();
+        e.0 += t.up as u32;
+        e.1 += 1;
+    }
+    let _ = writeln!(
+        o,
+        "# HELP vpn_connection_tunnel_state AWS TunnelState per connection: mean of its tunnels.\n# TYPE vpn_connection_tunnel_state gauge"
+    );
+    for (c, (up, n)) in conns {
+        let _ = writeln!(
+            o,
+            "vpn_connection_tunnel_state{{vpn_id=\"{}\"}} {}",
+            esc(c),
+            up as f64 / n as f64
+        );
+    }
+    o
+}
+
+/// A running metrics endpoint.
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop.
+        let _ = std::net::TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Serves `GET /metrics` on `addr` (e.g. `127.0.0.1:9100`; port 0 picks one) with the text
+/// `snapshot` returns; other paths get 404.
+pub fn serve(
+    addr: &str,
+    snapshot: Arc<dyn Fn() -> String + Send + Sync>,
+) -> std::io::Result<Server> {
+    let listener = TcpListener::bind(addr)?;
+    let addr = listener.local_addr()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let st = stop.clone();
+    let thread = std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        for conn in listener.incoming() {
+            if st.load(Ordering::Relaxed) {
+                break;
+            }
+            let Ok(mut c) = conn else { continue };
+            let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let mut line = String::new();
+            if BufReader::new(&c).read_line(&mut line).is_err() {
+                continue;
+            }
+            let (status, body) = if line.starts_with("GET /metrics") {
+                ("200 OK", snapshot())
+            } else {
+                ("404 Not Found", "not found: try /metrics\n".to_string())
+            };
+            let _ = write!(
+                c,
+                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    })?;
+    Ok(Server {
+        addr,
+        stop,
+        thread: Some(thread),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_state_is_the_mean_of_its_tunnels() {
+        let mut a = TunnelSnapshot {
+            vpn_id: "vpn-1".into(),
+            tunnel_ip: "192.0.2.1".into(),
+            name: "t1".into(),
+            up: true,
+            ..Default::default()
+        };
+        a.out.inner_bytes = 1234;
+        a.inb.drops[DropReason::Replay as usize] = 2;
+        let b = TunnelSnapshot {
+            vpn_id: "vpn-1".into(),
+            tunnel_ip: "192.0.2.5".into(),
+            name: "t2".into(),
+            up: false,
+            ..Default::default()
+        };
+        let m = render(&[a, b]);
+        assert!(
+            m.contains("vpn_connection_tunnel_state{vpn_id=\"vpn-1\"} 0.5"),
+            "{m}"
+        );
+        assert!(m.contains(
+            "vpn_tunnel_state{vpn_id=\"vpn-1\",tunnel_ip=\"192.0.2.1\",tunnel=\"t1\"} 1"
+        ));
+        assert!(m.contains("vpn_tunnel_data_out_bytes_total{vpn_id=\"vpn-1\",tunnel_ip=\"192.0.2.1\",tunnel=\"t1\"} 1234"));
+        assert!(m.contains("reason=\"replay\"} 2"));
+    }
+
+    #[test]
+    fn serves_http() {
+        let s = serve("127.0.0.1:0", Arc::new(|| "x 1\n".to_string())).unwrap();
+        let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+        write!(c, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut r = String::new();
+        std::io::Read::read_to_string(&mut c, &mut r).unwrap();
+        assert!(
+            r.starts_with("HTTP/1.0 200 OK") && r.ends_with("x 1\n"),
+            "{r}"
+        );
+    }
+}

@@ -40,6 +40,8 @@ pub struct EncryptOpts {
     pub icmp_out: Option<PathBuf>,
     pub backend: Backend,
     pub json: bool,
+    /// Debug only: write the SA's keys in Wireshark's `esp_sa` format.
+    pub export_keys: Option<PathBuf>,
 }
 
 /// Options of `espd pcap decrypt`.
@@ -52,6 +54,24 @@ pub struct DecryptOpts {
     pub outer_reassembly: bool,
     pub reasm_timeout: f64,
     pub json: bool,
+    /// Debug only: write the SAs' keys in Wireshark's `esp_sa` format.
+    pub export_keys: Option<PathBuf>,
+}
+
+/// Writes the `esp_sa` lines of `sas` to `path` and says so on stderr (key export is a
+/// debugging aid: it is never on by default and its use is always logged).
+fn export_keys(path: &Path, sas: &[&SaConfig]) -> Result<(), CliError> {
+    let text: String = sas
+        .iter()
+        .map(|s| crate::tunnel_log::esp_sa_line(s) + "\n")
+        .collect();
+    std::fs::write(path, text).map_err(|e| CliError(format!("{}: {e}", path.display())))?;
+    eprintln!(
+        "WARNING: keys of {} SA(s) exported to {} (--export-keys, for debugging with tshark)",
+        sas.len(),
+        path.display()
+    );
+    Ok(())
 }
 
 fn os_seed() -> Result<[u8; 32], CliError> {
@@ -163,6 +183,9 @@ pub fn pcap_encrypt(o: &EncryptOpts) -> Result<(), CliError> {
     }
     let input = pcap::read(&o.input)?;
     check_linktype(&o.input, input.linktype)?;
+    if let Some(p) = &o.export_keys {
+        export_keys(p, &[&cfg])?;
+    }
     let mut sa = OutboundSa::new(cfg, o.backend, &os_seed()?)
         .map_err(|e| CliError(format!("{}: {e}", o.sa_file.display())))?;
     let backend = sa.transform.backend().describe();
@@ -258,6 +281,10 @@ pub fn pcap_decrypt(o: &DecryptOpts) -> Result<(), CliError> {
             "{}: no SA with direction = \"in\" to decrypt with",
             o.sa_file.display()
         )));
+    }
+    if let Some(p) = &o.export_keys {
+        let cfgs: Vec<&SaConfig> = order.iter().map(|spi| &table[spi].cfg).collect();
+        export_keys(p, &cfgs)?;
     }
     let input = pcap::read(&o.input)?;
     check_linktype(&o.input, input.linktype)?;

@@ -31,4 +31,5 @@ pub mod pkt;
 pub mod replay;
 pub mod runtime;
 pub mod sa;
+pub mod tunnel_log;
 pub mod wire;

@@ -171,7 +171,8 @@ def espd_to_scapy_and_tshark():
                 wrpcap(fin, [Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / (IPv6(p) if p[0] >> 4 == 6 else IP(p)) for p in inner])
                 with open(fsa, "w") as f:
                     f.write(sa_toml("out", "out", spi, s, ek, ik, src, dst, nat, extra="mss_clamp = false"))
-                r = run(["pcap", "encrypt", "--sa", fsa, "--in", fin, "--out", fout])
+                fkeys = os.path.join(d, "esp_sa")
+                r = run(["pcap", "encrypt", "--sa", fsa, "--in", fin, "--out", fout, "--export-keys", fkeys])
                 if r.returncode != 0:
                     check(f"espd->scapy {tag}", False, r.stderr)
                     continue
@@ -187,7 +188,10 @@ def espd_to_scapy_and_tshark():
                 fam = "IPv6" if v6 else "IPv4"
                 auth_key = "0x" + ik.hex() if ik else ""
                 uat = f'"{fam}","{src}","{dst}","{spi:#010x}","{s[6]}","0x{ek.hex()}","{s[7]}","{auth_key}"'
-                ok, detail = tshark_check(fout, uat, len(inner))
+                # espd --export-keys writes the same line (what an operator hands to tshark).
+                exported = open(fkeys).read().strip()
+                check(f"--export-keys {tag}", exported == uat and "exported to" in r.stderr, f"{exported!r} != {uat!r}")
+                ok, detail = tshark_check(fout, exported, len(inner))
                 check(f"espd->tshark {tag}", ok, detail)
 
 

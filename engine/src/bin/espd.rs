@@ -74,6 +74,9 @@ enum PcapOp {
         /// Print the counters as one JSON object on stdout.
         #[arg(long)]
         json: bool,
+        /// Debug only: write the SA's keys in Wireshark's esp_sa format to this file.
+        #[arg(long, value_name = "FILE")]
+        export_keys: Option<PathBuf>,
     },
     /// ESP packets (IP protocol 50 or UDP 4500) are matched by SPI against the "in" SAs,
     /// replay-checked in file order, decrypted, inner fragments reassembled.
@@ -95,6 +98,9 @@ enum PcapOp {
         reassembly_timeout: f64,
         #[arg(long)]
         json: bool,
+        /// Debug only: write the SAs' keys in Wireshark's esp_sa format to this file.
+        #[arg(long, value_name = "FILE")]
+        export_keys: Option<PathBuf>,
     },
 }
 
@@ -115,6 +121,7 @@ fn run() -> Result<(), cli::CliError> {
                     icmp_out,
                     backend: b,
                     json,
+                    export_keys,
                 },
         } => cli::pcap_encrypt(&EncryptOpts {
             sa_file: sa,
@@ -124,6 +131,7 @@ fn run() -> Result<(), cli::CliError> {
             icmp_out,
             backend: backend(&b)?,
             json,
+            export_keys,
         }),
         Cmd::Pcap {
             op:
@@ -135,6 +143,7 @@ fn run() -> Result<(), cli::CliError> {
                     no_outer_reassembly,
                     reassembly_timeout,
                     json,
+                    export_keys,
                 },
         } => cli::pcap_decrypt(&DecryptOpts {
             sa_file: sa,
@@ -144,6 +153,7 @@ fn run() -> Result<(), cli::CliError> {
             outer_reassembly: !no_outer_reassembly,
             reasm_timeout: reassembly_timeout,
             json,
+            export_keys,
         }),
         Cmd::Mtu { json } => {
             print!("{}", cli::mtu_table(json));

@@ -14,6 +14,49 @@ use engine::pkt::{BufPool, PacketBuf};
 use engine::sa::DfPolicy;
 use engine::wire;
 
+/// The outbound side of a gateway for one test: context, pool, ESP and ICMP outputs.
+struct Gw {
+    ctx: OutboundCtx,
+    pool: BufPool,
+    out: Vec<PacketBuf>,
+    icmp: Vec<PacketBuf>,
+}
+
+impl Default for Gw {
+    fn default() -> Self {
+        Gw {
+            ctx: OutboundCtx::default(),
+            pool: BufPool::new(8, 2048),
+            out: vec![],
+            icmp: vec![],
+        }
+    }
+}
+
+impl Gw {
+    /// Protects `pkt`; ESP goes to `self.out`, or to `out` when given.
+    fn protect(
+        &mut self,
+        sa: &mut engine::sa::OutboundSa,
+        pkt: &[u8],
+        out: Option<&mut Vec<PacketBuf>>,
+    ) -> Protected {
+        let out = match out {
+            Some(o) => o,
+            None => &mut self.out,
+        };
+        pipeline::protect(
+            sa,
+            &mut self.ctx,
+            0.0,
+            PacketBuf::from_slice(pkt),
+            &mut self.pool,
+            out,
+            &mut self.icmp,
+        )
+    }
+}
+
 /// Copies of outer packets with the outer headers removed (ready for decapsulation).
 fn esp_bufs(pkts: &[PacketBuf]) -> Vec<PacketBuf> {
     pkts.iter()
@@ -129,28 +172,18 @@ fn fragment_3000_bytes_every_suite_fits_1500_and_reassembles() {
         for suite in Suite::all() {
             for nat in [false, true] {
                 let (mut o, mut i) = pair(suite, backend, false, nat, false);
-                let mut ctx = OutboundCtx::default();
-                let mut pool = BufPool::new(8, 2048);
-                let (mut out, mut icmp) = (vec![], vec![]);
+                let mut g = Gw::default();
                 let inner = udp4(3000, true, 4242, 9);
-                let r = pipeline::protect(
-                    &mut o,
-                    &mut ctx,
-                    0.0,
-                    PacketBuf::from_slice(&inner),
-                    &mut pool,
-                    &mut out,
-                    &mut icmp,
-                );
+                let r = g.protect(&mut o, &inner, None);
                 assert!(
                     matches!(r, Protected::Sent { packets: 3, .. }),
                     "{suite}: {r:?}"
                 );
                 assert_eq!(o.counters.df_cleared, 1);
-                for p in &out {
+                for p in &g.out {
                     assert!(p.len() <= 1500, "{suite} nat={nat}: {} bytes", p.len());
                 }
-                let got = decrypt_all(&mut i, &out);
+                let got = decrypt_all(&mut i, &g.out);
                 assert_eq!(got.len(), 1);
                 let mut want = inner.clone();
                 wire::put16(&mut want, 6, 0); // DF cleared, not a fragment any more
@@ -193,45 +226,19 @@ fn df_honor_sends_icmp_frag_needed_with_inner_mtu() {
     let suite = Suite::new(Encryption::Aes128Cbc, Integrity::Sha1_96).unwrap();
     let (mut o, _) = pair(suite, Backend::RustCrypto, false, false, false);
     o.cfg.df_policy = DfPolicy::Honor;
-    let mut ctx = OutboundCtx::default();
-    let mut pool = BufPool::new(8, 2048);
-    let (mut out, mut icmp) = (vec![], vec![]);
+    let mut g = Gw::default();
     // 1438 fits this suite; 1439 with DF does not.
-    let r = pipeline::protect(
-        &mut o,
-        &mut ctx,
-        0.0,
-        PacketBuf::from_slice(&udp4(1438, true, 1, 0)),
-        &mut pool,
-        &mut out,
-        &mut icmp,
-    );
+    let r = g.protect(&mut o, &udp4(1438, true, 1, 0), None);
     assert!(matches!(r, Protected::Sent { packets: 1, .. }));
-    assert!(out[0].len() <= 1500);
-    let r = pipeline::protect(
-        &mut o,
-        &mut ctx,
-        0.0,
-        PacketBuf::from_slice(&udp4(1439, true, 2, 0)),
-        &mut pool,
-        &mut out,
-        &mut icmp,
-    );
+    assert!(g.out[0].len() <= 1500);
+    let r = g.protect(&mut o, &udp4(1439, true, 2, 0), None);
     assert_eq!(r, Protected::DroppedWithIcmp(DropReason::TooBig));
-    let m = icmp[0].bytes();
+    let m = g.icmp[0].bytes();
     assert_eq!((m[20], m[21], wire::be16(m, 26)), (3, 4, 1438));
     assert_eq!(m[16..20], [198, 51, 100, 1], "back to the sender");
     assert_eq!(o.counters.dropped(DropReason::TooBig), 1);
     // Without DF it is fragmented even under honor.
-    let r = pipeline::protect(
-        &mut o,
-        &mut ctx,
-        0.0,
-        PacketBuf::from_slice(&udp4(1439, false, 3, 0)),
-        &mut pool,
-        &mut out,
-        &mut icmp,
-    );
+    let r = g.protect(&mut o, &udp4(1439, false, 3, 0), None);
     assert!(matches!(r, Protected::Sent { packets: 2, .. }));
 }
 
@@ -245,18 +252,8 @@ fn fact_50_1410_byte_df_ping() {
     ] {
         let suite = Suite::new(Encryption::Aes128Cbc, integ).unwrap();
         let (mut o, _) = pair(suite, Backend::RustCrypto, false, nat, false);
-        let mut ctx = OutboundCtx::default();
-        let mut pool = BufPool::new(8, 2048);
-        let (mut out, mut icmp) = (vec![], vec![]);
-        let r = pipeline::protect(
-            &mut o,
-            &mut ctx,
-            0.0,
-            PacketBuf::from_slice(&udp4(1410, true, 1, 0)),
-            &mut pool,
-            &mut out,
-            &mut icmp,
-        );
+        let mut g = Gw::default();
+        let r = g.protect(&mut o, &udp4(1410, true, 1, 0), None);
         assert_eq!(
             matches!(r, Protected::Sent { packets: 1, .. }),
             fits,
@@ -269,63 +266,27 @@ fn fact_50_1410_byte_df_ping() {
 fn ipv6_oversize_gets_packet_too_big() {
     let suite = Suite::new(Encryption::Aes256Gcm16, Integrity::None).unwrap();
     let (mut o, _) = pair(suite, Backend::RustCrypto, false, false, false);
-    let mut ctx = OutboundCtx::default();
-    let mut pool = BufPool::new(8, 2048);
-    let (mut out, mut icmp) = (vec![], vec![]);
-    let r = pipeline::protect(
-        &mut o,
-        &mut ctx,
-        0.0,
-        PacketBuf::from_slice(&udp6(1447, 0)),
-        &mut pool,
-        &mut out,
-        &mut icmp,
-    );
+    let mut g = Gw::default();
+    let r = g.protect(&mut o, &udp6(1447, 0), None);
     assert_eq!(r, Protected::DroppedWithIcmp(DropReason::TooBig));
-    let m = icmp[0].bytes();
+    let m = g.icmp[0].bytes();
     assert_eq!((m[6], m[40], wire::be32(m, 44)), (58, 2, 1446));
     assert!(wire::l4_checksum_ok(m));
     assert!(m.len() <= 1280);
-    let r = pipeline::protect(
-        &mut o,
-        &mut ctx,
-        0.0,
-        PacketBuf::from_slice(&udp6(1446, 0)),
-        &mut pool,
-        &mut out,
-        &mut icmp,
-    );
+    let r = g.protect(&mut o, &udp6(1446, 0), None);
     assert!(matches!(r, Protected::Sent { packets: 1, .. }));
-    assert_eq!(out[0].len(), 1500);
+    assert_eq!(g.out[0].len(), 1500);
 }
 
 #[test]
 fn mss_clamped_both_directions_never_raised() {
     let suite = Suite::new(Encryption::Aes128Cbc, Integrity::Sha512_256).unwrap();
     let (mut o, mut i) = pair(suite, Backend::RustCrypto, false, true, false);
-    let mut ctx = OutboundCtx::default();
-    let mut pool = BufPool::new(8, 2048);
-    let (mut out, mut icmp) = (vec![], vec![]);
-    pipeline::protect(
-        &mut o,
-        &mut ctx,
-        0.0,
-        PacketBuf::from_slice(&tcp_syn4(1460)),
-        &mut pool,
-        &mut out,
-        &mut icmp,
-    );
-    pipeline::protect(
-        &mut o,
-        &mut ctx,
-        0.0,
-        PacketBuf::from_slice(&tcp_syn4(1200)),
-        &mut pool,
-        &mut out,
-        &mut icmp,
-    );
+    let mut g = Gw::default();
+    g.protect(&mut o, &tcp_syn4(1460), None);
+    g.protect(&mut o, &tcp_syn4(1200), None);
     assert_eq!(o.counters.mss_clamped, 1);
-    let got = decrypt_all(&mut i, &out);
+    let got = decrypt_all(&mut i, &g.out);
     // 1406 - 40 = 1366 (fact 44), checksum still valid; 1200 untouched.
     assert_eq!(wire::be16(&got[0], 42), 1366);
     assert!(wire::l4_checksum_ok(&got[0]));
@@ -334,15 +295,7 @@ fn mss_clamped_both_directions_never_raised() {
     let (mut o2, mut i2) = pair(suite, Backend::RustCrypto, false, true, false);
     o2.cfg.mss_clamp = false;
     let mut out2 = vec![];
-    pipeline::protect(
-        &mut o2,
-        &mut ctx,
-        0.0,
-        PacketBuf::from_slice(&tcp_syn4(1460)),
-        &mut pool,
-        &mut out2,
-        &mut icmp,
-    );
+    g.protect(&mut o2, &tcp_syn4(1460), Some(&mut out2));
     let got = decrypt_all(&mut i2, &out2);
     assert_eq!(wire::be16(&got[0], 42), 1366);
     assert_eq!(i2.counters.mss_clamped, 1);

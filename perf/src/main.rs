@@ -462,7 +462,7 @@ fn loopback(c: Common) {
     let elapsed = t0.elapsed().as_secs_f64();
     // Drain: wait until every generated packet was delivered (or stops moving).
     let mut prev = (sum(&delivered), Instant::now());
-    while sum(&delivered) < sum(&generated) && prev.1.elapsed() < Duration::from_millis(500) {
+    while sum(&delivered) < sum(&generated) && prev.1.elapsed() < Duration::from_secs(3) {
         std::thread::sleep(Duration::from_millis(5));
         let d = sum(&delivered);
         if d != prev.0 {

@@ -2,6 +2,17 @@
 //! style: `handle_datagram(now, bytes)`, `handle_timeout(now)`, `poll_transmit()`,
 //! `poll_timeout()`, `poll_event()`) plus a thin thread in `espd`.
 //!
-//! This crate is empty until the control-plane issue lands: the data plane takes static SAs
-//! (see `engine::sa`) meanwhile. Nothing here depends on `engine`, so two IKE peers can be
-//! tested against each other in one process with a fake clock.
+//! The exchanges come with the control-plane issue. What is here already are the AWS rules
+//! the state machine will apply, as pure functions of their inputs (time and randomness are
+//! parameters), tested against the facts of `shared/spec/tunnel-options.md`:
+//! - [`rekey`]: when an SA is rekeyed (lifetime, margin, fuzz);
+//! - [`proposal`]: which algorithms the responder picks (the lowest local value first);
+//! - [`dpd`]: when liveness checks are sent and the peer is declared dead.
+//!
+//! Nothing here depends on `engine`, so two IKE peers can be tested against each other in
+//! one process with a fake clock.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod dpd;
+pub mod proposal;
+pub mod rekey;

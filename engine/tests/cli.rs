@@ -60,56 +60,56 @@ fn every_sa_file_in_configs_loads() {
     assert!(n >= 2);
 }
 
+/// Runs `espd pcap OP --json EXTRA --sa SA --in IN --out OUT`; returns the JSON and stderr.
+fn pcap_json(
+    op: &str,
+    extra: &[&str],
+    sa: &Path,
+    input: &Path,
+    output: &Path,
+) -> (serde_json::Value, String) {
+    let out = espd()
+        .args(["pcap", op, "--json"])
+        .args(extra)
+        .arg("--sa")
+        .arg(sa)
+        .arg("--in")
+        .arg(input)
+        .arg("--out")
+        .arg(output)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    (serde_json::from_slice(&out.stdout).unwrap(), stderr)
+}
+
 #[test]
 fn sample_captures_roundtrip() {
     let dir = std::env::temp_dir().join(format!("espd-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let sa = root().join("configs/static-sa.toml");
     // Decrypt what scapy encrypted (11 packets and one replay).
-    let out = espd()
-        .args(["pcap", "decrypt", "--json", "--sa"])
-        .arg(&sa)
-        .arg("--in")
-        .arg(root().join("configs/pcap/esp-from-scapy.pcap"))
-        .arg("--out")
-        .arg(dir.join("inner.pcap"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (v, _) = pcap_json(
+        "decrypt",
+        &[],
+        &sa,
+        &root().join("configs/pcap/esp-from-scapy.pcap"),
+        &dir.join("inner.pcap"),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["sas"][0]["packets"], 11);
     assert_eq!(v["sas"][0]["drops"]["replay"], 1);
     // Encrypt the plaintext sample: the 3000-byte datagram becomes 3 ESP packets.
-    let out = espd()
-        .args([
-            "pcap",
-            "encrypt",
-            "--json",
-            "--backend",
-            "rustcrypto",
-            "--sa",
-        ])
-        .arg(&sa)
-        .arg("--in")
-        .arg(root().join("configs/pcap/inner.pcap"))
-        .arg("--out")
-        .arg(dir.join("esp.pcap"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (v, stderr) = pcap_json(
+        "encrypt",
+        &["--backend", "rustcrypto"],
+        &sa,
+        &root().join("configs/pcap/inner.pcap"),
+        &dir.join("esp.pcap"),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["sas"][0]["packets"], 14);
     assert_eq!(v["sas"][0]["frag_before_encrypt_fragments"], 3);
     assert_eq!(v["sas"][0]["mss_clamped"], 1);
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("sa \"a-to-b\" out spi 0x0a0b0c0d aes128-gcm16"),
         "{stderr}"

@@ -595,3 +595,71 @@ fn connection_fails_over_to_the_other_tunnel_and_back() {
         "failover: sent {seq}, delivered {got}, lost {lost}: {in_flight} in flight on the deleted SA, 32 while no tunnel was up"
     );
 }
+
+#[test]
+fn garbage_on_either_port_never_panics_a_worker_and_is_counted() {
+    let suite = Suite::new(Encryption::Aes128Gcm16, Integrity::None).unwrap();
+    let (mut a, ha, mut b, hb) = gateways(Impair::default());
+    install(&ha, &hb, suite, 0, 0x900, false, true);
+    pump(&mut a, &mut b, 1);
+    // A valid ESP packet to mutate.
+    a.inside
+        .rx
+        .push_back(PacketBuf::from_slice(&flow_packet(0, 0, 300)));
+    a.poll_once(0.0);
+    let mut valid = PacketBuf::new();
+    let mut got = vec![];
+    engine::io::PacketIo::rx_burst(&mut b.outside, &mut b.pool, &mut got, 1);
+    valid.set(got[0].bytes()).unwrap();
+    let mut x = 0x1234_5678_9abc_def0u64;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut fed = 0u64;
+    for i in 0..20_000u64 {
+        let r = rnd();
+        let mut pkt = if i % 2 == 0 {
+            let n = (r % 1600) as usize;
+            (0..n).map(|_| rnd() as u8).collect::<Vec<u8>>()
+        } else {
+            let mut v = valid.bytes().to_vec();
+            let n = v.len();
+            v[(r as usize >> 8) % n] ^= (r as u8) | 1;
+            v.truncate(n - (r as usize >> 20) % 8);
+            v
+        };
+        if i % 3 == 0 && !pkt.is_empty() {
+            pkt[0] = 0x45; // looks like IPv4
+        }
+        // Half to the outside port (as if from the peer), half to the inside (plaintext side).
+        if i % 4 < 2 {
+            let mut v = vec![PacketBuf::from_slice(&pkt)];
+            engine::io::PacketIo::tx_burst(&mut a.outside, &mut a.pool, &mut v);
+        } else {
+            a.inside.rx.push_back(PacketBuf::from_slice(&pkt));
+        }
+        fed += 1;
+        if i % 64 == 0 {
+            pump(&mut a, &mut b, 1);
+        }
+    }
+    pump(&mut a, &mut b, 50);
+    let (ra, rb) = (a.report(false), b.report(false));
+    // Everything is accounted for somewhere: delivered, encrypted, or counted as a drop / IKE.
+    let accounted = ra.total.packets
+        + ra.total.total_drops()
+        + rb.total.packets
+        + rb.total.total_drops()
+        + rb.total.ike_passed
+        + rb.total.nat_keepalives
+        + ra.total.frag_before_encrypt_packets;
+    assert!(accounted >= fed / 2, "accounted {accounted} of {fed}");
+    assert!(
+        rb.total.total_drops() > 1000,
+        "{}",
+        rb.total.drops_summary()
+    );
+}

@@ -136,18 +136,29 @@ impl Fixture {
 
     /// Baseline: copy the plaintext layouts in, seal the burst with the transform alone.
     pub fn raw_seal(&mut self) {
-        for (b, t) in self.raw_bufs.iter_mut().zip(&self.raw_plain) {
-            b.copy_from_slice(t);
+        Self::raw_burst(&*self.raw, &mut self.raw_bufs, &self.raw_plain, false);
+    }
+
+    /// Copies `src` into `bufs`, then seals or opens them as one burst (the same copy as the
+    /// ESP path does, so ratios compare like with like).
+    fn raw_burst(t: &dyn EspTransform, bufs: &mut [Vec<u8>], src: &[Vec<u8>], open: bool) {
+        for (b, s) in bufs.iter_mut().zip(src) {
+            b.clear();
+            b.extend_from_slice(s);
         }
-        let mut ops: smallvec::SmallVec<[CryptoOp<'_>; BURST]> = smallvec::SmallVec::new();
-        for b in self.raw_bufs.iter_mut() {
-            ops.push(CryptoOp {
+        let mut ops: smallvec::SmallVec<[CryptoOp<'_>; BURST]> = bufs
+            .iter_mut()
+            .map(|b| CryptoOp {
                 esp: b,
                 seq_hi: None,
                 ok: false,
-            });
+            })
+            .collect();
+        if open {
+            t.open_burst(&mut ops)
+        } else {
+            t.seal_burst(&mut ops)
         }
-        self.raw.seal_burst(&mut ops);
     }
 
     /// Full encapsulation: copy the inner packets in, ESP + outer headers for the burst.
@@ -161,19 +172,7 @@ impl Fixture {
 
     /// Baseline: copy the ESP packets in, open the burst with the transform alone.
     pub fn raw_open(&mut self) {
-        for (b, t) in self.raw_bufs.iter_mut().zip(&self.esp) {
-            b.clear();
-            b.extend_from_slice(t);
-        }
-        let mut ops: smallvec::SmallVec<[CryptoOp<'_>; BURST]> = smallvec::SmallVec::new();
-        for b in self.raw_bufs.iter_mut() {
-            ops.push(CryptoOp {
-                esp: b,
-                seq_hi: None,
-                ok: false,
-            });
-        }
-        self.raw.open_burst(&mut ops);
+        Self::raw_burst(&*self.raw, &mut self.raw_bufs, &self.esp, true);
     }
 
     /// Full decapsulation: copy the ESP packets in, replay check, open, trailer checks.

@@ -195,6 +195,187 @@ pub enum IpVersion {
 pub struct Config {
     pub allow_short_lifetimes: bool,
     pub tunnels: Vec<Tunnel>,
+    /// The `[gateway]` table (needed by `espd run`).
+    pub gateway: Option<Gateway>,
+}
+
+/// XDP attach mode (`xdp_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    Native,
+    Generic,
+    Auto,
+}
+
+/// The `[gateway]` table: how `espd run` attaches to the machine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gateway {
+    pub inside_interface: String,
+    pub outside_interface: String,
+    /// CPU ids of the data-path workers (one per RX queue).
+    pub cores: Vec<usize>,
+    pub xdp_mode: XdpMode,
+    /// Router for inside traffic (default: the packet's destination is on-link).
+    pub inside_next_hop: Option<IpAddr>,
+    /// Router for ESP traffic (default: the peer is on-link).
+    pub outside_next_hop: Option<IpAddr>,
+    /// Unix control socket for `espd show`.
+    pub control_socket: String,
+    /// Group allowed to use the control socket (default: root only).
+    pub control_socket_group: Option<String>,
+    /// Prometheus endpoint, e.g. "127.0.0.1:9100" (off by default).
+    pub metrics_listen: Option<String>,
+    /// Crypto backend: auto, ipsec-mb, rustcrypto.
+    pub backend: String,
+    /// Try AF_XDP zero-copy before copy mode.
+    pub zero_copy: bool,
+    /// UMEM frames per socket (power of two).
+    pub frames: u32,
+    /// Packets per burst.
+    pub burst: usize,
+    /// Microseconds a worker sleeps between polls once idle (0: busy polling).
+    pub idle_sleep_us: u32,
+}
+
+/// Keys a `[gateway]` table may have.
+pub const GATEWAY_KEYS: &[&str] = &[
+    "inside_interface",
+    "outside_interface",
+    "cores",
+    "xdp_mode",
+    "inside_next_hop",
+    "outside_next_hop",
+    "control_socket",
+    "control_socket_group",
+    "metrics_listen",
+    "backend",
+    "zero_copy",
+    "frames",
+    "burst",
+    "idle_sleep_us",
+];
+
+/// Default control socket path.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/espd.sock";
+
+fn gateway(t: &toml::Table, origin: &str, errs: &mut Vec<String>) -> Option<Gateway> {
+    let mut cx = Ctx {
+        errs,
+        label: format!("{origin}: [gateway]"),
+    };
+    for k in t.keys() {
+        if !GATEWAY_KEYS.contains(&k.as_str()) {
+            cx.err(
+                k,
+                format!("unknown option; allowed: {}", GATEWAY_KEYS.join(", ")),
+            );
+        }
+    }
+    let iface = |cx: &mut Ctx, key: &str| match string(cx, t, key) {
+        Some(s) if !s.is_empty() && s.len() < 16 && !s.contains(['/', ' ']) => s.to_string(),
+        Some(s) => {
+            cx.err(
+                key,
+                format!("{s:?} is not an interface name (1..15 characters)"),
+            );
+            String::new()
+        }
+        None => {
+            cx.err(key, "missing; the interface name");
+            String::new()
+        }
+    };
+    let inside_interface = iface(&mut cx, "inside_interface");
+    let outside_interface = iface(&mut cx, "outside_interface");
+    if !inside_interface.is_empty() && inside_interface == outside_interface {
+        cx.err(
+            "outside_interface",
+            format!("{outside_interface:?} is also the inside_interface; they must differ"),
+        );
+    }
+    let cores = match t.get("cores") {
+        None => vec![0],
+        Some(toml::Value::Array(a)) if !a.is_empty() => {
+            let mut v = vec![];
+            for x in a {
+                match x.as_integer() {
+                    Some(c) if (0..1024).contains(&c) && !v.contains(&(c as usize)) => {
+                        v.push(c as usize)
+                    }
+                    _ => cx.err(
+                        "cores",
+                        format!("{x} is not a distinct CPU id; allowed: 0..=1023"),
+                    ),
+                }
+            }
+            v
+        }
+        Some(v) => {
+            cx.err("cores", format!("{v} is not a non-empty list of CPU ids"));
+            vec![0]
+        }
+    };
+    let xdp_mode = choice(
+        &mut cx,
+        t,
+        "xdp_mode",
+        XdpMode::Auto,
+        &[
+            ("native", XdpMode::Native),
+            ("generic", XdpMode::Generic),
+            ("auto", XdpMode::Auto),
+        ],
+    );
+    let inside_next_hop = addr(&mut cx, t, "inside_next_hop");
+    let outside_next_hop = addr(&mut cx, t, "outside_next_hop");
+    let control_socket = string(&mut cx, t, "control_socket")
+        .unwrap_or(DEFAULT_CONTROL_SOCKET)
+        .to_string();
+    let control_socket_group = string(&mut cx, t, "control_socket_group").map(str::to_string);
+    let metrics_listen = string(&mut cx, t, "metrics_listen").map(str::to_string);
+    if let Some(m) = &metrics_listen
+        && m.parse::<std::net::SocketAddr>().is_err()
+    {
+        cx.err("metrics_listen", format!("{m:?} is not an address:port"));
+    }
+    let backend = choice(
+        &mut cx,
+        t,
+        "backend",
+        "auto",
+        &[
+            ("auto", "auto"),
+            ("ipsec-mb", "ipsec-mb"),
+            ("rustcrypto", "rustcrypto"),
+        ],
+    )
+    .to_string();
+    let zero_copy = boolean(&mut cx, t, "zero_copy", true);
+    let frames = int(&mut cx, t, "frames", 4096, 256, 65536, " (a power of two)") as u32;
+    if !frames.is_power_of_two() {
+        cx.err(
+            "frames",
+            format!("{frames} is not a power of two; allowed: 256..=65536"),
+        );
+    }
+    let burst = int(&mut cx, t, "burst", 64, 1, 256, "") as usize;
+    let idle_sleep_us = int(&mut cx, t, "idle_sleep_us", 0, 0, 100_000, " microseconds") as u32;
+    Some(Gateway {
+        inside_interface,
+        outside_interface,
+        cores,
+        xdp_mode,
+        inside_next_hop,
+        outside_next_hop,
+        control_socket,
+        control_socket_group,
+        metrics_listen,
+        backend,
+        zero_copy,
+        frames,
+        burst,
+        idle_sleep_us,
+    })
 }
 
 /// Every error of a file, one per line.
@@ -519,9 +700,9 @@ pub fn parse(
         .map_err(|e| ConfigErrors(vec![format!("{origin}: {e}")]))?;
     let mut errs = vec![];
     for k in root.keys() {
-        if k != "lab" && k != "tunnel" {
+        if k != "lab" && k != "tunnel" && k != "gateway" {
             errs.push(format!(
-                "{origin}: unknown top-level key {k:?}; allowed: [lab], [[tunnel]]"
+                "{origin}: unknown top-level key {k:?}; allowed: [lab], [gateway], [[tunnel]]"
             ));
         }
     }
@@ -545,6 +726,14 @@ pub fn parse(
             None => errs.push(format!("{origin}: lab must be a table")),
         }
     }
+    let gw = match root.get("gateway") {
+        None => None,
+        Some(toml::Value::Table(t)) => gateway(t, origin, &mut errs),
+        Some(_) => {
+            errs.push(format!("{origin}: gateway must be a [gateway] table"));
+            None
+        }
+    };
     let tables: Vec<&toml::Table> = match root.get("tunnel") {
         None => {
             errs.push(format!("{origin}: no [[tunnel]] tables"));
@@ -576,6 +765,7 @@ pub fn parse(
     let mut cfg = Config {
         allow_short_lifetimes: lab,
         tunnels,
+        gateway: None,
     };
     cfg.assign_inside_cidrs();
     let tunnels = cfg.tunnels;
@@ -613,6 +803,7 @@ pub fn parse(
         Ok(Config {
             allow_short_lifetimes: lab,
             tunnels,
+            gateway: gw,
         })
     } else {
         Err(ConfigErrors(errs))

@@ -15,6 +15,7 @@
 //! - [`pcap`], [`cli`]: file I/O and the `espd` commands.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod afxdp;
 pub mod cli;
 pub mod config;
 pub mod counters;
@@ -22,6 +23,7 @@ pub mod crypto;
 pub mod esp;
 pub mod export;
 pub mod frag;
+pub mod gateway;
 pub mod io;
 pub mod metrics;
 pub mod mtu;

@@ -242,17 +242,21 @@ pub fn unprotect(
     pkt: &mut PacketBuf,
 ) -> Result<Unprotected, DropReason> {
     esp::decapsulate(sa, pkt)?;
-    finish_inbound(sa, reasm, now, pkt)
+    finish_inbound(sa, Some(reasm), now, pkt)
 }
 
 /// The inbound steps after decapsulation (reassembly, MSS clamp), shared by the burst path.
+/// With `reasm` None, inner fragments are forwarded as they are (a gateway in front of hosts
+/// that reassemble, as a router would); with a reassembler they are joined first.
 pub fn finish_inbound(
     sa: &mut InboundSa,
-    reasm: &mut Reassembler,
+    reasm: Option<&mut Reassembler>,
     now: f64,
     pkt: &mut PacketBuf,
 ) -> Result<Unprotected, DropReason> {
-    if frag::is_fragment(pkt.bytes()) {
+    if let Some(reasm) = reasm
+        && frag::is_fragment(pkt.bytes())
+    {
         // Capacity 0: nothing is allocated unless the datagram completes.
         let mut whole = PacketBuf::with_capacity(0);
         match reasm.insert(now, pkt.bytes(), &mut whole) {

@@ -262,6 +262,23 @@ pub struct WorkerReport {
     pub pool_grown: u64,
     pub pool_free: usize,
     pub per_tunnel: Vec<(u32, TunnelCounters)>,
+    /// Live SAs (when per-tunnel detail was asked for).
+    pub sas: Vec<SaReport>,
+}
+
+/// One live SA's state and counters.
+#[derive(Clone, Debug)]
+pub struct SaReport {
+    pub tunnel: u32,
+    pub name: String,
+    pub outbound: bool,
+    pub spi: u32,
+    pub suite: String,
+    /// Outbound: next sequence number to send; inbound: highest sequence number accepted.
+    pub seq: u64,
+    /// Inbound: replay window size.
+    pub replay_window: u32,
+    pub counters: Counters,
 }
 
 struct OutSlot {
@@ -292,6 +309,13 @@ pub struct WorkerConfig {
     /// Packets per receive burst (32..=256).
     pub burst: usize,
     pub reassembly: ReasmLimits,
+    /// Adaptive polling: after 1024 empty polls, sleep this long between polls (0: pure
+    /// busy polling, the lowest latency; a few tens of microseconds frees the core when idle).
+    pub idle_sleep_us: u32,
+    /// Reassemble decrypted inner fragments before sending them inside (the loopback rig's
+    /// sinks want whole packets); off, fragments are forwarded and the hosts reassemble, as
+    /// behind a router (`espd run`).
+    pub reassemble_inner: bool,
 }
 
 impl Default for WorkerConfig {
@@ -301,6 +325,8 @@ impl Default for WorkerConfig {
             core: None,
             burst: 64,
             reassembly: ReasmLimits::default(),
+            idle_sleep_us: 0,
+            reassemble_inner: true,
         }
     }
 }
@@ -665,6 +691,34 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
         }
         let mut per: Vec<(u32, TunnelCounters)> = tunnels.into_iter().collect();
         per.sort_by_key(|(t, _)| *t);
+        let mut sas = vec![];
+        if per_tunnel {
+            for s in self.outs.iter().flatten() {
+                sas.push(SaReport {
+                    tunnel: s.tunnel,
+                    name: s.sa.cfg.name.clone(),
+                    outbound: true,
+                    spi: s.sa.cfg.spi,
+                    suite: s.sa.cfg.suite.to_string(),
+                    seq: s.sa.next_seq(),
+                    replay_window: 0,
+                    counters: s.sa.counters.clone(),
+                });
+            }
+            for s in self.ins.iter().flatten() {
+                sas.push(SaReport {
+                    tunnel: s.tunnel,
+                    name: s.sa.cfg.name.clone(),
+                    outbound: false,
+                    spi: s.sa.cfg.spi,
+                    suite: s.sa.cfg.suite.to_string(),
+                    seq: s.sa.replay.top(),
+                    replay_window: s.sa.replay.window(),
+                    counters: s.sa.counters.clone(),
+                });
+            }
+            sas.sort_by_key(|r| (r.tunnel, !r.outbound, r.spi));
+        }
         WorkerReport {
             worker: self.cfg.id,
             total,
@@ -677,6 +731,7 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
             pool_grown: self.pool.grown,
             pool_free: self.pool.available(),
             per_tunnel: per,
+            sas,
         }
     }
 
@@ -862,7 +917,12 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
                     self.pool.put(p); // counted on the SA
                     continue;
                 }
-                match pipeline::finish_inbound(&mut s.sa, &mut self.reasm, now, &mut p) {
+                let reasm = if self.cfg.reassemble_inner {
+                    Some(&mut self.reasm)
+                } else {
+                    None
+                };
+                match pipeline::finish_inbound(&mut s.sa, reasm, now, &mut p) {
                     Ok(Unprotected::Inner) => self.tx.push(p),
                     Ok(Unprotected::Held) | Err(_) => self.pool.put(p),
                 }
@@ -1009,7 +1069,13 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
             if self.poll_once(now) == 0 {
                 idle += 1;
                 if idle > 1024 {
-                    std::hint::spin_loop();
+                    if self.cfg.idle_sleep_us > 0 {
+                        std::thread::sleep(std::time::Duration::from_micros(
+                            self.cfg.idle_sleep_us.into(),
+                        ));
+                    } else {
+                        std::hint::spin_loop();
+                    }
                 }
             } else {
                 idle = 0;

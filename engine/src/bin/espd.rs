@@ -1,4 +1,5 @@
-//! `espd`: the appliance binary. Commands: `pcap encrypt|decrypt`, `mtu`, `crypto`.
+//! `espd`: the appliance binary. Commands: `run` (the gateway), `show`, `pcap encrypt|decrypt`,
+//! `mtu`, `crypto`, `check-config`, `export-config`.
 
 use clap::{Parser, Subcommand};
 use engine::cli::{self, DecryptOpts, EncryptOpts};
@@ -44,6 +45,26 @@ enum Cmd {
         /// Output file (default: stdout). The output holds the PSK.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Run the gateway: XDP + AF_XDP on the [gateway] interfaces, static SAs of the tunnels.
+    /// SIGINT/SIGTERM detach cleanly; SIGHUP reloads the static SAs.
+    Run {
+        /// The tunnel configuration with a [gateway] table.
+        #[arg(long)]
+        config: PathBuf,
+        /// Debug only: write every SA's keys in Wireshark's esp_sa format to this file.
+        #[arg(long, value_name = "FILE")]
+        export_keys: Option<PathBuf>,
+    },
+    /// Ask the running espd for its tunnels, SAs or counters (over its control socket).
+    Show {
+        /// tunnels | sas | counters
+        what: String,
+        #[arg(long)]
+        json: bool,
+        /// The control socket (default: the [gateway] control_socket default).
+        #[arg(long, default_value = engine::config::DEFAULT_CONTROL_SOCKET)]
+        socket: String,
     },
     /// Validate a tunnel configuration: exit 0 with one line per tunnel, or print every error.
     CheckConfig {
@@ -111,6 +132,27 @@ fn backend(s: &str) -> Result<Backend, cli::CliError> {
 
 fn run() -> Result<(), cli::CliError> {
     match Args::parse().cmd {
+        Cmd::Run {
+            config,
+            export_keys,
+        } => engine::gateway::run(
+            &config,
+            engine::gateway::RunOpts {
+                export_keys,
+                stop: None,
+            },
+        )
+        .map_err(cli::CliError),
+        Cmd::Show { what, json, socket } => {
+            if !["tunnels", "sas", "counters"].contains(&what.as_str()) {
+                return Err(cli::CliError(format!(
+                    "show {what:?}: allowed: tunnels, sas, counters"
+                )));
+            }
+            let out = engine::gateway::show_client(&socket, &what, json).map_err(cli::CliError)?;
+            print!("{out}");
+            Ok(())
+        }
         Cmd::Pcap {
             op:
                 PcapOp::Encrypt {

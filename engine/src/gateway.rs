@@ -1,0 +1,953 @@
+//! `espd run`: the gateway. An XDP program on each interface steers ESP (outside) and
+//! tunnel-bound traffic (inside) to AF_XDP sockets polled by a pinned worker; everything
+//! else (ARP, ND, IKE, SSH, traffic for the gateway) stays with the kernel.
+//!
+//! Contract: [`run`] validates everything before it touches the machine (config, control
+//! socket, interfaces, queues, keys), so a bad start leaves nothing behind; once up it
+//! runs until SIGINT/SIGTERM and then detaches (bpf_links close with their descriptors, so
+//! a crash detaches too). SIGHUP re-reads the file and applies the static SA changes
+//! (added, removed and changed SAs; unchanged SAs keep their sequence numbers and replay
+//! windows, so their traffic is not disturbed); any other change needs a restart and is
+//! reported. The control socket answers `espd show`.
+//!
+//! Threads: one worker per gateway (it owns every SA: one writer per SA), one control
+//! thread (this one: neighbour refresh, retired SAs, signals, reloads), one control-socket
+//! thread and, when configured, the metrics thread.
+
+use crate::afxdp::neigh::{NeighShared, Resolver};
+use crate::afxdp::xsk::{self, XskConfig};
+use crate::afxdp::{self, NextHops, PortStats, XskPort};
+use crate::config::{self, Config, Gateway, Tunnel, XdpMode};
+use crate::counters::{Counters, DropReason};
+use crate::crypto::Backend;
+use crate::metrics::{self, TunnelSnapshot};
+use crate::pkt::BufPool;
+use crate::runtime::{Command, Selector, Worker, WorkerConfig, WorkerHandle, WorkerReport};
+use crate::sa::{Direction, InboundSa, OutboundSa, SaConfig};
+use crate::tunnel_log::{self, PhaseState, Record, TunnelLog};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use xdp_prog::{Role, Steering};
+
+/// Options of `espd run` besides the file.
+#[derive(Debug, Default, Clone)]
+pub struct RunOpts {
+    /// Write every SA's keys in Wireshark `esp_sa` format here (debugging only; logged).
+    pub export_keys: Option<PathBuf>,
+    /// Raised to stop (tests; signals do the same).
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+/// What can stop `espd run` from starting, as one message.
+pub type Error = String;
+
+/// One SA's identity and content, to tell unchanged SAs from changed ones on reload.
+fn fingerprint(s: &SaConfig) -> String {
+    format!(
+        "{:?}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{:?}|{}|{:?}",
+        s.direction,
+        s.spi,
+        s.suite,
+        hex::encode(&*s.enc_key),
+        hex::encode(&*s.int_key),
+        s.tunnel_src,
+        s.tunnel_dst,
+        s.nat_t,
+        s.natt_sport,
+        s.natt_dport,
+        s.esn,
+        s.df_policy,
+        s.replay_window,
+        s.inner_mtu,
+    )
+}
+
+/// Metadata of a configured tunnel that `show` and the metrics need.
+#[derive(Clone, Debug)]
+struct TunnelMeta {
+    index: u32,
+    name: String,
+    connection: String,
+    outside_ip: IpAddr,
+    peer_ip: Option<IpAddr>,
+    nat_t: bool,
+    dpd_enabled: bool,
+    selectors: Vec<Selector>,
+    /// (direction, spi) -> fingerprint of the installed static SAs.
+    sas: BTreeMap<(bool, u32), String>,
+}
+
+struct Shared {
+    handle: WorkerHandle,
+    tunnels: Mutex<Vec<TunnelMeta>>,
+    inside: Arc<PortStats>,
+    outside: Arc<PortStats>,
+    xsk_fds: [(String, i32); 2],
+    steer: [Arc<Steering>; 2],
+    started: Instant,
+    modes: String,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Inside traffic to the customer side (`local_*_network_cidr`, AWS's meaning) goes into the
+/// tunnel: the IPv4 or the IPv6 CIDR, per the tunnel's inside IP version.
+fn selectors_of(t: &Tunnel) -> Vec<Selector> {
+    let c = match t.tunnel_inside_ip_version {
+        config::IpVersion::V4 => t.local_ipv4_network_cidr,
+        config::IpVersion::V6 => t.local_ipv6_network_cidr,
+    };
+    vec![Selector {
+        addr: c.addr,
+        prefix: c.len,
+    }]
+}
+
+fn os_seed() -> Result<[u8; 32], Error> {
+    let mut s = [0u8; 32];
+    getrandom::fill(&mut s).map_err(|e| format!("cannot read the OS random generator: {e}"))?;
+    Ok(s)
+}
+
+/// Builds the SAs of a tunnel (checks keys before anything is installed).
+fn build_sas(t: &Tunnel, backend: Backend) -> Result<(Vec<OutboundSa>, Vec<InboundSa>), Error> {
+    let (mut outs, mut ins) = (vec![], vec![]);
+    for s in &t.sas {
+        let e = |e: crate::crypto::KeyError| format!("tunnel {:?}: SA {:?}: {e}", t.name, s.name);
+        match s.direction {
+            Direction::Out => {
+                outs.push(OutboundSa::new(s.clone(), backend, &os_seed()?).map_err(e)?)
+            }
+            Direction::In => ins.push(InboundSa::new(s.clone(), backend).map_err(e)?),
+        }
+    }
+    if outs.len() > 1 {
+        return Err(format!(
+            "tunnel {:?}: has {} outbound SAs; a tunnel sends with one SA",
+            t.name,
+            outs.len()
+        ));
+    }
+    Ok((outs, ins))
+}
+
+/// The control socket: refuses to start when another espd answers on it.
+fn bind_control(path: &str, group: Option<&str>) -> Result<UnixListener, Error> {
+    let p = Path::new(path);
+    if p.exists() {
+        if UnixStream::connect(p).is_ok() {
+            return Err(format!(
+                "control socket {path}: another espd is running (it answers there); stop it or set control_socket"
+            ));
+        }
+        std::fs::remove_file(p)
+            .map_err(|e| format!("control socket {path}: cannot remove the stale socket: {e}"))?;
+    }
+    if let Some(dir) = p.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        return Err(format!(
+            "control socket {path}: directory {} does not exist",
+            dir.display()
+        ));
+    }
+    let l = UnixListener::bind(p).map_err(|e| format!("control socket {path}: {e}"))?;
+    let mode = match group {
+        None => 0o600,
+        Some(g) => {
+            let gid = group_id(g).ok_or_else(|| {
+                let _ = std::fs::remove_file(p);
+                format!("[gateway]: control_socket_group: group {g:?} does not exist")
+            })?;
+            std::os::unix::fs::chown(p, None, Some(gid))
+                .map_err(|e| format!("control socket {path}: chown to group {g}: {e}"))?;
+            0o660
+        }
+    };
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("control socket {path}: {e}"))?;
+    Ok(l)
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    std::fs::read_to_string("/etc/group")
+        .ok()?
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            (f.next()? == name).then(|| f.nth(1)?.parse().ok())?
+        })
+}
+
+fn xdp_mode(m: XdpMode) -> xdp_prog::Mode {
+    match m {
+        XdpMode::Native => xdp_prog::Mode::Native,
+        XdpMode::Generic => xdp_prog::Mode::Generic,
+        XdpMode::Auto => xdp_prog::Mode::Auto,
+    }
+}
+
+fn load_config(path: &Path) -> Result<Config, Error> {
+    config::load(path, &mut |b| {
+        let _ = getrandom::fill(b);
+    })
+    .map_err(|e| e.to_string())
+}
+
+struct Logs(HashMap<String, TunnelLog>);
+
+impl Logs {
+    fn open(cfg: &Config) -> Self {
+        let mut m = HashMap::new();
+        for t in cfg.tunnels.iter().filter(|t| t.log_enabled) {
+            let dest = t.log_destination.as_deref().unwrap_or("stdout");
+            match TunnelLog::open(dest, t.log_output_format) {
+                Ok(l) => {
+                    m.insert(t.name.clone(), l);
+                }
+                Err(e) => eprintln!("espd: tunnel {:?}: log_destination {dest}: {e}", t.name),
+            }
+        }
+        Logs(m)
+    }
+    fn write(&mut self, t: &TunnelMeta, lab: bool, up: bool, details: &str) {
+        if let Some(l) = self.0.get_mut(&t.name) {
+            let st = if up {
+                PhaseState::Established
+            } else {
+                PhaseState::Down
+            };
+            let d = if lab {
+                format!("{details} [lab: short lifetimes allowed]")
+            } else {
+                details.to_string()
+            };
+            let _ = l.write(&Record {
+                epoch_ms: now_ms(),
+                vpn_connection_id: &t.connection,
+                tunnel_outside_ip: &t.outside_ip.to_string(),
+                dpd_enabled: t.dpd_enabled,
+                nat_t_detected: t.nat_t,
+                phase1: st,
+                phase2: st,
+                details: &d,
+            });
+        }
+    }
+}
+
+/// Runs the gateway of `path` until a stop signal. Every failure before it is up is one
+/// clear message; nothing stays attached.
+pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
+    let cfg = load_config(path)?;
+    let origin = path.display().to_string();
+    let g: Gateway = cfg.gateway.clone().ok_or_else(|| {
+        format!(
+            "{origin}: espd run needs a [gateway] table (inside_interface, outside_interface, cores, xdp_mode)"
+        )
+    })?;
+    let backend: Backend = g.backend.parse()?;
+    if !backend.available() {
+        return Err(format!(
+            "{origin}: [gateway]: backend: {} is not available here",
+            backend.name()
+        ));
+    }
+    // Keys and SAs first: nothing is attached if one is bad.
+    let mut planned = vec![];
+    for (i, t) in cfg.tunnels.iter().enumerate() {
+        let (o, inb) = build_sas(t, backend).map_err(|e| format!("{origin}: {e}"))?;
+        planned.push((i as u32 + 1, t, o, inb));
+    }
+    let ctl = bind_control(&g.control_socket, g.control_socket_group.as_deref())?;
+    let ctl_path = g.control_socket.clone();
+    let cleanup_ctl = scopeguard(move || {
+        let _ = std::fs::remove_file(&ctl_path);
+    });
+    let if_err = |key: &str, e: &dyn std::fmt::Display| format!("{origin}: [gateway]: {key}: {e}");
+    let ifi_in =
+        xdp_prog::ifindex(&g.inside_interface).map_err(|e| if_err("inside_interface", &e))?;
+    let ifi_out =
+        xdp_prog::ifindex(&g.outside_interface).map_err(|e| if_err("outside_interface", &e))?;
+    for (key, name) in [
+        ("inside_interface", &g.inside_interface),
+        ("outside_interface", &g.outside_interface),
+    ] {
+        let q = afxdp::rx_queues(name);
+        if q > 1 {
+            return Err(if_err(
+                key,
+                &format!(
+                    "{name:?} has {q} RX queues; espd run polls one queue per interface with one worker (one writer per SA) and would miss the others: set it to one queue (ethtool -L {name} combined 1)"
+                ),
+            ));
+        }
+    }
+    if g.cores.len() > 1 {
+        eprintln!(
+            "espd: cores {:?}: single-queue interfaces need one worker; using core {}",
+            g.cores, g.cores[0]
+        );
+    }
+    let mode = xdp_mode(g.xdp_mode);
+    let steer_out = Arc::new(
+        Steering::attach(&g.outside_interface, Role::Outside, mode)
+            .map_err(|e| if_err("outside_interface", &e))?,
+    );
+    let steer_in = Arc::new(
+        Steering::attach(&g.inside_interface, Role::Inside, mode)
+            .map_err(|e| if_err("inside_interface", &e))?,
+    );
+    for t in &cfg.tunnels {
+        for s in selectors_of(t) {
+            steer_in
+                .add_selector(s.addr, s.prefix)
+                .map_err(|e| if_err("inside_interface", &e))?;
+        }
+    }
+    for a in afxdp::local_addrs(&g.inside_interface) {
+        steer_in
+            .add_local(a)
+            .map_err(|e| if_err("inside_interface", &e))?;
+    }
+    let xcfg = XskConfig {
+        frames: g.frames,
+        ring: (g.frames / 2).clamp(64, 4096),
+        zero_copy: g.zero_copy,
+    };
+    let neigh_in = NeighShared::new();
+    let neigh_out = NeighShared::new();
+    let port_in = XskPort::open(
+        &g.inside_interface,
+        ifi_in,
+        0,
+        xcfg,
+        hops(g.inside_next_hop),
+        neigh_in.clone(),
+    )
+    .map_err(|e| if_err("inside_interface", &e))?;
+    let port_out = XskPort::open(
+        &g.outside_interface,
+        ifi_out,
+        0,
+        xcfg,
+        hops(g.outside_next_hop),
+        neigh_out.clone(),
+    )
+    .map_err(|e| if_err("outside_interface", &e))?;
+    steer_in
+        .add_socket(0, port_in.fd())
+        .map_err(|e| if_err("inside_interface", &e))?;
+    steer_out
+        .add_socket(0, port_out.fd())
+        .map_err(|e| if_err("outside_interface", &e))?;
+    let copy = |p: &XskPort| {
+        if p.zero_copy() {
+            "zero-copy"
+        } else {
+            "copy mode"
+        }
+    };
+    let modes = format!(
+        "inside {} (XDP {}, AF_XDP {}), outside {} (XDP {}, AF_XDP {})",
+        g.inside_interface,
+        steer_in.mode_name(),
+        copy(&port_in),
+        g.outside_interface,
+        steer_out.mode_name(),
+        copy(&port_out)
+    );
+    let (stats_in, stats_out) = (port_in.stats.clone(), port_out.stats.clone());
+    let fds = [
+        (g.inside_interface.clone(), port_in.fd()),
+        (g.outside_interface.clone(), port_out.fd()),
+    ];
+    let wcfg = WorkerConfig {
+        id: 0,
+        core: Some(g.cores[0]),
+        burst: g.burst,
+        idle_sleep_us: g.idle_sleep_us,
+        reassemble_inner: false,
+        ..Default::default()
+    };
+    let pool = BufPool::new(g.frames as usize * 2, crate::pkt::DEFAULT_CAPACITY);
+    let (worker, handle) = Worker::new(wcfg, port_in, port_out, pool);
+
+    // Install the SAs and routes before the worker starts polling.
+    let mut metas = vec![];
+    let mut all_sas: Vec<SaConfig> = vec![];
+    let mut resolver_out = Resolver::new(ifi_out, neigh_out);
+    let mut resolver_in = Resolver::new(ifi_in, neigh_in);
+    if let Some(h) = g.inside_next_hop {
+        resolver_in.watch.push(h);
+    }
+    if let Some(h) = g.outside_next_hop {
+        resolver_out.watch.push(h);
+    }
+    for (idx, t, outs, ins) in planned {
+        let mut m = TunnelMeta {
+            index: idx,
+            name: t.name.clone(),
+            connection: t.connection.clone(),
+            outside_ip: t.outside_ip,
+            peer_ip: t.peer_ip,
+            nat_t: t.sas.iter().any(|s| s.nat_t),
+            dpd_enabled: t.dpd_timeout_action != config::DpdAction::None,
+            selectors: selectors_of(t),
+            sas: BTreeMap::new(),
+        };
+        for sa in ins {
+            m.sas.insert((false, sa.cfg.spi), fingerprint(&sa.cfg));
+            all_sas.push(sa.cfg.clone());
+            handle.send(Command::AddInbound {
+                tunnel: idx,
+                sa: Box::new(sa),
+            });
+        }
+        for sa in outs {
+            m.sas.insert((true, sa.cfg.spi), fingerprint(&sa.cfg));
+            all_sas.push(sa.cfg.clone());
+            if g.outside_next_hop.is_none() {
+                resolver_out.watch.push(sa.cfg.tunnel_dst);
+            }
+            handle.send(Command::SetOutbound {
+                tunnel: idx,
+                sa: Box::new(sa),
+                selectors: vec![],
+            });
+        }
+        metas.push(m);
+    }
+    // One route per connection: its first tunnel's selectors, tunnels in config order.
+    let mut conns: BTreeMap<&str, Vec<&TunnelMeta>> = BTreeMap::new();
+    for m in &metas {
+        conns.entry(&m.connection).or_default().push(m);
+    }
+    for ts in conns.values() {
+        handle.send(Command::SetRoute {
+            selectors: ts[0].selectors.clone(),
+            tunnels: ts.iter().map(|m| m.index).collect(),
+        });
+    }
+    if let Some(p) = &opts.export_keys {
+        let text: String = all_sas
+            .iter()
+            .map(|s| tunnel_log::esp_sa_line(s) + "\n")
+            .collect();
+        std::fs::write(p, text).map_err(|e| format!("--export-keys {}: {e}", p.display()))?;
+        eprintln!(
+            "espd: WARNING: keys of {} SA(s) exported to {} (--export-keys, for debugging with tshark)",
+            all_sas.len(),
+            p.display()
+        );
+    }
+    let _ = resolver_in.tick();
+    let _ = resolver_out.tick();
+
+    let stop = opts.stop.clone().unwrap_or_default();
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| format!("installing signal handlers: {e}"))?;
+    let wstop = stop.clone();
+    let wthread = std::thread::Builder::new()
+        .name("espd-worker-0".into())
+        .spawn(move || {
+            let w = worker.run(wstop);
+            drop(w);
+        })
+        .map_err(|e| format!("starting the worker: {e}"))?;
+    handle.barrier();
+
+    let shared = Arc::new(Shared {
+        handle: handle.clone(),
+        tunnels: Mutex::new(metas),
+        inside: stats_in,
+        outside: stats_out,
+        xsk_fds: fds,
+        steer: [steer_in.clone(), steer_out.clone()],
+        started: Instant::now(),
+        modes: modes.clone(),
+    });
+    let mut logs = Logs::open(&cfg);
+    for m in shared
+        .tunnels
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        let up = m.sas.keys().any(|(out, _)| *out);
+        logs.write(
+            m,
+            cfg.allow_short_lifetimes,
+            up,
+            if up {
+                "Static SAs installed: tunnel UP (espd run, no IKE)"
+            } else {
+                "No outbound SA: tunnel DOWN"
+            },
+        );
+    }
+    let ctl_thread = spawn_control(ctl, shared.clone(), stop.clone());
+    let _metrics = match &g.metrics_listen {
+        Some(a) => {
+            let s = shared.clone();
+            Some(
+                metrics::serve(a, Arc::new(move || metrics::render(&snapshots(&s))))
+                    .map_err(|e| format!("{origin}: [gateway]: metrics_listen {a}: {e}"))?,
+            )
+        }
+        None => None,
+    };
+    eprintln!(
+        "espd: gateway up: {modes}; {} tunnel(s), backend {}; control socket {}{}",
+        cfg.tunnels.len(),
+        backend.name(),
+        g.control_socket,
+        g.metrics_listen
+            .as_ref()
+            .map(|a| format!(", metrics http://{a}/metrics"))
+            .unwrap_or_default()
+    );
+
+    let mut signals = signals;
+    let mut last_tick = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        for sig in signals.pending() {
+            match sig {
+                signal_hook::consts::SIGHUP => match reload(path, &shared, &g, backend) {
+                    Ok(msg) => eprintln!("espd: SIGHUP: {msg}"),
+                    Err(e) => eprintln!(
+                        "espd: SIGHUP: reload failed, the running configuration stays:\n{e}"
+                    ),
+                },
+                _ => stop.store(true, Ordering::Relaxed),
+            }
+        }
+        handle.reap();
+        if last_tick.elapsed() >= Duration::from_millis(500)
+            || resolver_in.has_wanted()
+            || resolver_out.has_wanted()
+        {
+            let _ = resolver_in.tick();
+            let _ = resolver_out.tick();
+            last_tick = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("espd: stopping: detaching XDP and closing sockets");
+    handle.send(Command::Stop);
+    let _ = wthread.join();
+    let _ = ctl_thread.join();
+    for m in shared
+        .tunnels
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        logs.write(
+            m,
+            cfg.allow_short_lifetimes,
+            false,
+            "espd stopped: tunnel DOWN",
+        );
+    }
+    drop(cleanup_ctl);
+    Ok(())
+}
+
+fn hops(h: Option<IpAddr>) -> NextHops {
+    match h {
+        Some(IpAddr::V4(a)) => NextHops {
+            v4: Some(a),
+            v6: None,
+        },
+        Some(IpAddr::V6(a)) => NextHops {
+            v4: None,
+            v6: Some(a),
+        },
+        None => NextHops::default(),
+    }
+}
+
+/// Runs `f` when dropped.
+struct Guard<F: FnMut()>(F);
+impl<F: FnMut()> Drop for Guard<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+fn scopeguard<F: FnMut()>(f: F) -> Guard<F> {
+    Guard(f)
+}
+
+/// Applies the static SA changes of the file (SIGHUP).
+fn reload(path: &Path, sh: &Shared, g: &Gateway, backend: Backend) -> Result<String, Error> {
+    let cfg = load_config(path)?;
+    if cfg.gateway.as_ref() != Some(g) {
+        return Err("the [gateway] table changed: restart espd to apply it".into());
+    }
+    let mut metas = sh.tunnels.lock().unwrap_or_else(|e| e.into_inner());
+    let names: Vec<&str> = metas.iter().map(|m| m.name.as_str()).collect();
+    let new_names: Vec<&str> = cfg.tunnels.iter().map(|t| t.name.as_str()).collect();
+    if names != new_names {
+        return Err("tunnels were added, removed or renamed: restart espd to apply it".into());
+    }
+    for (m, t) in metas.iter().zip(&cfg.tunnels) {
+        if m.selectors != selectors_of(t) {
+            return Err(format!(
+                "tunnel {:?}: network CIDRs changed: restart espd to apply it",
+                t.name
+            ));
+        }
+    }
+    // Build everything first so a bad key changes nothing.
+    let mut built = vec![];
+    for t in &cfg.tunnels {
+        built.push(build_sas(t, backend)?);
+    }
+    let (mut added, mut removed, mut kept) = (0, 0, 0);
+    for ((m, t), (outs, ins)) in metas.iter_mut().zip(&cfg.tunnels).zip(built) {
+        let want: BTreeMap<(bool, u32), String> = t
+            .sas
+            .iter()
+            .map(|s| ((s.direction == Direction::Out, s.spi), fingerprint(s)))
+            .collect();
+        // Inbound SAs that went away or changed.
+        for (k, f) in &m.sas {
+            if !k.0 && want.get(k) != Some(f) {
+                sh.handle.send(Command::DelInbound { spi: k.1 });
+                removed += 1;
+            }
+        }
+        let old_out: Option<(u32, String)> = m
+            .sas
+            .iter()
+            .find(|(k, _)| k.0)
+            .map(|(k, f)| (k.1, f.clone()));
+        for sa in ins {
+            let k = (false, sa.cfg.spi);
+            if m.sas.get(&k) == want.get(&k) {
+                kept += 1;
+                continue;
+            }
+            sh.handle.send(Command::AddInbound {
+                tunnel: m.index,
+                sa: Box::new(sa),
+            });
+            added += 1;
+        }
+        match outs.into_iter().next() {
+            Some(sa) => {
+                if old_out.as_ref().map(|(spi, f)| (*spi, f.as_str()))
+                    == Some((sa.cfg.spi, fingerprint(&sa.cfg).as_str()))
+                {
+                    kept += 1;
+                } else {
+                    sh.handle.send(Command::SetOutbound {
+                        tunnel: m.index,
+                        sa: Box::new(sa),
+                        selectors: vec![],
+                    });
+                    added += 1;
+                }
+            }
+            None if old_out.is_some() => {
+                // No outbound SA any more: the tunnel goes DOWN; its inbound SAs stay.
+                sh.handle.send(Command::SetTunnelState {
+                    tunnel: m.index,
+                    up: false,
+                });
+                removed += 1;
+            }
+            None => {}
+        }
+        if old_out.is_none() && want.keys().any(|k| k.0) {
+            sh.handle.send(Command::SetTunnelState {
+                tunnel: m.index,
+                up: true,
+            });
+        }
+        m.sas = want;
+    }
+    sh.handle.barrier();
+    Ok(format!(
+        "static SAs reloaded: {added} added or replaced, {removed} removed, {kept} unchanged"
+    ))
+}
+
+fn reports(sh: &Shared) -> Option<WorkerReport> {
+    sh.handle.report(true)
+}
+
+fn snapshots(sh: &Shared) -> Vec<TunnelSnapshot> {
+    let r = reports(sh).unwrap_or_default();
+    let metas = sh.tunnels.lock().unwrap_or_else(|e| e.into_inner());
+    metas
+        .iter()
+        .map(|m| {
+            let c = r
+                .per_tunnel
+                .iter()
+                .find(|(t, _)| *t == m.index)
+                .map(|(_, c)| c.clone())
+                .unwrap_or_default();
+            TunnelSnapshot {
+                vpn_id: m.connection.clone(),
+                tunnel_ip: m.outside_ip.to_string(),
+                name: m.name.clone(),
+                up: r.sas.iter().any(|s| s.tunnel == m.index && s.outbound),
+                nat_t: m.nat_t,
+                dpd_enabled: m.dpd_enabled,
+                out: c.out,
+                inb: c.inb,
+            }
+        })
+        .collect()
+}
+
+fn drops_json(c: &Counters) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for r in DropReason::ALL {
+        let v = c.dropped(*r);
+        if v > 0 {
+            m.insert(r.name().into(), v.into());
+        }
+    }
+    m.into()
+}
+
+/// Answers one `show` request: `what` is tunnels, sas or counters.
+fn show(sh: &Shared, what: &str, json: bool) -> String {
+    match what {
+        "tunnels" => {
+            let ts = snapshots(sh);
+            let metas = sh.tunnels.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if json {
+                let v: Vec<_> = ts
+                    .iter()
+                    .zip(&metas)
+                    .map(|(t, m)| {
+                        json!({
+                            "name": t.name, "connection": t.vpn_id, "outside_ip": t.tunnel_ip,
+                            "peer_ip": m.peer_ip.map(|p| p.to_string()),
+                            "state": if t.up { "UP" } else { "DOWN" },
+                            "nat_t": t.nat_t,
+                            "tunnel_data_out_bytes": t.out.inner_bytes,
+                            "tunnel_data_in_bytes": t.inb.inner_bytes,
+                            "packets_out": t.out.packets, "packets_in": t.inb.packets,
+                            "drops_out": drops_json(&t.out), "drops_in": drops_json(&t.inb),
+                        })
+                    })
+                    .collect();
+                return serde_json::to_string_pretty(&json!({ "tunnels": v })).unwrap_or_default()
+                    + "\n";
+            }
+            let mut o = format!(
+                "{:<16} {:<12} {:<16} {:<16} {:<5} {:>14} {:>14} {:>8}\n",
+                "TUNNEL", "CONNECTION", "OUTSIDE", "PEER", "STATE", "DATA_OUT", "DATA_IN", "DROPS"
+            );
+            for (t, m) in ts.iter().zip(&metas) {
+                let _ = writeln!(
+                    o,
+                    "{:<16} {:<12} {:<16} {:<16} {:<5} {:>14} {:>14} {:>8}",
+                    t.name,
+                    t.vpn_id,
+                    t.tunnel_ip,
+                    m.peer_ip.map(|p| p.to_string()).unwrap_or("-".into()),
+                    if t.up { "UP" } else { "DOWN" },
+                    t.out.inner_bytes,
+                    t.inb.inner_bytes,
+                    t.out.total_drops() + t.inb.total_drops()
+                );
+            }
+            o
+        }
+        "sas" => {
+            let r = reports(sh).unwrap_or_default();
+            let metas = sh.tunnels.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let tname = |i: u32| {
+                metas
+                    .iter()
+                    .find(|m| m.index == i)
+                    .map(|m| m.name.clone())
+                    .unwrap_or_default()
+            };
+            if json {
+                let v: Vec<_> = r
+                    .sas
+                    .iter()
+                    .map(|s| {
+                        json!({
+                            "tunnel": tname(s.tunnel), "name": s.name,
+                            "direction": if s.outbound { "out" } else { "in" },
+                            "spi": format!("{:#010x}", s.spi), "transform": s.suite,
+                            "packets": s.counters.packets, "inner_bytes": s.counters.inner_bytes,
+                            "outer_bytes": s.counters.outer_bytes,
+                            "seq": s.seq, "replay_window": s.replay_window,
+                            "drops": drops_json(&s.counters),
+                        })
+                    })
+                    .collect();
+                return serde_json::to_string_pretty(&json!({ "sas": v })).unwrap_or_default()
+                    + "\n";
+            }
+            let mut o = format!(
+                "{:<16} {:<20} {:<4} {:<10} {:<22} {:>12} {:>14} {:>12} {:>8}\n",
+                "TUNNEL", "SA", "DIR", "SPI", "TRANSFORM", "PACKETS", "BYTES", "SEQ", "DROPS"
+            );
+            for s in &r.sas {
+                let _ = writeln!(
+                    o,
+                    "{:<16} {:<20} {:<4} {:<10} {:<22} {:>12} {:>14} {:>12} {:>8}",
+                    tname(s.tunnel),
+                    s.name,
+                    if s.outbound { "out" } else { "in" },
+                    format!("{:#010x}", s.spi),
+                    s.suite,
+                    s.counters.packets,
+                    s.counters.inner_bytes,
+                    s.seq,
+                    s.counters.total_drops()
+                );
+            }
+            o
+        }
+        "counters" => {
+            let r = reports(sh).unwrap_or_default();
+            let ports: Vec<_> = [("inside", &sh.inside, 0usize), ("outside", &sh.outside, 1)]
+                .into_iter()
+                .map(|(n, s, i)| {
+                    let mut m = serde_json::Map::new();
+                    m.insert("interface".into(), sh.xsk_fds[i].0.clone().into());
+                    for (k, v) in s.pairs() {
+                        m.insert(k.into(), v.into());
+                    }
+                    if let Ok(x) = xsk::stats_of(sh.xsk_fds[i].1) {
+                        m.insert("xsk_rx_dropped".into(), x.rx_dropped.into());
+                        m.insert("xsk_rx_ring_full".into(), x.rx_ring_full.into());
+                        m.insert(
+                            "xsk_rx_fill_ring_empty".into(),
+                            x.rx_fill_ring_empty_descs.into(),
+                        );
+                        m.insert("xsk_tx_invalid_descs".into(), x.tx_invalid_descs.into());
+                    }
+                    let mut xdp = serde_json::Map::new();
+                    for (k, v) in xdp_prog::VERDICTS.iter().zip(sh.steer[i].stats()) {
+                        xdp.insert((*k).into(), v.into());
+                    }
+                    m.insert("xdp".into(), xdp.into());
+                    (n, serde_json::Value::from(m))
+                })
+                .collect();
+            let total = &r.total;
+            let v = json!({
+                "uptime_s": sh.started.elapsed().as_secs_f64(),
+                "modes": sh.modes,
+                "worker": {
+                    "packets": total.packets, "drops": drops_json(total),
+                    "tx_outside": r.tx_out, "tx_inside": r.tx_in,
+                    "polls": r.polls, "burst_hist": r.burst_hist.to_vec(),
+                    "outbound_sas": r.outbound_sas, "inbound_sas": r.inbound_sas,
+                    "nat_keepalives": total.nat_keepalives, "ike_passed": total.ike_passed,
+                    "reassembled": total.reassembled, "icmp_sent": total.icmp_sent,
+                    "mss_clamped": total.mss_clamped,
+                    "frag_before_encrypt_fragments": total.frag_before_encrypt_fragments,
+                    "pool_free": r.pool_free,
+                },
+                ports[0].0: ports[0].1, ports[1].0: ports[1].1,
+            });
+            if json {
+                return serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
+            }
+            let mut o = String::new();
+            flatten(&mut o, "", &v);
+            o
+        }
+        _ => format!("unknown request {what:?}; allowed: show tunnels|sas|counters [json]\n"),
+    }
+}
+
+/// `a.b.c value` lines of a JSON object (the text form of `show counters`).
+fn flatten(o: &mut String, prefix: &str, v: &serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(o, &p, v);
+            }
+        }
+        _ => {
+            let _ = writeln!(o, "{prefix} {v}");
+        }
+    }
+}
+
+fn spawn_control(
+    l: UnixListener,
+    sh: Arc<Shared>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let _ = l.set_nonblocking(true);
+    std::thread::Builder::new()
+        .name("espd-control".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut line = String::new();
+                        if BufReader::new(&c).read_line(&mut line).is_err() {
+                            continue;
+                        }
+                        let w: Vec<&str> = line.split_whitespace().collect();
+                        let reply = match w.as_slice() {
+                            ["show", what] => show(&sh, what, false),
+                            ["show", what, "json"] => show(&sh, what, true),
+                            _ => "usage: show tunnels|sas|counters [json]\n".to_string(),
+                        };
+                        let mut c = c;
+                        let _ = c.write_all(reply.as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        })
+        .expect("spawning the control thread")
+}
+
+/// `espd show WHAT [--json]`: asks the running espd over its control socket.
+pub fn show_client(socket: &str, what: &str, json: bool) -> Result<String, Error> {
+    let mut c = UnixStream::connect(socket).map_err(|e| {
+        format!("cannot reach espd at control socket {socket}: {e} (is `espd run` running? set --socket)")
+    })?;
+    let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+    writeln!(c, "show {what}{}", if json { " json" } else { "" })
+        .map_err(|e| format!("control socket {socket}: {e}"))?;
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut c, &mut s)
+        .map_err(|e| format!("control socket {socket}: {e}"))?;
+    Ok(s)
+}

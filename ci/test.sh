@@ -2,7 +2,9 @@
 # The test command (README line 2, called by .ci/run). On a fresh Debian machine with only
 # Rust, gcc and Python it installs what the tests need, idempotently and quietly:
 #   apt: libipsec-mb-dev (the fast crypto backend), tshark (independent ESP decryption),
-#        strongSwan's charon + swanctl (loads the exported customer-gateway configs)
+#        strongSwan's charon + swanctl (loads the exported customer-gateway configs),
+#        clang + libelf-dev (the XDP program and libbpf), tcpdump, iputils-ping, ethtool
+#        (the network-namespace gateway tests)
 #   pip: scapy, cryptography (independent ESP implementation)
 # then runs: cargo fmt --check, cargo clippy -D warnings, cargo test (unit, known-answer,
 # property, zero-allocation, CLI), and the scapy/tshark interop suite.
@@ -13,7 +15,7 @@ cd "$(dirname "$0")/.."
 log() { printf '== %s\n' "$*"; }
 
 need_apt=()
-for pkg in libipsec-mb-dev tshark strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libcharon-extra-plugins iproute2; do
+for pkg in libipsec-mb-dev tshark strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libcharon-extra-plugins iproute2 clang libelf-dev tcpdump iputils-ping ethtool; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -48,3 +50,6 @@ python3 tests/interop/interop.py target/debug/espd "$(mktemp -d)" 2>&1 | grep -v
 
 log "export-config: strongSwan loads what espd exports"
 bash tests/interop/export_swanctl.sh target/debug/espd
+
+log "espd run: two gateways, scapy as the peer, bad input, SIGHUP (network namespaces)"
+python3 tests/gateway/gateway.py target/debug/espd 2>&1 | grep -v -e '^PASS' -e 'WARNING: '

@@ -32,6 +32,7 @@ import netns  # noqa: E402
 from netns import nsx, popen, sh, ns  # noqa: E402
 
 ESPD = os.path.abspath(sys.argv[1])
+HERE = os.path.dirname(os.path.abspath(__file__))
 WORK = tempfile.mkdtemp(prefix="espd-gw-")
 passed = failed = 0
 
@@ -315,6 +316,124 @@ def two_gateways(sname, nat):
     check(f"[{tag}] tshark finds the inner echo requests A->B", echoes >= 5, str(echoes))
 
 
+def scapy_peer(nat):
+    s = SUITES["gcm"] if not nat else SUITES["cbc"]
+    tag = f"scapy-{'natt' if nat else 'esp'}"
+    g1 = Gw(1, s, nat, tag)
+    try:
+        check(f"[{tag}] gateway up", g1.up(), open(g1.log).read())
+        if not g1.up():
+            return
+        ping("hA", "10.1.0.1", count=1)
+        listen = popen("g1", f"python3 {HERE}/kernel_listen.py 192.0.2.1 12", stdout=subprocess.PIPE, text=True)
+        listen.stdout.readline()
+        gw_mac = netns.mac("g1", "g1o")
+        ik_in = key(s["ik"], 3).hex() or "-"
+        ik_out = key(s["ik"], 2).hex() or "-"
+        r = nsx("g2", f"python3 {HERE}/scapy_peer.py g2o {gw_mac} {key(s['ek'], 2).hex()} {ik_in} "
+                      f"{key(s['ek'], 1).hex()} {ik_out} {s['scapy'][0]} {s['scapy'][1]} {int(nat)}", check=False)
+        res = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 and r.stdout.strip() else {}
+        check(f"[{tag}] scapy's ESP decrypted and delivered; replies come back as ESP scapy decrypts",
+              res.get("echo_replies") == [1, 2, 3, 4, 5] and res.get("undecryptable") == 0, r.stdout + r.stderr[-800:])
+        check(f"[{tag}] forwarding continues after malformed/unknown/replayed/bad-ICV input",
+              res.get("echo_replies_after") == [10, 11, 12], json.dumps(res))
+        tcp = nsx("g2", "python3 -c \"import socket; s=socket.create_connection(('192.0.2.1', 22), timeout=3); print(s.recv(100))\"", check=False)
+        out, _ = listen.communicate(timeout=30)
+        k = json.loads(out.strip().splitlines()[-1])
+        check(f"[{tag}] IKE (UDP 500, UDP 4500 with the non-ESP marker) and SSH reach the kernel",
+              k == {"udp500": 1, "udp4500": 1, "tcp22": 1} and b"SSH-2.0" in tcp.stdout.encode(), f"{k} {tcp.stdout} {tcp.stderr}")
+        c = g1.show("counters")
+        d = c.get("worker", {}).get("drops", {})
+        check(f"[{tag}] bad input counted: unknown_spi, replay, icv_failure, malformed",
+              d.get("unknown_spi", 0) >= 1 and d.get("replay", 0) >= 1 and d.get("icv_failure", 0) >= 1
+              and d.get("malformed", 0) >= 1, json.dumps(d))
+        x = c.get("outside", {}).get("xdp", {})
+        check(f"[{tag}] XDP verdicts: IKE and non-IP passed to the kernel",
+              x.get("pass_ike", 0) >= 2 and x.get("pass_non_ip", 0) >= 1, json.dumps(x))
+    finally:
+        code = g1.stop()
+    check(f"[{tag}] gateway exits 0 on SIGTERM", code == 0, open(g1.log).read()[-500:])
+
+
+def bad_starts():
+    s = SUITES["gcm"]
+    g1 = Gw(1, s, False, "bad")
+    try:
+        check("[bad] first gateway up", g1.up(), open(g1.log).read())
+        r = nsx("g1", f"{ESPD} run --config {g1.cfg}", check=False)
+        check("[bad] a second espd on the same control socket: one clear message, exit 1",
+              r.returncode == 1 and "another espd is running" in r.stderr and "panick" not in r.stderr, r.stderr)
+        check("[bad] ... and the first keeps running with its XDP programs attached",
+              g1.p.poll() is None and xdp_attached("g1", "g1i") and xdp_attached("g1", "g1o"))
+        check("[bad] ... and its control socket still answers", "tunnels" in g1.show("tunnels"))
+    finally:
+        g1.stop()
+    cfg = open(g1.cfg).read()
+    variants = [
+        ("missing inside interface", cfg.replace('inside_interface = "g1i"', 'inside_interface = "nosuch0"'),
+         'inside_interface: interface "nosuch0" does not exist'),
+        ("missing outside interface", cfg.replace('outside_interface = "g1o"', 'outside_interface = "nosuch1"'),
+         'outside_interface: interface "nosuch1" does not exist'),
+        ("no [gateway] table", cfg.split("[gateway]")[0] + cfg.split("idle_sleep_us = 20")[1],
+         "espd run needs a [gateway] table"),
+        ("bad xdp_mode", cfg.replace('xdp_mode = "auto"', 'xdp_mode = "turbo"'),
+         'xdp_mode: "turbo" is not allowed; allowed: "native", "generic", "auto"'),
+        ("bad key length", cfg.replace(key(20, 1).hex(), key(20, 1).hex()[:-2]), "enc_key"),
+    ]
+    for name, text, want in variants:
+        path = os.path.join(WORK, "bad.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        r = nsx("g1", f"{ESPD} run --config {path}", check=False)
+        check(f"[bad] {name}: clear message, exit 1, nothing attached",
+              r.returncode == 1 and want in r.stderr and "panick" not in r.stderr
+              and not xdp_attached("g1", "g1i") and not xdp_attached("g1", "g1o"), r.stderr)
+    r = nsx("g1", f"{ESPD} run --config {WORK}/does-not-exist.toml", check=False)
+    check("[bad] unreadable config: clear message, exit 1", r.returncode == 1 and "does-not-exist.toml" in r.stderr, r.stderr)
+
+
+def reload_sighup():
+    s = SUITES["gcm"]
+    g1, g2 = Gw(1, s, False, "hup"), Gw(2, s, False, "hup")
+    try:
+        check("[hup] gateways up", g1.up() and g2.up())
+        ping("hA", "10.1.0.1", count=1)
+        ping("hB", "10.2.0.1", count=1)
+        ping("hA", "10.2.0.2", count=2)
+        # SIGHUP with the same file during a fast ping: nothing lost, SAs unchanged.
+        pinger = popen("hA", "ping -n -c 300 -i 0.005 -W 2 10.2.0.2", stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        g1.p.send_signal(signal.SIGHUP)
+        g2.p.send_signal(signal.SIGHUP)
+        out, _ = pinger.communicate(timeout=30)
+        got = received(type("R", (), {"stdout": out})())
+        time.sleep(0.3)
+        check("[hup] SIGHUP with unchanged SAs: no ping lost (300/300)", got == 300, out[-200:])
+        check("[hup] SIGHUP reports the SAs unchanged", "0 added or replaced, 0 removed, 2 unchanged" in open(g1.log).read(),
+              open(g1.log).read()[-400:])
+        # New keys and SPIs on both sides.
+        for g in (g1, g2):
+            t = open(g.cfg).read().replace("0x1001", "0x1101").replace("0x2001", "0x2101")
+            t = t.replace(key(20, 1).hex(), key(20, 7).hex())
+            open(g.cfg, "w").write(t)
+            g.p.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        r = ping("hA", "10.2.0.2", count=3)
+        spis = sorted(x["spi"] for x in g1.show("sas").get("sas", []))
+        check("[hup] SIGHUP with new SPIs and keys: the new SAs carry the traffic",
+              received(r) == 3 and spis == ["0x00001101", "0x00002101"], f"{spis} {r.stdout[-200:]}")
+        open(g1.cfg, "a").write("\n[[tunnel]]\nname = 1\n")
+        g1.p.send_signal(signal.SIGHUP)
+        time.sleep(0.5)
+        r = ping("hA", "10.2.0.2", count=2)
+        check("[hup] SIGHUP with a broken file: error logged, the running SAs stay",
+              g1.p.poll() is None and "reload failed" in open(g1.log).read() and received(r) == 2,
+              open(g1.log).read()[-400:])
+    finally:
+        g1.stop()
+        g2.stop()
+
+
 def main():
     if os.geteuid() != 0:
         print("SKIP: needs root")
@@ -324,6 +443,10 @@ def main():
         for sname in ("gcm", "cbc"):
             for nat in (False, True):
                 two_gateways(sname, nat)
+        for nat in (False, True):
+            scapy_peer(nat)
+        bad_starts()
+        reload_sighup()
     finally:
         netns.down()
     print(f"{passed} passed, {failed} failed")

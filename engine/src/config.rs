@@ -1195,6 +1195,20 @@ impl Config {
                     if t.lab { " [lab: short lifetimes allowed]" } else { "" }
                 )
             })
+            .chain(self.gateway.iter().map(|g| {
+                format!(
+                    "gateway: inside {} outside {} cores {:?} xdp_mode {:?} control socket {}{}",
+                    g.inside_interface,
+                    g.outside_interface,
+                    g.cores,
+                    g.xdp_mode,
+                    g.control_socket,
+                    g.metrics_listen
+                        .as_ref()
+                        .map(|m| format!(" metrics {m}"))
+                        .unwrap_or_default()
+                )
+            }))
             .collect()
     }
 }

@@ -410,3 +410,73 @@ fn check_config_command() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+const GATEWAY: &str = r#"
+[gateway]
+inside_interface = "eth1"
+outside_interface = "eth0"
+cores = [1]
+xdp_mode = "generic"
+"#;
+
+#[test]
+fn gateway_table_defaults_and_values() {
+    let c = parse(&format!("{GATEWAY}\n{}", BASE.replace("#T1", ""))).unwrap();
+    let g = c.gateway.expect("gateway");
+    assert_eq!(
+        (g.inside_interface.as_str(), g.outside_interface.as_str()),
+        ("eth1", "eth0")
+    );
+    assert_eq!(g.cores, vec![1]);
+    assert_eq!(g.xdp_mode, config::XdpMode::Generic);
+    assert_eq!(g.control_socket, config::DEFAULT_CONTROL_SOCKET);
+    assert_eq!(
+        (g.frames, g.burst, g.idle_sleep_us, g.zero_copy),
+        (4096, 64, 0, true)
+    );
+    assert_eq!(g.backend, "auto");
+    assert!(g.metrics_listen.is_none() && g.inside_next_hop.is_none());
+    // Without the table a file is still a valid tunnel config (check-config, export-config).
+    assert!(parse(&BASE.replace("#T1", "")).unwrap().gateway.is_none());
+}
+
+#[test]
+fn gateway_table_errors_name_option_value_and_range() {
+    let cases: &[(&str, &str)] = &[
+        ("xdp_mode = \"generic\"", "xdp_mode = \"turbo\""),
+        ("cores = [1]", "cores = []"),
+        ("cores = [1]", "cores = [1, 1]"),
+        (
+            "outside_interface = \"eth0\"",
+            "outside_interface = \"eth1\"",
+        ),
+        (
+            "inside_interface = \"eth1\"",
+            "inside_interface = \"this-name-is-too-long\"",
+        ),
+        ("cores = [1]", "cores = [1]\nframes = 1000"),
+        ("cores = [1]", "cores = [1]\nburst = 0"),
+        ("cores = [1]", "cores = [1]\nmetrics_listen = \"localhost\""),
+        ("cores = [1]", "cores = [1]\nbackend = \"openssl\""),
+        ("cores = [1]", "cores = [1]\ninside_next_hop = \"10.0.0\""),
+        ("cores = [1]", "cores = [1]\nqueues = 4"),
+    ];
+    let want = [
+        "[gateway]: xdp_mode: \"turbo\" is not allowed; allowed: \"native\", \"generic\", \"auto\"",
+        "[gateway]: cores: [] is not a non-empty list of CPU ids",
+        "[gateway]: cores: 1 is not a distinct CPU id; allowed: 0..=1023",
+        "[gateway]: outside_interface: \"eth1\" is also the inside_interface; they must differ",
+        "[gateway]: inside_interface: \"this-name-is-too-long\" is not an interface name (1..15 characters)",
+        "[gateway]: frames: 1000 is not a power of two; allowed: 256..=65536",
+        "[gateway]: burst: 0 is out of range; allowed: 1..=256",
+        "[gateway]: metrics_listen: \"localhost\" is not an address:port",
+        "[gateway]: backend: \"openssl\" is not allowed; allowed: \"auto\", \"ipsec-mb\", \"rustcrypto\"",
+        "[gateway]: inside_next_hop: \"10.0.0\" is not an IP address",
+        "[gateway]: queues: unknown option; allowed: inside_interface",
+    ];
+    for ((from, to), want) in cases.iter().zip(want) {
+        let text = format!("{}\n{}", GATEWAY.replace(from, to), BASE.replace("#T1", ""));
+        let e = parse(&text).expect_err(to);
+        assert!(e.contains(&format!("test.toml: {want}")), "{to}: got\n{e}");
+    }
+}

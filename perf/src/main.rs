@@ -11,6 +11,7 @@
 //! baseline, and reports the ratio.
 
 mod traffic;
+mod xdpbench;
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use engine::counters::{Counters, DropReason};
@@ -95,6 +96,25 @@ enum Cmd {
         common: Common,
         #[arg(long, value_enum, default_value = "encrypt")]
         direction: DirectionArg,
+    },
+    /// Gateway forwarding rate on AF_XDP over veth (root): ESP vs a plain AF_XDP forwarder,
+    /// same run, same veth pairs, as a ratio.
+    XdpGateway {
+        /// Inner IP packet sizes, comma-separated.
+        #[arg(long, default_value = "64,1400")]
+        packet_size: String,
+        /// Seconds per measured run (each mode runs twice per size).
+        #[arg(long, default_value_t = 4.0)]
+        duration: f64,
+        #[arg(long, default_value = "aes128-gcm16")]
+        transform: String,
+        #[arg(long, default_value = "auto")]
+        backend: String,
+        /// native | generic | auto
+        #[arg(long, default_value = "generic")]
+        xdp_mode: String,
+        #[arg(long)]
+        json: bool,
     },
     /// Raw seal/open rate of every transform and backend (bursts of 32, one core).
     Crypto {
@@ -785,5 +805,41 @@ fn main() {
         Cmd::Loopback(c) => loopback(c),
         Cmd::Oneway { common, direction } => oneway(common, direction),
         Cmd::Crypto { size, ms, only } => crypto(size, ms, only),
+        Cmd::XdpGateway {
+            packet_size,
+            duration,
+            transform,
+            backend,
+            xdp_mode,
+            json,
+        } => {
+            if std::env::var_os("PERF_XDP_INSIDE").is_none() {
+                let args: Vec<String> = std::env::args().skip(1).collect();
+                std::process::exit(xdpbench::outer(&args));
+            }
+            let sizes = packet_size
+                .split(',')
+                .map(|s| {
+                    s.trim()
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (48..=1500).contains(n))
+                        .unwrap_or_else(|| fail(format!("--packet-size {s:?}: allowed 48..=1500")))
+                })
+                .collect();
+            let o = xdpbench::Opts {
+                sizes,
+                duration,
+                suite: parse_suite(&transform),
+                backend: backend
+                    .parse()
+                    .unwrap_or_else(|e: String| fail(format!("--backend: {e}"))),
+                json,
+                mode: xdp_mode
+                    .parse()
+                    .unwrap_or_else(|e: String| fail(format!("--xdp-mode {e}"))),
+            };
+            std::process::exit(xdpbench::inner(o));
+        }
     }
 }

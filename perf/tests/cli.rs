@@ -200,3 +200,43 @@ fn metrics_are_scraped_during_a_loopback_run() {
         v["rx_packets"].as_u64().unwrap()
     );
 }
+
+/// The AF_XDP gateway benchmark end to end (root only: namespaces, XDP, AF_XDP). Checks
+/// behaviour, not speed: both modes carried traffic and the JSON has its keys.
+#[test]
+fn xdp_gateway_benchmark_runs() {
+    // The effective uid, from /proc (no libc in this test crate).
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let v = perf(&[
+        "xdp-gateway",
+        "--packet-size",
+        "64",
+        "--duration",
+        "1",
+        "--json",
+    ]);
+    let r = &v["xdp_gateway"][0];
+    for k in [
+        "packet_size",
+        "transform",
+        "plain_mpps",
+        "esp_mpps",
+        "ratio",
+        "plain",
+        "esp",
+    ] {
+        assert!(r.get(k).is_some(), "missing {k}: {v}");
+    }
+    assert!(r["plain"]["received"].as_u64().unwrap() > 1000, "{v}");
+    assert!(r["esp"]["received"].as_u64().unwrap() > 1000, "{v}");
+    assert!(r["ratio"].as_f64().unwrap() > 0.0, "{v}");
+}

@@ -16,7 +16,7 @@
 
 use crate::afxdp::neigh::{NeighShared, Resolver};
 use crate::afxdp::xsk::{self, XskConfig};
-use crate::afxdp::{self, NextHops, PortStats, XskPort};
+use crate::afxdp::{self, MultiQueuePort, NextHops, PortStats};
 use crate::config::{self, Config, Gateway, Tunnel, XdpMode};
 use crate::counters::{Counters, DropReason};
 use crate::crypto::Backend;
@@ -89,9 +89,12 @@ struct TunnelMeta {
 struct Shared {
     handle: WorkerHandle,
     tunnels: Mutex<Vec<TunnelMeta>>,
-    inside: Arc<PortStats>,
-    outside: Arc<PortStats>,
-    xsk_fds: [(String, i32); 2],
+    /// Per-queue counters of each interface.
+    inside: Vec<Arc<PortStats>>,
+    outside: Vec<Arc<PortStats>>,
+    ifnames: [String; 2],
+    /// Socket descriptors of each interface's queues.
+    xsk_fds: [Vec<i32>; 2],
     steer: [Arc<Steering>; 2],
     started: Instant,
     modes: String,
@@ -284,23 +287,22 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         xdp_prog::ifindex(&g.inside_interface).map_err(|e| if_err("inside_interface", &e))?;
     let ifi_out =
         xdp_prog::ifindex(&g.outside_interface).map_err(|e| if_err("outside_interface", &e))?;
-    for (key, name) in [
-        ("inside_interface", &g.inside_interface),
-        ("outside_interface", &g.outside_interface),
+    let q_in = afxdp::rx_queues(&g.inside_interface) as u32;
+    let q_out = afxdp::rx_queues(&g.outside_interface) as u32;
+    for (key, name, q) in [
+        ("inside_interface", &g.inside_interface, q_in),
+        ("outside_interface", &g.outside_interface, q_out),
     ] {
-        let q = afxdp::rx_queues(name);
-        if q > 1 {
+        if q > 64 {
             return Err(if_err(
                 key,
-                &format!(
-                    "{name:?} has {q} RX queues; espd run polls one queue per interface with one worker (one writer per SA) and would miss the others: set it to one queue (ethtool -L {name} combined 1)"
-                ),
+                &format!("{name:?} has {q} RX queues; at most 64 (ethtool -L {name} combined 64)"),
             ));
         }
     }
     if g.cores.len() > 1 {
         eprintln!(
-            "espd: cores {:?}: single-queue interfaces need one worker; using core {}",
+            "espd: cores {:?}: one worker polls every queue (one writer per SA); using core {}",
             g.cores, g.cores[0]
         );
     }
@@ -332,31 +334,35 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
     };
     let neigh_in = NeighShared::new();
     let neigh_out = NeighShared::new();
-    let port_in = XskPort::open(
+    let port_in = MultiQueuePort::open(
         &g.inside_interface,
         ifi_in,
-        0,
+        q_in,
         xcfg,
         hops(g.inside_next_hop),
         neigh_in.clone(),
     )
     .map_err(|e| if_err("inside_interface", &e))?;
-    let port_out = XskPort::open(
+    let port_out = MultiQueuePort::open(
         &g.outside_interface,
         ifi_out,
-        0,
+        q_out,
         xcfg,
         hops(g.outside_next_hop),
         neigh_out.clone(),
     )
     .map_err(|e| if_err("outside_interface", &e))?;
-    steer_in
-        .add_socket(0, port_in.fd())
-        .map_err(|e| if_err("inside_interface", &e))?;
-    steer_out
-        .add_socket(0, port_out.fd())
-        .map_err(|e| if_err("outside_interface", &e))?;
-    let copy = |p: &XskPort| {
+    for (q, fd) in port_in.fds() {
+        steer_in
+            .add_socket(q, fd)
+            .map_err(|e| if_err("inside_interface", &e))?;
+    }
+    for (q, fd) in port_out.fds() {
+        steer_out
+            .add_socket(q, fd)
+            .map_err(|e| if_err("outside_interface", &e))?;
+    }
+    let copy = |p: &MultiQueuePort| {
         if p.zero_copy() {
             "zero-copy"
         } else {
@@ -364,18 +370,20 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         }
     };
     let modes = format!(
-        "inside {} (XDP {}, AF_XDP {}), outside {} (XDP {}, AF_XDP {})",
+        "inside {} (XDP {}, AF_XDP {}, {} queue(s)), outside {} (XDP {}, AF_XDP {}, {} queue(s))",
         g.inside_interface,
         steer_in.mode_name(),
         copy(&port_in),
+        q_in,
         g.outside_interface,
         steer_out.mode_name(),
-        copy(&port_out)
+        copy(&port_out),
+        q_out
     );
-    let (stats_in, stats_out) = (port_in.stats.clone(), port_out.stats.clone());
+    let (stats_in, stats_out) = (port_in.stats(), port_out.stats());
     let fds = [
-        (g.inside_interface.clone(), port_in.fd()),
-        (g.outside_interface.clone(), port_out.fd()),
+        port_in.fds().into_iter().map(|(_, f)| f).collect(),
+        port_out.fds().into_iter().map(|(_, f)| f).collect(),
     ];
     let wcfg = WorkerConfig {
         id: 0,
@@ -481,6 +489,7 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         tunnels: Mutex::new(metas),
         inside: stats_in,
         outside: stats_out,
+        ifnames: [g.inside_interface.clone(), g.outside_interface.clone()],
         xsk_fds: fds,
         steer: [steer_in.clone(), steer_out.clone()],
         started: Instant::now(),
@@ -834,21 +843,39 @@ fn show(sh: &Shared, what: &str, json: bool) -> String {
             let r = reports(sh).unwrap_or_default();
             let ports: Vec<_> = [("inside", &sh.inside, 0usize), ("outside", &sh.outside, 1)]
                 .into_iter()
-                .map(|(n, s, i)| {
+                .map(|(n, queues, i)| {
                     let mut m = serde_json::Map::new();
-                    m.insert("interface".into(), sh.xsk_fds[i].0.clone().into());
-                    for (k, v) in s.pairs() {
+                    m.insert("interface".into(), sh.ifnames[i].clone().into());
+                    let mut sum: BTreeMap<&str, u64> = BTreeMap::new();
+                    for q in queues.iter() {
+                        for (k, v) in q.pairs() {
+                            *sum.entry(k).or_default() += v;
+                        }
+                    }
+                    for (k, v) in sum {
                         m.insert(k.into(), v.into());
                     }
-                    if let Ok(x) = xsk::stats_of(sh.xsk_fds[i].1) {
-                        m.insert("xsk_rx_dropped".into(), x.rx_dropped.into());
-                        m.insert("xsk_rx_ring_full".into(), x.rx_ring_full.into());
-                        m.insert(
-                            "xsk_rx_fill_ring_empty".into(),
-                            x.rx_fill_ring_empty_descs.into(),
-                        );
-                        m.insert("xsk_tx_invalid_descs".into(), x.tx_invalid_descs.into());
+                    let per_queue: Vec<u64> = queues
+                        .iter()
+                        .map(|q| q.rx_packets.load(Ordering::Relaxed))
+                        .collect();
+                    m.insert("rx_packets_per_queue".into(), per_queue.into());
+                    let mut x = xsk::XdpStats::default();
+                    for fd in &sh.xsk_fds[i] {
+                        if let Ok(s) = xsk::stats_of(*fd) {
+                            x.rx_dropped += s.rx_dropped;
+                            x.rx_ring_full += s.rx_ring_full;
+                            x.rx_fill_ring_empty_descs += s.rx_fill_ring_empty_descs;
+                            x.tx_invalid_descs += s.tx_invalid_descs;
+                        }
                     }
+                    m.insert("xsk_rx_dropped".into(), x.rx_dropped.into());
+                    m.insert("xsk_rx_ring_full".into(), x.rx_ring_full.into());
+                    m.insert(
+                        "xsk_rx_fill_ring_empty".into(),
+                        x.rx_fill_ring_empty_descs.into(),
+                    );
+                    m.insert("xsk_tx_invalid_descs".into(), x.tx_invalid_descs.into());
                     let mut xdp = serde_json::Map::new();
                     for (k, v) in xdp_prog::VERDICTS.iter().zip(sh.steer[i].stats()) {
                         xdp.insert((*k).into(), v.into());

@@ -76,10 +76,15 @@ df_policy = "honor"
 """
 
 
-def gw_config(side, s, nat, sock, extra_gateway=""):
-    """Gateway 1 (192.0.2.1, protects 10.1.0.0/24) or 2 (mirror). SPIs: 1->2 0x1001, 2->1 0x2001."""
+def gw_config(side, s, nat, sock, extra_gateway="", log=None, v6=False):
+    """Gateway 1 (192.0.2.1, protects 10.1.0.0/24) or 2 (mirror). SPIs: 1->2 0x1001, 2->1 0x2001.
+    v6: IPv6 outer (2001:db8:f::1/2) and an IPv6 tunnel (fd00:1::/64, fd00:2::/64)."""
     me, peer = ("192.0.2.1", "192.0.2.2") if side == 1 else ("192.0.2.2", "192.0.2.1")
+    sa_me, sa_peer = me, peer
+    if v6:
+        sa_me, sa_peer = ("2001:db8:f::1", "2001:db8:f::2") if side == 1 else ("2001:db8:f::2", "2001:db8:f::1")
     mine4, theirs4 = ("10.1.0.0/24", "10.2.0.0/24") if side == 1 else ("10.2.0.0/24", "10.1.0.0/24")
+    mine6, theirs6 = ("fd00:1::/64", "fd00:2::/64") if side == 1 else ("fd00:2::/64", "fd00:1::/64")
     out_spi, in_spi = (0x1001, 0x2001) if side == 1 else (0x2001, 0x1001)
     out_salt, in_salt = (1, 2) if side == 1 else (2, 1)
     core = 0 if side == 1 else 1
@@ -91,13 +96,17 @@ name = "gw{side}-{name}"
 connection = "vpn-gw{side}"
 outside_ip = "{me}"
 peer_ip = "{peer}"
-local_ipv4_network_cidr = "{theirs4}"
-remote_ipv4_network_cidr = "{mine4}"
 pre_shared_key = "lab.tunnel_{i}"
 """
+        if v6:
+            tunnels += f'tunnel_inside_ip_version = "ipv6"\nlocal_ipv6_network_cidr = "{theirs6}"\nremote_ipv6_network_cidr = "{mine6}"\n'
+        else:
+            tunnels += f'local_ipv4_network_cidr = "{theirs4}"\nremote_ipv4_network_cidr = "{mine4}"\n'
+        if i == 0 and log:
+            tunnels += f'log_enabled = true\nlog_destination = "{log}"\nlog_output_format = "json"\n'
         if i == 0:
-            tunnels += sa(f"gw{side}-out", "out", out_spi, s, out_salt, me, peer, nat)
-            tunnels += sa(f"gw{side}-in", "in", in_spi, s, in_salt, peer, me, nat)
+            tunnels += sa(f"gw{side}-out", "out", out_spi, s, out_salt, sa_me, sa_peer, nat)
+            tunnels += sa(f"gw{side}-in", "in", in_spi, s, in_salt, sa_peer, sa_me, nat)
     return f"""
 [gateway]
 inside_interface = "g{side}i"
@@ -112,14 +121,15 @@ idle_sleep_us = 20
 
 
 class Gw:
-    def __init__(self, side, s, nat, tag, extra_gateway=""):
+    def __init__(self, side, s, nat, tag, extra_gateway="", v6=False):
         self.side = side
         self.sock = os.path.join(WORK, f"{tag}-g{side}.sock")
         self.cfg = os.path.join(WORK, f"{tag}-g{side}.toml")
         self.keys = os.path.join(WORK, f"{tag}-g{side}.keys")
         self.log = os.path.join(WORK, f"{tag}-g{side}.log")
+        self.tunnel_log = os.path.join(WORK, f"{tag}-g{side}.tunnel.json")
         with open(self.cfg, "w") as f:
-            f.write(gw_config(side, s, nat, self.sock, extra_gateway))
+            f.write(gw_config(side, s, nat, self.sock, extra_gateway, self.tunnel_log, v6))
         self.p = popen(f"g{side}", f"{ESPD} run --config {self.cfg} --export-keys {self.keys}",
                        stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
         for _ in range(200):
@@ -196,9 +206,10 @@ print(n)
 
 UDP_SEND = r"""
 import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-for i in range(200):
-    s.sendto(b"espd" + bytes(996), (sys.argv[1], 5002)); time.sleep(0.002)
+flows = int(sys.argv[2])
+socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(flows)]
+for i in range(200 if flows == 1 else 10 * flows):
+    socks[i % flows].sendto(b"espd" + bytes(996), (sys.argv[1], 5002)); time.sleep(0.002)
 """
 
 
@@ -212,22 +223,22 @@ def py(nsname, script, *args, background=False):
     return nsx(nsname, f"python3 {path} {a}", check=False)
 
 
-def udp_one_way(src, dst_ns, dst_ip):
+def udp_one_way(src, dst_ns, dst_ip, flows=1):
     rx = py(dst_ns, UDP_RECV, dst_ip, background=True)
     time.sleep(0.3)
-    py(src, UDP_SEND, dst_ip)
+    py(src, UDP_SEND, dst_ip, str(flows))
     out, _ = rx.communicate(timeout=20)
     return int(out.strip() or 0)
 
 
-def tshark_decrypt(pcap, uats):
+def tshark_decrypt(pcap, uats, echo_filter="icmp.type == 8 && ip.src == 10.1.0.2 && ip.dst == 10.2.0.2"):
     """(esp packets, icv good, echo requests 10.1.0.2 -> 10.2.0.2 inside)."""
     uat = " ".join(f"-o uat:esp_sa:{u!r}" for u in uats)
     base = f"tshark -n -r {pcap} -o esp.enable_encryption_decode:TRUE -o esp.enable_authentication_check:TRUE {uat}"
     r = sh(f"{base} -T fields -e esp.icv_good -Y esp", check=False)
     lines = [l for l in r.stdout.splitlines() if l.strip()]
     good = sum(1 for l in lines if l.split(",")[0] == "1")
-    r2 = sh(f"{base} -Y 'esp && icmp.type == 8 && ip.src == 10.1.0.2 && ip.dst == 10.2.0.2' -T fields -e frame.number", check=False)
+    r2 = sh(f"{base} -Y 'esp && {echo_filter}' -T fields -e frame.number", check=False)
     echoes = len([l for l in r2.stdout.splitlines() if l.strip()])
     return len(lines), good, echoes, r.stderr[-300:]
 
@@ -242,7 +253,8 @@ def two_gateways(sname, nat):
     cap = os.path.join(WORK, f"{tag}.pcap")
     dump = popen("w", f"tcpdump -q -n -i w1 -w {cap} 'esp or udp port 4500'",
                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    g1, g2 = Gw(1, s, nat, tag), Gw(2, s, nat, tag)
+    port = 19100 + len(tag)
+    g1, g2 = Gw(1, s, nat, tag, f'metrics_listen = "127.0.0.1:{port}"'), Gw(2, s, nat, tag)
     try:
         check(f"[{tag}] both gateways up", g1.up() and g2.up(), open(g1.log).read() + open(g2.log).read())
         if not (g1.up() and g2.up()):
@@ -264,6 +276,7 @@ def two_gateways(sname, nat):
         r = ping("hA", "10.2.0.2", "-M do -s 1472", count=2)
         check(f"[{tag}] 1500-byte DF ping gets ICMP fragmentation needed with the inner MTU",
               received(r) == 0 and "mtu" in (r.stdout + r.stderr).lower(), r.stdout[-300:] + r.stderr[-300:])
+        nsx("hA", "ip route flush cache")  # so the SYN carries MSS 1460 and must be clamped
         srv = py("hB", TCP_SERVER, background=True)
         time.sleep(0.3)
         cli = py("hA", TCP_CLIENT)
@@ -274,12 +287,23 @@ def two_gateways(sname, nat):
         check(f"[{tag}] UDP A->B 200/200", n == 200, str(n))
         n = udp_one_way("hB", "hA", "10.1.0.2")
         check(f"[{tag}] UDP B->A 200/200", n == 200, str(n))
+        n = udp_one_way("hA", "hB", "10.2.0.2", flows=16)
+        q = g1.show("counters").get("inside", {}).get("rx_packets_per_queue", [])
+        check(f"[{tag}] 16 UDP flows over both inside queues (one socket per queue, one worker)",
+              n == 160 and len(q) == 2 and min(q) > 0, f"{n} {q}")
         t = g1.show("tunnels")
         t1 = next((x for x in t.get("tunnels", []) if x["name"] == "gw1-t1"), {})
         t2 = next((x for x in t.get("tunnels", []) if x["name"] == "gw1-t2"), {})
         check(f"[{tag}] espd show tunnels: t1 UP with traffic both ways, t2 DOWN",
               t1.get("state") == "UP" and t1.get("tunnel_data_out_bytes", 0) > 1 << 20
               and t1.get("tunnel_data_in_bytes", 0) > 0 and t2.get("state") == "DOWN", json.dumps(t))
+        m = nsx("g1", f"python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics').read().decode())\"", check=False).stdout
+        want = f'vpn_tunnel_data_out_bytes_total{{vpn_id="vpn-gw1",tunnel_ip="192.0.2.1",tunnel="gw1-t1"}} {t1.get("tunnel_data_out_bytes")}'
+        check(f"[{tag}] Prometheus endpoint of espd run: TunnelState and TunnelDataOut match espd show",
+              want in m and 'vpn_connection_tunnel_state{vpn_id="vpn-gw1"} 0.5' in m, m[:800])
+        c = g1.show("counters")
+        check(f"[{tag}] MSS of the TCP SYN clamped on the way in", c.get("worker", {}).get("mss_clamped", 0) >= 1,
+              json.dumps(c.get("worker")))
         sas = g1.show("sas").get("sas", [])
         out = next((x for x in sas if x["direction"] == "out"), {})
         # The one drop: the second 1500-byte DF ping was refused by host A itself after the
@@ -304,6 +328,11 @@ def two_gateways(sname, nat):
         except subprocess.TimeoutExpired:
             dump.kill()
     check(f"[{tag}] SIGTERM: both exit 0", codes == (0, 0), f"{codes} {open(g1.log).read()[-500:]}")
+    recs = [json.loads(l) for l in open(g1.tunnel_log) if l.strip()] if os.path.exists(g1.tunnel_log) else []
+    check(f"[{tag}] AWS-format tunnel log: UP at start, DOWN at stop, no key material",
+          len(recs) == 2 and recs[0]["ike_phase2_state"] == "Established" and "UP" in recs[0]["details"]
+          and recs[1]["ike_phase2_state"] == "Down" and recs[0]["vpn_connection_id"] == "vpn-gw1"
+          and key(s["ek"], 1).hex() not in open(g1.tunnel_log).read(), json.dumps(recs))
     check(f"[{tag}] XDP detached after exit",
           not any(xdp_attached(n, d) for n, d in (("g1", "g1i"), ("g1", "g1o"), ("g2", "g2i"), ("g2", "g2o"))))
     uats = []
@@ -314,6 +343,55 @@ def two_gateways(sname, nat):
     check(f"[{tag}] tshark decrypts the captured ESP: ICV good for every packet",
           esp > 100 and good == esp, f"{good}/{esp} {err}")
     check(f"[{tag}] tshark finds the inner echo requests A->B", echoes >= 5, str(echoes))
+
+
+def two_gateways_v6():
+    """IPv6 outer and an IPv6 tunnel: the XDP IPv6 paths, ICMPv6 Packet Too Big."""
+    s = SUITES["gcm"]
+    tag = "gcm-v6"
+    cap = os.path.join(WORK, f"{tag}.pcap")
+    dump = popen("w", f"tcpdump -q -n -i w1 -w {cap} ip6 proto 50",
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    g1, g2 = Gw(1, s, False, tag, v6=True), Gw(2, s, False, tag, v6=True)
+    try:
+        check(f"[{tag}] both gateways up", g1.up() and g2.up(), open(g1.log).read() + open(g2.log).read())
+        if not (g1.up() and g2.up()):
+            return
+        ping("hA", "fd00:1::1", count=1)
+        ping("hB", "fd00:2::1", count=1)
+        r = ping("hA", "fd00:2::2", count=5)
+        check(f"[{tag}] ping6 A->B through an IPv6-outer tunnel", received(r) == 5, r.stdout[-300:])
+        r = ping("hB", "fd00:1::2", count=3)
+        check(f"[{tag}] ping6 B->A", received(r) == 3, r.stdout[-300:])
+        nsx("hA", "ip -6 route flush cache")
+        r = ping("hA", "fd00:2::2", "-M do -s 1452", count=2)
+        check(f"[{tag}] 1500-byte IPv6 packet gets ICMPv6 Packet Too Big with the inner MTU",
+              received(r) == 0 and "mtu" in (r.stdout + r.stderr).lower(), r.stdout[-300:] + r.stderr[-300:])
+        ping("hB", "fd00:1::2", "-M do -s 1452", count=1)  # host B learns the path MTU too
+        r = ping("hA", "fd00:2::2", "-s 2952")
+        check(f"[{tag}] 3000-byte ping6 (host fragments to the path MTU it learned)", received(r) == 3, r.stdout[-300:])
+        c = g1.show("counters")
+        check(f"[{tag}] XDP steered IPv6 ESP and IPv6 inside traffic",
+              c.get("outside", {}).get("xdp", {}).get("xsk_esp", 0) > 0
+              and c.get("inside", {}).get("xdp", {}).get("xsk_inside", 0) > 0
+              and c.get("worker", {}).get("icmp_sent", 0) >= 1, json.dumps(c)[:1200])
+    finally:
+        codes = (g1.stop(), g2.stop())
+        time.sleep(0.3)
+        dump.send_signal(signal.SIGINT)
+        try:
+            dump.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            dump.kill()
+    check(f"[{tag}] SIGTERM: both exit 0", codes == (0, 0))
+    uats = []
+    for g in (g1, g2):
+        if os.path.exists(g.keys):
+            uats += [l for l in open(g.keys).read().splitlines() if l.strip()]
+    esp, good, echoes, err = tshark_decrypt(cap, list(dict.fromkeys(uats)),
+                                            "icmpv6.type == 128 && ipv6.src == fd00:1::2")
+    check(f"[{tag}] tshark decrypts the IPv6 ESP: ICV good for every packet, inner echo requests found",
+          esp > 10 and good == esp and echoes >= 5, f"{good}/{esp} echoes {echoes} {err}")
 
 
 def scapy_peer(nat):
@@ -443,6 +521,7 @@ def main():
         for sname in ("gcm", "cbc"):
             for nat in (False, True):
                 two_gateways(sname, nat)
+        two_gateways_v6()
         for nat in (False, True):
             scapy_peer(nat)
         bad_starts()

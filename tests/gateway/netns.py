@@ -42,8 +42,13 @@ def mac(name, dev):
     return nsx(name, f"cat /sys/class/net/{dev}/address").stdout.strip()
 
 
+QUEUES = 2
+
+
 def veth(a, da, b, db):
-    sh(f"ip link add {da} netns {ns(a)} type veth peer name {db} netns {ns(b)}")
+    # Two queues per end: the gateway polls one AF_XDP socket per queue.
+    q = f"numtxqueues {QUEUES} numrxqueues {QUEUES}"
+    sh(f"ip link add {da} netns {ns(a)} {q} type veth peer name {db} netns {ns(b)} {q}")
 
 
 def up():

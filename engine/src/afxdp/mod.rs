@@ -368,6 +368,79 @@ impl PacketIo for XskPort {
     }
 }
 
+/// Every RX queue of one interface, one socket each, polled by one worker (so a tunnel's
+/// packets, spread over queues by RSS, still meet one writer per SA). Receive round-robins
+/// over the queues starting at a rotating one (no queue starves); transmit uses the first
+/// queue's socket.
+pub struct MultiQueuePort {
+    pub ports: Vec<XskPort>,
+    next: usize,
+}
+
+impl std::fmt::Debug for MultiQueuePort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MultiQueuePort({} queues)", self.ports.len())
+    }
+}
+
+impl MultiQueuePort {
+    /// Opens one socket per queue `0..queues` of the interface.
+    pub fn open(
+        ifname: &str,
+        ifindex: u32,
+        queues: u32,
+        cfg: XskConfig,
+        hops: NextHops,
+        neigh: Arc<NeighShared>,
+    ) -> std::io::Result<MultiQueuePort> {
+        let ports = (0..queues.max(1))
+            .map(|q| XskPort::open(ifname, ifindex, q, cfg, hops, neigh.clone()))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(MultiQueuePort { ports, next: 0 })
+    }
+
+    /// (queue, socket fd) of every queue.
+    pub fn fds(&self) -> Vec<(u32, std::os::fd::RawFd)> {
+        (0u32..).zip(self.ports.iter().map(|p| p.fd())).collect()
+    }
+
+    pub fn zero_copy(&self) -> bool {
+        self.ports.iter().all(|p| p.zero_copy())
+    }
+
+    /// Per-queue counters.
+    pub fn stats(&self) -> Vec<Arc<PortStats>> {
+        self.ports.iter().map(|p| p.stats.clone()).collect()
+    }
+}
+
+impl PacketIo for MultiQueuePort {
+    fn rx_burst(&mut self, pool: &mut BufPool, out: &mut Vec<PacketBuf>, max: usize) -> usize {
+        let k = self.ports.len();
+        if k == 1 {
+            return self.ports[0].rx_burst(pool, out, max);
+        }
+        let mut n = 0;
+        for i in 0..k {
+            let j = (self.next + i) % k;
+            n += self.ports[j].rx_burst(pool, out, max - n);
+            if n >= max {
+                break;
+            }
+        }
+        self.next = (self.next + 1) % k;
+        n
+    }
+
+    fn tx_burst(&mut self, pool: &mut BufPool, pkts: &mut Vec<PacketBuf>) -> usize {
+        self.ports[0].tx_burst(pool, pkts)
+    }
+
+    fn tx_room(&self) -> usize {
+        self.ports[0].tx_room()
+    }
+}
+
 /// The IP addresses configured on an interface (`getifaddrs`).
 pub fn local_addrs(ifname: &str) -> Vec<IpAddr> {
     let mut out = vec![];

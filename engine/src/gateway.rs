@@ -519,7 +519,7 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         Some(a) => {
             let s = shared.clone();
             Some(
-                metrics::serve(a, Arc::new(move || metrics::render(&snapshots(&s))))
+                metrics::serve(a, Arc::new(move || render_metrics(&s)))
                     .map_err(|e| format!("{origin}: [gateway]: metrics_listen {a}: {e}"))?,
             )
         }
@@ -730,6 +730,165 @@ fn snapshots(sh: &Shared) -> Vec<TunnelSnapshot> {
             }
         })
         .collect()
+}
+
+/// The Prometheus text of the running gateway: the AWS tunnel metrics, then per SA
+/// (packets, bytes, drops by reason, sequence number, replay window) and per worker
+/// (polls, receive-burst occupancy) and per interface (XDP verdicts, port counters).
+fn render_metrics(sh: &Shared) -> String {
+    let mut o = metrics::render(&snapshots(sh));
+    let r = reports(sh).unwrap_or_default();
+    let metas = sh.tunnels.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let tname = |i: u32| {
+        metas
+            .iter()
+            .find(|m| m.index == i)
+            .map(|m| m.name.clone())
+            .unwrap_or_default()
+    };
+    let head = |o: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    let sa_l = |s: &crate::runtime::SaReport| {
+        format!(
+            "tunnel=\"{}\",sa=\"{}\",spi=\"{:#010x}\",direction=\"{}\"",
+            tname(s.tunnel),
+            s.name.replace('"', "'"),
+            s.spi,
+            if s.outbound { "out" } else { "in" }
+        )
+    };
+    head(
+        &mut o,
+        "espd_sa_packets_total",
+        "counter",
+        "Packets of the SA.",
+    );
+    for s in &r.sas {
+        let _ = writeln!(
+            o,
+            "espd_sa_packets_total{{{}}} {}",
+            sa_l(s),
+            s.counters.packets
+        );
+    }
+    head(
+        &mut o,
+        "espd_sa_inner_bytes_total",
+        "counter",
+        "Inner bytes of the SA.",
+    );
+    for s in &r.sas {
+        let _ = writeln!(
+            o,
+            "espd_sa_inner_bytes_total{{{}}} {}",
+            sa_l(s),
+            s.counters.inner_bytes
+        );
+    }
+    head(
+        &mut o,
+        "espd_sa_drops_total",
+        "counter",
+        "Packets of the SA dropped, by reason.",
+    );
+    for s in &r.sas {
+        for reason in DropReason::ALL {
+            let v = s.counters.dropped(*reason);
+            if v > 0 {
+                let _ = writeln!(
+                    o,
+                    "espd_sa_drops_total{{{},reason=\"{}\"}} {v}",
+                    sa_l(s),
+                    reason.name()
+                );
+            }
+        }
+    }
+    head(
+        &mut o,
+        "espd_sa_sequence_number",
+        "gauge",
+        "Outbound: next sequence number; inbound: highest accepted.",
+    );
+    for s in &r.sas {
+        let _ = writeln!(o, "espd_sa_sequence_number{{{}}} {}", sa_l(s), s.seq);
+    }
+    head(
+        &mut o,
+        "espd_sa_replay_window",
+        "gauge",
+        "Inbound SA replay window size (packets).",
+    );
+    for s in r.sas.iter().filter(|s| !s.outbound) {
+        let _ = writeln!(
+            o,
+            "espd_sa_replay_window{{{}}} {}",
+            sa_l(s),
+            s.replay_window
+        );
+    }
+    head(
+        &mut o,
+        "espd_worker_polls_total",
+        "counter",
+        "Poll-loop iterations of the worker.",
+    );
+    let _ = writeln!(
+        o,
+        "espd_worker_polls_total{{worker=\"{}\"}} {}",
+        r.worker, r.polls
+    );
+    head(
+        &mut o,
+        "espd_worker_bursts_total",
+        "counter",
+        "Polls by received burst size: bucket 0 empty, i: [2^(i-1), 2^i).",
+    );
+    for (i, v) in r.burst_hist.iter().enumerate() {
+        let _ = writeln!(
+            o,
+            "espd_worker_bursts_total{{worker=\"{}\",bucket=\"{i}\"}} {v}",
+            r.worker
+        );
+    }
+    head(
+        &mut o,
+        "espd_xdp_verdicts_total",
+        "counter",
+        "Verdicts of the XDP steering program.",
+    );
+    for (i, st) in sh.steer.iter().enumerate() {
+        for (k, v) in xdp_prog::VERDICTS.iter().zip(st.stats()) {
+            let _ = writeln!(
+                o,
+                "espd_xdp_verdicts_total{{interface=\"{}\",verdict=\"{k}\"}} {v}",
+                sh.ifnames[i]
+            );
+        }
+    }
+    head(
+        &mut o,
+        "espd_port_packets_total",
+        "counter",
+        "AF_XDP port counters, summed over queues.",
+    );
+    for (i, queues) in [&sh.inside, &sh.outside].into_iter().enumerate() {
+        let mut sum: BTreeMap<&str, u64> = BTreeMap::new();
+        for q in queues.iter() {
+            for (k, v) in q.pairs() {
+                *sum.entry(k).or_default() += v;
+            }
+        }
+        for (k, v) in sum {
+            let _ = writeln!(
+                o,
+                "espd_port_packets_total{{interface=\"{}\",counter=\"{k}\"}} {v}",
+                sh.ifnames[i]
+            );
+        }
+    }
+    o
 }
 
 fn drops_json(c: &Counters) -> serde_json::Value {

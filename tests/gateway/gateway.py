@@ -300,7 +300,10 @@ def two_gateways(sname, nat):
         m = nsx("g1", f"python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics').read().decode())\"", check=False).stdout
         want = f'vpn_tunnel_data_out_bytes_total{{vpn_id="vpn-gw1",tunnel_ip="192.0.2.1",tunnel="gw1-t1"}} {t1.get("tunnel_data_out_bytes")}'
         check(f"[{tag}] Prometheus endpoint of espd run: TunnelState and TunnelDataOut match espd show",
-              want in m and 'vpn_connection_tunnel_state{vpn_id="vpn-gw1"} 0.5' in m, m[:800])
+              want in m and 'vpn_connection_tunnel_state{vpn_id="vpn-gw1"} 0.5' in m
+              and 'espd_sa_sequence_number{tunnel="gw1-t1",sa="gw1-out",spi="0x00001001",direction="out"}' in m
+              and 'espd_xdp_verdicts_total{interface="g1i",verdict="xsk_inside"}' in m
+              and 'espd_worker_polls_total{worker="0"}' in m, m[:800])
         c = g1.show("counters")
         check(f"[{tag}] MSS of the TCP SYN clamped on the way in", c.get("worker", {}).get("mss_clamped", 0) >= 1,
               json.dumps(c.get("worker")))

@@ -44,6 +44,10 @@ cargo test --workspace --quiet 2>&1 | grep -v '^$'
 log "crypto backends"
 cargo run --quiet -p engine --bin espd -- crypto
 
+log "IKE: the MODP primes in ike/src/groups.rs are exactly RFC 2409 / RFC 3526's formula"
+python3 tests/ike/modp_primes.py ike/src/groups.rs 2>&1 | grep -v ': True$' || true
+python3 tests/ike/modp_primes.py ike/src/groups.rs 2>/dev/null
+
 log "interop: scapy and tshark against espd pcap"
 cargo build --quiet -p engine --bin espd
 python3 tests/interop/interop.py target/debug/espd "$(mktemp -d)" 2>&1 | grep -v -e '^PASS' -e 'WARNING: '

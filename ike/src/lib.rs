@@ -13,6 +13,10 @@
 //! one process with a fake clock.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod dh;
 pub mod dpd;
+pub mod groups;
+pub mod keys;
+pub mod msg;
 pub mod proposal;
 pub mod rekey;

@@ -20,3 +20,4 @@ pub mod keys;
 pub mod msg;
 pub mod proposal;
 pub mod rekey;
+pub mod session;

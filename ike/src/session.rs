@@ -1,0 +1,1439 @@
+//! One IKE SA as a sans-IO state machine (RFC 7296): IKE_SA_INIT (NAT detection,
+//! INVALID_KE_PAYLOAD retry, COOKIE), IKE_AUTH with a pre-shared key and the first CHILD_SA
+//! in tunnel mode, INFORMATIONAL (DELETE, liveness), retransmission with backoff and replay
+//! of the cached response to a duplicate request.
+//!
+//! Contract: nothing here does I/O or reads a clock. The caller passes `now` (seconds) and a
+//! random generator (`fill`) in, and takes [`Output`]s out: datagrams to send (to the peer,
+//! on the port the SA uses), the CHILD_SA keys to install in the data plane, state changes
+//! and AWS-style log lines. [`IkeSa::poll_timeout`] says when [`IkeSa::handle_timeout`] is
+//! due. Malformed, unauthenticated or unexpected messages are dropped (and counted in
+//! [`IkeSa::dropped`]) or answered as section 2.21 says; nothing panics on input.
+//!
+//! Not yet here (see the README): CREATE_CHILD_SA rekeys of CHILD and IKE SAs and their
+//! collisions, which run on top of this state.
+
+use crate::dh::KeyPair;
+use crate::keys::{self, ChildKeys, Encr, IkeKeys, Integ, Prf, SkCipher};
+use crate::msg::{
+    self, Header, Message, Payload, ProposalWire, TrafficSelector, Transform, exchange, flags,
+    notify, proto, ptype, transform as tt,
+};
+use crate::proposal::{self, Proposal};
+use std::net::IpAddr;
+use zeroize::Zeroizing;
+
+/// What an IKE SA is configured with (one AWS tunnel's phase 1 / phase 2 options).
+#[derive(Clone)]
+pub struct Config {
+    pub local_addr: IpAddr,
+    pub peer_addr: IpAddr,
+    pub psk: Zeroizing<Vec<u8>>,
+    /// AWS names, in AWS's ascending order (the responder's preference).
+    pub p1_enc: Vec<String>,
+    pub p1_integ: Vec<String>,
+    pub p1_dh: Vec<u16>,
+    pub p2_enc: Vec<String>,
+    pub p2_integ: Vec<String>,
+    /// Phase 2 DH groups (PFS for CHILD_SA rekeys; not used by the first CHILD_SA).
+    pub p2_dh: Vec<u16>,
+    /// Our side's and the peer's protected networks.
+    pub local_ts: TrafficSelector,
+    pub remote_ts: TrafficSelector,
+    /// Force UDP encapsulation (NAT-T `force`): pretend a NAT in our NAT_DETECTION hash.
+    pub force_nat_t: bool,
+    /// Retransmissions of a request before the exchange fails.
+    pub retransmits: u32,
+    /// First retransmission timeout (seconds); doubles every time.
+    pub retransmit_base_s: f64,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Config({} -> {}, psk <redacted>)",
+            self.local_addr, self.peer_addr
+        )
+    }
+}
+
+/// A CHILD_SA ready for the data plane.
+#[derive(Debug)]
+pub struct ChildSa {
+    /// SPI of our inbound SA (we chose it), and of our outbound SA (the peer chose it).
+    pub spi_in: u32,
+    pub spi_out: u32,
+    /// AWS names of the chosen transforms.
+    pub encryption: String,
+    pub integrity: Option<String>,
+    /// Keys of our inbound and outbound SAs (GCM: key | 4-byte salt).
+    pub enc_in: Zeroizing<Vec<u8>>,
+    pub int_in: Zeroizing<Vec<u8>>,
+    pub enc_out: Zeroizing<Vec<u8>>,
+    pub int_out: Zeroizing<Vec<u8>>,
+    pub local_ts: TrafficSelector,
+    pub remote_ts: TrafficSelector,
+    /// UDP-encapsulate ESP (a NAT was detected, or forced).
+    pub nat_t: bool,
+}
+
+/// What the caller must do.
+#[derive(Debug)]
+pub enum Output {
+    /// Send this datagram to the peer (prefix the non-ESP marker when `nat_t` is true and
+    /// the message goes to port 4500).
+    Send { data: Vec<u8>, nat_t: bool },
+    /// A CHILD_SA is established: install its SAs.
+    ChildUp(Box<ChildSa>),
+    /// The IKE SA is established.
+    IkeUp,
+    /// The IKE SA is gone (failed or deleted); with the reason, for the logs.
+    Closed(String),
+    /// A line for the tunnel log (AWS wording where AWS has one).
+    Log(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    InitSent,
+    AuthSent,
+    /// Responder waiting for IKE_AUTH.
+    InitDone,
+    Established,
+    Closed,
+}
+
+/// Chosen IKE SA transforms.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct IkeSuite {
+    encr: Encr,
+    integ: Option<Integ>,
+    prf: Prf,
+    /// The IKE SA's DH group (for logs and IKE SA rekeys).
+    pub(crate) dh: u16,
+}
+
+/// One IKE SA.
+pub struct IkeSa {
+    cfg: Config,
+    pub initiator: bool,
+    pub state: State,
+    pub spi_i: u64,
+    pub spi_r: u64,
+    suite: Option<IkeSuite>,
+    dh: Option<KeyPair>,
+    ni: Vec<u8>,
+    nr: Vec<u8>,
+    keys: Option<IkeKeys>,
+    /// Our first message (IKE_SA_INIT request or response), signed in AUTH.
+    first_msg: Vec<u8>,
+    /// The peer's first message.
+    peer_first: Vec<u8>,
+    cookie: Option<Vec<u8>>,
+    /// Next message ID we send a request with / expect a request with.
+    next_req_id: u32,
+    next_peer_id: u32,
+    /// Outstanding request: (id, bytes, sends so far, next retransmission time).
+    pending: Option<(u32, Vec<u8>, u32, f64)>,
+    /// Last response sent (id, bytes), for duplicate requests.
+    last_resp: Option<(u32, Vec<u8>)>,
+    child_spi: u32,
+    pub nat_detected: bool,
+    /// Messages dropped (malformed, bad ICV, unexpected).
+    pub dropped: u64,
+    pub last_rx: f64,
+}
+
+impl std::fmt::Debug for IkeSa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "IkeSa({:016x}/{:016x}, {:?}, {})",
+            self.spi_i,
+            self.spi_r,
+            self.state,
+            if self.initiator {
+                "initiator"
+            } else {
+                "responder"
+            }
+        )
+    }
+}
+
+fn enc_transform(name: &str) -> Option<Transform> {
+    let (id, bits) = match name.to_ascii_uppercase().as_str() {
+        "AES128" => (tt::ENCR_AES_CBC, 128),
+        "AES256" => (tt::ENCR_AES_CBC, 256),
+        "AES128-GCM-16" => (tt::ENCR_AES_GCM_16, 128),
+        "AES256-GCM-16" => (tt::ENCR_AES_GCM_16, 256),
+        _ => return None,
+    };
+    Some(Transform {
+        ttype: tt::ENCR,
+        id,
+        key_bits: Some(bits),
+    })
+}
+
+fn enc_name(t: &Transform) -> Option<&'static str> {
+    Some(match (t.id, t.key_bits?) {
+        (tt::ENCR_AES_CBC, 128) => "AES128",
+        (tt::ENCR_AES_CBC, 256) => "AES256",
+        (tt::ENCR_AES_GCM_16, 128) => "AES128-GCM-16",
+        (tt::ENCR_AES_GCM_16, 256) => "AES256-GCM-16",
+        _ => return None,
+    })
+}
+
+fn integ_of(name: &str) -> Option<(Integ, Prf)> {
+    Some(match name.to_ascii_uppercase().as_str() {
+        "SHA1" | "SHA-1" => (Integ::Sha1_96, Prf::Sha1),
+        "SHA2-256" => (Integ::Sha256_128, Prf::Sha256),
+        "SHA2-384" => (Integ::Sha384_192, Prf::Sha384),
+        "SHA2-512" => (Integ::Sha512_256, Prf::Sha512),
+        _ => return None,
+    })
+}
+
+fn integ_name(i: Integ) -> &'static str {
+    match i {
+        Integ::Sha1_96 => "SHA1",
+        Integ::Sha256_128 => "SHA2-256",
+        Integ::Sha384_192 => "SHA2-384",
+        Integ::Sha512_256 => "SHA2-512",
+    }
+}
+
+fn is_gcm(name: &str) -> bool {
+    name.to_ascii_uppercase().contains("GCM")
+}
+
+/// The initiator's SA payload: a proposal of the CBC ciphers with integrity, and one of the
+/// GCM ciphers (combined-mode ciphers must not share a proposal with integrity, section 3.3).
+fn build_proposals(
+    protocol: u8,
+    spi: &[u8],
+    enc: &[String],
+    integ: &[String],
+    dh: &[u16],
+    with_prf: bool,
+) -> Vec<ProposalWire> {
+    let mut out = vec![];
+    for gcm in [false, true] {
+        let encs: Vec<Transform> = enc
+            .iter()
+            .filter(|e| is_gcm(e) == gcm)
+            .filter_map(|e| enc_transform(e))
+            .collect();
+        if encs.is_empty() {
+            continue;
+        }
+        let mut ts = encs;
+        if with_prf {
+            ts.extend(
+                integ
+                    .iter()
+                    .filter_map(|i| integ_of(i))
+                    .map(|(_, p)| Transform {
+                        ttype: tt::PRF,
+                        id: p.id(),
+                        key_bits: None,
+                    }),
+            );
+        }
+        if !gcm {
+            ts.extend(
+                integ
+                    .iter()
+                    .filter_map(|i| integ_of(i))
+                    .map(|(i, _)| Transform {
+                        ttype: tt::INTEG,
+                        id: i.id(),
+                        key_bits: None,
+                    }),
+            );
+        }
+        ts.extend(dh.iter().map(|g| Transform {
+            ttype: tt::DH,
+            id: *g,
+            key_bits: None,
+        }));
+        if protocol == proto::ESP {
+            ts.push(Transform {
+                ttype: tt::ESN,
+                id: 0,
+                key_bits: None,
+            });
+        }
+        out.push(ProposalWire {
+            num: out.len() as u8 + 1,
+            protocol,
+            spi: spi.to_vec(),
+            transforms: ts,
+        });
+    }
+    out
+}
+
+/// The peer's proposals in AWS names (for [`proposal::select`]).
+fn as_names(p: &ProposalWire) -> Proposal {
+    let mut r = Proposal {
+        encryption: vec![],
+        integrity: vec![],
+        dh: vec![],
+    };
+    for t in &p.transforms {
+        match t.ttype {
+            tt::ENCR => r.encryption.extend(enc_name(t).map(str::to_string)),
+            tt::INTEG => r
+                .integrity
+                .extend(Integ::from_id(t.id).map(|i| integ_name(i).to_string())),
+            tt::DH => r.dh.push(t.id),
+            _ => {}
+        }
+    }
+    r
+}
+
+/// The chosen transforms of one proposal (responder side), with the PRF for IKE.
+struct Chosen {
+    num: u8,
+    spi: Vec<u8>,
+    enc: String,
+    integ: Option<String>,
+    prf: Option<Prf>,
+    dh: Option<u16>,
+}
+
+fn choose(
+    props: &[ProposalWire],
+    protocol: u8,
+    enc: &[String],
+    integ: &[String],
+    dh: &[u16],
+    need_dh: bool,
+) -> Option<Chosen> {
+    let props: Vec<&ProposalWire> = props.iter().filter(|p| p.protocol == protocol).collect();
+    let names: Vec<Proposal> = props.iter().map(|p| as_names(p)).collect();
+    let c = proposal::select(enc, integ, dh, &names, need_dh)?;
+    // The first offered proposal that has every chosen transform (and a PRF for IKE).
+    for (p, n) in props.iter().zip(&names) {
+        let has_enc = n
+            .encryption
+            .iter()
+            .any(|e| e.eq_ignore_ascii_case(&c.encryption));
+        let has_int = c
+            .integrity
+            .as_ref()
+            .is_none_or(|i| n.integrity.iter().any(|x| x.eq_ignore_ascii_case(i)));
+        let has_dh = c.dh.is_none_or(|g| n.dh.contains(&g));
+        if !(has_enc && has_int && has_dh) {
+            continue;
+        }
+        let prf = if protocol == proto::IKE {
+            // The lowest local integrity name whose PRF the peer offers.
+            let offered: Vec<u16> = p
+                .transforms
+                .iter()
+                .filter(|t| t.ttype == tt::PRF)
+                .map(|t| t.id)
+                .collect();
+            let pick = integ
+                .iter()
+                .filter_map(|i| integ_of(i))
+                .map(|(_, p)| p)
+                .find(|p| offered.contains(&p.id()));
+            match pick {
+                Some(p) => Some(p),
+                None => continue,
+            }
+        } else {
+            None
+        };
+        return Some(Chosen {
+            num: p.num,
+            spi: p.spi.clone(),
+            enc: c.encryption,
+            integ: c.integrity,
+            prf,
+            dh: c.dh,
+        });
+    }
+    None
+}
+
+fn chosen_proposal(c: &Chosen, protocol: u8, spi: &[u8]) -> ProposalWire {
+    let mut ts = vec![enc_transform(&c.enc).expect("chosen from known names")];
+    if let Some(p) = c.prf {
+        ts.push(Transform {
+            ttype: tt::PRF,
+            id: p.id(),
+            key_bits: None,
+        });
+    }
+    if let Some(i) = c.integ.as_deref().and_then(integ_of) {
+        ts.push(Transform {
+            ttype: tt::INTEG,
+            id: i.0.id(),
+            key_bits: None,
+        });
+    }
+    if let Some(g) = c.dh {
+        ts.push(Transform {
+            ttype: tt::DH,
+            id: g,
+            key_bits: None,
+        });
+    }
+    if protocol == proto::ESP {
+        ts.push(Transform {
+            ttype: tt::ESN,
+            id: 0,
+            key_bits: None,
+        });
+    }
+    ProposalWire {
+        num: c.num,
+        protocol,
+        spi: spi.to_vec(),
+        transforms: ts,
+    }
+}
+
+/// The chosen (single) proposal of a response, read back by the initiator.
+/// Encryption, integrity, PRF and DH group of a chosen proposal.
+type Choice = (Encr, Option<Integ>, Option<Prf>, Option<u16>);
+
+fn read_choice(p: &ProposalWire) -> Option<Choice> {
+    let mut e = None;
+    let (mut i, mut prf, mut dh) = (None, None, None);
+    for t in &p.transforms {
+        match t.ttype {
+            tt::ENCR => e = Encr::from_transform(t.id, t.key_bits),
+            tt::INTEG => i = Integ::from_id(t.id),
+            tt::PRF => prf = Prf::from_id(t.id),
+            tt::DH => dh = Some(t.id),
+            _ => {}
+        }
+    }
+    Some((e?, i, prf, dh))
+}
+
+fn nat_hash(spi_i: u64, spi_r: u64, addr: IpAddr, port: u16) -> Vec<u8> {
+    use sha1::Digest;
+    let mut h = sha1::Sha1::new();
+    h.update(spi_i.to_be_bytes());
+    h.update(spi_r.to_be_bytes());
+    match addr {
+        IpAddr::V4(a) => h.update(a.octets()),
+        IpAddr::V6(a) => h.update(a.octets()),
+    }
+    h.update(port.to_be_bytes());
+    h.finalize().to_vec()
+}
+
+fn id_payload_body(addr: IpAddr) -> Vec<u8> {
+    let mut b = vec![if addr.is_ipv4() { 1 } else { 5 }, 0, 0, 0];
+    match addr {
+        IpAddr::V4(a) => b.extend_from_slice(&a.octets()),
+        IpAddr::V6(a) => b.extend_from_slice(&a.octets()),
+    }
+    b
+}
+
+fn random_spi64(fill: &mut dyn FnMut(&mut [u8])) -> u64 {
+    loop {
+        let mut b = [0u8; 8];
+        fill(&mut b);
+        let v = u64::from_be_bytes(b);
+        if v != 0 {
+            return v;
+        }
+    }
+}
+
+fn random_spi32(fill: &mut dyn FnMut(&mut [u8])) -> u32 {
+    loop {
+        let mut b = [0u8; 4];
+        fill(&mut b);
+        let v = u32::from_be_bytes(b);
+        if v >= 0x100 {
+            return v;
+        }
+    }
+}
+
+fn nonce(fill: &mut dyn FnMut(&mut [u8])) -> Vec<u8> {
+    let mut n = vec![0u8; 32];
+    fill(&mut n);
+    n
+}
+
+/// True when `inner` lies within `outer` (addresses and ports; protocol 0 = any).
+fn ts_within(inner: &TrafficSelector, outer: &TrafficSelector) -> bool {
+    let key = |a: IpAddr| match a {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    };
+    inner.start.is_ipv4() == outer.start.is_ipv4()
+        && key(inner.start) >= key(outer.start)
+        && key(inner.end) <= key(outer.end)
+        && inner.start_port >= outer.start_port
+        && inner.end_port <= outer.end_port
+        && (outer.ip_proto == 0 || inner.ip_proto == outer.ip_proto)
+}
+
+/// Narrows the peer's proposed selectors to ours (section 2.9): the intersection when the
+/// peer's first selector contains ours or lies within it; None otherwise (TS_UNACCEPTABLE).
+fn narrow(peer: &[TrafficSelector], ours: &TrafficSelector) -> Option<TrafficSelector> {
+    peer.iter().find_map(|p| {
+        if ts_within(ours, p) {
+            Some(*ours)
+        } else if ts_within(p, ours) {
+            Some(*p)
+        } else {
+            None
+        }
+    })
+}
+
+impl IkeSa {
+    fn new(cfg: Config, initiator: bool, spi_i: u64, spi_r: u64, now: f64) -> IkeSa {
+        IkeSa {
+            cfg,
+            initiator,
+            state: if initiator {
+                State::InitSent
+            } else {
+                State::InitDone
+            },
+            spi_i,
+            spi_r,
+            suite: None,
+            dh: None,
+            ni: vec![],
+            nr: vec![],
+            keys: None,
+            first_msg: vec![],
+            peer_first: vec![],
+            cookie: None,
+            next_req_id: 0,
+            next_peer_id: 0,
+            pending: None,
+            last_resp: None,
+            child_spi: 0,
+            nat_detected: false,
+            dropped: 0,
+            last_rx: now,
+        }
+    }
+
+    /// Starts an IKE SA as initiator: the IKE_SA_INIT request.
+    pub fn initiate(
+        cfg: Config,
+        now: f64,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(IkeSa, Vec<Output>), String> {
+        let spi_i = random_spi64(fill);
+        let mut sa = IkeSa::new(cfg, true, spi_i, 0, now);
+        let group = *sa
+            .cfg
+            .p1_dh
+            .first()
+            .ok_or("no phase 1 DH group configured")?;
+        let out = sa.send_init(group, now, fill)?;
+        Ok((sa, out))
+    }
+
+    fn nat_notifies(&self, spi_r: u64) -> Vec<Payload> {
+        let src = if self.cfg.force_nat_t {
+            // A hash that cannot match: the peer sees a NAT in front of us (RFC 7296
+            // section 2.23 allows faking it to force UDP encapsulation).
+            vec![0u8; 20]
+        } else {
+            nat_hash(self.spi_i, spi_r, self.cfg.local_addr, 500)
+        };
+        vec![
+            Payload::Notify {
+                protocol: 0,
+                spi: vec![],
+                ntype: notify::NAT_DETECTION_SOURCE_IP,
+                data: src,
+            },
+            Payload::Notify {
+                protocol: 0,
+                spi: vec![],
+                ntype: notify::NAT_DETECTION_DESTINATION_IP,
+                data: nat_hash(self.spi_i, spi_r, self.cfg.peer_addr, 500),
+            },
+        ]
+    }
+
+    fn send_init(
+        &mut self,
+        group: u16,
+        now: f64,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<Vec<Output>, String> {
+        let kp = KeyPair::generate(group, fill).map_err(|e| e.to_string())?;
+        self.ni = nonce(fill);
+        let mut payloads = vec![];
+        if let Some(c) = &self.cookie {
+            payloads.push(Payload::Notify {
+                protocol: 0,
+                spi: vec![],
+                ntype: notify::COOKIE,
+                data: c.clone(),
+            });
+        }
+        payloads.push(Payload::Sa(build_proposals(
+            proto::IKE,
+            &[],
+            &self.cfg.p1_enc,
+            &self.cfg.p1_integ,
+            &self.cfg.p1_dh,
+            true,
+        )));
+        payloads.push(Payload::Ke {
+            group,
+            data: kp.public.clone(),
+        });
+        payloads.push(Payload::Nonce(self.ni.clone()));
+        payloads.extend(self.nat_notifies(0));
+        let m = Message {
+            header: self.header(exchange::IKE_SA_INIT, 0, false),
+            payloads,
+        };
+        let bytes = m.encode();
+        self.first_msg = bytes.clone();
+        self.dh = Some(kp);
+        self.next_req_id = 1;
+        Ok(vec![self.send_request(0, bytes, now)])
+    }
+
+    fn header(&self, ex: u8, msg_id: u32, response: bool) -> Header {
+        let mut f = 0;
+        if self.initiator {
+            f |= flags::INITIATOR;
+        }
+        if response {
+            f |= flags::RESPONSE;
+        }
+        Header {
+            spi_i: self.spi_i,
+            spi_r: self.spi_r,
+            next: 0,
+            version: 0x20,
+            exchange: ex,
+            flags: f,
+            msg_id,
+            length: 0,
+        }
+    }
+
+    fn send_request(&mut self, id: u32, bytes: Vec<u8>, now: f64) -> Output {
+        self.pending = Some((id, bytes.clone(), 1, now + self.cfg.retransmit_base_s));
+        Output::Send {
+            data: bytes,
+            nat_t: self.nat_detected,
+        }
+    }
+
+    fn send_response(&mut self, id: u32, bytes: Vec<u8>) -> Output {
+        self.last_resp = Some((id, bytes.clone()));
+        Output::Send {
+            data: bytes,
+            nat_t: self.nat_detected,
+        }
+    }
+
+    /// The cipher we send with / receive with.
+    fn ciphers(&self) -> Option<(SkCipher, SkCipher)> {
+        let (k, s) = (self.keys.as_ref()?, self.suite?);
+        let i = SkCipher::new(s.encr, s.integ, &k.sk_ei, &k.sk_ai);
+        let r = SkCipher::new(s.encr, s.integ, &k.sk_er, &k.sk_ar);
+        Some(if self.initiator { (i, r) } else { (r, i) })
+    }
+
+    /// An encrypted message with `inner` payloads.
+    fn encrypted(
+        &self,
+        ex: u8,
+        id: u32,
+        response: bool,
+        inner: &[Payload],
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Vec<u8> {
+        let (out, _) = self.ciphers().expect("keys exist after IKE_SA_INIT");
+        let mut plain = vec![];
+        let first = msg::encode_chain(inner, &mut plain);
+        let body_len = out.body_len(plain.len());
+        let mut h = self.header(ex, id, response);
+        h.next = ptype::SK;
+        h.length = (Header::LEN + 4 + body_len) as u32;
+        let mut m = Message {
+            header: h,
+            payloads: vec![],
+        }
+        .encode();
+        // encode() recomputed next/length for an empty body: restore them, add the SK header.
+        m[16] = ptype::SK;
+        m[24..28].copy_from_slice(&h.length.to_be_bytes());
+        m.extend_from_slice(&[first, 0]);
+        m.extend_from_slice(&((4 + body_len) as u16).to_be_bytes());
+        let mut iv = [0u8; 16];
+        fill(&mut iv);
+        let body = out.seal(&m, &plain, &iv);
+        m.extend_from_slice(&body);
+        m
+    }
+
+    /// Decrypts an SK message; None (and counted) when it does not authenticate.
+    fn decrypt(&mut self, raw: &[u8], m: &Message) -> Option<Vec<Payload>> {
+        let Some(Payload::Sk { first, body }) = m.payloads.last() else {
+            self.dropped += 1;
+            return None;
+        };
+        let (_, inb) = self.ciphers()?;
+        let head = &raw[..raw.len() - body.len()];
+        match inb
+            .open(head, body)
+            .and_then(|p| msg::parse_chain(*first, &p).ok())
+        {
+            Some(ps) => Some(ps),
+            None => {
+                self.dropped += 1;
+                None
+            }
+        }
+    }
+
+    /// Answers an IKE_SA_INIT request as responder. Returns the new SA and what to send, or
+    /// only a reply (NO_PROPOSAL_CHOSEN, INVALID_KE_PAYLOAD) and a log line.
+    pub fn respond(
+        cfg: Config,
+        raw: &[u8],
+        now: f64,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> (Option<IkeSa>, Vec<Output>) {
+        let Ok(m) = Message::parse(raw) else {
+            return (None, vec![]);
+        };
+        let h = m.header;
+        if h.exchange != exchange::IKE_SA_INIT || h.is_response() || h.msg_id != 0 || h.spi_r != 0 {
+            return (None, vec![]);
+        }
+        let err_reply = |nt: u16, data: Vec<u8>| {
+            let reply = Message {
+                header: Header {
+                    spi_r: 0,
+                    flags: flags::RESPONSE,
+                    ..h
+                },
+                payloads: vec![Payload::Notify {
+                    protocol: 0,
+                    spi: vec![],
+                    ntype: nt,
+                    data,
+                }],
+            };
+            Output::Send {
+                data: reply.encode(),
+                nat_t: false,
+            }
+        };
+        let props = m.payloads.iter().find_map(|p| match p {
+            Payload::Sa(v) => Some(v.clone()),
+            _ => None,
+        });
+        let ke = m.payloads.iter().find_map(|p| match p {
+            Payload::Ke { group, data } => Some((*group, data.clone())),
+            _ => None,
+        });
+        let ni = m.payloads.iter().find_map(|p| match p {
+            Payload::Nonce(n) => Some(n.clone()),
+            _ => None,
+        });
+        let (Some(props), Some((group, ke_data)), Some(ni)) = (props, ke, ni) else {
+            return (None, vec![err_reply(notify::INVALID_SYNTAX, vec![])]);
+        };
+        let Some(c) = choose(
+            &props,
+            proto::IKE,
+            &cfg.p1_enc,
+            &cfg.p1_integ,
+            &cfg.p1_dh,
+            true,
+        ) else {
+            return (
+                None,
+                vec![
+                    err_reply(notify::NO_PROPOSAL_CHOSEN, vec![]),
+                    Output::Log(
+                        "IKE_SA_INIT: no proposal chosen (NO_PROPOSAL_CHOSEN): the peer's phase 1 proposals match none of the tunnel's phase 1 algorithms".into(),
+                    ),
+                ],
+            );
+        };
+        let dh_group = c.dh.unwrap_or(group);
+        if dh_group != group {
+            return (
+                None,
+                vec![
+                    err_reply(notify::INVALID_KE_PAYLOAD, dh_group.to_be_bytes().to_vec()),
+                    Output::Log(format!(
+                        "IKE_SA_INIT: KE of group {group}, the chosen group is {dh_group}: INVALID_KE_PAYLOAD sent"
+                    )),
+                ],
+            );
+        }
+        let Ok(kp) = KeyPair::generate(group, fill) else {
+            return (None, vec![]);
+        };
+        let Ok(shared) = kp.shared(&ke_data) else {
+            return (None, vec![err_reply(notify::INVALID_SYNTAX, vec![])]);
+        };
+        let spi_r = random_spi64(fill);
+        let mut sa = IkeSa::new(cfg, false, h.spi_i, spi_r, now);
+        sa.ni = ni;
+        sa.nr = nonce(fill);
+        sa.next_peer_id = 1;
+        sa.detect_nat(&m.payloads, h.spi_i, 0);
+        let Some(prf) = c.prf else {
+            return (None, vec![]);
+        };
+        let Some(encr) = enc_transform(&c.enc).and_then(|t| Encr::from_transform(t.id, t.key_bits))
+        else {
+            return (None, vec![]);
+        };
+        let integ = c.integ.as_deref().and_then(integ_of).map(|x| x.0);
+        sa.suite = Some(IkeSuite {
+            encr,
+            integ,
+            prf,
+            dh: group,
+        });
+        sa.keys = Some(keys::ike_keys(
+            prf, encr, integ, &shared, &sa.ni, &sa.nr, h.spi_i, spi_r, None,
+        ));
+        let mut payloads = vec![
+            Payload::Sa(vec![chosen_proposal(&c, proto::IKE, &[])]),
+            Payload::Ke {
+                group,
+                data: kp.public.clone(),
+            },
+            Payload::Nonce(sa.nr.clone()),
+        ];
+        payloads.extend(sa.nat_notifies(spi_r));
+        let reply = Message {
+            header: sa.header(exchange::IKE_SA_INIT, 0, true),
+            payloads,
+        }
+        .encode();
+        sa.dh = Some(kp);
+        sa.peer_first = raw.to_vec();
+        sa.first_msg = reply.clone();
+        sa.last_resp = Some((0, reply.clone()));
+        (
+            Some(sa),
+            vec![Output::Send {
+                data: reply,
+                nat_t: false,
+            }],
+        )
+    }
+
+    fn detect_nat(&mut self, ps: &[Payload], spi_i: u64, spi_r: u64) {
+        if self.cfg.force_nat_t {
+            self.nat_detected = true;
+            return;
+        }
+        let src = msg::find_notify(ps, notify::NAT_DETECTION_SOURCE_IP);
+        let dst = msg::find_notify(ps, notify::NAT_DETECTION_DESTINATION_IP);
+        let (Some(Payload::Notify { data: s, .. }), Some(Payload::Notify { data: d, .. })) =
+            (src, dst)
+        else {
+            return;
+        };
+        let peer_ok = *s == nat_hash(spi_i, spi_r, self.cfg.peer_addr, 500);
+        let me_ok = *d == nat_hash(spi_i, spi_r, self.cfg.local_addr, 500);
+        self.nat_detected = !(peer_ok && me_ok);
+    }
+
+    /// Handles a datagram for this SA (the caller routed it here by SPI).
+    pub fn handle(&mut self, raw: &[u8], now: f64, fill: &mut dyn FnMut(&mut [u8])) -> Vec<Output> {
+        let Ok(m) = Message::parse(raw) else {
+            self.dropped += 1;
+            return vec![];
+        };
+        let h = m.header;
+        if h.spi_i != self.spi_i || (h.spi_r != self.spi_r && !(self.state == State::InitSent)) {
+            self.dropped += 1;
+            return vec![];
+        }
+        // Responses to our request.
+        if h.is_response() {
+            match &self.pending {
+                Some((id, ..)) if *id == h.msg_id => {}
+                _ => {
+                    self.dropped += 1;
+                    return vec![];
+                }
+            }
+            let out = match (self.state, h.exchange) {
+                (State::InitSent, exchange::IKE_SA_INIT) => {
+                    self.on_init_response(raw, &m, now, fill)
+                }
+                (State::AuthSent, exchange::IKE_AUTH) => self.on_auth_response(raw, &m, now),
+                (State::Established, exchange::INFORMATIONAL) => match self.decrypt(raw, &m) {
+                    Some(_) => {
+                        self.pending = None;
+                        self.last_rx = now;
+                        vec![]
+                    }
+                    None => vec![],
+                },
+                _ => {
+                    self.dropped += 1;
+                    vec![]
+                }
+            };
+            return out;
+        }
+        // Requests from the peer: a retransmitted one gets the cached response again.
+        if let Some((id, resp)) = &self.last_resp
+            && *id == h.msg_id
+        {
+            return vec![Output::Send {
+                data: resp.clone(),
+                nat_t: self.nat_detected,
+            }];
+        }
+        if h.msg_id != self.next_peer_id {
+            self.dropped += 1;
+            return vec![];
+        }
+        match (self.state, h.exchange) {
+            (State::InitDone, exchange::IKE_AUTH) => self.on_auth_request(raw, &m, now, fill),
+            (State::Established, exchange::INFORMATIONAL) => {
+                self.on_informational(raw, &m, now, fill)
+            }
+            _ => {
+                self.dropped += 1;
+                vec![]
+            }
+        }
+    }
+
+    fn on_init_response(
+        &mut self,
+        raw: &[u8],
+        m: &Message,
+        now: f64,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Vec<Output> {
+        if let Some(Payload::Notify { data, .. }) = m.notify(notify::INVALID_KE_PAYLOAD) {
+            let g = data.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+            match g.filter(|g| self.cfg.p1_dh.contains(g)) {
+                Some(g) => {
+                    self.pending = None;
+                    let mut out = vec![Output::Log(format!(
+                        "IKE_SA_INIT: the peer asked for DH group {g} (INVALID_KE_PAYLOAD): retrying"
+                    ))];
+                    out.extend(self.send_init(g, now, fill).unwrap_or_default());
+                    return out;
+                }
+                None => {
+                    return self.close(
+                        "IKE_SA_INIT: INVALID_KE_PAYLOAD with a group we do not allow".into(),
+                    );
+                }
+            }
+        }
+        if let Some(Payload::Notify { data, .. }) = m.notify(notify::COOKIE)
+            && self.cookie.is_none()
+        {
+            self.cookie = Some(data.clone());
+            self.pending = None;
+            let g = self.dh.as_ref().map_or(0, |k| k.group);
+            return self.send_init(g, now, fill).unwrap_or_default();
+        }
+        if m.notify(notify::NO_PROPOSAL_CHOSEN).is_some() {
+            return self.close(
+                "IKE_SA_INIT: the peer answered NO_PROPOSAL_CHOSEN: no phase 1 proposal matches"
+                    .into(),
+            );
+        }
+        let sa_p = m.payloads.iter().find_map(|p| match p {
+            Payload::Sa(v) => v.first().cloned(),
+            _ => None,
+        });
+        let ke = m.payloads.iter().find_map(|p| match p {
+            Payload::Ke { group, data } => Some((*group, data.clone())),
+            _ => None,
+        });
+        let nr = m.payloads.iter().find_map(|p| match p {
+            Payload::Nonce(n) => Some(n.clone()),
+            _ => None,
+        });
+        let (Some(sa_p), Some((group, ke_data)), Some(nr)) = (sa_p, ke, nr) else {
+            self.dropped += 1;
+            return vec![];
+        };
+        let Some((encr, integ, Some(prf), dh)) = read_choice(&sa_p) else {
+            return self.close("IKE_SA_INIT: the peer's chosen proposal is incomplete".into());
+        };
+        let kp = match &self.dh {
+            Some(k) if k.group == group && dh.is_none_or(|d| d == group) => k,
+            _ => return self.close("IKE_SA_INIT: the peer's KE group is not ours".into()),
+        };
+        let Ok(shared) = kp.shared(&ke_data) else {
+            return self.close("IKE_SA_INIT: the peer's KE value is invalid".into());
+        };
+        self.spi_r = m.header.spi_r;
+        self.nr = nr;
+        self.suite = Some(IkeSuite {
+            encr,
+            integ,
+            prf,
+            dh: group,
+        });
+        self.keys = Some(keys::ike_keys(
+            prf, encr, integ, &shared, &self.ni, &self.nr, self.spi_i, self.spi_r, None,
+        ));
+        self.peer_first = raw.to_vec();
+        self.detect_nat(&m.payloads, self.spi_i, self.spi_r);
+        self.pending = None;
+        self.last_rx = now;
+        // IKE_AUTH request.
+        self.child_spi = random_spi32(fill);
+        let id_body = id_payload_body(self.cfg.local_addr);
+        let k = self.keys.as_ref().expect("just set");
+        let auth = keys::psk_auth(
+            prf,
+            &self.cfg.psk,
+            &self.first_msg,
+            &self.nr,
+            &k.sk_pi,
+            &id_body,
+        );
+        let inner = vec![
+            Payload::IdI {
+                id_type: id_body[0],
+                data: id_body[4..].to_vec(),
+            },
+            Payload::Auth {
+                method: 2,
+                data: auth.to_vec(),
+            },
+            Payload::Notify {
+                protocol: 0,
+                spi: vec![],
+                ntype: notify::INITIAL_CONTACT,
+                data: vec![],
+            },
+            Payload::Sa(build_proposals(
+                proto::ESP,
+                &self.child_spi.to_be_bytes(),
+                &self.cfg.p2_enc,
+                &self.cfg.p2_integ,
+                &[],
+                false,
+            )),
+            Payload::TsI(vec![self.cfg.local_ts]),
+            Payload::TsR(vec![self.cfg.remote_ts]),
+        ];
+        let id = self.next_req_id;
+        self.next_req_id += 1;
+        let bytes = self.encrypted(exchange::IKE_AUTH, id, false, &inner, fill);
+        self.state = State::AuthSent;
+        vec![self.send_request(id, bytes, now)]
+    }
+
+    fn verify_auth(&self, ps: &[Payload], peer_is_initiator: bool) -> bool {
+        let (Some((t, d)), Some(auth)) = (
+            ps.iter().find_map(|p| match p {
+                Payload::IdI { id_type, data } if peer_is_initiator => Some((*id_type, data)),
+                Payload::IdR { id_type, data } if !peer_is_initiator => Some((*id_type, data)),
+                _ => None,
+            }),
+            ps.iter().find_map(|p| match p {
+                Payload::Auth { method: 2, data } => Some(data),
+                _ => None,
+            }),
+        ) else {
+            return false;
+        };
+        let (Some(k), Some(s)) = (&self.keys, self.suite) else {
+            return false;
+        };
+        let mut body = vec![t, 0, 0, 0];
+        body.extend_from_slice(d);
+        let (sk_p, nonce) = if peer_is_initiator {
+            (&k.sk_pi, &self.nr)
+        } else {
+            (&k.sk_pr, &self.ni)
+        };
+        let want = keys::psk_auth(s.prf, &self.cfg.psk, &self.peer_first, nonce, sk_p, &body);
+        want.len() == auth.len()
+            && want
+                .iter()
+                .zip(auth.iter())
+                .fold(0u8, |a, (x, y)| a | (x ^ y))
+                == 0
+    }
+
+    fn child_keys(&self, enc: &str, integ: Option<&str>) -> Option<ChildKeys> {
+        let e = enc_transform(enc).and_then(|t| Encr::from_transform(t.id, t.key_bits))?;
+        let il = integ.and_then(integ_of).map_or(0, |(i, _)| i.key_len());
+        let s = self.suite?;
+        Some(keys::child_keys(
+            s.prf,
+            &self.keys.as_ref()?.sk_d,
+            None,
+            &self.ni,
+            &self.nr,
+            e.key_len(),
+            il,
+        ))
+    }
+
+    fn on_auth_request(
+        &mut self,
+        raw: &[u8],
+        m: &Message,
+        now: f64,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Vec<Output> {
+        let Some(ps) = self.decrypt(raw, m) else {
+            return vec![];
+        };
+        self.last_rx = now;
+        let id = m.header.msg_id;
+        self.next_peer_id = id + 1;
+        let notify_only = |nt: u16| {
+            vec![Payload::Notify {
+                protocol: 0,
+                spi: vec![],
+                ntype: nt,
+                data: vec![],
+            }]
+        };
+        if !self.verify_auth(&ps, true) {
+            let bytes = self.encrypted(
+                exchange::IKE_AUTH,
+                id,
+                true,
+                &notify_only(notify::AUTHENTICATION_FAILED),
+                fill,
+            );
+            let mut out = vec![self.send_response(id, bytes)];
+            out.extend(self.close(
+                "AUTHENTICATION_FAILED: the peer's AUTH payload does not verify with the tunnel's pre-shared key (PSK mismatch)".into(),
+            ));
+            return out;
+        }
+        let mut out = vec![];
+        // IKE SA is up; now the CHILD_SA.
+        let props = ps.iter().find_map(|p| match p {
+            Payload::Sa(v) => Some(v.clone()),
+            _ => None,
+        });
+        let tsi = ps.iter().find_map(|p| match p {
+            Payload::TsI(v) => Some(v.clone()),
+            _ => None,
+        });
+        let tsr = ps.iter().find_map(|p| match p {
+            Payload::TsR(v) => Some(v.clone()),
+            _ => None,
+        });
+        let my_id = id_payload_body(self.cfg.local_addr);
+        let k = self.keys.as_ref().expect("keys after IKE_SA_INIT");
+        let prf = self.suite.expect("suite").prf;
+        let auth = keys::psk_auth(
+            prf,
+            &self.cfg.psk,
+            &self.first_msg,
+            &self.ni,
+            &k.sk_pr,
+            &my_id,
+        );
+        let mut inner = vec![
+            Payload::IdR {
+                id_type: my_id[0],
+                data: my_id[4..].to_vec(),
+            },
+            Payload::Auth {
+                method: 2,
+                data: auth.to_vec(),
+            },
+        ];
+        let chosen = props.as_ref().and_then(|p| {
+            choose(
+                p,
+                proto::ESP,
+                &self.cfg.p2_enc,
+                &self.cfg.p2_integ,
+                &[],
+                false,
+            )
+        });
+        // The initiator's TSi is its side = our remote; TSr = our local.
+        let ts = match (&tsi, &tsr) {
+            (Some(i), Some(r)) => narrow(i, &self.cfg.remote_ts).zip(narrow(r, &self.cfg.local_ts)),
+            _ => None,
+        };
+        match (chosen, ts) {
+            (None, _) => {
+                inner.push(notify_only(notify::NO_PROPOSAL_CHOSEN).remove(0));
+                out.push(Output::Log(
+                    "IKE_AUTH: no proposal chosen for the CHILD_SA (NO_PROPOSAL_CHOSEN): the peer's phase 2 proposals match none of the tunnel's phase 2 algorithms".into(),
+                ));
+            }
+            (Some(_), None) => {
+                inner.push(notify_only(notify::TS_UNACCEPTABLE).remove(0));
+                out.push(Output::Log(
+                    "IKE_AUTH: TS_UNACCEPTABLE: the peer's traffic selectors are outside the tunnel's local/remote network CIDRs".into(),
+                ));
+            }
+            (Some(c), Some((ts_remote, ts_local))) => {
+                let peer_spi = u32::from_be_bytes(
+                    c.spi
+                        .get(..4)
+                        .and_then(|s| s.try_into().ok())
+                        .unwrap_or([0; 4]),
+                );
+                self.child_spi = random_spi32(fill);
+                if let Some(ck) = self.child_keys(&c.enc, c.integ.as_deref()) {
+                    inner.push(Payload::Sa(vec![chosen_proposal(
+                        &c,
+                        proto::ESP,
+                        &self.child_spi.to_be_bytes(),
+                    )]));
+                    inner.push(Payload::TsI(vec![ts_remote]));
+                    inner.push(Payload::TsR(vec![ts_local]));
+                    out.push(Output::ChildUp(Box::new(ChildSa {
+                        spi_in: self.child_spi,
+                        spi_out: peer_spi,
+                        encryption: c.enc.clone(),
+                        integrity: c.integ.clone(),
+                        enc_in: ck.enc_i,
+                        int_in: ck.int_i,
+                        enc_out: ck.enc_r,
+                        int_out: ck.int_r,
+                        local_ts: ts_local,
+                        remote_ts: ts_remote,
+                        nat_t: self.nat_detected,
+                    })));
+                }
+            }
+        }
+        let bytes = self.encrypted(exchange::IKE_AUTH, id, true, &inner, fill);
+        self.state = State::Established;
+        self.dh = None;
+        let mut all = vec![self.send_response(id, bytes), Output::IkeUp];
+        all.extend(out);
+        all
+    }
+
+    fn on_auth_response(&mut self, raw: &[u8], m: &Message, now: f64) -> Vec<Output> {
+        let Some(ps) = self.decrypt(raw, m) else {
+            return vec![];
+        };
+        self.pending = None;
+        self.last_rx = now;
+        if msg::find_notify(&ps, notify::AUTHENTICATION_FAILED).is_some() {
+            return self.close(
+                "AUTHENTICATION_FAILED: the peer rejected our AUTH payload (PSK mismatch)".into(),
+            );
+        }
+        if !self.verify_auth(&ps, false) {
+            return self.close("AUTHENTICATION_FAILED: the peer's AUTH payload does not verify with the tunnel's pre-shared key (PSK mismatch)".into());
+        }
+        self.state = State::Established;
+        self.dh = None;
+        let mut out = vec![Output::IkeUp];
+        if msg::find_notify(&ps, notify::NO_PROPOSAL_CHOSEN).is_some() {
+            out.push(Output::Log(
+                "IKE_AUTH: the peer answered NO_PROPOSAL_CHOSEN for the CHILD_SA".into(),
+            ));
+            return out;
+        }
+        if msg::find_notify(&ps, notify::TS_UNACCEPTABLE).is_some() {
+            out.push(Output::Log(
+                "IKE_AUTH: the peer answered TS_UNACCEPTABLE for the CHILD_SA".into(),
+            ));
+            return out;
+        }
+        let sa_p = ps.iter().find_map(|p| match p {
+            Payload::Sa(v) => v.first().cloned(),
+            _ => None,
+        });
+        let tsi = ps.iter().find_map(|p| match p {
+            Payload::TsI(v) => v.first().copied(),
+            _ => None,
+        });
+        let tsr = ps.iter().find_map(|p| match p {
+            Payload::TsR(v) => v.first().copied(),
+            _ => None,
+        });
+        let (Some(p), Some(tsi), Some(tsr)) = (sa_p, tsi, tsr) else {
+            out.push(Output::Log("IKE_AUTH: the response has no CHILD_SA".into()));
+            return out;
+        };
+        let Some((encr, integ, _, _)) = read_choice(&p) else {
+            return out;
+        };
+        let enc = match (encr.id(), encr.bits()) {
+            (tt::ENCR_AES_CBC, 128) => "AES128",
+            (tt::ENCR_AES_CBC, _) => "AES256",
+            (_, 128) => "AES128-GCM-16",
+            _ => "AES256-GCM-16",
+        };
+        let integ_s = integ.map(integ_name);
+        let peer_spi = u32::from_be_bytes(
+            p.spi
+                .get(..4)
+                .and_then(|s| s.try_into().ok())
+                .unwrap_or([0; 4]),
+        );
+        if let Some(ck) = self.child_keys(enc, integ_s) {
+            out.push(Output::ChildUp(Box::new(ChildSa {
+                spi_in: self.child_spi,
+                spi_out: peer_spi,
+                encryption: enc.to_string(),
+                integrity: integ_s.map(str::to_string),
+                enc_in: ck.enc_r,
+                int_in: ck.int_r,
+                enc_out: ck.enc_i,
+                int_out: ck.int_i,
+                local_ts: tsi,
+                remote_ts: tsr,
+                nat_t: self.nat_detected,
+            })));
+        }
+        out
+    }
+
+    fn on_informational(
+        &mut self,
+        raw: &[u8],
+        m: &Message,
+        now: f64,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Vec<Output> {
+        let Some(ps) = self.decrypt(raw, m) else {
+            return vec![];
+        };
+        self.last_rx = now;
+        let id = m.header.msg_id;
+        self.next_peer_id = id + 1;
+        let mut out = vec![];
+        let mut reply = vec![];
+        let mut closing = false;
+        for p in &ps {
+            if let Payload::Delete { protocol, spis } = p {
+                if *protocol == proto::IKE {
+                    closing = true;
+                    out.push(Output::Log("DELETE received for the IKE SA".into()));
+                } else {
+                    out.push(Output::Log(format!(
+                        "DELETE received for {} CHILD_SA(s)",
+                        spis.len()
+                    )));
+                    reply.push(Payload::Delete {
+                        protocol: *protocol,
+                        spis: vec![self.child_spi.to_be_bytes().to_vec()],
+                    });
+                }
+            }
+        }
+        let bytes = self.encrypted(exchange::INFORMATIONAL, id, true, &reply, fill);
+        out.insert(0, self.send_response(id, bytes));
+        if closing {
+            out.extend(self.close("the peer deleted the IKE SA".into()));
+        }
+        out
+    }
+
+    /// Sends a liveness check (empty INFORMATIONAL request, section 1.4).
+    pub fn send_dpd(&mut self, now: f64, fill: &mut dyn FnMut(&mut [u8])) -> Vec<Output> {
+        if self.state != State::Established || self.pending.is_some() {
+            return vec![];
+        }
+        let id = self.next_req_id;
+        self.next_req_id += 1;
+        let bytes = self.encrypted(exchange::INFORMATIONAL, id, false, &[], fill);
+        vec![self.send_request(id, bytes, now)]
+    }
+
+    /// Deletes the IKE SA (and with it its CHILD_SAs).
+    pub fn delete(&mut self, fill: &mut dyn FnMut(&mut [u8])) -> Vec<Output> {
+        if self.state != State::Established {
+            return self.close("deleted before it was established".into());
+        }
+        let id = self.next_req_id;
+        self.next_req_id += 1;
+        let bytes = self.encrypted(
+            exchange::INFORMATIONAL,
+            id,
+            false,
+            &[Payload::Delete {
+                protocol: proto::IKE,
+                spis: vec![],
+            }],
+            fill,
+        );
+        let mut out = vec![Output::Send {
+            data: bytes,
+            nat_t: self.nat_detected,
+        }];
+        out.extend(self.close("IKE SA deleted by us".into()));
+        out
+    }
+
+    fn close(&mut self, why: String) -> Vec<Output> {
+        self.state = State::Closed;
+        self.pending = None;
+        vec![Output::Log(why.clone()), Output::Closed(why)]
+    }
+
+    /// When `handle_timeout` must run next (None: nothing pending).
+    pub fn poll_timeout(&self) -> Option<f64> {
+        self.pending.as_ref().map(|p| p.3)
+    }
+
+    /// Retransmits the outstanding request with exponential backoff, or gives up.
+    pub fn handle_timeout(&mut self, now: f64) -> Vec<Output> {
+        let Some((id, bytes, sends, due)) = self.pending.take() else {
+            return vec![];
+        };
+        if now < due {
+            self.pending = Some((id, bytes, sends, due));
+            return vec![];
+        }
+        if sends > self.cfg.retransmits {
+            let what = match self.state {
+                State::InitSent => "IKE_SA_INIT",
+                State::AuthSent => "IKE_AUTH",
+                _ => "request",
+            };
+            return self.close(format!("{what} timed out after {} retransmits", sends - 1));
+        }
+        let next = now + self.cfg.retransmit_base_s * f64::from(1u32 << sends.min(16));
+        self.pending = Some((id, bytes.clone(), sends + 1, next));
+        vec![Output::Send {
+            data: bytes,
+            nat_t: self.nat_detected,
+        }]
+    }
+}
+
+impl IkeSa {
+    /// The DH group of the IKE SA, once chosen.
+    pub fn dh_group(&self) -> Option<u16> {
+        self.suite.map(|s| s.dh)
+    }
+}

@@ -1,0 +1,392 @@
+//! Two IKE peers of ours in one process with a fake clock: the initial exchanges for every
+//! algorithm combination AWS allows (a table), PSK / proposal / selector mismatches, a lost
+//! and a duplicated message, INVALID_KE_PAYLOAD, liveness checks, DELETE.
+
+use ike::msg::TrafficSelector;
+use ike::session::{ChildSa, Config, IkeSa, Output, State};
+use std::net::IpAddr;
+use zeroize::Zeroizing;
+
+fn rng(seed: u64) -> impl FnMut(&mut [u8]) {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    move |b: &mut [u8]| {
+        for o in b {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *o = x as u8;
+        }
+    }
+}
+
+fn v(x: &[&str]) -> Vec<String> {
+    x.iter().map(|s| s.to_string()).collect()
+}
+
+fn net(a: &str, b: &str) -> TrafficSelector {
+    TrafficSelector {
+        ip_proto: 0,
+        start_port: 0,
+        end_port: 65535,
+        start: a.parse().unwrap(),
+        end: b.parse().unwrap(),
+    }
+}
+
+fn cfg(local: &str, peer: &str) -> Config {
+    Config {
+        local_addr: local.parse::<IpAddr>().unwrap(),
+        peer_addr: peer.parse::<IpAddr>().unwrap(),
+        psk: Zeroizing::new(b"lab.tunnel_one".to_vec()),
+        p1_enc: v(&["AES128", "AES256", "AES128-GCM-16", "AES256-GCM-16"]),
+        p1_integ: v(&["SHA1", "SHA2-256", "SHA2-384", "SHA2-512"]),
+        p1_dh: vec![14, 19],
+        p2_enc: v(&["AES128", "AES256", "AES128-GCM-16", "AES256-GCM-16"]),
+        p2_integ: v(&["SHA1", "SHA2-256", "SHA2-384", "SHA2-512"]),
+        p2_dh: vec![],
+        local_ts: net("0.0.0.0", "255.255.255.255"),
+        remote_ts: net("0.0.0.0", "255.255.255.255"),
+        force_nat_t: false,
+        retransmits: 3,
+        retransmit_base_s: 1.0,
+    }
+}
+
+fn sends(out: &[Output]) -> Vec<Vec<u8>> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { data, .. } => Some(data.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn childs(out: Vec<Output>) -> Vec<ChildSa> {
+    out.into_iter()
+        .filter_map(|o| match o {
+            Output::ChildUp(c) => Some(*c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn logs(out: &[Output]) -> String {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Log(l) | Output::Closed(l) => Some(l.clone()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+struct Run {
+    a: IkeSa,
+    b: Option<IkeSa>,
+    a_out: Vec<Output>,
+    b_out: Vec<Output>,
+}
+
+/// Runs the exchanges to completion, delivering every datagram once.
+fn establish(ca: Config, cb: Config) -> Run {
+    let mut ra = rng(1);
+    let mut rb = rng(2);
+    let (mut a, first) = IkeSa::initiate(ca, 0.0, &mut ra).unwrap();
+    let mut a_out = vec![];
+    let mut b_out = vec![];
+    let mut to_b = sends(&first);
+    a_out.extend(first);
+    let mut b: Option<IkeSa> = None;
+    for _round in 0..8 {
+        let mut to_a = vec![];
+        for d in to_b.drain(..) {
+            let out = match b.as_mut() {
+                Some(b) => b.handle(&d, 0.0, &mut rb),
+                None => {
+                    let (sa, out) = IkeSa::respond(cb.clone(), &d, 0.0, &mut rb);
+                    b = sa;
+                    out
+                }
+            };
+            to_a.extend(sends(&out));
+            b_out.extend(out);
+        }
+        if to_a.is_empty() {
+            break;
+        }
+        for d in to_a {
+            let out = a.handle(&d, 0.0, &mut ra);
+            to_b.extend(sends(&out));
+            a_out.extend(out);
+        }
+    }
+    Run { a, b, a_out, b_out }
+}
+
+fn check_pair(a: &ChildSa, b: &ChildSa) {
+    assert_eq!(a.spi_out, b.spi_in);
+    assert_eq!(a.spi_in, b.spi_out);
+    assert_eq!(*a.enc_out, *b.enc_in);
+    assert_eq!(*a.enc_in, *b.enc_out);
+    assert_eq!(*a.int_out, *b.int_in);
+    assert_eq!(*a.int_in, *b.int_out);
+    assert_ne!(*a.enc_out, *a.enc_in);
+    assert_eq!(a.encryption, b.encryption);
+    assert_eq!(a.integrity, b.integrity);
+}
+
+#[test]
+fn every_aws_algorithm_combination_establishes() {
+    let encs = ["AES128", "AES256", "AES128-GCM-16", "AES256-GCM-16"];
+    let integs = ["SHA1", "SHA2-256", "SHA2-384", "SHA2-512"];
+    let groups = [2u16, 5, 14, 15, 16, 19, 20, 21, 22, 23, 24];
+    let mut n = 0;
+    for (k, e1) in encs.iter().enumerate() {
+        for (j, i1) in integs.iter().enumerate() {
+            let g = groups[(k * 4 + j) % groups.len()];
+            let e2 = encs[(k + j) % 4];
+            let i2 = integs[(k + 2 * j) % 4];
+            let mut ca = cfg("192.0.2.1", "192.0.2.2");
+            ca.p1_enc = v(&[e1]);
+            ca.p1_integ = v(&[i1]);
+            ca.p1_dh = vec![g];
+            ca.p2_enc = v(&[e2]);
+            ca.p2_integ = v(&[i2]);
+            let mut cb = cfg("192.0.2.2", "192.0.2.1");
+            cb.p1_dh = groups.to_vec();
+            let r = establish(ca, cb);
+            let b = r.b.expect("responder SA");
+            assert_eq!(
+                r.a.state,
+                State::Established,
+                "{e1}/{i1}/{g}: {}",
+                logs(&r.a_out)
+            );
+            assert_eq!(b.state, State::Established);
+            let (ca_, cb_) = (childs(r.a_out), childs(r.b_out));
+            assert_eq!((ca_.len(), cb_.len()), (1, 1), "{e1}/{i1}/{g} -> {e2}/{i2}");
+            check_pair(&ca_[0], &cb_[0]);
+            assert_eq!(ca_[0].encryption, e2);
+            let want_integ = if e2.contains("GCM") {
+                None
+            } else {
+                Some(i2.to_string())
+            };
+            assert_eq!(ca_[0].integrity, want_integ);
+            assert!(!ca_[0].nat_t);
+            n += 1;
+        }
+    }
+    // Every ECP and the big MODP groups once more, with the default lists.
+    for g in [17u16, 18] {
+        let mut ca = cfg("192.0.2.1", "192.0.2.2");
+        ca.p1_dh = vec![g];
+        let mut cb = cfg("192.0.2.2", "192.0.2.1");
+        cb.p1_dh = vec![g];
+        let r = establish(ca, cb);
+        assert_eq!(r.a.state, State::Established, "group {g}");
+        n += 1;
+    }
+    assert_eq!(n, 18);
+}
+
+#[test]
+fn responder_picks_its_lowest_values_whatever_the_initiator_order() {
+    let mut ca = cfg("192.0.2.1", "192.0.2.2");
+    ca.p2_enc = v(&["AES256-GCM-16", "AES256", "AES128"]);
+    ca.p2_integ = v(&["SHA2-512", "SHA2-256"]);
+    let cb = cfg("192.0.2.2", "192.0.2.1");
+    let r = establish(ca, cb);
+    let c = childs(r.a_out);
+    assert_eq!(
+        (c[0].encryption.as_str(), c[0].integrity.as_deref()),
+        ("AES128", Some("SHA2-256"))
+    );
+}
+
+#[test]
+fn invalid_ke_payload_retries_with_the_responders_group() {
+    let mut ca = cfg("192.0.2.1", "192.0.2.2");
+    ca.p1_dh = vec![20, 14];
+    let mut cb = cfg("192.0.2.2", "192.0.2.1");
+    cb.p1_dh = vec![14, 20];
+    let r = establish(ca, cb);
+    assert_eq!(r.a.state, State::Established);
+    assert!(logs(&r.a_out).contains("asked for DH group 14 (INVALID_KE_PAYLOAD)"));
+    assert!(logs(&r.b_out).contains("INVALID_KE_PAYLOAD sent"));
+}
+
+#[test]
+fn psk_mismatch_gives_authentication_failed_and_no_tunnel() {
+    let ca = cfg("192.0.2.1", "192.0.2.2");
+    let mut cb = cfg("192.0.2.2", "192.0.2.1");
+    cb.psk = Zeroizing::new(b"lab.tunnel_two".to_vec());
+    let r = establish(ca, cb);
+    assert_eq!(r.a.state, State::Closed);
+    assert_eq!(r.b.unwrap().state, State::Closed);
+    assert!(
+        logs(&r.a_out).contains("AUTHENTICATION_FAILED"),
+        "{}",
+        logs(&r.a_out)
+    );
+    assert!(logs(&r.b_out).contains("PSK mismatch"));
+    assert!(childs(r.a_out).is_empty() && childs(r.b_out).is_empty());
+}
+
+#[test]
+fn proposal_mismatch_gives_no_proposal_chosen() {
+    let mut ca = cfg("192.0.2.1", "192.0.2.2");
+    ca.p1_enc = v(&["AES256-GCM-16"]);
+    let mut cb = cfg("192.0.2.2", "192.0.2.1");
+    cb.p1_enc = v(&["AES128"]);
+    let r = establish(ca, cb);
+    assert!(r.b.is_none());
+    assert_eq!(r.a.state, State::Closed);
+    assert!(logs(&r.a_out).contains("NO_PROPOSAL_CHOSEN"));
+    assert!(logs(&r.b_out).contains("no proposal chosen"));
+    // Phase 2 mismatch: the IKE SA comes up, the CHILD_SA does not.
+    let mut ca = cfg("192.0.2.1", "192.0.2.2");
+    ca.p2_enc = v(&["AES256-GCM-16"]);
+    let mut cb = cfg("192.0.2.2", "192.0.2.1");
+    cb.p2_enc = v(&["AES128"]);
+    let r = establish(ca, cb);
+    assert_eq!(r.a.state, State::Established);
+    assert!(childs(r.a_out).is_empty());
+    assert!(logs(&r.b_out).contains("NO_PROPOSAL_CHOSEN"));
+}
+
+#[test]
+fn selectors_outside_the_tunnel_cidrs_are_ts_unacceptable_and_inside_ones_narrow() {
+    let mut ca = cfg("192.0.2.1", "192.0.2.2");
+    ca.local_ts = net("10.9.0.0", "10.9.0.255");
+    let mut cb = cfg("192.0.2.2", "192.0.2.1");
+    cb.remote_ts = net("10.1.0.0", "10.1.0.255");
+    let r = establish(ca, cb);
+    assert!(logs(&r.b_out).contains("TS_UNACCEPTABLE"));
+    assert!(childs(r.a_out).is_empty());
+    // 0.0.0.0/0 offered, the responder narrows to its CIDRs.
+    let ca = cfg("192.0.2.1", "192.0.2.2");
+    let mut cb = cfg("192.0.2.2", "192.0.2.1");
+    cb.remote_ts = net("10.1.0.0", "10.1.0.255");
+    cb.local_ts = net("10.2.0.0", "10.2.0.255");
+    let r = establish(ca, cb);
+    let a = childs(r.a_out);
+    assert_eq!(a[0].local_ts, net("10.1.0.0", "10.1.0.255"));
+    assert_eq!(a[0].remote_ts, net("10.2.0.0", "10.2.0.255"));
+}
+
+#[test]
+fn lost_request_is_retransmitted_duplicate_gets_the_cached_response() {
+    let mut ra = rng(3);
+    let mut rb = rng(4);
+    let (mut a, out) = IkeSa::initiate(cfg("192.0.2.1", "192.0.2.2"), 0.0, &mut ra).unwrap();
+    let init = sends(&out).remove(0);
+    // IKE_SA_INIT lost: retransmitted after 1 s, then 2 s more.
+    assert_eq!(a.poll_timeout(), Some(1.0));
+    assert!(a.handle_timeout(0.5).is_empty());
+    let re = sends(&a.handle_timeout(1.0));
+    assert_eq!(re, vec![init.clone()]);
+    assert_eq!(a.poll_timeout(), Some(3.0));
+    let (b, out) = IkeSa::respond(cfg("192.0.2.2", "192.0.2.1"), &init, 1.0, &mut rb);
+    let mut b = b.unwrap();
+    let resp = sends(&out).remove(0);
+    let auth = sends(&a.handle(&resp, 1.1, &mut ra)).remove(0);
+    // IKE_AUTH delivered twice: the second gets the same bytes back, no second CHILD_SA.
+    let r1 = b.handle(&auth, 1.2, &mut rb);
+    let r2 = b.handle(&auth, 1.3, &mut rb);
+    assert_eq!(sends(&r1), sends(&r2));
+    assert_eq!(childs(r2).len(), 0);
+    assert_eq!(childs(r1).len(), 1);
+    let resp = sends(&[])
+        .into_iter()
+        .chain(sends(&b.handle(&auth, 1.4, &mut rb)))
+        .next()
+        .unwrap();
+    let done = a.handle(&resp, 1.5, &mut ra);
+    assert_eq!(childs(done).len(), 1);
+    assert_eq!(a.state, State::Established);
+    // A duplicate response afterwards is dropped and counted.
+    let before = a.dropped;
+    assert!(a.handle(&resp, 1.6, &mut ra).is_empty());
+    assert_eq!(a.dropped, before + 1);
+}
+
+#[test]
+fn gives_up_after_the_retransmits() {
+    let mut ra = rng(5);
+    let (mut a, _) = IkeSa::initiate(cfg("192.0.2.1", "192.0.2.2"), 0.0, &mut ra).unwrap();
+    let mut t = 0.0;
+    let mut sent = 0;
+    while let Some(due) = a.poll_timeout() {
+        t = due;
+        let out = a.handle_timeout(t);
+        sent += sends(&out).len();
+        if a.state == State::Closed {
+            assert!(
+                logs(&out).contains("IKE_SA_INIT timed out after 3 retransmits"),
+                "{}",
+                logs(&out)
+            );
+        }
+    }
+    assert_eq!((sent, a.state), (3, State::Closed));
+    assert_eq!(t, 1.0 + 2.0 + 4.0 + 8.0);
+}
+
+#[test]
+fn liveness_check_and_delete() {
+    let r = establish(cfg("192.0.2.1", "192.0.2.2"), cfg("192.0.2.2", "192.0.2.1"));
+    let (mut a, mut b) = (r.a, r.b.unwrap());
+    let (mut ra, mut rb) = (rng(6), rng(7));
+    let dpd = sends(&a.send_dpd(10.0, &mut ra)).remove(0);
+    let reply = sends(&b.handle(&dpd, 10.1, &mut rb)).remove(0);
+    assert!(a.handle(&reply, 10.2, &mut ra).is_empty());
+    assert_eq!(a.poll_timeout(), None);
+    assert_eq!(b.last_rx, 10.1);
+    // A tampered message is dropped and counted, never answered.
+    let mut bad = sends(&a.send_dpd(11.0, &mut ra)).remove(0);
+    let n = bad.len();
+    bad[n - 1] ^= 1;
+    assert!(b.handle(&bad, 11.1, &mut rb).is_empty());
+    assert_eq!(b.dropped, 1);
+    // DELETE of the IKE SA closes both sides.
+    let mut a2 = establish(cfg("192.0.2.1", "192.0.2.2"), cfg("192.0.2.2", "192.0.2.1"));
+    let del = sends(&a2.a.delete(&mut ra)).remove(0);
+    let mut b2 = a2.b.take().unwrap();
+    let out = b2.handle(&del, 1.0, &mut rb);
+    assert_eq!(b2.state, State::Closed);
+    assert!(logs(&out).contains("DELETE received for the IKE SA"));
+}
+
+#[test]
+fn forced_nat_t_marks_the_child_sas_udp_encapsulated() {
+    let mut ca = cfg("192.0.2.1", "192.0.2.2");
+    ca.force_nat_t = true;
+    let r = establish(ca, cfg("192.0.2.2", "192.0.2.1"));
+    assert!(r.a.nat_detected && r.b.as_ref().unwrap().nat_detected);
+    assert!(childs(r.b_out)[0].nat_t);
+}
+
+#[test]
+fn garbage_never_panics_and_is_counted() {
+    let r = establish(cfg("192.0.2.1", "192.0.2.2"), cfg("192.0.2.2", "192.0.2.1"));
+    let mut b = r.b.unwrap();
+    let mut rb = rng(8);
+    let mut ra = rng(9);
+    let mut a = r.a;
+    let good = sends(&a.send_dpd(1.0, &mut ra)).remove(0);
+    let mut x = rng(10);
+    for n in 0..2000 {
+        let mut m = good.clone();
+        let mut pick = [0u8; 4];
+        x(&mut pick);
+        let at = (u16::from_be_bytes([pick[0], pick[1]]) as usize) % m.len();
+        m[at] ^= pick[2] | 1;
+        if n % 7 == 0 {
+            m.truncate(at);
+        }
+        let _ = b.handle(&m, 2.0, &mut rb);
+        let _ = IkeSa::respond(cfg("192.0.2.2", "192.0.2.1"), &m, 2.0, &mut rb);
+    }
+    assert!(b.dropped > 1000);
+}

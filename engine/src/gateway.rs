@@ -466,6 +466,24 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
     }
     let _ = resolver_in.tick();
     let _ = resolver_out.tick();
+    // IKE for the tunnels without static SAs (sockets bound now: a second IKE daemon on the
+    // address is a startup error).
+    let t0 = Instant::now();
+    let indexed: Vec<(u32, &Tunnel)> = cfg
+        .tunnels
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (i as u32 + 1, t))
+        .collect();
+    let mut ike = crate::ike_ctl::IkeCtl::new(&indexed, backend, opts.export_keys.clone(), 0.0)
+        .map_err(|e| format!("{origin}: {e}"))?;
+    for t in cfg.tunnels.iter().filter(|t| t.sas.is_empty()) {
+        if let Some(p) = t.peer_ip
+            && g.outside_next_hop.is_none()
+        {
+            resolver_out.watch.push(p);
+        }
+    }
 
     let stop = opts.stop.clone().unwrap_or_default();
     let signals = signal_hook::iterator::Signals::new([
@@ -551,6 +569,13 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             }
         }
         handle.reap();
+        for (idx, up, line) in ike.poll(t0.elapsed().as_secs_f64(), &handle) {
+            let metas = shared.tunnels.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(m) = metas.iter().find(|m| m.index == idx) {
+                eprintln!("espd: tunnel {:?}: {line}", m.name);
+                logs.write(m, cfg.allow_short_lifetimes, up, &line);
+            }
+        }
         if last_tick.elapsed() >= Duration::from_millis(500)
             || resolver_in.has_wanted()
             || resolver_out.has_wanted()
@@ -559,7 +584,7 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             let _ = resolver_out.tick();
             last_tick = Instant::now();
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
     eprintln!("espd: stopping: detaching XDP and closing sockets");
     handle.send(Command::Stop);

@@ -24,6 +24,7 @@ pub mod esp;
 pub mod export;
 pub mod frag;
 pub mod gateway;
+pub mod ike_ctl;
 pub mod io;
 pub mod metrics;
 pub mod mtu;

@@ -1,0 +1,554 @@
+//! The IKE shell of `espd run`: UDP sockets on 500 and 4500 of each tunnel's outside
+//! address (the XDP program passes IKE to the kernel), one `ike::session::IkeSa` per tunnel,
+//! CHILD_SAs installed into the worker (inbound first, then outbound: make-before-break),
+//! DPD with the tunnel's action, startup action `add` (wait) or `start` (initiate, retry).
+//!
+//! Contract: [`IkeCtl::poll`] is called by the control thread every few milliseconds with
+//! the time; it never blocks (non-blocking sockets), reads every datagram waiting, runs the
+//! timers, and returns the log lines to write. All protocol logic is in the sans-IO `ike`
+//! crate; this file only moves bytes, keys and commands.
+
+use crate::config::{self, DpdAction, StartupAction, Tunnel};
+use crate::crypto::{Backend, Encryption, Integrity, Suite};
+use crate::runtime::{Command, WorkerHandle};
+use crate::sa::{Direction, InboundSa, OutboundSa, SaConfig};
+use ike::dpd::{Action as DpdStep, Dpd};
+use ike::msg::{Header, TrafficSelector};
+use ike::session::{ChildSa, Config as IkeConfig, IkeSa, Output, State};
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use zeroize::Zeroizing;
+
+/// One tunnel negotiated by IKE.
+struct TunnelIke {
+    index: u32,
+    name: String,
+    outside: IpAddr,
+    peer: Option<IpAddr>,
+    cfg: IkeConfig,
+    startup: StartupAction,
+    dpd_action: DpdAction,
+    dpd_timeout: u32,
+    replay_window: u32,
+    sa: Option<IkeSa>,
+    /// The peer's port we talk to (500, or its NAT-T port after floating).
+    peer_port: u16,
+    dpd: Option<Dpd>,
+    /// Inbound SPIs installed for this tunnel (removed when the SA goes).
+    installed: Vec<u32>,
+    next_start: Option<f64>,
+    up: bool,
+}
+
+/// A line for the tunnel log of `tunnel`: (tunnel index, up, detail).
+pub type LogLine = (u32, bool, String);
+
+/// Every IKE-negotiated tunnel of the gateway.
+pub struct IkeCtl {
+    socks: HashMap<IpAddr, (UdpSocket, UdpSocket)>,
+    tunnels: Vec<TunnelIke>,
+    backend: Backend,
+    export_keys: Option<std::path::PathBuf>,
+    buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for IkeCtl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IkeCtl({} tunnels)", self.tunnels.len())
+    }
+}
+
+fn fill(b: &mut [u8]) {
+    let _ = getrandom::fill(b);
+}
+
+fn cidr_ts(c: config::Cidr) -> TrafficSelector {
+    let (start, end) = match c.addr {
+        IpAddr::V4(a) => {
+            let m = if c.len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(c.len))
+            };
+            let s = u32::from(a) & m;
+            (IpAddr::V4(s.into()), IpAddr::V4((s | !m).into()))
+        }
+        IpAddr::V6(a) => {
+            let m = if c.len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(c.len))
+            };
+            let s = u128::from(a) & m;
+            (IpAddr::V6(s.into()), IpAddr::V6((s | !m).into()))
+        }
+    };
+    TrafficSelector {
+        ip_proto: 0,
+        start_port: 0,
+        end_port: 65535,
+        start,
+        end,
+    }
+}
+
+fn bind(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
+    let s = UdpSocket::bind(SocketAddr::new(ip, port))?;
+    s.set_nonblocking(true)?;
+    Ok(s)
+}
+
+fn suite_of(c: &ChildSa) -> Option<Suite> {
+    let enc = match c.encryption.to_ascii_uppercase().as_str() {
+        "AES128" => Encryption::Aes128Cbc,
+        "AES256" => Encryption::Aes256Cbc,
+        "AES128-GCM-16" => Encryption::Aes128Gcm16,
+        "AES256-GCM-16" => Encryption::Aes256Gcm16,
+        _ => return None,
+    };
+    let integ = match c
+        .integrity
+        .as_deref()
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
+        None => Integrity::None,
+        Some("SHA1") => Integrity::Sha1_96,
+        Some("SHA2-256") => Integrity::Sha256_128,
+        Some("SHA2-384") => Integrity::Sha384_192,
+        Some("SHA2-512") => Integrity::Sha512_256,
+        _ => return None,
+    };
+    Suite::new(enc, integ).ok()
+}
+
+impl IkeCtl {
+    /// Sets up IKE for every tunnel that has no static SAs and allows IKEv2. Fails when a
+    /// socket cannot be bound (another IKE daemon on the address, or the address is not
+    /// configured on this machine).
+    pub fn new(
+        tunnels: &[(u32, &Tunnel)],
+        backend: Backend,
+        export_keys: Option<std::path::PathBuf>,
+        now: f64,
+    ) -> Result<IkeCtl, String> {
+        let mut ctl = IkeCtl {
+            socks: HashMap::new(),
+            tunnels: vec![],
+            backend,
+            export_keys,
+            buf: vec![0u8; 65536],
+        };
+        for (index, t) in tunnels {
+            if !t.sas.is_empty() || !t.ike_versions.contains(&config::IkeVersion::V2) {
+                continue;
+            }
+            if let std::collections::hash_map::Entry::Vacant(e) = ctl.socks.entry(t.outside_ip) {
+                let s500 = bind(t.outside_ip, 500).map_err(|e| {
+                    format!("tunnel {:?}: IKE socket {}:500: {e}", t.name, t.outside_ip)
+                })?;
+                let s4500 = bind(t.outside_ip, 4500).map_err(|e| {
+                    format!("tunnel {:?}: IKE socket {}:4500: {e}", t.name, t.outside_ip)
+                })?;
+                e.insert((s500, s4500));
+            }
+            let peer = t.peer_ip;
+            let cfg = IkeConfig {
+                local_addr: t.outside_ip,
+                peer_addr: peer.unwrap_or(t.outside_ip),
+                psk: Zeroizing::new(t.pre_shared_key.as_bytes().to_vec()),
+                p1_enc: t.phase1_encryption.clone(),
+                p1_integ: t.phase1_integrity.clone(),
+                p1_dh: t.phase1_dh_groups.clone(),
+                p2_enc: t.phase2_encryption.clone(),
+                p2_integ: t.phase2_integrity.clone(),
+                p2_dh: t.phase2_dh_groups.clone(),
+                // Our side is AWS's: the remote (AWS) CIDR; the peer's is the local one.
+                local_ts: cidr_ts(t.remote_ipv4_network_cidr),
+                remote_ts: cidr_ts(t.local_ipv4_network_cidr),
+                force_nat_t: t.nat_t == config::NatT::Force,
+                retransmits: 4,
+                retransmit_base_s: 1.0,
+            };
+            ctl.tunnels.push(TunnelIke {
+                index: *index,
+                name: t.name.clone(),
+                outside: t.outside_ip,
+                peer,
+                cfg,
+                startup: t.startup_action,
+                dpd_action: t.dpd_timeout_action,
+                dpd_timeout: t.dpd_timeout_s,
+                replay_window: t.replay_window_size,
+                sa: None,
+                peer_port: 500,
+                dpd: None,
+                installed: vec![],
+                next_start: (t.startup_action == StartupAction::Start).then_some(now),
+                up: false,
+            });
+        }
+        Ok(ctl)
+    }
+
+    /// Tunnels handled here.
+    pub fn tunnels(&self) -> Vec<u32> {
+        self.tunnels.iter().map(|t| t.index).collect()
+    }
+
+    fn send(&self, t: &TunnelIke, data: &[u8], nat_t: bool) {
+        let Some((s500, s4500)) = self.socks.get(&t.outside) else {
+            return;
+        };
+        let Some(peer) = t.peer.or(Some(t.cfg.peer_addr)) else {
+            return;
+        };
+        if nat_t || t.peer_port != 500 {
+            let port = if t.peer_port == 500 {
+                4500
+            } else {
+                t.peer_port
+            };
+            let mut m = Vec::with_capacity(data.len() + 4);
+            m.extend_from_slice(&[0, 0, 0, 0]);
+            m.extend_from_slice(data);
+            let _ = s4500.send_to(&m, SocketAddr::new(peer, port));
+        } else {
+            let _ = s500.send_to(data, SocketAddr::new(peer, 500));
+        }
+    }
+
+    /// Reads every waiting datagram, runs the timers; returns log lines.
+    pub fn poll(&mut self, now: f64, h: &WorkerHandle) -> Vec<LogLine> {
+        let mut logs = vec![];
+        let addrs: Vec<IpAddr> = self.socks.keys().copied().collect();
+        for a in addrs {
+            for nat in [false, true] {
+                loop {
+                    let r = {
+                        let (s500, s4500) = &self.socks[&a];
+                        let s = if nat { s4500 } else { s500 };
+                        s.recv_from(&mut self.buf)
+                    };
+                    let (n, from) = match r {
+                        Ok(x) => x,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(_) => break,
+                    };
+                    let data = if nat {
+                        // Non-ESP marker (RFC 3948 section 2.2); keepalives and stray ESP go.
+                        if n < 4 + Header::LEN || self.buf[..4] != [0, 0, 0, 0] {
+                            continue;
+                        }
+                        self.buf[4..n].to_vec()
+                    } else {
+                        self.buf[..n].to_vec()
+                    };
+                    self.on_datagram(a, from, &data, now, h, &mut logs);
+                }
+            }
+        }
+        for i in 0..self.tunnels.len() {
+            self.timers(i, now, h, &mut logs);
+        }
+        logs
+    }
+
+    fn on_datagram(
+        &mut self,
+        local: IpAddr,
+        from: SocketAddr,
+        data: &[u8],
+        now: f64,
+        h: &WorkerHandle,
+        logs: &mut Vec<LogLine>,
+    ) {
+        let Ok(hdr) = Header::parse(data) else {
+            return;
+        };
+        // An existing SA by SPI, else a new IKE_SA_INIT request for a tunnel of this address pair.
+        let i = self.tunnels.iter().position(|t| {
+            t.sa.as_ref().is_some_and(|s| {
+                s.spi_i == hdr.spi_i
+                    && (hdr.spi_r == 0 || s.spi_r == hdr.spi_r || s.state == State::InitSent)
+            })
+        });
+        let i = match i {
+            Some(i) => i,
+            None => {
+                if hdr.spi_r != 0 || hdr.is_response() {
+                    return;
+                }
+                let Some(i) = self
+                    .tunnels
+                    .iter()
+                    .position(|t| t.outside == local && t.peer.is_none_or(|p| p == from.ip()))
+                else {
+                    return;
+                };
+                let mut cfg = self.tunnels[i].cfg.clone();
+                cfg.peer_addr = from.ip();
+                let (sa, out) = IkeSa::respond(cfg, data, now, &mut fill);
+                let t = &mut self.tunnels[i];
+                t.peer_port = from.port();
+                if t.peer.is_none() {
+                    t.cfg.peer_addr = from.ip();
+                }
+                if let Some(sa) = sa {
+                    // A new IKE SA from the peer replaces the old one (restart after DPD).
+                    t.sa = Some(sa);
+                }
+                self.apply(i, out, now, h, logs);
+                return;
+            }
+        };
+        self.tunnels[i].peer_port = from.port();
+        if let Some(d) = self.tunnels[i].dpd.as_mut() {
+            d.on_receive(now);
+        }
+        let out = match self.tunnels[i].sa.as_mut() {
+            Some(sa) => sa.handle(data, now, &mut fill),
+            None => return,
+        };
+        self.apply(i, out, now, h, logs);
+    }
+
+    fn apply(
+        &mut self,
+        i: usize,
+        out: Vec<Output>,
+        now: f64,
+        h: &WorkerHandle,
+        logs: &mut Vec<LogLine>,
+    ) {
+        for o in out {
+            let idx = self.tunnels[i].index;
+            match o {
+                Output::Send { data, nat_t } => {
+                    let t = &self.tunnels[i];
+                    self.send(t, &data, nat_t);
+                }
+                Output::IkeUp => {
+                    let t = &mut self.tunnels[i];
+                    t.dpd = Some(Dpd::new(now, t.dpd_timeout));
+                    let g = t.sa.as_ref().and_then(IkeSa::dh_group).unwrap_or(0);
+                    logs.push((
+                        idx,
+                        true,
+                        format!("IKE SA established (IKEv2, DH group {g})"),
+                    ));
+                }
+                Output::ChildUp(c) => {
+                    let line = self.install(i, &c, h);
+                    logs.push((idx, true, line));
+                    self.tunnels[i].up = true;
+                }
+                Output::Log(l) => logs.push((idx, self.tunnels[i].up, l)),
+                Output::Closed(why) => {
+                    self.teardown(i, h);
+                    logs.push((idx, false, format!("IKE SA closed: {why}")));
+                    let t = &mut self.tunnels[i];
+                    if t.startup == StartupAction::Start {
+                        t.next_start = Some(now + 5.0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Installs a CHILD_SA: inbound first, then the outbound switch (make-before-break).
+    fn install(&mut self, i: usize, c: &ChildSa, h: &WorkerHandle) -> String {
+        let t = &self.tunnels[i];
+        let Some(suite) = suite_of(c) else {
+            return format!("CHILD_SA with an unsupported transform {}", c.encryption);
+        };
+        let peer = t.cfg.peer_addr;
+        let mk = |dir: Direction, spi: u32, ek: &[u8], ik: &[u8], src: IpAddr, dst: IpAddr| {
+            let mut s = SaConfig::new(
+                format!(
+                    "{}-{}-{spi:08x}",
+                    t.name,
+                    if dir == Direction::Out { "out" } else { "in" }
+                ),
+                dir,
+                spi,
+                suite,
+                ek.to_vec(),
+                ik.to_vec(),
+                src,
+                dst,
+            );
+            s.nat_t = c.nat_t;
+            if c.nat_t {
+                s.natt_sport = 4500;
+                s.natt_dport = if t.peer_port == 500 {
+                    4500
+                } else {
+                    t.peer_port
+                };
+                if dir == Direction::In {
+                    std::mem::swap(&mut s.natt_sport, &mut s.natt_dport);
+                }
+            }
+            s.replay_window = t.replay_window.clamp(64, 2048);
+            s
+        };
+        let ic = mk(
+            Direction::In,
+            c.spi_in,
+            &c.enc_in,
+            &c.int_in,
+            peer,
+            t.outside,
+        );
+        let oc = mk(
+            Direction::Out,
+            c.spi_out,
+            &c.enc_out,
+            &c.int_out,
+            t.outside,
+            peer,
+        );
+        if let Some(p) = &self.export_keys {
+            let lines = format!(
+                "{}\n{}\n",
+                crate::tunnel_log::esp_sa_line(&ic),
+                crate::tunnel_log::esp_sa_line(&oc)
+            );
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, lines.as_bytes()));
+        }
+        let mut seed = [0u8; 32];
+        fill(&mut seed);
+        let (Ok(inb), Ok(out)) = (
+            InboundSa::new(ic, self.backend),
+            OutboundSa::new(oc, self.backend, &seed),
+        ) else {
+            return "CHILD_SA keys rejected by the crypto backend".into();
+        };
+        let index = t.index;
+        let old = std::mem::take(&mut self.tunnels[i].installed);
+        h.send(Command::AddInbound {
+            tunnel: index,
+            sa: Box::new(inb),
+        });
+        h.send(Command::SetOutbound {
+            tunnel: index,
+            sa: Box::new(out),
+            selectors: vec![],
+        });
+        h.send(Command::SetTunnelState {
+            tunnel: index,
+            up: true,
+        });
+        for spi in old {
+            h.send(Command::DelInbound { spi });
+        }
+        self.tunnels[i].installed.push(c.spi_in);
+        format!(
+            "CHILD_SA established: ESP {}{} in {:#010x} out {:#010x}{}",
+            c.encryption,
+            c.integrity
+                .as_deref()
+                .map(|i| format!("/{i}"))
+                .unwrap_or_default(),
+            c.spi_in,
+            c.spi_out,
+            if c.nat_t {
+                ", UDP-encapsulated (NAT-T)"
+            } else {
+                ""
+            }
+        )
+    }
+
+    fn teardown(&mut self, i: usize, h: &WorkerHandle) {
+        let t = &mut self.tunnels[i];
+        if !t.installed.is_empty() || t.up {
+            h.send(Command::DelTunnel { tunnel: t.index });
+        }
+        t.installed.clear();
+        t.up = false;
+        t.dpd = None;
+    }
+
+    fn timers(&mut self, i: usize, now: f64, h: &WorkerHandle, logs: &mut Vec<LogLine>) {
+        let idx = self.tunnels[i].index;
+        // Startup action `start` (and `restart` after DPD): initiate, retry until it works.
+        if let Some(at) = self.tunnels[i].next_start
+            && now >= at
+            && self.tunnels[i].peer.is_some()
+        {
+            self.tunnels[i].next_start = None;
+            self.tunnels[i].peer_port = 500;
+            match IkeSa::initiate(self.tunnels[i].cfg.clone(), now, &mut fill) {
+                Ok((sa, out)) => {
+                    self.tunnels[i].sa = Some(sa);
+                    logs.push((
+                        idx,
+                        false,
+                        "Initiating IKE_SA_INIT (startup action start)".into(),
+                    ));
+                    self.apply(i, out, now, h, logs);
+                }
+                Err(e) => logs.push((idx, false, format!("cannot initiate: {e}"))),
+            }
+        }
+        let due = self.tunnels[i].sa.as_ref().and_then(IkeSa::poll_timeout);
+        if due.is_some_and(|d| now >= d) {
+            let out = self.tunnels[i]
+                .sa
+                .as_mut()
+                .map(|s| s.handle_timeout(now))
+                .unwrap_or_default();
+            self.apply(i, out, now, h, logs);
+        }
+        let step = self.tunnels[i].dpd.as_mut().map(|d| d.poll(now));
+        match step {
+            Some(DpdStep::SendCheck(_)) => {
+                let out = self.tunnels[i]
+                    .sa
+                    .as_mut()
+                    .map(|s| s.send_dpd(now, &mut fill))
+                    .unwrap_or_default();
+                self.apply(i, out, now, h, logs);
+            }
+            Some(DpdStep::Dead { retransmits }) => {
+                logs.push((
+                    idx,
+                    false,
+                    format!("AWS tunnel DPD timed out after {retransmits} retransmits"),
+                ));
+                let action = self.tunnels[i].dpd_action;
+                self.tunnels[i].dpd = None;
+                match action {
+                    DpdAction::None => {}
+                    DpdAction::Clear => {
+                        self.teardown(i, h);
+                        self.tunnels[i].sa = None;
+                        logs.push((
+                            idx,
+                            false,
+                            "DPD action clear: SAs deleted, tunnel DOWN".into(),
+                        ));
+                    }
+                    DpdAction::Restart => {
+                        self.teardown(i, h);
+                        self.tunnels[i].sa = None;
+                        self.tunnels[i].next_start = Some(now);
+                        logs.push((
+                            idx,
+                            false,
+                            "DPD action restart: starting a new IKE SA".into(),
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""`espd run` negotiating its tunnel with IKEv2 against strongSwan, the implementation most
+customer gateways on Linux run, in network namespaces (topology of tests/gateway/netns.py:
+host A -- espd (g1) -- wire -- charon (g2)).
+
+strongSwan runs Debian's charon with kernel-libipsec (ESP in user space over a TUN device:
+UDP-encapsulated ESP only, so it fakes a NAT and both sides float to port 4500); its
+swanctl.conf comes from `espd export-config`. For each proposal set:
+  1. strongSwan initiates to espd (startup action `add`), then
+  2. espd initiates to strongSwan (startup action `start`);
+and each time host A pings an address behind strongSwan through the tunnel, and espd's
+`show sas` lists the negotiated SAs. Wrong PSK and mismatched proposals give the AWS log
+messages and no tunnel.
+
+Usage: strongswan.py ESPD_BINARY. Needs root. PASS/FAIL per check; exits 1 on any failure.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "gateway"))
+import netns  # noqa: E402
+from netns import nsx, popen, ns  # noqa: E402
+
+ESPD = os.path.abspath(sys.argv[1])
+WORK = tempfile.mkdtemp(prefix="espd-ike-")
+passed = failed = 0
+
+
+def check(name, ok, detail=""):
+    global passed, failed
+    if ok:
+        passed += 1
+        print(f"PASS {name}", flush=True)
+    else:
+        failed += 1
+        print(f"FAIL {name} {detail}", flush=True)
+
+
+def espd_config(tag, startup, p1, p2, psk="lab.tunnel_one"):
+    enc1, int1, dh1 = p1
+    enc2, int2 = p2
+    q = lambda xs: "[" + ", ".join(f'"{x}"' if isinstance(x, str) else str(x) for x in xs) + "]"
+    return f"""
+[gateway]
+inside_interface = "g1i"
+outside_interface = "g1o"
+cores = [0]
+control_socket = "{WORK}/{tag}.sock"
+idle_sleep_us = 20
+
+[[tunnel]]
+name = "aws-t1"
+connection = "vpn-sw"
+outside_ip = "192.0.2.1"
+peer_ip = "192.0.2.2"
+ike_versions = ["ikev2"]
+startup_action = "{startup}"
+phase1_encryption = {q(enc1)}
+phase1_integrity = {q(int1)}
+phase1_dh_groups = {q(dh1)}
+phase2_encryption = {q(enc2)}
+phase2_integrity = {q(int2)}
+local_ipv4_network_cidr = "10.2.0.0/24"
+remote_ipv4_network_cidr = "10.1.0.0/24"
+pre_shared_key = "{psk}"
+log_enabled = true
+log_destination = "{WORK}/{tag}.tunnel.log"
+log_output_format = "text"
+
+[[tunnel]]
+name = "aws-t2"
+connection = "vpn-sw"
+outside_ip = "192.0.2.1"
+ike_versions = ["ikev2"]
+pre_shared_key = "lab.tunnel_two"
+"""
+
+
+STRONGSWAN_CONF = """charon {{
+  load_modular = no
+  load = random nonce openssl aes sha1 sha2 hmac gcm pem pkcs1 x509 curve25519 gmp kdf kernel-libipsec kernel-netlink socket-default vici updown
+  port = 500
+  port_nat_t = 4500
+  retransmit_tries = 3
+  plugins {{
+    vici {{ socket = unix://{d}/charon.vici }}
+  }}
+  filelog {{
+    log {{ path = {d}/charon.log
+          time_format = %T
+          append = no
+          flush_line = yes
+          default = 1
+          ike = 2 }}
+  }}
+}}
+swanctl {{
+  plugins {{ vici {{ socket = unix://{d}/charon.vici }} }}
+}}
+"""
+
+
+class Charon:
+    def __init__(self, tag, swanctl_text):
+        self.d = os.path.join(WORK, f"sw-{tag}")
+        os.makedirs(os.path.join(self.d, "run"), exist_ok=True)
+        with open(os.path.join(self.d, "strongswan.conf"), "w") as f:
+            f.write(STRONGSWAN_CONF.format(d=self.d))
+        with open(os.path.join(self.d, "swanctl.conf"), "w") as f:
+            f.write(swanctl_text)
+        env = dict(os.environ, STRONGSWAN_CONF=os.path.join(self.d, "strongswan.conf"))
+        self.p = subprocess.Popen(
+            ["ip", "netns", "exec", ns("g2"), "unshare", "--mount", "--propagation", "private", "sh", "-c",
+             f"mount --bind '{self.d}/run' /run && exec /usr/lib/ipsec/charon"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        vici = os.path.join(self.d, "charon.vici")
+        for _ in range(100):
+            if os.path.exists(vici):
+                break
+            time.sleep(0.05)
+        self.uri = f"unix://{vici}"
+        self.load = subprocess.run(["swanctl", "--load-all", "--uri", self.uri, "--file",
+                                    os.path.join(self.d, "swanctl.conf")], capture_output=True, text=True, env=env)
+
+    def log(self):
+        try:
+            return open(os.path.join(self.d, "charon.log")).read()
+        except OSError:
+            return ""
+
+    def stop(self):
+        self.p.send_signal(signal.SIGTERM)
+        try:
+            self.p.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+
+
+class Espd:
+    def __init__(self, tag, text):
+        self.cfg = os.path.join(WORK, f"{tag}.toml")
+        self.sock = os.path.join(WORK, f"{tag}.sock")
+        self.log = os.path.join(WORK, f"{tag}.log")
+        self.tunnel_log = os.path.join(WORK, f"{tag}.tunnel.log")
+        with open(self.cfg, "w") as f:
+            f.write(text)
+        self.p = popen("g1", f"{ESPD} run --config {self.cfg}", stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+        for _ in range(200):
+            if "gateway up" in open(self.log).read() or self.p.poll() is not None:
+                break
+            time.sleep(0.05)
+
+    def text(self):
+        return open(self.log).read()
+
+    def show(self, what):
+        r = subprocess.run([ESPD, "show", what, "--json", "--socket", self.sock], capture_output=True, text=True)
+        return json.loads(r.stdout) if r.returncode == 0 else {"error": r.stderr}
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+        try:
+            return self.p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            return -9
+
+
+def export(cfg_path, start_action):
+    r = subprocess.run([ESPD, "export-config", cfg_path, "aws-t1", "--peer", "strongswan"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr)
+    return r.stdout.replace("start_action = start", f"start_action = {start_action}")
+
+
+def wait_for(pred, secs):
+    end = time.time() + secs
+    while time.time() < end:
+        if pred():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def ping_through(count=5):
+    r = nsx("hA", f"ping -n -c {count} -i 0.2 -W 2 10.2.0.1", check=False)
+    for line in r.stdout.splitlines():
+        if "received" in line:
+            return int(line.split(",")[1].split()[0]), r.stdout
+    return 0, r.stdout
+
+
+def run_case(tag, p1, p2, who_starts):
+    startup = "add" if who_starts == "strongswan" else "start"
+    e = Espd(tag, espd_config(tag, startup, p1, p2))
+    c = None
+    try:
+        check(f"[{tag}] espd up", "gateway up" in e.text(), e.text()[-800:])
+        c = Charon(tag, export(e.cfg, "start" if who_starts == "strongswan" else "none"))
+        check(f"[{tag}] strongSwan loaded the exported config", c.load.returncode == 0, c.load.stdout + c.load.stderr)
+        ok = wait_for(lambda: "CHILD_SA established" in e.text(), 15)
+        check(f"[{tag}] IKE SA and CHILD_SA established ({who_starts} initiates)", ok,
+              e.text()[-1500:] + "\n--- charon ---\n" + c.log()[-2500:])
+        if not ok:
+            return
+        nsx("hA", "ping -c 1 -W 1 10.1.0.1", check=False)
+        got, out = ping_through()
+        check(f"[{tag}] ping through the negotiated tunnel", got == 5, out[-300:] + c.log()[-1500:])
+        sas = e.show("sas").get("sas", [])
+        check(f"[{tag}] espd show sas: the negotiated ESP SAs carry the traffic",
+              len(sas) == 2 and all(s["packets"] >= 5 for s in sas), json.dumps(sas))
+        tl = open(e.tunnel_log).read() if os.path.exists(e.tunnel_log) else ""
+        check(f"[{tag}] tunnel log records the IKE events", "IKE SA established" in tl and "CHILD_SA established" in tl, tl[-600:])
+    finally:
+        if c:
+            c.stop()
+        e.stop()
+
+
+def failure_case(tag, p1, p2, sw_patch, want):
+    e = Espd(tag, espd_config(tag, "add", p1, p2))
+    c = None
+    try:
+        text = export(e.cfg, "start")
+        for a, b in sw_patch:
+            text = text.replace(a, b)
+        c = Charon(tag, text)
+        ok = wait_for(lambda: want in e.text(), 15)
+        check(f"[{tag}] {want!r} logged, no tunnel", ok and "CHILD_SA established" not in e.text(),
+              e.text()[-1200:] + "\n--- charon ---\n" + c.log()[-1500:])
+    finally:
+        if c:
+            c.stop()
+        e.stop()
+
+
+def main():
+    if os.geteuid() != 0:
+        print("SKIP: needs root")
+        return 0
+    netns.up()
+    try:
+        sets = [
+            ("aes128-sha256-g14-gcm", (["AES128"], ["SHA2-256"], [14]), (["AES128-GCM-16"], ["SHA2-256"])),
+            ("gcm256-sha384-g20-cbc256", (["AES256-GCM-16"], ["SHA2-384"], [20]), (["AES256"], ["SHA2-256"])),
+        ]
+        for name, p1, p2 in sets:
+            for who in ("strongswan", "espd"):
+                run_case(f"{name}-{who}", p1, p2, who)
+        failure_case("psk", (["AES128"], ["SHA2-256"], [14]), (["AES128-GCM-16"], ["SHA2-256"]),
+                     [('secret = "lab.tunnel_one"', 'secret = "lab.wrong_key"')], "AUTHENTICATION_FAILED")
+        failure_case("proposal", (["AES128"], ["SHA2-256"], [14]), (["AES128-GCM-16"], ["SHA2-256"]),
+                     [("proposals = aes128-sha256-modp2048", "proposals = aes256-sha512-ecp384")], "NO_PROPOSAL_CHOSEN")
+    finally:
+        netns.down()
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

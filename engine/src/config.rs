@@ -235,6 +235,9 @@ pub struct Gateway {
     pub burst: usize,
     /// Microseconds a worker sleeps between polls once idle (0: busy polling).
     pub idle_sleep_us: u32,
+    /// Run the IKEv2 control plane for tunnels without static SAs (false: static SAs only,
+    /// UDP 500/4500 left to another daemon).
+    pub ike: bool,
 }
 
 /// Keys a `[gateway]` table may have.
@@ -253,6 +256,7 @@ pub const GATEWAY_KEYS: &[&str] = &[
     "frames",
     "burst",
     "idle_sleep_us",
+    "ike",
 ];
 
 /// Default control socket path.
@@ -375,6 +379,7 @@ fn gateway(t: &toml::Table, origin: &str, errs: &mut Vec<String>) -> Option<Gate
         frames,
         burst,
         idle_sleep_us,
+        ike: boolean(&mut cx, t, "ike", true),
     })
 }
 

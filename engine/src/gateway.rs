@@ -473,6 +473,7 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         .tunnels
         .iter()
         .enumerate()
+        .filter(|_| g.ike)
         .map(|(i, t)| (i as u32 + 1, t))
         .collect();
     let mut ike = crate::ike_ctl::IkeCtl::new(&indexed, backend, opts.export_keys.clone(), 0.0)

@@ -431,8 +431,8 @@ fn gateway_table_defaults_and_values() {
     assert_eq!(g.xdp_mode, config::XdpMode::Generic);
     assert_eq!(g.control_socket, config::DEFAULT_CONTROL_SOCKET);
     assert_eq!(
-        (g.frames, g.burst, g.idle_sleep_us, g.zero_copy),
-        (4096, 64, 0, true)
+        (g.frames, g.burst, g.idle_sleep_us, g.zero_copy, g.ike),
+        (4096, 64, 0, true, true)
     );
     assert_eq!(g.backend, "auto");
     assert!(g.metrics_listen.is_none() && g.inside_next_hop.is_none());

@@ -115,6 +115,7 @@ cores = [{core}]
 xdp_mode = "auto"
 control_socket = "{sock}"
 idle_sleep_us = 20
+ike = false
 {extra_gateway}
 {tunnels}
 """
@@ -455,7 +456,7 @@ def bad_starts():
          'inside_interface: interface "nosuch0" does not exist'),
         ("missing outside interface", cfg.replace('outside_interface = "g1o"', 'outside_interface = "nosuch1"'),
          'outside_interface: interface "nosuch1" does not exist'),
-        ("no [gateway] table", cfg.split("[gateway]")[0] + cfg.split("idle_sleep_us = 20")[1],
+        ("no [gateway] table", cfg.split("[gateway]")[0] + cfg.split("ike = false")[1],
          "espd run needs a [gateway] table"),
         ("bad xdp_mode", cfg.replace('xdp_mode = "auto"', 'xdp_mode = "turbo"'),
          'xdp_mode: "turbo" is not allowed; allowed: "native", "generic", "auto"'),

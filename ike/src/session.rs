@@ -92,6 +92,28 @@ pub enum Output {
     Closed(String),
     /// A line for the tunnel log (AWS wording where AWS has one).
     Log(String),
+    /// A CHILD_SA is gone (deleted after a rekey, or by the peer): remove our inbound SA
+    /// with this SPI (the outbound side already moved to the new SA).
+    ChildDown { spi_in: u32 },
+}
+
+/// A CREATE_CHILD_SA we started (section 1.3.3) and its outcome.
+#[derive(Debug)]
+struct Rekey {
+    id: u32,
+    /// Our inbound SPI of the CHILD_SA being rekeyed, and of the new one.
+    old_in: u32,
+    new_in: u32,
+    ni: Vec<u8>,
+    kp: Option<KeyPair>,
+}
+
+/// The peer's rekey of the same CHILD_SA while ours was outstanding (a collision).
+#[derive(Debug)]
+struct PeerRekey {
+    old_in: u32,
+    new_in: u32,
+    nonces: [Vec<u8>; 2],
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +161,12 @@ pub struct IkeSa {
     /// Last response sent (id, bytes), for duplicate requests.
     last_resp: Option<(u32, Vec<u8>)>,
     child_spi: u32,
+    /// Live CHILD_SAs: (our inbound SPI, our outbound SPI).
+    children: Vec<(u32, u32)>,
+    rekey: Option<Rekey>,
+    peer_rekey: Option<PeerRekey>,
+    /// Our inbound SPI whose DELETE exchange is outstanding.
+    deleting: Option<u32>,
     pub nat_detected: bool,
     /// Messages dropped (malformed, bad ICV, unexpected).
     pub dropped: u64,
@@ -524,6 +552,10 @@ impl IkeSa {
             pending: None,
             last_resp: None,
             child_spi: 0,
+            children: vec![],
+            rekey: None,
+            peer_rekey: None,
+            deleting: None,
             nat_detected: false,
             dropped: 0,
             last_rx: now,
@@ -771,8 +803,9 @@ impl IkeSa {
                 None,
                 vec![
                     err_reply(notify::NO_PROPOSAL_CHOSEN, vec![]),
+                    Output::Log("No Proposal Match Found by AWS".into()),
                     Output::Log(
-                        "IKE_SA_INIT: no proposal chosen (NO_PROPOSAL_CHOSEN): the peer's phase 1 proposals match none of the tunnel's phase 1 algorithms".into(),
+                        "No Proposal Match Found. Notifying with \"No proposal chosen\"".into(),
                     ),
                 ],
             );
@@ -891,10 +924,16 @@ impl IkeSa {
                     Some(_) => {
                         self.pending = None;
                         self.last_rx = now;
-                        vec![]
+                        match self.deleting.take() {
+                            Some(spi_in) => vec![Output::ChildDown { spi_in }],
+                            None => vec![],
+                        }
                     }
                     None => vec![],
                 },
+                (State::Established, exchange::CREATE_CHILD_SA) => {
+                    self.on_rekey_response(raw, &m, now, fill)
+                }
                 _ => {
                     self.dropped += 1;
                     vec![]
@@ -919,6 +958,9 @@ impl IkeSa {
             (State::InitDone, exchange::IKE_AUTH) => self.on_auth_request(raw, &m, now, fill),
             (State::Established, exchange::INFORMATIONAL) => {
                 self.on_informational(raw, &m, now, fill)
+            }
+            (State::Established, exchange::CREATE_CHILD_SA) => {
+                self.on_rekey_request(raw, &m, now, fill)
             }
             _ => {
                 self.dropped += 1;
@@ -962,7 +1004,7 @@ impl IkeSa {
         }
         if m.notify(notify::NO_PROPOSAL_CHOSEN).is_some() {
             return self.close(
-                "IKE_SA_INIT: the peer answered NO_PROPOSAL_CHOSEN: no phase 1 proposal matches"
+                "No Proposal Match Found. Notifying with \"No proposal chosen\" (phase 1: NO_PROPOSAL_CHOSEN from the CGW)"
                     .into(),
             );
         }
@@ -1129,10 +1171,14 @@ impl IkeSa {
                 &notify_only(notify::AUTHENTICATION_FAILED),
                 fill,
             );
-            let mut out = vec![self.send_response(id, bytes)];
-            out.extend(self.close(
-                "AUTHENTICATION_FAILED: the peer's AUTH payload does not verify with the tunnel's pre-shared key (PSK mismatch)".into(),
-            ));
+            let mut out = vec![
+                self.send_response(id, bytes),
+                Output::Log("AWS tunnel is sending AUTHENTICATION_FAILED as the response".into()),
+            ];
+            out.extend(self.close(format!(
+                "AWS tunnel detected a pre-shared key mismatch with cgw: {}",
+                self.cfg.peer_addr
+            )));
             return out;
         }
         let mut out = vec![];
@@ -1189,13 +1235,19 @@ impl IkeSa {
             (None, _) => {
                 inner.push(notify_only(notify::NO_PROPOSAL_CHOSEN).remove(0));
                 out.push(Output::Log(
-                    "IKE_AUTH: no proposal chosen for the CHILD_SA (NO_PROPOSAL_CHOSEN): the peer's phase 2 proposals match none of the tunnel's phase 2 algorithms".into(),
+                    "No Proposal Match Found. Notifying with \"No proposal chosen\"".into(),
+                ));
+                out.push(Output::Log(
+                    "AWS tunnel Phase 2 was unable to establish while keeping Phase 1".into(),
                 ));
             }
             (Some(_), None) => {
                 inner.push(notify_only(notify::TS_UNACCEPTABLE).remove(0));
                 out.push(Output::Log(
-                    "IKE_AUTH: TS_UNACCEPTABLE: the peer's traffic selectors are outside the tunnel's local/remote network CIDRs".into(),
+                    "AWS: Traffic Selector: TS_UNACCEPTABLE: sent to the initiator (its selectors are outside the tunnel's network CIDRs)".into(),
+                ));
+                out.push(Output::Log(
+                    "AWS tunnel Phase 2 was unable to establish while keeping Phase 1".into(),
                 ));
             }
             (Some(c), Some((ts_remote, ts_local))) => {
@@ -1214,6 +1266,7 @@ impl IkeSa {
                     )]));
                     inner.push(Payload::TsI(vec![ts_remote]));
                     inner.push(Payload::TsR(vec![ts_local]));
+                    self.children.push((self.child_spi, peer_spi));
                     out.push(Output::ChildUp(Box::new(ChildSa {
                         spi_in: self.child_spi,
                         spi_out: peer_spi,
@@ -1245,25 +1298,35 @@ impl IkeSa {
         self.pending = None;
         self.last_rx = now;
         if msg::find_notify(&ps, notify::AUTHENTICATION_FAILED).is_some() {
-            return self.close(
-                "AUTHENTICATION_FAILED: the peer rejected our AUTH payload (PSK mismatch)".into(),
-            );
+            return self.close(format!(
+                "AWS tunnel detected a pre-shared key mismatch with cgw: {} (AUTHENTICATION_FAILED received)",
+                self.cfg.peer_addr
+            ));
         }
         if !self.verify_auth(&ps, false) {
-            return self.close("AUTHENTICATION_FAILED: the peer's AUTH payload does not verify with the tunnel's pre-shared key (PSK mismatch)".into());
+            return self.close(format!(
+                "AWS tunnel detected a pre-shared key mismatch with cgw: {} (its AUTH payload does not verify)",
+                self.cfg.peer_addr
+            ));
         }
         self.state = State::Established;
         self.dh = None;
         let mut out = vec![Output::IkeUp];
         if msg::find_notify(&ps, notify::NO_PROPOSAL_CHOSEN).is_some() {
             out.push(Output::Log(
-                "IKE_AUTH: the peer answered NO_PROPOSAL_CHOSEN for the CHILD_SA".into(),
+                "No Proposal Match Found. Notifying with \"No proposal chosen\" (phase 2, from the CGW)".into(),
+            ));
+            out.push(Output::Log(
+                "AWS tunnel Phase 2 was unable to establish while keeping Phase 1".into(),
             ));
             return out;
         }
         if msg::find_notify(&ps, notify::TS_UNACCEPTABLE).is_some() {
             out.push(Output::Log(
-                "IKE_AUTH: the peer answered TS_UNACCEPTABLE for the CHILD_SA".into(),
+                "AWS: Traffic Selector: TS_UNACCEPTABLE: received from responder".into(),
+            ));
+            out.push(Output::Log(
+                "AWS tunnel Phase 2 was unable to establish while keeping Phase 1".into(),
             ));
             return out;
         }
@@ -1300,6 +1363,7 @@ impl IkeSa {
                 .unwrap_or([0; 4]),
         );
         if let Some(ck) = self.child_keys(enc, integ_s) {
+            self.children.push((self.child_spi, peer_spi));
             out.push(Output::ChildUp(Box::new(ChildSa {
                 spi_in: self.child_spi,
                 spi_out: peer_spi,
@@ -1337,16 +1401,38 @@ impl IkeSa {
             if let Payload::Delete { protocol, spis } = p {
                 if *protocol == proto::IKE {
                     closing = true;
-                    out.push(Output::Log("DELETE received for the IKE SA".into()));
+                    out.push(Output::Log(
+                        "AWS tunnel received DELETE for IKE_SA from CGW".into(),
+                    ));
                 } else {
-                    out.push(Output::Log(format!(
-                        "DELETE received for {} CHILD_SA(s)",
-                        spis.len()
-                    )));
-                    reply.push(Payload::Delete {
-                        protocol: *protocol,
-                        spis: vec![self.child_spi.to_be_bytes().to_vec()],
-                    });
+                    let mut ours = vec![];
+                    for spi in spis {
+                        out.push(Output::Log(format!(
+                            "AWS tunnel received DELETE for Phase 2 SA with SPI: {}",
+                            spi.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                        )));
+                        let Some(v) = spi.get(..4).and_then(|b| b.try_into().ok()) else {
+                            continue;
+                        };
+                        let out_spi = u32::from_be_bytes(v);
+                        if let Some(k) = self.children.iter().position(|c| c.1 == out_spi) {
+                            let (spi_in, _) = self.children.remove(k);
+                            if self.rekey.as_ref().is_some_and(|r| r.old_in == spi_in) {
+                                out.push(Output::Log(
+                                    "AWS tunnel detected a (CHILD_REKEY) collision as CHILD_DELETE"
+                                        .into(),
+                                ));
+                            }
+                            ours.push(spi_in.to_be_bytes().to_vec());
+                            out.push(Output::ChildDown { spi_in });
+                        }
+                    }
+                    if !ours.is_empty() {
+                        reply.push(Payload::Delete {
+                            protocol: *protocol,
+                            spis: ours,
+                        });
+                    }
                 }
             }
         }
@@ -1435,5 +1521,506 @@ impl IkeSa {
     /// The DH group of the IKE SA, once chosen.
     pub fn dh_group(&self) -> Option<u16> {
         self.suite.map(|s| s.dh)
+    }
+}
+
+impl IkeSa {
+    /// Our inbound SPIs of the live CHILD_SAs.
+    pub fn children(&self) -> Vec<u32> {
+        self.children.iter().map(|c| c.0).collect()
+    }
+
+    /// Starts a CHILD_SA rekey (CREATE_CHILD_SA with N(REKEY_SA), section 2.8), with PFS when
+    /// a phase 2 DH group is configured (`group` overrides it after INVALID_KE_PAYLOAD).
+    /// Nothing happens (and the caller retries later) while another request is outstanding.
+    pub fn rekey_child(
+        &mut self,
+        old_in: u32,
+        group: Option<u16>,
+        now: f64,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Vec<Output> {
+        if self.state != State::Established || self.pending.is_some() {
+            return vec![];
+        }
+        if !self.children.iter().any(|c| c.0 == old_in) {
+            return vec![];
+        }
+        let new_in = random_spi32(fill);
+        let ni = nonce(fill);
+        let group = group.or(self.cfg.p2_dh.first().copied());
+        let kp = match group.map(|g| KeyPair::generate(g, fill)) {
+            Some(Ok(k)) => Some(k),
+            Some(Err(e)) => return vec![Output::Log(format!("CHILD_SA rekey: {e}"))],
+            None => None,
+        };
+        let dh: Vec<u16> = match group {
+            Some(g) => {
+                let mut v = vec![g];
+                v.extend(self.cfg.p2_dh.iter().filter(|x| **x != g));
+                v
+            }
+            None => vec![],
+        };
+        let mut inner = vec![
+            Payload::Notify {
+                protocol: proto::ESP,
+                spi: old_in.to_be_bytes().to_vec(),
+                ntype: notify::REKEY_SA,
+                data: vec![],
+            },
+            Payload::Sa(build_proposals(
+                proto::ESP,
+                &new_in.to_be_bytes(),
+                &self.cfg.p2_enc,
+                &self.cfg.p2_integ,
+                &dh,
+                false,
+            )),
+            Payload::Nonce(ni.clone()),
+        ];
+        if let Some(k) = &kp {
+            inner.push(Payload::Ke {
+                group: k.group,
+                data: k.public.clone(),
+            });
+        }
+        inner.push(Payload::TsI(vec![self.cfg.local_ts]));
+        inner.push(Payload::TsR(vec![self.cfg.remote_ts]));
+        let id = self.next_req_id;
+        self.next_req_id += 1;
+        let bytes = self.encrypted(exchange::CREATE_CHILD_SA, id, false, &inner, fill);
+        self.rekey = Some(Rekey {
+            id,
+            old_in,
+            new_in,
+            ni,
+            kp,
+        });
+        vec![
+            Output::Log(format!(
+                "AWS tunnel is sending request (id={id}) for CREATE_CHILD_SA"
+            )),
+            self.send_request(id, bytes, now),
+        ]
+    }
+
+    fn on_rekey_response(
+        &mut self,
+        raw: &[u8],
+        m: &Message,
+        now: f64,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Vec<Output> {
+        let Some(ps) = self.decrypt(raw, m) else {
+            return vec![];
+        };
+        self.pending = None;
+        self.last_rx = now;
+        let id = m.header.msg_id;
+        let mut out = vec![Output::Log(format!(
+            "AWS tunnel processed response (id={id}) for CREATE_CHILD_SA"
+        ))];
+        let Some(rk) = self.rekey.take().filter(|r| r.id == id) else {
+            return out;
+        };
+        if let Some(Payload::Notify { data, .. }) =
+            msg::find_notify(&ps, notify::INVALID_KE_PAYLOAD)
+        {
+            let g = data.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+            if let Some(g) = g.filter(|g| self.cfg.p2_dh.contains(g)) {
+                out.push(Output::Log(format!(
+                    "CREATE_CHILD_SA: the peer asked for DH group {g} (INVALID_KE_PAYLOAD): retrying"
+                )));
+                out.extend(self.rekey_child(rk.old_in, Some(g), now, fill));
+                return out;
+            }
+        }
+        for (nt, what) in [
+            (
+                notify::NO_PROPOSAL_CHOSEN,
+                "No Proposal Match Found. Notifying with \"No proposal chosen\" (rekey)",
+            ),
+            (
+                notify::TS_UNACCEPTABLE,
+                "AWS: Traffic Selector: TS_UNACCEPTABLE: received from responder",
+            ),
+            (
+                notify::TEMPORARY_FAILURE,
+                "CREATE_CHILD_SA: TEMPORARY_FAILURE from the peer (a rekey of its own is in progress)",
+            ),
+            (
+                notify::CHILD_SA_NOT_FOUND,
+                "CREATE_CHILD_SA: CHILD_SA_NOT_FOUND from the peer",
+            ),
+            (
+                notify::INVALID_KE_PAYLOAD,
+                "CREATE_CHILD_SA: INVALID_KE_PAYLOAD with a group we do not allow",
+            ),
+        ] {
+            if msg::find_notify(&ps, nt).is_some() {
+                out.push(Output::Log(what.into()));
+                out.push(Output::Log(
+                    "CHILD_SA rekey failed: the old SA stays until its hard lifetime; retrying"
+                        .into(),
+                ));
+                return out;
+            }
+        }
+        let sa_p = ps.iter().find_map(|p| match p {
+            Payload::Sa(v) => v.first().cloned(),
+            _ => None,
+        });
+        let nr = ps.iter().find_map(|p| match p {
+            Payload::Nonce(n) => Some(n.clone()),
+            _ => None,
+        });
+        let ke = ps.iter().find_map(|p| match p {
+            Payload::Ke { data, .. } => Some(data.clone()),
+            _ => None,
+        });
+        let tsi = ps.iter().find_map(|p| match p {
+            Payload::TsI(v) => v.first().copied(),
+            _ => None,
+        });
+        let tsr = ps.iter().find_map(|p| match p {
+            Payload::TsR(v) => v.first().copied(),
+            _ => None,
+        });
+        let (Some(p), Some(nr), Some(tsi), Some(tsr)) = (sa_p, nr, tsi, tsr) else {
+            out.push(Output::Log(
+                "CREATE_CHILD_SA: incomplete response; the old SA stays".into(),
+            ));
+            return out;
+        };
+        let shared = match (&rk.kp, ke) {
+            (Some(kp), Some(ke)) => match kp.shared(&ke) {
+                Ok(s) => Some(s),
+                Err(_) => {
+                    out.push(Output::Log(
+                        "CREATE_CHILD_SA: the peer's KE value is invalid".into(),
+                    ));
+                    return out;
+                }
+            },
+            (None, None) => None,
+            _ => {
+                out.push(Output::Log(
+                    "CREATE_CHILD_SA: PFS mismatch in the response".into(),
+                ));
+                return out;
+            }
+        };
+        let Some((encr, integ, _, _)) = read_choice(&p) else {
+            return out;
+        };
+        let enc = enc_name(&Transform {
+            ttype: tt::ENCR,
+            id: encr.id(),
+            key_bits: Some(encr.bits()),
+        })
+        .unwrap_or("AES128");
+        let integ_s = integ.map(integ_name);
+        let peer_spi = u32::from_be_bytes(
+            p.spi
+                .get(..4)
+                .and_then(|s| s.try_into().ok())
+                .unwrap_or([0; 4]),
+        );
+        let (Some(s), Some(k)) = (self.suite, self.keys.as_ref()) else {
+            return out;
+        };
+        let e = enc_transform(enc).and_then(|t| Encr::from_transform(t.id, t.key_bits));
+        let il = integ.map_or(0, |i| i.key_len());
+        let Some(e) = e else { return out };
+        let ck = keys::child_keys(
+            s.prf,
+            &k.sk_d,
+            shared.as_deref().map(|v| v.as_slice()),
+            &rk.ni,
+            &nr,
+            e.key_len(),
+            il,
+        );
+        self.children.push((rk.new_in, peer_spi));
+        out.push(Output::ChildUp(Box::new(ChildSa {
+            spi_in: rk.new_in,
+            spi_out: peer_spi,
+            encryption: enc.to_string(),
+            integrity: integ_s.map(str::to_string),
+            enc_in: ck.enc_r,
+            int_in: ck.int_r,
+            enc_out: ck.enc_i,
+            int_out: ck.int_i,
+            local_ts: tsi,
+            remote_ts: tsr,
+            nat_t: self.nat_detected,
+        })));
+        // Collision (section 2.8.1): the SA made with the lowest of the four nonces is
+        // redundant; its creator deletes it, the other side deletes the old SA.
+        let mut delete = rk.old_in;
+        if let Some(pr) = self.peer_rekey.take()
+            && pr.old_in == rk.old_in
+        {
+            let lowest = [&rk.ni, &nr, &pr.nonces[0], &pr.nonces[1]]
+                .into_iter()
+                .min()
+                .cloned()
+                .unwrap_or_default();
+            if lowest == rk.ni || lowest == nr {
+                delete = rk.new_in;
+                out.push(Output::Log(
+                    "AWS tunnel (CHILD_SA) redundant SA is being deleted due to detected collision"
+                        .into(),
+                ));
+            } else {
+                // The peer deletes its redundant SA; we delete the old one as usual.
+                let _ = pr.new_in;
+            }
+        }
+        out.extend(self.delete_child(delete, now, fill));
+        out
+    }
+
+    /// Sends DELETE for one of our CHILD_SAs (our inbound SPI); `ChildDown` follows when the
+    /// peer answers.
+    pub fn delete_child(
+        &mut self,
+        spi_in: u32,
+        now: f64,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Vec<Output> {
+        if self.pending.is_some() {
+            return vec![];
+        }
+        let Some(k) = self.children.iter().position(|c| c.0 == spi_in) else {
+            return vec![];
+        };
+        self.children.remove(k);
+        let id = self.next_req_id;
+        self.next_req_id += 1;
+        let bytes = self.encrypted(
+            exchange::INFORMATIONAL,
+            id,
+            false,
+            &[Payload::Delete {
+                protocol: proto::ESP,
+                spis: vec![spi_in.to_be_bytes().to_vec()],
+            }],
+            fill,
+        );
+        self.deleting = Some(spi_in);
+        vec![self.send_request(id, bytes, now)]
+    }
+
+    fn on_rekey_request(
+        &mut self,
+        raw: &[u8],
+        m: &Message,
+        now: f64,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Vec<Output> {
+        let Some(ps) = self.decrypt(raw, m) else {
+            return vec![];
+        };
+        self.last_rx = now;
+        let id = m.header.msg_id;
+        self.next_peer_id = id + 1;
+        let mut out = vec![Output::Log(format!(
+            "AWS tunnel processed request (id={id}) for CREATE_CHILD_SA"
+        ))];
+        let reply_notify = |nt: u16, data: Vec<u8>| {
+            vec![Payload::Notify {
+                protocol: 0,
+                spi: vec![],
+                ntype: nt,
+                data,
+            }]
+        };
+        let props = ps.iter().find_map(|p| match p {
+            Payload::Sa(v) => Some(v.clone()),
+            _ => None,
+        });
+        let rekey_of = ps.iter().find_map(|p| match p {
+            Payload::Notify {
+                ntype: notify::REKEY_SA,
+                spi,
+                ..
+            } => spi
+                .get(..4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_be_bytes),
+            _ => None,
+        });
+        let ni = ps.iter().find_map(|p| match p {
+            Payload::Nonce(n) => Some(n.clone()),
+            _ => None,
+        });
+        let ke = ps.iter().find_map(|p| match p {
+            Payload::Ke { group, data } => Some((*group, data.clone())),
+            _ => None,
+        });
+        let is_ike = props
+            .as_ref()
+            .is_some_and(|v| v.iter().any(|p| p.protocol == proto::IKE));
+        let inner: Vec<Payload>;
+        if is_ike {
+            // IKE SA rekey: not supported by this version; the peer falls back to
+            // reauthentication (a new IKE SA), which works.
+            inner = reply_notify(notify::NO_ADDITIONAL_SAS, vec![]);
+            out.push(Output::Log(
+                "CREATE_CHILD_SA for the IKE SA: not supported yet, answered NO_ADDITIONAL_SAS"
+                    .into(),
+            ));
+        } else {
+            let old = rekey_of.and_then(|spi| self.children.iter().find(|c| c.1 == spi).copied());
+            let tsi = ps.iter().find_map(|p| match p {
+                Payload::TsI(v) => Some(v.clone()),
+                _ => None,
+            });
+            let tsr = ps.iter().find_map(|p| match p {
+                Payload::TsR(v) => Some(v.clone()),
+                _ => None,
+            });
+            let chosen = props.as_ref().and_then(|p| {
+                choose(
+                    p,
+                    proto::ESP,
+                    &self.cfg.p2_enc,
+                    &self.cfg.p2_integ,
+                    &self.cfg.p2_dh,
+                    ke.is_some(),
+                )
+            });
+            let ts = match (&tsi, &tsr) {
+                (Some(i), Some(r)) => {
+                    narrow(i, &self.cfg.remote_ts).zip(narrow(r, &self.cfg.local_ts))
+                }
+                _ => None,
+            };
+            inner = match (rekey_of, old, chosen, ts, ni) {
+                (Some(_), None, ..) => reply_notify(notify::CHILD_SA_NOT_FOUND, vec![]),
+                (None, ..) => {
+                    out.push(Output::Log("CREATE_CHILD_SA for an additional CHILD_SA: answered NO_ADDITIONAL_SAS (one CHILD_SA per tunnel, as AWS)".into()));
+                    reply_notify(notify::NO_ADDITIONAL_SAS, vec![])
+                }
+                (_, _, None, ..) => {
+                    out.push(Output::Log(
+                        "No Proposal Match Found. Notifying with \"No proposal chosen\"".into(),
+                    ));
+                    reply_notify(notify::NO_PROPOSAL_CHOSEN, vec![])
+                }
+                (_, _, _, None, _) => {
+                    out.push(Output::Log(
+                        "AWS: Traffic Selector: TS_UNACCEPTABLE: sent to the initiator".into(),
+                    ));
+                    reply_notify(notify::TS_UNACCEPTABLE, vec![])
+                }
+                (_, _, _, _, None) => reply_notify(notify::INVALID_SYNTAX, vec![]),
+                (Some(_), Some(old), Some(c), Some((ts_remote, ts_local)), Some(ni)) => {
+                    match (c.dh, &ke) {
+                        (Some(g), Some((kg, _))) if g != *kg => {
+                            reply_notify(notify::INVALID_KE_PAYLOAD, g.to_be_bytes().to_vec())
+                        }
+                        _ => {
+                            let nr = nonce(fill);
+                            let kp = ke
+                                .as_ref()
+                                .and_then(|(g, _)| KeyPair::generate(*g, fill).ok());
+                            let shared = match (&kp, &ke) {
+                                (Some(kp), Some((_, d))) => kp.shared(d).ok(),
+                                _ => None,
+                            };
+                            if ke.is_some() && shared.is_none() {
+                                reply_notify(notify::INVALID_SYNTAX, vec![])
+                            } else {
+                                let new_in = random_spi32(fill);
+                                let e = enc_transform(&c.enc)
+                                    .and_then(|t| Encr::from_transform(t.id, t.key_bits));
+                                let il = c
+                                    .integ
+                                    .as_deref()
+                                    .and_then(integ_of)
+                                    .map_or(0, |(i, _)| i.key_len());
+                                let (Some(e), Some(s), Some(k)) =
+                                    (e, self.suite, self.keys.as_ref())
+                                else {
+                                    return out;
+                                };
+                                let ck = keys::child_keys(
+                                    s.prf,
+                                    &k.sk_d,
+                                    shared.as_deref().map(|v| v.as_slice()),
+                                    &ni,
+                                    &nr,
+                                    e.key_len(),
+                                    il,
+                                );
+                                let peer_spi = u32::from_be_bytes(
+                                    c.spi
+                                        .get(..4)
+                                        .and_then(|s| s.try_into().ok())
+                                        .unwrap_or([0; 4]),
+                                );
+                                let mut r = vec![
+                                    Payload::Sa(vec![chosen_proposal(
+                                        &c,
+                                        proto::ESP,
+                                        &new_in.to_be_bytes(),
+                                    )]),
+                                    Payload::Nonce(nr.clone()),
+                                ];
+                                if let Some(kp) = &kp {
+                                    r.push(Payload::Ke {
+                                        group: kp.group,
+                                        data: kp.public.clone(),
+                                    });
+                                }
+                                r.push(Payload::TsI(vec![ts_remote]));
+                                r.push(Payload::TsR(vec![ts_local]));
+                                self.children.push((new_in, peer_spi));
+                                if self.rekey.as_ref().is_some_and(|rk| rk.old_in == old.0) {
+                                    self.peer_rekey = Some(PeerRekey {
+                                        old_in: old.0,
+                                        new_in,
+                                        nonces: [ni.clone(), nr.clone()],
+                                    });
+                                }
+                                out.push(Output::ChildUp(Box::new(ChildSa {
+                                    spi_in: new_in,
+                                    spi_out: peer_spi,
+                                    encryption: c.enc.clone(),
+                                    integrity: c.integ.clone(),
+                                    enc_in: ck.enc_i,
+                                    int_in: ck.int_i,
+                                    enc_out: ck.enc_r,
+                                    int_out: ck.int_r,
+                                    local_ts: ts_local,
+                                    remote_ts: ts_remote,
+                                    nat_t: self.nat_detected,
+                                })));
+                                r
+                            }
+                        }
+                    }
+                }
+            };
+        }
+        if msg::find_notify(&inner, notify::NO_PROPOSAL_CHOSEN).is_some()
+            || msg::find_notify(&inner, notify::TS_UNACCEPTABLE).is_some()
+        {
+            out.push(Output::Log(
+                "AWS tunnel Phase 2 was unable to establish while keeping Phase 1".into(),
+            ));
+        }
+        let bytes = self.encrypted(exchange::CREATE_CHILD_SA, id, true, &inner, fill);
+        out.insert(
+            1,
+            Output::Log(format!(
+                "AWS tunnel is sending response (id={id}) for CREATE_CHILD_SA"
+            )),
+        );
+        out.insert(1, self.send_response(id, bytes));
+        out
     }
 }

@@ -224,12 +224,19 @@ fn psk_mismatch_gives_authentication_failed_and_no_tunnel() {
     let r = establish(ca, cb);
     assert_eq!(r.a.state, State::Closed);
     assert_eq!(r.b.unwrap().state, State::Closed);
+    let (la, lb) = (logs(&r.a_out), logs(&r.b_out));
     assert!(
-        logs(&r.a_out).contains("AUTHENTICATION_FAILED"),
-        "{}",
-        logs(&r.a_out)
+        la.contains("AWS tunnel detected a pre-shared key mismatch with cgw: 192.0.2.2"),
+        "{la}"
     );
-    assert!(logs(&r.b_out).contains("PSK mismatch"));
+    assert!(
+        lb.contains("AWS tunnel is sending AUTHENTICATION_FAILED as the response"),
+        "{lb}"
+    );
+    assert!(
+        lb.contains("AWS tunnel detected a pre-shared key mismatch with cgw: 192.0.2.1"),
+        "{lb}"
+    );
     assert!(childs(r.a_out).is_empty() && childs(r.b_out).is_empty());
 }
 
@@ -242,8 +249,10 @@ fn proposal_mismatch_gives_no_proposal_chosen() {
     let r = establish(ca, cb);
     assert!(r.b.is_none());
     assert_eq!(r.a.state, State::Closed);
-    assert!(logs(&r.a_out).contains("NO_PROPOSAL_CHOSEN"));
-    assert!(logs(&r.b_out).contains("no proposal chosen"));
+    assert!(
+        logs(&r.a_out).contains("No Proposal Match Found. Notifying with \"No proposal chosen\"")
+    );
+    assert!(logs(&r.b_out).contains("No Proposal Match Found by AWS"));
     // Phase 2 mismatch: the IKE SA comes up, the CHILD_SA does not.
     let mut ca = cfg("192.0.2.1", "192.0.2.2");
     ca.p2_enc = v(&["AES256-GCM-16"]);
@@ -251,8 +260,13 @@ fn proposal_mismatch_gives_no_proposal_chosen() {
     cb.p2_enc = v(&["AES128"]);
     let r = establish(ca, cb);
     assert_eq!(r.a.state, State::Established);
+    assert!(
+        logs(&r.a_out).contains("AWS tunnel Phase 2 was unable to establish while keeping Phase 1")
+    );
     assert!(childs(r.a_out).is_empty());
-    assert!(logs(&r.b_out).contains("NO_PROPOSAL_CHOSEN"));
+    assert!(
+        logs(&r.b_out).contains("No Proposal Match Found. Notifying with \"No proposal chosen\"")
+    );
 }
 
 #[test]
@@ -263,6 +277,9 @@ fn selectors_outside_the_tunnel_cidrs_are_ts_unacceptable_and_inside_ones_narrow
     cb.remote_ts = net("10.1.0.0", "10.1.0.255");
     let r = establish(ca, cb);
     assert!(logs(&r.b_out).contains("TS_UNACCEPTABLE"));
+    assert!(
+        logs(&r.a_out).contains("AWS: Traffic Selector: TS_UNACCEPTABLE: received from responder")
+    );
     assert!(childs(r.a_out).is_empty());
     // 0.0.0.0/0 offered, the responder narrows to its CIDRs.
     let ca = cfg("192.0.2.1", "192.0.2.2");
@@ -355,7 +372,7 @@ fn liveness_check_and_delete() {
     let mut b2 = a2.b.take().unwrap();
     let out = b2.handle(&del, 1.0, &mut rb);
     assert_eq!(b2.state, State::Closed);
-    assert!(logs(&out).contains("DELETE received for the IKE SA"));
+    assert!(logs(&out).contains("AWS tunnel received DELETE for IKE_SA from CGW"));
 }
 
 #[test]
@@ -389,4 +406,195 @@ fn garbage_never_panics_and_is_counted() {
         let _ = IkeSa::respond(cfg("192.0.2.2", "192.0.2.1"), &m, 2.0, &mut rb);
     }
     assert!(b.dropped > 1000);
+}
+
+/// Delivers datagrams back and forth until both sides are quiet; returns all outputs.
+fn pump(
+    a: &mut IkeSa,
+    b: &mut IkeSa,
+    first_to_b: Vec<Vec<u8>>,
+    now: f64,
+    seed: u64,
+) -> (Vec<Output>, Vec<Output>) {
+    let (mut ra, mut rb) = (rng(seed), rng(seed + 1));
+    let (mut a_out, mut b_out) = (vec![], vec![]);
+    let mut to_b = first_to_b;
+    for _ in 0..16 {
+        let mut to_a = vec![];
+        for d in to_b.drain(..) {
+            let o = b.handle(&d, now, &mut rb);
+            to_a.extend(sends(&o));
+            b_out.extend(o);
+        }
+        if to_a.is_empty() {
+            break;
+        }
+        for d in to_a {
+            let o = a.handle(&d, now, &mut ra);
+            to_b.extend(sends(&o));
+            a_out.extend(o);
+        }
+    }
+    (a_out, b_out)
+}
+
+fn downs(out: &[Output]) -> Vec<u32> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::ChildDown { spi_in } => Some(*spi_in),
+            _ => None,
+        })
+        .collect()
+}
+
+fn rekey_once(a: &mut IkeSa, b: &mut IkeSa, now: f64, seed: u64) -> (ChildSa, ChildSa) {
+    let old = a.children()[0];
+    let mut r = rng(seed);
+    let req = a.rekey_child(old, None, now, &mut r);
+    assert!(
+        logs(&req).contains("is sending request (id="),
+        "{}",
+        logs(&req)
+    );
+    let (a_out, b_out) = pump(a, b, sends(&req), now, seed + 7);
+    assert!(logs(&b_out).contains("AWS tunnel processed request (id="));
+    assert!(logs(&b_out).contains("AWS tunnel is sending response (id="));
+    assert!(logs(&a_out).contains("AWS tunnel processed response (id="));
+    assert_eq!(downs(&a_out), vec![old], "{}", logs(&a_out));
+    assert_eq!(downs(&b_out).len(), 1);
+    let (mut ca, mut cb) = (childs(a_out), childs(b_out));
+    assert_eq!((ca.len(), cb.len()), (1, 1));
+    (ca.remove(0), cb.remove(0))
+}
+
+#[test]
+fn child_sa_rekey_with_and_without_pfs_from_either_side() {
+    for pfs in [vec![], vec![14u16], vec![19]] {
+        let mut ca = cfg("192.0.2.1", "192.0.2.2");
+        ca.p2_dh = pfs.clone();
+        let mut cb = cfg("192.0.2.2", "192.0.2.1");
+        cb.p2_dh = if pfs.is_empty() { vec![] } else { vec![14, 19] };
+        let r = establish(ca, cb);
+        let (mut a, mut b) = (r.a, r.b.unwrap());
+        let first = childs(r.a_out).remove(0);
+        let (na, nb) = rekey_once(&mut a, &mut b, 100.0, 11);
+        check_pair(&na, &nb);
+        assert_ne!(*na.enc_out, *first.enc_out);
+        assert_eq!(a.children(), vec![na.spi_in]);
+        assert_eq!(b.children(), vec![nb.spi_in]);
+        // The responder of the IKE SA rekeys too.
+        let (nb2, na2) = rekey_once(&mut b, &mut a, 200.0, 21);
+        check_pair(&na2, &nb2);
+        assert_eq!(a.children(), vec![na2.spi_in]);
+    }
+}
+
+#[test]
+fn child_rekey_invalid_ke_payload_retries_with_the_responders_group() {
+    let mut ca = cfg("192.0.2.1", "192.0.2.2");
+    ca.p2_dh = vec![20, 14];
+    let mut cb = cfg("192.0.2.2", "192.0.2.1");
+    cb.p2_dh = vec![14, 20];
+    let r = establish(ca, cb);
+    let (mut a, mut b) = (r.a, r.b.unwrap());
+    let old = a.children()[0];
+    let req = a.rekey_child(old, None, 10.0, &mut rng(3));
+    let (a_out, b_out) = pump(&mut a, &mut b, sends(&req), 10.0, 4);
+    assert!(
+        logs(&a_out).contains("asked for DH group 14"),
+        "{}",
+        logs(&a_out)
+    );
+    let (ca_, cb_) = (childs(a_out), childs(b_out));
+    assert_eq!((ca_.len(), cb_.len()), (1, 1));
+    check_pair(&ca_[0], &cb_[0]);
+}
+
+#[test]
+fn simultaneous_rekeys_leave_one_new_sa_and_delete_the_redundant_one() {
+    for seed in 0..8u64 {
+        let r = establish(cfg("192.0.2.1", "192.0.2.2"), cfg("192.0.2.2", "192.0.2.1"));
+        let (mut a, mut b) = (r.a, r.b.unwrap());
+        let (oa, ob) = (a.children()[0], b.children()[0]);
+        let (mut ra, mut rb) = (rng(100 + seed), rng(200 + seed));
+        let req_a = sends(&a.rekey_child(oa, None, 5.0, &mut ra));
+        let req_b = sends(&b.rekey_child(ob, None, 5.0, &mut rb));
+        // Both requests cross on the wire.
+        let resp_b = b.handle(&req_a[0], 5.0, &mut rb);
+        let resp_a = a.handle(&req_b[0], 5.0, &mut ra);
+        let mut all_a = vec![];
+        let mut all_b = vec![];
+        all_b.extend(resp_b);
+        all_a.extend(resp_a);
+        let out_a = a.handle(&sends(&all_b)[0], 5.0, &mut ra);
+        let out_b = b.handle(&sends(&all_a)[0], 5.0, &mut rb);
+        let (dels_a, dels_b) = (sends(&out_a), sends(&out_b));
+        all_a.extend(out_a);
+        all_b.extend(out_b);
+        // The DELETE exchanges.
+        for d in dels_a {
+            let o = b.handle(&d, 5.0, &mut rb);
+            let back = sends(&o);
+            all_b.extend(o);
+            for x in back {
+                all_a.extend(a.handle(&x, 5.0, &mut ra));
+            }
+        }
+        for d in dels_b {
+            let o = a.handle(&d, 5.0, &mut ra);
+            let back = sends(&o);
+            all_a.extend(o);
+            for x in back {
+                all_b.extend(b.handle(&x, 5.0, &mut rb));
+            }
+        }
+        let la = logs(&all_a) + &logs(&all_b);
+        assert!(
+            la.contains("redundant SA is being deleted due to detected collision"),
+            "seed {seed}: {la}"
+        );
+        // One CHILD_SA left, the same pair on both sides, not the old one.
+        assert_eq!(a.children().len(), 1, "seed {seed}: {la}");
+        assert_eq!(b.children().len(), 1, "seed {seed}");
+        assert!(a.children()[0] != oa && b.children()[0] != ob);
+        let ups_a = childs(all_a);
+        let ups_b = childs(all_b);
+        let keep_a = ups_a.iter().find(|c| c.spi_in == a.children()[0]).unwrap();
+        let keep_b = ups_b.iter().find(|c| c.spi_in == b.children()[0]).unwrap();
+        check_pair(keep_a, keep_b);
+    }
+}
+
+/// 24 simulated hours of CHILD_SA rekeys at AWS defaults scaled down (lifetime 3600 s,
+/// margin 270 s, fuzz 100 %): each rekey happens at lifetime - margin - uniform(0, margin *
+/// fuzz / 100) after the SA was made, and the observed spread matches the formula.
+#[test]
+fn rekeys_for_24_simulated_hours_follow_the_fuzz_formula() {
+    let r = establish(cfg("192.0.2.1", "192.0.2.2"), cfg("192.0.2.2", "192.0.2.1"));
+    let (mut a, mut b) = (r.a, r.b.unwrap());
+    let (life, margin, fuzz) = (3600u32, 270u32, 100u32);
+    let (lo, hi) = ike::rekey::window(life, margin, fuzz);
+    let mut u = rng(77);
+    let mut t = 0.0;
+    let mut ages = vec![];
+    let mut n = 0;
+    while t < 24.0 * 3600.0 {
+        let mut b8 = [0u8; 8];
+        u(&mut b8);
+        let x = (u64::from_be_bytes(b8) >> 11) as f64 / (1u64 << 53) as f64;
+        let age = ike::rekey::rekey_at(life, margin, fuzz, x);
+        ages.push(age);
+        t += age;
+        rekey_once(&mut a, &mut b, t, 1000 + n);
+        n += 1;
+    }
+    assert!(ages.iter().all(|a| (lo..=hi).contains(a)), "{lo}..{hi}");
+    let mean = ages.iter().sum::<f64>() / ages.len() as f64;
+    let want = (lo + hi) / 2.0;
+    assert!(
+        (mean - want).abs() < (hi - lo) * 0.15,
+        "mean {mean}, formula mean {want}"
+    );
+    assert!((26..=28).contains(&n), "{n} rekeys in 24 h");
+    assert_eq!(a.children().len(), 1);
 }

@@ -255,9 +255,10 @@ def main():
             for who in ("strongswan", "espd"):
                 run_case(f"{name}-{who}", p1, p2, who)
         failure_case("psk", (["AES128"], ["SHA2-256"], [14]), (["AES128-GCM-16"], ["SHA2-256"]),
-                     [('secret = "lab.tunnel_one"', 'secret = "lab.wrong_key"')], "AUTHENTICATION_FAILED")
+                     [('secret = "lab.tunnel_one"', 'secret = "lab.wrong_key"')],
+                     "AWS tunnel detected a pre-shared key mismatch with cgw: 192.0.2.2")
         failure_case("proposal", (["AES128"], ["SHA2-256"], [14]), (["AES128-GCM-16"], ["SHA2-256"]),
-                     [("proposals = aes128-sha256-modp2048", "proposals = aes256-sha512-ecp384")], "NO_PROPOSAL_CHOSEN")
+                     [("proposals = aes128-sha256-modp2048", "proposals = aes256-sha512-ecp384")], "No Proposal Match Found by AWS")
     finally:
         netns.down()
     print(f"{passed} passed, {failed} failed")

@@ -14,7 +14,7 @@ use crate::runtime::{Command, WorkerHandle};
 use crate::sa::{Direction, InboundSa, OutboundSa, SaConfig};
 use ike::dpd::{Action as DpdStep, Dpd};
 use ike::msg::{Header, TrafficSelector};
-use ike::session::{ChildSa, Config as IkeConfig, IkeSa, Output, State};
+use ike::session::{ChildSa, Config as IkeConfig, IkeSa, Output};
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -39,6 +39,17 @@ struct TunnelIke {
     installed: Vec<u32>,
     next_start: Option<f64>,
     up: bool,
+    /// Lifetimes, margin and fuzz (AWS options) and the next rekey times.
+    p1_life: u32,
+    p2_life: u32,
+    margin: u32,
+    fuzz: u32,
+    child_rekey_at: Option<f64>,
+    ike_rekey_at: Option<f64>,
+    ike_rekeys_seen: u32,
+    /// A new outbound SA waiting for the old SA's DELETE (we answered the rekey), with the
+    /// time after which we switch anyway.
+    pending_out: Option<(Box<OutboundSa>, f64)>,
 }
 
 /// A line for the tunnel log of `tunnel`: (tunnel index, up, detail).
@@ -61,6 +72,14 @@ impl std::fmt::Debug for IkeCtl {
 
 fn fill(b: &mut [u8]) {
     let _ = getrandom::fill(b);
+}
+
+/// Seconds from now to the next rekey of an SA of this lifetime (AWS formula, fresh draw).
+fn draw(life: u32, margin: u32, fuzz: u32) -> f64 {
+    let mut b = [0u8; 8];
+    fill(&mut b);
+    let u = (u64::from_be_bytes(b) >> 11) as f64 / (1u64 << 53) as f64;
+    ike::rekey::rekey_at(life, margin, fuzz, u)
 }
 
 fn cidr_ts(c: config::Cidr) -> TrafficSelector {
@@ -187,6 +206,14 @@ impl IkeCtl {
                 installed: vec![],
                 next_start: (t.startup_action == StartupAction::Start).then_some(now),
                 up: false,
+                p1_life: t.phase1_lifetime_s,
+                p2_life: t.phase2_lifetime_s,
+                margin: t.rekey_margin_s,
+                fuzz: t.rekey_fuzz_pct,
+                child_rekey_at: None,
+                ike_rekey_at: None,
+                ike_rekeys_seen: 0,
+                pending_out: None,
             });
         }
         Ok(ctl)
@@ -222,6 +249,12 @@ impl IkeCtl {
     /// Reads every waiting datagram, runs the timers; returns log lines.
     pub fn poll(&mut self, now: f64, h: &WorkerHandle) -> Vec<LogLine> {
         let mut logs = vec![];
+        // An outbound SA near its sequence-number limit asks for a CHILD_SA rekey now.
+        while let Ok(crate::runtime::Event::SoftLimit { tunnel, .. }) = h.events.try_recv() {
+            if let Some(t) = self.tunnels.iter_mut().find(|t| t.index == tunnel) {
+                t.child_rekey_at = Some(now);
+            }
+        }
         let addrs: Vec<IpAddr> = self.socks.keys().copied().collect();
         for a in addrs {
             for nat in [false, true] {
@@ -268,12 +301,10 @@ impl IkeCtl {
             return;
         };
         // An existing SA by SPI, else a new IKE_SA_INIT request for a tunnel of this address pair.
-        let i = self.tunnels.iter().position(|t| {
-            t.sa.as_ref().is_some_and(|s| {
-                s.spi_i == hdr.spi_i
-                    && (hdr.spi_r == 0 || s.spi_r == hdr.spi_r || s.state == State::InitSent)
-            })
-        });
+        let i = self
+            .tunnels
+            .iter()
+            .position(|t| t.sa.as_ref().is_some_and(|s| s.owns(hdr.spi_i, hdr.spi_r)));
         let i = match i {
             Some(i) => i,
             None => {
@@ -332,6 +363,7 @@ impl IkeCtl {
                 Output::IkeUp => {
                     let t = &mut self.tunnels[i];
                     t.dpd = Some(Dpd::new(now, t.dpd_timeout));
+                    t.ike_rekey_at = Some(now + draw(t.p1_life, t.margin, t.fuzz));
                     let g = t.sa.as_ref().and_then(IkeSa::dh_group).unwrap_or(0);
                     logs.push((
                         idx,
@@ -340,9 +372,16 @@ impl IkeCtl {
                     ));
                 }
                 Output::ChildUp(c) => {
-                    let line = self.install(i, &c, h);
+                    let line = self.install(i, &c, h, now);
                     logs.push((idx, true, line));
-                    self.tunnels[i].up = true;
+                    let t = &mut self.tunnels[i];
+                    t.up = true;
+                    t.child_rekey_at = Some(now + draw(t.p2_life, t.margin, t.fuzz));
+                }
+                Output::ChildDown { spi_in } => {
+                    self.switch_out(i, h);
+                    h.send(Command::DelInbound { spi: spi_in });
+                    self.tunnels[i].installed.retain(|s| *s != spi_in);
                 }
                 Output::Log(l) => logs.push((idx, self.tunnels[i].up, l)),
                 Output::Closed(why) => {
@@ -358,7 +397,17 @@ impl IkeCtl {
     }
 
     /// Installs a CHILD_SA: inbound first, then the outbound switch (make-before-break).
-    fn install(&mut self, i: usize, c: &ChildSa, h: &WorkerHandle) -> String {
+    fn switch_out(&mut self, i: usize, h: &WorkerHandle) {
+        if let Some((sa, _)) = self.tunnels[i].pending_out.take() {
+            h.send(Command::SetOutbound {
+                tunnel: self.tunnels[i].index,
+                sa,
+                selectors: vec![],
+            });
+        }
+    }
+
+    fn install(&mut self, i: usize, c: &ChildSa, h: &WorkerHandle, now: f64) -> String {
         let t = &self.tunnels[i];
         let Some(suite) = suite_of(c) else {
             return format!("CHILD_SA with an unsupported transform {}", c.encryption);
@@ -431,23 +480,25 @@ impl IkeCtl {
             return "CHILD_SA keys rejected by the crypto backend".into();
         };
         let index = t.index;
-        let old = std::mem::take(&mut self.tunnels[i].installed);
         h.send(Command::AddInbound {
             tunnel: index,
             sa: Box::new(inb),
         });
-        h.send(Command::SetOutbound {
-            tunnel: index,
-            sa: Box::new(out),
-            selectors: vec![],
-        });
+        if c.switch_now {
+            h.send(Command::SetOutbound {
+                tunnel: index,
+                sa: Box::new(out),
+                selectors: vec![],
+            });
+        } else {
+            self.switch_out(i, h);
+            self.tunnels[i].pending_out = Some((Box::new(out), now + 2.0));
+        }
         h.send(Command::SetTunnelState {
             tunnel: index,
             up: true,
         });
-        for spi in old {
-            h.send(Command::DelInbound { spi });
-        }
+        // The old inbound SA stays until its DELETE exchange ends (ChildDown).
         self.tunnels[i].installed.push(c.spi_in);
         format!(
             "CHILD_SA established: ESP {}{} in {:#010x} out {:#010x}{}",
@@ -474,6 +525,9 @@ impl IkeCtl {
         t.installed.clear();
         t.up = false;
         t.dpd = None;
+        t.pending_out = None;
+        t.child_rekey_at = None;
+        t.ike_rekey_at = None;
     }
 
     fn timers(&mut self, i: usize, now: f64, h: &WorkerHandle, logs: &mut Vec<LogLine>) {
@@ -491,12 +545,46 @@ impl IkeCtl {
                     logs.push((
                         idx,
                         false,
-                        "Initiating IKE_SA_INIT (startup action start)".into(),
+                        "Initiating IKE_SA_INIT (startup action start, or DPD restart)".into(),
                     ));
                     self.apply(i, out, now, h, logs);
                 }
                 Err(e) => logs.push((idx, false, format!("cannot initiate: {e}"))),
             }
+        }
+        if self.tunnels[i]
+            .pending_out
+            .as_ref()
+            .is_some_and(|p| now >= p.1)
+        {
+            self.switch_out(i, h);
+        }
+        // Rekeys: CHILD_SA at lifetime - margin - fuzz, IKE SA likewise (AWS options).
+        let (ike_due, child_due) = (self.tunnels[i].ike_rekey_at, self.tunnels[i].child_rekey_at);
+        let seen = self.tunnels[i].sa.as_ref().map_or(0, |s| s.ike_rekeys);
+        if seen != self.tunnels[i].ike_rekeys_seen {
+            // The IKE SA was rekeyed (by either side): the timer starts again.
+            let t = &mut self.tunnels[i];
+            t.ike_rekeys_seen = seen;
+            t.ike_rekey_at = Some(now + draw(t.p1_life, t.margin, t.fuzz));
+        } else if ike_due.is_some_and(|d| now >= d) {
+            let out = self.tunnels[i]
+                .sa
+                .as_mut()
+                .map(|s| s.rekey_ike(now, &mut fill))
+                .unwrap_or_default();
+            // Sent, or busy with another exchange: look again in a second.
+            self.tunnels[i].ike_rekey_at = Some(now + 1.0);
+            self.apply(i, out, now, h, logs);
+        } else if child_due.is_some_and(|d| now >= d) {
+            let cur = self.tunnels[i].installed.last().copied();
+            let out = match (self.tunnels[i].sa.as_mut(), cur) {
+                (Some(s), Some(spi)) => s.rekey_child(spi, None, now, &mut fill),
+                _ => vec![],
+            };
+            // A failed rekey keeps the old SA and retries; success resets the timer.
+            self.tunnels[i].child_rekey_at = Some(now + if out.is_empty() { 1.0 } else { 10.0 });
+            self.apply(i, out, now, h, logs);
         }
         let due = self.tunnels[i].sa.as_ref().and_then(IkeSa::poll_timeout);
         if due.is_some_and(|d| now >= d) {

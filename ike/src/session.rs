@@ -76,6 +76,10 @@ pub struct ChildSa {
     pub remote_ts: TrafficSelector,
     /// UDP-encapsulate ESP (a NAT was detected, or forced).
     pub nat_t: bool,
+    /// Send with the new outbound SA at once (IKE_AUTH, or we initiated the rekey). False
+    /// for the responder of a rekey: the initiator may not have installed its new inbound SA
+    /// yet, so keep sending with the old SA until its DELETE arrives (RFC 7296 section 2.8).
+    pub switch_now: bool,
 }
 
 /// What the caller must do.
@@ -167,6 +171,12 @@ pub struct IkeSa {
     peer_rekey: Option<PeerRekey>,
     /// Our inbound SPI whose DELETE exchange is outstanding.
     deleting: Option<u32>,
+    /// Our outstanding IKE SA rekey: (message id, our new SPI, nonce, key pair).
+    ike_rekey: Option<(u32, u64, Vec<u8>, KeyPair)>,
+    /// The IKE SA this one replaced, kept to answer or finish its DELETE.
+    retired: Option<Box<IkeSa>>,
+    /// IKE SA rekeys done.
+    pub ike_rekeys: u32,
     pub nat_detected: bool,
     /// Messages dropped (malformed, bad ICV, unexpected).
     pub dropped: u64,
@@ -556,6 +566,9 @@ impl IkeSa {
             rekey: None,
             peer_rekey: None,
             deleting: None,
+            ike_rekey: None,
+            retired: None,
+            ike_rekeys: 0,
             nat_detected: false,
             dropped: 0,
             last_rx: now,
@@ -902,6 +915,20 @@ impl IkeSa {
             return vec![];
         };
         let h = m.header;
+        if let Some(old) = self.retired.as_mut()
+            && h.spi_i == old.spi_i
+            && h.spi_r == old.spi_r
+        {
+            // The replaced IKE SA: answer its DELETE; its CHILD_SAs live on in this one.
+            let out = old.handle(raw, now, fill);
+            if old.state == State::Closed || old.pending.is_none() {
+                self.retired = None;
+            }
+            return out
+                .into_iter()
+                .filter(|o| matches!(o, Output::Send { .. }))
+                .collect();
+        }
         if h.spi_i != self.spi_i || (h.spi_r != self.spi_r && !(self.state == State::InitSent)) {
             self.dropped += 1;
             return vec![];
@@ -931,6 +958,11 @@ impl IkeSa {
                     }
                     None => vec![],
                 },
+                (State::Established, exchange::CREATE_CHILD_SA)
+                    if self.ike_rekey.as_ref().is_some_and(|r| r.0 == h.msg_id) =>
+                {
+                    self.on_ike_rekey_response(raw, &m, now, fill)
+                }
                 (State::Established, exchange::CREATE_CHILD_SA) => {
                     self.on_rekey_response(raw, &m, now, fill)
                 }
@@ -1279,6 +1311,7 @@ impl IkeSa {
                         local_ts: ts_local,
                         remote_ts: ts_remote,
                         nat_t: self.nat_detected,
+                        switch_now: true,
                     })));
                 }
             }
@@ -1376,6 +1409,7 @@ impl IkeSa {
                 local_ts: tsi,
                 remote_ts: tsr,
                 nat_t: self.nat_detected,
+                switch_now: true,
             })));
         }
         out
@@ -1755,6 +1789,7 @@ impl IkeSa {
             local_ts: tsi,
             remote_ts: tsr,
             nat_t: self.nat_detected,
+            switch_now: true,
         })));
         // Collision (section 2.8.1): the SA made with the lowest of the four nonces is
         // redundant; its creator deletes it, the other side deletes the old SA.
@@ -1865,13 +1900,7 @@ impl IkeSa {
             .is_some_and(|v| v.iter().any(|p| p.protocol == proto::IKE));
         let inner: Vec<Payload>;
         if is_ike {
-            // IKE SA rekey: not supported by this version; the peer falls back to
-            // reauthentication (a new IKE SA), which works.
-            inner = reply_notify(notify::NO_ADDITIONAL_SAS, vec![]);
-            out.push(Output::Log(
-                "CREATE_CHILD_SA for the IKE SA: not supported yet, answered NO_ADDITIONAL_SAS"
-                    .into(),
-            ));
+            return self.on_ike_rekey_request(id, props.unwrap_or_default(), ni, ke, out, fill);
         } else {
             let old = rekey_of.and_then(|spi| self.children.iter().find(|c| c.1 == spi).copied());
             let tsi = ps.iter().find_map(|p| match p {
@@ -1998,6 +2027,7 @@ impl IkeSa {
                                     local_ts: ts_local,
                                     remote_ts: ts_remote,
                                     nat_t: self.nat_detected,
+                                    switch_now: false,
                                 })));
                                 r
                             }
@@ -2021,6 +2051,307 @@ impl IkeSa {
             )),
         );
         out.insert(1, self.send_response(id, bytes));
+        out
+    }
+}
+
+impl IkeSa {
+    /// Whether a datagram with these SPIs belongs to this SA (or to the one it replaced).
+    pub fn owns(&self, spi_i: u64, spi_r: u64) -> bool {
+        (spi_i == self.spi_i
+            && (spi_r == self.spi_r || spi_r == 0 || self.state == State::InitSent))
+            || self
+                .retired
+                .as_ref()
+                .is_some_and(|o| o.spi_i == spi_i && o.spi_r == spi_r)
+    }
+
+    /// Starts an IKE SA rekey (CREATE_CHILD_SA with an IKE proposal, section 1.3.2).
+    pub fn rekey_ike(&mut self, now: f64, fill: &mut dyn FnMut(&mut [u8])) -> Vec<Output> {
+        if self.state != State::Established || self.pending.is_some() {
+            return vec![];
+        }
+        let group = self.suite.map(|s| s.dh).unwrap_or(14);
+        let Ok(kp) = KeyPair::generate(group, fill) else {
+            return vec![];
+        };
+        let new_spi = random_spi64(fill);
+        let ni = nonce(fill);
+        let mut dh = vec![group];
+        dh.extend(self.cfg.p1_dh.iter().filter(|g| **g != group));
+        let inner = vec![
+            Payload::Sa(build_proposals(
+                proto::IKE,
+                &new_spi.to_be_bytes(),
+                &self.cfg.p1_enc,
+                &self.cfg.p1_integ,
+                &dh,
+                true,
+            )),
+            Payload::Nonce(ni.clone()),
+            Payload::Ke {
+                group,
+                data: kp.public.clone(),
+            },
+        ];
+        let id = self.next_req_id;
+        self.next_req_id += 1;
+        let bytes = self.encrypted(exchange::CREATE_CHILD_SA, id, false, &inner, fill);
+        self.ike_rekey = Some((id, new_spi, ni, kp));
+        vec![
+            Output::Log(format!(
+                "AWS tunnel is sending request (id={id}) for CREATE_CHILD_SA (IKE SA rekey)"
+            )),
+            self.send_request(id, bytes, now),
+        ]
+    }
+
+    /// Moves this SA to the rekeyed one (section 2.18: SKEYSEED = prf(SK_d (old), g^ir (new)
+    /// | Ni | Nr), message IDs from 0, CHILD_SAs carried over). The old SA is kept in
+    /// `retired`: the rekey initiator sends its DELETE now, the responder answers it.
+    #[allow(clippy::too_many_arguments)]
+    fn switch_ike(
+        &mut self,
+        we_initiated: bool,
+        spi_i: u64,
+        spi_r: u64,
+        suite: IkeSuite,
+        shared: &[u8],
+        ni: &[u8],
+        nr: &[u8],
+        now: f64,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Vec<Output> {
+        let old_prf = self.suite.map(|s| s.prf).unwrap_or(suite.prf);
+        let Some(old_d) = self.keys.as_ref().map(|k| k.sk_d.clone()) else {
+            return vec![];
+        };
+        let keys = keys::ike_keys(
+            suite.prf,
+            suite.encr,
+            suite.integ,
+            shared,
+            ni,
+            nr,
+            spi_i,
+            spi_r,
+            Some((old_prf, &old_d)),
+        );
+        let mut out = vec![];
+        let mut old = Box::new(IkeSa::new(
+            self.cfg.clone(),
+            self.initiator,
+            self.spi_i,
+            self.spi_r,
+            now,
+        ));
+        old.state = State::Established;
+        old.suite = self.suite;
+        old.keys = self.keys.take();
+        old.next_req_id = self.next_req_id;
+        old.next_peer_id = self.next_peer_id;
+        old.nat_detected = self.nat_detected;
+        if we_initiated {
+            // DELETE the old IKE SA with its own keys (its CHILD_SAs belong to the new one).
+            let id = old.next_req_id;
+            old.next_req_id += 1;
+            let bytes = old.encrypted(
+                exchange::INFORMATIONAL,
+                id,
+                false,
+                &[Payload::Delete {
+                    protocol: proto::IKE,
+                    spis: vec![],
+                }],
+                fill,
+            );
+            out.push(old.send_request(id, bytes.clone(), now));
+        }
+        self.retired = Some(old);
+        self.initiator = we_initiated;
+        self.spi_i = spi_i;
+        self.spi_r = spi_r;
+        self.suite = Some(suite);
+        self.keys = Some(keys);
+        self.next_req_id = 0;
+        self.next_peer_id = 0;
+        self.pending = None;
+        self.last_resp = None;
+        self.ike_rekeys += 1;
+        out.push(Output::Log(format!(
+            "IKE SA rekeyed: new SPIs {spi_i:016x}/{spi_r:016x}"
+        )));
+        out
+    }
+
+    fn on_ike_rekey_request(
+        &mut self,
+        id: u32,
+        props: Vec<ProposalWire>,
+        ni: Option<Vec<u8>>,
+        ke: Option<(u16, Vec<u8>)>,
+        mut out: Vec<Output>,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Vec<Output> {
+        let notify_reply = |nt: u16, data: Vec<u8>| {
+            vec![Payload::Notify {
+                protocol: 0,
+                spi: vec![],
+                ntype: nt,
+                data,
+            }]
+        };
+        let c = choose(
+            &props,
+            proto::IKE,
+            &self.cfg.p1_enc,
+            &self.cfg.p1_integ,
+            &self.cfg.p1_dh,
+            true,
+        );
+        let mut switch = None;
+        let inner = match (c, ni, ke) {
+            (None, ..) => {
+                out.push(Output::Log(
+                    "No Proposal Match Found. Notifying with \"No proposal chosen\" (IKE SA rekey)"
+                        .into(),
+                ));
+                notify_reply(notify::NO_PROPOSAL_CHOSEN, vec![])
+            }
+            (Some(_), None, _) | (Some(_), _, None) => notify_reply(notify::INVALID_SYNTAX, vec![]),
+            (Some(c), Some(ni), Some((g, data))) => {
+                let want = c.dh.unwrap_or(g);
+                if want != g {
+                    notify_reply(notify::INVALID_KE_PAYLOAD, want.to_be_bytes().to_vec())
+                } else if self.ike_rekey.is_some() {
+                    // Simultaneous IKE rekeys: ours goes on, the peer retries later.
+                    notify_reply(notify::TEMPORARY_FAILURE, vec![])
+                } else {
+                    let peer_spi = c
+                        .spi
+                        .get(..8)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_be_bytes)
+                        .unwrap_or(0);
+                    let encr =
+                        enc_transform(&c.enc).and_then(|t| Encr::from_transform(t.id, t.key_bits));
+                    let integ = c.integ.as_deref().and_then(integ_of).map(|x| x.0);
+                    match (KeyPair::generate(g, fill), encr, c.prf) {
+                        (Ok(kp), Some(encr), Some(prf)) => match kp.shared(&data) {
+                            Ok(shared) => {
+                                let my_spi = random_spi64(fill);
+                                let nr = nonce(fill);
+                                let r = vec![
+                                    Payload::Sa(vec![chosen_proposal(
+                                        &c,
+                                        proto::IKE,
+                                        &my_spi.to_be_bytes(),
+                                    )]),
+                                    Payload::Nonce(nr.clone()),
+                                    Payload::Ke {
+                                        group: g,
+                                        data: kp.public.clone(),
+                                    },
+                                ];
+                                let suite = IkeSuite {
+                                    encr,
+                                    integ,
+                                    prf,
+                                    dh: g,
+                                };
+                                switch = Some((peer_spi, my_spi, suite, shared, ni, nr));
+                                r
+                            }
+                            Err(_) => notify_reply(notify::INVALID_SYNTAX, vec![]),
+                        },
+                        _ => notify_reply(notify::NO_PROPOSAL_CHOSEN, vec![]),
+                    }
+                }
+            }
+        };
+        let bytes = self.encrypted(exchange::CREATE_CHILD_SA, id, true, &inner, fill);
+        out.push(self.send_response(id, bytes));
+        out.push(Output::Log(format!(
+            "AWS tunnel is sending response (id={id}) for CREATE_CHILD_SA (IKE SA rekey)"
+        )));
+        if let Some((spi_i, spi_r, suite, shared, ni, nr)) = switch {
+            let now = self.last_rx;
+            // The peer initiated this rekey: it is the initiator of the new IKE SA.
+            out.extend(self.switch_ike(false, spi_i, spi_r, suite, &shared, &ni, &nr, now, fill));
+        }
+        out
+    }
+
+    fn on_ike_rekey_response(
+        &mut self,
+        raw: &[u8],
+        m: &Message,
+        now: f64,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Vec<Output> {
+        let Some(ps) = self.decrypt(raw, m) else {
+            return vec![];
+        };
+        self.pending = None;
+        self.last_rx = now;
+        let id = m.header.msg_id;
+        let mut out = vec![Output::Log(format!(
+            "AWS tunnel processed response (id={id}) for CREATE_CHILD_SA (IKE SA rekey)"
+        ))];
+        let Some((_, my_spi, ni, kp)) = self.ike_rekey.take() else {
+            return out;
+        };
+        for nt in [
+            notify::NO_PROPOSAL_CHOSEN,
+            notify::TEMPORARY_FAILURE,
+            notify::INVALID_KE_PAYLOAD,
+            notify::INVALID_SYNTAX,
+        ] {
+            if msg::find_notify(&ps, nt).is_some() {
+                out.push(Output::Log(format!(
+                    "IKE SA rekey refused by the peer (notify {nt}); the old IKE SA stays, retrying later"
+                )));
+                return out;
+            }
+        }
+        let sa_p = ps.iter().find_map(|p| match p {
+            Payload::Sa(v) => v.first().cloned(),
+            _ => None,
+        });
+        let nr = ps.iter().find_map(|p| match p {
+            Payload::Nonce(n) => Some(n.clone()),
+            _ => None,
+        });
+        let ke = ps.iter().find_map(|p| match p {
+            Payload::Ke { data, .. } => Some(data.clone()),
+            _ => None,
+        });
+        let (Some(p), Some(nr), Some(ke)) = (sa_p, nr, ke) else {
+            out.push(Output::Log("IKE SA rekey: incomplete response".into()));
+            return out;
+        };
+        let Some((encr, integ, Some(prf), _)) = read_choice(&p) else {
+            return out;
+        };
+        let Ok(shared) = kp.shared(&ke) else {
+            out.push(Output::Log(
+                "IKE SA rekey: the peer's KE value is invalid".into(),
+            ));
+            return out;
+        };
+        let peer_spi = p
+            .spi
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let suite = IkeSuite {
+            encr,
+            integ,
+            prf,
+            dh: kp.group,
+        };
+        out.extend(self.switch_ike(true, my_spi, peer_spi, suite, &shared, &ni, &nr, now, fill));
         out
     }
 }

@@ -598,3 +598,35 @@ fn rekeys_for_24_simulated_hours_follow_the_fuzz_formula() {
     assert!((26..=28).contains(&n), "{n} rekeys in 24 h");
     assert_eq!(a.children().len(), 1);
 }
+
+#[test]
+fn ike_sa_rekey_from_either_side_keeps_the_child_sas_and_keeps_working() {
+    let r = establish(cfg("192.0.2.1", "192.0.2.2"), cfg("192.0.2.2", "192.0.2.1"));
+    let (mut a, mut b) = (r.a, r.b.unwrap());
+    let children = (a.children(), b.children());
+    let old = (a.spi_i, a.spi_r);
+    for round in 0..4u64 {
+        let (x, y) = if round % 2 == 0 {
+            (&mut a, &mut b)
+        } else {
+            (&mut b, &mut a)
+        };
+        let req = x.rekey_ike(10.0 * round as f64, &mut rng(50 + round));
+        let (xo, yo) = pump(x, y, sends(&req), 10.0, 60 + round);
+        assert!(logs(&xo).contains("IKE SA rekeyed"), "{}", logs(&xo));
+        assert!(logs(&yo).contains("IKE SA rekeyed"), "{}", logs(&yo));
+        assert!(childs(xo).is_empty() && downs(&yo).is_empty());
+        assert_eq!((x.spi_i, x.spi_r), (y.spi_i, y.spi_r));
+        assert_eq!(x.state, State::Established);
+    }
+    assert_ne!((a.spi_i, a.spi_r), old);
+    assert_eq!((a.children(), b.children()), children);
+    assert_eq!((a.ike_rekeys, b.ike_rekeys), (4, 4));
+    // The new IKE SA carries liveness checks and CHILD_SA rekeys (keys from the new SK_d).
+    let dpd = sends(&a.send_dpd(100.0, &mut rng(90))).remove(0);
+    let reply = sends(&b.handle(&dpd, 100.0, &mut rng(91))).remove(0);
+    assert!(a.handle(&reply, 100.0, &mut rng(92)).is_empty());
+    assert_eq!(a.poll_timeout(), None);
+    let (na, nb) = rekey_once(&mut a, &mut b, 101.0, 93);
+    check_pair(&na, &nb);
+}

@@ -42,11 +42,11 @@ def check(name, ok, detail=""):
         print(f"FAIL {name} {detail}", flush=True)
 
 
-def espd_config(tag, startup, p1, p2, psk="lab.tunnel_one"):
+def espd_config(tag, startup, p1, p2, psk="lab.tunnel_one", extra="", lab=False):
     enc1, int1, dh1 = p1
     enc2, int2 = p2
     q = lambda xs: "[" + ", ".join(f'"{x}"' if isinstance(x, str) else str(x) for x in xs) + "]"
-    return f"""
+    return ("[lab]\nallow_short_lifetimes = true\n" if lab else "") + f"""
 [gateway]
 inside_interface = "g1i"
 outside_interface = "g1o"
@@ -72,6 +72,7 @@ pre_shared_key = "{psk}"
 log_enabled = true
 log_destination = "{WORK}/{tag}.tunnel.log"
 log_output_format = "text"
+{extra}
 
 [[tunnel]]
 name = "aws-t2"
@@ -224,6 +225,76 @@ def run_case(tag, p1, p2, who_starts):
         e.stop()
 
 
+def rekey_case(tag, secs):
+    """Short lab lifetimes: both sides rekey CHILD_SAs and the IKE SA several times during a
+    continuous ping; no ping may be lost."""
+    p1 = (["AES128"], ["SHA2-256"], [14])
+    p2 = (["AES128-GCM-16"], ["SHA2-256"])
+    extra = "phase1_lifetime_s = 40\nphase2_lifetime_s = 16\nrekey_margin_s = 6\nrekey_fuzz_pct = 100\nphase2_dh_groups = [14]"
+    e = Espd(tag, espd_config(tag, "add", p1, p2, extra=extra, lab=True))
+    c = None
+    try:
+        c = Charon(tag, export(e.cfg, "start"))
+        ok = wait_for(lambda: "CHILD_SA established" in e.text(), 15)
+        check(f"[{tag}] established", ok, e.text()[-1000:])
+        if not ok:
+            return
+        nsx("hA", "ping -c 1 -W 1 10.1.0.1", check=False)
+        n = int(secs / 0.2)
+        r = nsx("hA", f"ping -n -q -c {n} -i 0.2 -W 2 10.2.0.1", check=False)
+        line = next((l for l in r.stdout.splitlines() if "received" in l), "")
+        got = int(line.split(",")[1].split()[0]) if line else 0
+        text = e.text()
+        child_rekeys = text.count("for CREATE_CHILD_SA\n") // 2 + text.count("processed request") // 2
+        ours = text.count("is sending request (id=")
+        theirs = text.count("processed request (id=")
+        ike_rekeys = text.count("IKE SA rekeyed")
+        check(f"[{tag}] {secs:.0f} s of ping across rekeys: {got}/{n} received", got == n, line + "\n" + text[-2500:] + "\n--- charon ---\n" + c.log()[-2000:])
+        check(f"[{tag}] both sides rekeyed (espd started {ours}, strongSwan started {theirs} CREATE_CHILD_SA), IKE SA rekeyed {ike_rekeys}x",
+              ours >= 1 and theirs >= 1 and ike_rekeys >= 1 and child_rekeys >= 0, text[-3000:])
+        sas = e.show("sas").get("sas", [])
+        check(f"[{tag}] after the rekeys one SA pair remains", len(sas) == 2, json.dumps(sas))
+    finally:
+        if c:
+            c.stop()
+        e.stop()
+
+
+def dpd_case(tag):
+    """DPD: strongSwan is killed (no DELETE); espd declares it dead within the timeout and
+    applies `restart`; strongSwan comes back and the tunnel with it."""
+    p1 = (["AES128"], ["SHA2-256"], [14])
+    p2 = (["AES128-GCM-16"], ["SHA2-256"])
+    extra = 'dpd_timeout_s = 30\ndpd_timeout_action = "restart"'
+    e = Espd(tag, espd_config(tag, "add", p1, p2, extra=extra))
+    c = None
+    try:
+        c = Charon(tag, export(e.cfg, "start"))
+        ok = wait_for(lambda: "CHILD_SA established" in e.text(), 15)
+        check(f"[{tag}] established", ok, e.text()[-1000:])
+        if not ok:
+            return
+        c.p.kill()
+        c.p.wait()
+        t0 = time.time()
+        dead = wait_for(lambda: "AWS tunnel DPD timed out after" in e.text(), 50)
+        took = time.time() - t0
+        t = e.show("tunnels").get("tunnels", [{}])[0]
+        check(f"[{tag}] peer killed: 'AWS tunnel DPD timed out after N retransmits' after {took:.0f} s (timeout 30 s), tunnel DOWN",
+              dead and took <= 42 and t.get("state") == "DOWN", e.text()[-1500:] + json.dumps(t))
+        check(f"[{tag}] DPD action restart: espd initiates again", wait_for(lambda: "Initiating IKE_SA_INIT" in e.text(), 10),
+              e.text()[-800:])
+        c = Charon(tag + "-2", export(e.cfg, "none"))
+        back = wait_for(lambda: e.text().count("CHILD_SA established") >= 2, 30)
+        got, out = ping_through(3) if back else (0, "")
+        check(f"[{tag}] strongSwan back: the tunnel comes back and carries traffic", back and got == 3,
+              e.text()[-1500:] + out)
+    finally:
+        if c:
+            c.stop()
+        e.stop()
+
+
 def failure_case(tag, p1, p2, sw_patch, want):
     e = Espd(tag, espd_config(tag, "add", p1, p2))
     c = None
@@ -254,6 +325,8 @@ def main():
         for name, p1, p2 in sets:
             for who in ("strongswan", "espd"):
                 run_case(f"{name}-{who}", p1, p2, who)
+        rekey_case("rekey", float(os.environ.get("ESPD_REKEY_SECS", "60")))
+        dpd_case("dpd")
         failure_case("psk", (["AES128"], ["SHA2-256"], [14]), (["AES128-GCM-16"], ["SHA2-256"]),
                      [('secret = "lab.tunnel_one"', 'secret = "lab.wrong_key"')],
                      "AWS tunnel detected a pre-shared key mismatch with cgw: 192.0.2.2")

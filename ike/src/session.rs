@@ -1898,10 +1898,10 @@ impl IkeSa {
         let is_ike = props
             .as_ref()
             .is_some_and(|v| v.iter().any(|p| p.protocol == proto::IKE));
-        let inner: Vec<Payload>;
         if is_ike {
             return self.on_ike_rekey_request(id, props.unwrap_or_default(), ni, ke, out, fill);
-        } else {
+        }
+        let inner: Vec<Payload> = {
             let old = rekey_of.and_then(|spi| self.children.iter().find(|c| c.1 == spi).copied());
             let tsi = ps.iter().find_map(|p| match p {
                 Payload::TsI(v) => Some(v.clone()),
@@ -1927,7 +1927,7 @@ impl IkeSa {
                 }
                 _ => None,
             };
-            inner = match (rekey_of, old, chosen, ts, ni) {
+            match (rekey_of, old, chosen, ts, ni) {
                 (Some(_), None, ..) => reply_notify(notify::CHILD_SA_NOT_FOUND, vec![]),
                 (None, ..) => {
                     out.push(Output::Log("CREATE_CHILD_SA for an additional CHILD_SA: answered NO_ADDITIONAL_SAS (one CHILD_SA per tunnel, as AWS)".into()));
@@ -2034,8 +2034,8 @@ impl IkeSa {
                         }
                     }
                 }
-            };
-        }
+            }
+        };
         if msg::find_notify(&inner, notify::NO_PROPOSAL_CHOSEN).is_some()
             || msg::find_notify(&inner, notify::TS_UNACCEPTABLE).is_some()
         {

@@ -10,6 +10,7 @@
 //! Each run measures the raw crypto of its transform in the same process first, as the
 //! baseline, and reports the ratio.
 
+mod ikebench;
 mod traffic;
 mod xdpbench;
 
@@ -113,6 +114,22 @@ enum Cmd {
         /// native | generic | auto
         #[arg(long, default_value = "generic")]
         xdp_mode: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// IKE SAs established per second per core (both peers in this process), or with
+    /// --scale N: N tunnels established and rekeyed over simulated hours, memory per tunnel.
+    Ike {
+        /// DH groups to measure, comma-separated.
+        #[arg(long, default_value = "19,14")]
+        groups: String,
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Number of tunnels for the scale test (0: measure the rate instead).
+        #[arg(long, default_value_t = 0)]
+        scale: usize,
+        #[arg(long, default_value_t = 24.0)]
+        hours: f64,
         #[arg(long)]
         json: bool,
     },
@@ -805,6 +822,27 @@ fn main() {
         Cmd::Loopback(c) => loopback(c),
         Cmd::Oneway { common, direction } => oneway(common, direction),
         Cmd::Crypto { size, ms, only } => crypto(size, ms, only),
+        Cmd::Ike {
+            groups,
+            seconds,
+            scale,
+            hours,
+            json,
+        } => {
+            let gs: Vec<u16> = groups
+                .split(',')
+                .map(|g| {
+                    g.trim().parse().unwrap_or_else(|_| {
+                        fail(format!("--groups: {g:?} is not a DH group number"))
+                    })
+                })
+                .collect();
+            if scale > 0 {
+                ikebench::scale(scale, hours, gs[0], json);
+            } else {
+                ikebench::rate(&gs, seconds, json);
+            }
+        }
         Cmd::XdpGateway {
             packet_size,
             duration,

@@ -240,3 +240,17 @@ fn xdp_gateway_benchmark_runs() {
     assert!(r["esp"]["received"].as_u64().unwrap() > 1000, "{v}");
     assert!(r["ratio"].as_f64().unwrap() > 0.0, "{v}");
 }
+
+/// `perf ike`: the rate run and the scale run report their keys and did real work.
+#[test]
+fn ike_benchmark_runs() {
+    let v = perf(&["ike", "--groups", "19", "--seconds", "0.3", "--json"]);
+    assert!(v["ike"][0]["established"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["ike"][0]["ike_sas_per_s"].as_f64().unwrap() > 0.0, "{v}");
+    let v = perf(&["ike", "--scale", "20", "--hours", "24", "--json"]);
+    assert_eq!(v["tunnels"], 20);
+    // At AWS defaults every tunnel rekeys its CHILD_SA 24-26 times and its IKE SA 3 times a day.
+    let c = v["child_rekeys"].as_u64().unwrap();
+    assert!((20 * 24..=20 * 27).contains(&c), "{v}");
+    assert_eq!(v["ike_rekeys"], 60, "{v}");
+}

@@ -1,0 +1,188 @@
+//! `perf ike`: IKE SAs established per second on one core (both peers in this process, every
+//! datagram delivered in memory), and `perf ike --scale N`: N tunnels established and rekeyed
+//! on a fake clock over 24 simulated hours at the AWS default lifetimes, with the memory per
+//! tunnel. Uses the sans-IO `ike` crate exactly as `espd run` does, minus the sockets.
+
+use ike::msg::TrafficSelector;
+use ike::session::{Config, IkeSa, Output, State};
+use serde_json::json;
+use std::net::IpAddr;
+use std::time::Instant;
+use zeroize::Zeroizing;
+
+fn rng(seed: u64) -> impl FnMut(&mut [u8]) {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    move |b: &mut [u8]| {
+        for o in b {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *o = x as u8;
+        }
+    }
+}
+
+fn cfg(local: &str, peer: &str, group: u16) -> Config {
+    let any = TrafficSelector::any(false);
+    Config {
+        local_addr: local.parse::<IpAddr>().expect("literal"),
+        peer_addr: peer.parse::<IpAddr>().expect("literal"),
+        psk: Zeroizing::new(b"bench.psk_0123".to_vec()),
+        p1_enc: vec!["AES128".into()],
+        p1_integ: vec!["SHA2-256".into()],
+        p1_dh: vec![group],
+        p2_enc: vec!["AES128-GCM-16".into()],
+        p2_integ: vec!["SHA2-256".into()],
+        p2_dh: vec![],
+        local_ts: any,
+        remote_ts: any,
+        force_nat_t: false,
+        retransmits: 3,
+        retransmit_base_s: 1.0,
+    }
+}
+
+fn sends(out: &[Output]) -> Vec<Vec<u8>> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Send { data, .. } => Some(data.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn pump(a: &mut IkeSa, b: &mut IkeSa, first: Vec<Vec<u8>>, now: f64, r: &mut dyn FnMut(&mut [u8])) {
+    let mut to_b = first;
+    for _ in 0..16 {
+        let mut to_a = vec![];
+        for d in to_b.drain(..) {
+            to_a.extend(sends(&b.handle(&d, now, r)));
+        }
+        if to_a.is_empty() {
+            return;
+        }
+        for d in to_a {
+            to_b.extend(sends(&a.handle(&d, now, r)));
+        }
+    }
+}
+
+/// One IKE SA with its first CHILD_SA, both peers.
+fn establish(group: u16, r: &mut dyn FnMut(&mut [u8])) -> (IkeSa, IkeSa) {
+    let (mut a, out) =
+        IkeSa::initiate(cfg("192.0.2.1", "192.0.2.2", group), 0.0, r).expect("initiate");
+    let first = sends(&out).remove(0);
+    let (b, out) = IkeSa::respond(cfg("192.0.2.2", "192.0.2.1", group), &first, 0.0, r);
+    let mut b = b.expect("responder");
+    let resp = sends(&out);
+    let mut to_b = vec![];
+    for d in resp {
+        to_b.extend(sends(&a.handle(&d, 0.0, r)));
+    }
+    pump(&mut a, &mut b, to_b, 0.0, r);
+    assert_eq!(a.state, State::Established);
+    (a, b)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| pages * 4)
+}
+
+/// IKE SAs per second per core for each group.
+pub fn rate(groups: &[u16], secs: f64, json_out: bool) {
+    let mut rows = vec![];
+    for &g in groups {
+        let mut r = rng(u64::from(g));
+        let t0 = Instant::now();
+        let mut n = 0u64;
+        while t0.elapsed().as_secs_f64() < secs {
+            let _ = establish(g, &mut r);
+            n += 1;
+        }
+        let per_s = n as f64 / t0.elapsed().as_secs_f64();
+        rows.push((g, n, per_s));
+    }
+    if json_out {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(g, n, r)| json!({"dh_group": g, "established": n, "ike_sas_per_s": r}))
+            .collect();
+        println!("{}", json!({ "ike": v }));
+    } else {
+        println!(
+            "IKE SAs established per second on one core (both peers, IKE_SA_INIT + IKE_AUTH + first CHILD_SA):"
+        );
+        for (g, n, r) in rows {
+            println!("  DH group {g:>2}: {r:>8.0} /s  ({n} in {secs} s)");
+        }
+    }
+}
+
+/// `tunnels` tunnels (peer pairs) established, then 24 simulated hours at the AWS default
+/// lifetimes (phase 1 28800 s, phase 2 3600 s, margin 270 s, fuzz 100 %).
+pub fn scale(tunnels: usize, hours: f64, group: u16, json_out: bool) {
+    let mut r = rng(7);
+    let before = rss_kib();
+    let t0 = Instant::now();
+    let mut pairs: Vec<(IkeSa, IkeSa, f64, f64)> = Vec::with_capacity(tunnels);
+    let draw = |r: &mut dyn FnMut(&mut [u8]), life: u32| {
+        let mut b = [0u8; 8];
+        r(&mut b);
+        let u = (u64::from_be_bytes(b) >> 11) as f64 / (1u64 << 53) as f64;
+        ike::rekey::rekey_at(life, 270, 100, u)
+    };
+    for _ in 0..tunnels {
+        let (a, b) = establish(group, &mut r);
+        let c = draw(&mut r, 3600);
+        let i = draw(&mut r, 28800);
+        pairs.push((a, b, c, i));
+    }
+    let established_s = t0.elapsed().as_secs_f64();
+    let after = rss_kib();
+    let (mut child_rekeys, mut ike_rekeys) = (0u64, 0u64);
+    let end = hours * 3600.0;
+    let t1 = Instant::now();
+    for (a, b, next_c, next_i) in pairs.iter_mut() {
+        loop {
+            let now = next_c.min(*next_i);
+            if now > end {
+                break;
+            }
+            if *next_i <= *next_c {
+                let req = sends(&a.rekey_ike(now, &mut r));
+                pump(a, b, req, now, &mut r);
+                ike_rekeys += 1;
+                *next_i = now + draw(&mut r, 28800);
+            } else {
+                let cur = a.children()[0];
+                let req = sends(&a.rekey_child(cur, None, now, &mut r));
+                pump(a, b, req, now, &mut r);
+                child_rekeys += 1;
+                *next_c = now + draw(&mut r, 3600);
+            }
+        }
+        assert_eq!(a.children().len(), 1);
+        assert_eq!(a.state, State::Established);
+    }
+    let rekey_s = t1.elapsed().as_secs_f64();
+    let per_tunnel = (after.saturating_sub(before)) as f64 * 1024.0 / tunnels as f64;
+    if json_out {
+        println!(
+            "{}",
+            json!({"tunnels": tunnels, "dh_group": group, "simulated_hours": hours,
+                   "establish_s": established_s, "child_rekeys": child_rekeys,
+                   "ike_rekeys": ike_rekeys, "rekey_s": rekey_s,
+                   "rss_bytes_per_tunnel": per_tunnel})
+        );
+    } else {
+        println!(
+            "{tunnels} tunnels (both peers), DH group {group}: established in {established_s:.1} s; \
+             {hours} simulated hours: {child_rekeys} CHILD_SA and {ike_rekeys} IKE SA rekeys in {rekey_s:.1} s; \
+             memory {:.0} bytes per tunnel (both peers' IKE SA state, RSS growth)",
+            per_tunnel
+        );
+    }
+}

@@ -50,7 +50,15 @@ struct TunnelIke {
     /// A new outbound SA waiting for the old SA's DELETE (we answered the rekey), with the
     /// time after which we switch anyway.
     pending_out: Option<(Box<OutboundSa>, f64)>,
+    /// When the current CHILD_SA was made (hard lifetime) and the last NAT keepalive sent.
+    child_since: f64,
+    last_keepalive: f64,
 }
+
+/// Seconds between NAT keepalives (RFC 3948 section 2.3 suggests 20).
+const KEEPALIVE_S: f64 = 20.0;
+/// A responder IKE SA that is not authenticated after this long is dropped (AWS logs it).
+const HALF_OPEN_S: f64 = 30.0;
 
 /// A line for the tunnel log of `tunnel`: (tunnel index, up, detail).
 pub type LogLine = (u32, bool, String);
@@ -214,6 +222,8 @@ impl IkeCtl {
                 ike_rekey_at: None,
                 ike_rekeys_seen: 0,
                 pending_out: None,
+                child_since: 0.0,
+                last_keepalive: 0.0,
             });
         }
         Ok(ctl)
@@ -377,6 +387,7 @@ impl IkeCtl {
                     let t = &mut self.tunnels[i];
                     t.up = true;
                     t.child_rekey_at = Some(now + draw(t.p2_life, t.margin, t.fuzz));
+                    t.child_since = now;
                 }
                 Output::ChildDown { spi_in } => {
                     self.switch_out(i, h);
@@ -558,6 +569,55 @@ impl IkeCtl {
             .is_some_and(|p| now >= p.1)
         {
             self.switch_out(i, h);
+        }
+        // Half-open IKE SAs (the peer stopped after IKE_SA_INIT) go after 30 s.
+        let half_open = self.tunnels[i].sa.as_ref().is_some_and(|s| {
+            s.state == ike::session::State::InitDone && now - s.last_rx >= HALF_OPEN_S
+        });
+        if half_open {
+            self.tunnels[i].sa = None;
+            let peer = self.tunnels[i].cfg.peer_addr;
+            logs.push((
+                idx,
+                false,
+                format!(
+                    "AWS tunnel Timeout: deleting un-established Phase 1 IKE_SA with cgw: {peer}"
+                ),
+            ));
+        }
+        // NAT keepalives while UDP-encapsulated (RFC 3948 section 2.3).
+        let nat = self.tunnels[i].up && self.tunnels[i].sa.as_ref().is_some_and(|s| s.nat_detected);
+        if nat && now - self.tunnels[i].last_keepalive >= KEEPALIVE_S {
+            self.tunnels[i].last_keepalive = now;
+            let t = &self.tunnels[i];
+            if let (Some((_, s4500)), Some(peer)) =
+                (self.socks.get(&t.outside), t.peer.or(Some(t.cfg.peer_addr)))
+            {
+                let port = if t.peer_port == 500 {
+                    4500
+                } else {
+                    t.peer_port
+                };
+                let _ = s4500.send_to(&[0xff], SocketAddr::new(peer, port));
+            }
+        }
+        // Hard lifetime: a CHILD_SA that could not be rekeyed in time is deleted (the old SA
+        // was kept and used until now).
+        if self.tunnels[i].up
+            && now - self.tunnels[i].child_since > f64::from(self.tunnels[i].p2_life)
+        {
+            logs.push((
+                idx,
+                false,
+                "CHILD_SA reached its hard lifetime without a successful rekey: IKE SA and CHILD_SA deleted, tunnel DOWN".into(),
+            ));
+            let out = self.tunnels[i]
+                .sa
+                .as_mut()
+                .map(|s| s.delete(&mut fill))
+                .unwrap_or_default();
+            self.apply(i, out, now, h, logs);
+            self.teardown(i, h);
         }
         // Rekeys: CHILD_SA at lifetime - margin - fuzz, IKE SA likewise (AWS options).
         let (ike_due, child_due) = (self.tunnels[i].ike_rekey_at, self.tunnels[i].child_rekey_at);

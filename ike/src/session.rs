@@ -177,6 +177,8 @@ pub struct IkeSa {
     retired: Option<Box<IkeSa>>,
     /// IKE SA rekeys done.
     pub ike_rekeys: u32,
+    /// An authenticated request carried an unknown payload marked critical (section 2.5).
+    unsupported_critical: Option<u8>,
     pub nat_detected: bool,
     /// Messages dropped (malformed, bad ICV, unexpected).
     pub dropped: u64,
@@ -569,6 +571,7 @@ impl IkeSa {
             ike_rekey: None,
             retired: None,
             ike_rekeys: 0,
+            unsupported_critical: None,
             nat_detected: false,
             dropped: 0,
             last_rx: now,
@@ -743,12 +746,16 @@ impl IkeSa {
         };
         let (_, inb) = self.ciphers()?;
         let head = &raw[..raw.len() - body.len()];
-        match inb
-            .open(head, body)
-            .and_then(|p| msg::parse_chain(*first, &p).ok())
-        {
-            Some(ps) => Some(ps),
-            None => {
+        let Some(plain) = inb.open(head, body) else {
+            self.dropped += 1;
+            return None;
+        };
+        match msg::parse_chain(*first, &plain) {
+            Ok(ps) => Some(ps),
+            Err(e) => {
+                if let msg::ParseError::UnsupportedCritical(t) = e {
+                    self.unsupported_critical = Some(t);
+                }
                 self.dropped += 1;
                 None
             }
@@ -763,8 +770,38 @@ impl IkeSa {
         now: f64,
         fill: &mut dyn FnMut(&mut [u8]),
     ) -> (Option<IkeSa>, Vec<Output>) {
-        let Ok(m) = Message::parse(raw) else {
-            return (None, vec![]);
+        let m = match Message::parse(raw) {
+            Ok(m) => m,
+            Err(msg::ParseError::UnsupportedCritical(t)) => {
+                // Section 2.5: reject the message with UNSUPPORTED_CRITICAL_PAYLOAD.
+                let Ok(h) = Header::parse(raw) else {
+                    return (None, vec![]);
+                };
+                if h.is_response() || h.exchange != exchange::IKE_SA_INIT {
+                    return (None, vec![]);
+                }
+                let reply = Message {
+                    header: Header {
+                        spi_r: 0,
+                        flags: flags::RESPONSE,
+                        ..h
+                    },
+                    payloads: vec![Payload::Notify {
+                        protocol: 0,
+                        spi: vec![],
+                        ntype: notify::UNSUPPORTED_CRITICAL_PAYLOAD,
+                        data: vec![t],
+                    }],
+                };
+                return (
+                    None,
+                    vec![Output::Send {
+                        data: reply.encode(),
+                        nat_t: false,
+                    }],
+                );
+            }
+            Err(_) => return (None, vec![]),
         };
         let h = m.header;
         if h.exchange != exchange::IKE_SA_INIT || h.is_response() || h.msg_id != 0 || h.spi_r != 0 {
@@ -986,7 +1023,7 @@ impl IkeSa {
             self.dropped += 1;
             return vec![];
         }
-        match (self.state, h.exchange) {
+        let out = match (self.state, h.exchange) {
             (State::InitDone, exchange::IKE_AUTH) => self.on_auth_request(raw, &m, now, fill),
             (State::Established, exchange::INFORMATIONAL) => {
                 self.on_informational(raw, &m, now, fill)
@@ -998,7 +1035,30 @@ impl IkeSa {
                 self.dropped += 1;
                 vec![]
             }
+        };
+        if let Some(t) = self.unsupported_critical.take()
+            && out.is_empty()
+            && self.keys.is_some()
+        {
+            // Authenticated, but with an unknown critical payload: reject the request
+            // (section 2.5) so the peer does not retransmit it forever.
+            let id = h.msg_id;
+            self.next_peer_id = id + 1;
+            let inner = [Payload::Notify {
+                protocol: 0,
+                spi: vec![],
+                ntype: notify::UNSUPPORTED_CRITICAL_PAYLOAD,
+                data: vec![t],
+            }];
+            let bytes = self.encrypted(h.exchange, id, true, &inner, fill);
+            return vec![
+                self.send_response(id, bytes),
+                Output::Log(format!(
+                    "request {id} rejected: unsupported critical payload type {t}"
+                )),
+            ];
         }
+        out
     }
 
     fn on_init_response(

@@ -630,3 +630,25 @@ fn ike_sa_rekey_from_either_side_keeps_the_child_sas_and_keeps_working() {
     let (na, nb) = rekey_once(&mut a, &mut b, 101.0, 93);
     check_pair(&na, &nb);
 }
+
+#[test]
+fn unknown_critical_payloads_are_rejected_with_unsupported_critical_payload() {
+    use ike::msg::{Message, Payload};
+    let mut ra = rng(40);
+    let (_a, out) = IkeSa::initiate(cfg("192.0.2.1", "192.0.2.2"), 0.0, &mut ra).unwrap();
+    let mut m = Message::parse(&sends(&out)[0]).unwrap();
+    m.payloads.push(Payload::Other {
+        ptype: 200,
+        body: vec![1, 2, 3],
+    });
+    let mut b = m.encode();
+    let off = b.len() - 7; // generic header of the last payload
+    b[off + 1] |= 0x80;
+    let (sa, out) = IkeSa::respond(cfg("192.0.2.2", "192.0.2.1"), &b, 0.0, &mut rng(41));
+    assert!(sa.is_none());
+    let reply = Message::parse(&sends(&out)[0]).unwrap();
+    assert!(matches!(
+        reply.payloads[0],
+        Payload::Notify { ntype: 1, ref data, .. } if data == &vec![200u8]
+    ));
+}

@@ -12,6 +12,10 @@ and each time host A pings an address behind strongSwan through the tunnel, and 
 `show sas` lists the negotiated SAs. Wrong PSK and mismatched proposals give the AWS log
 messages and no tunnel.
 
+Also: short lab lifetimes with a continuous ping across CHILD_SA (PFS) and IKE SA rekeys by
+both sides (60 s, ESPD_REKEY_SECS), and DPD (strongSwan killed, `restart`, back again).
+SKIP_LONG=1 skips those two (about 100 s) for quick local runs.
+
 Usage: strongswan.py ESPD_BINARY. Needs root. PASS/FAIL per check; exits 1 on any failure.
 """
 import json
@@ -198,9 +202,50 @@ def ping_through(count=5):
     return 0, r.stdout
 
 
-def run_case(tag, p1, p2, who_starts):
+UDP_ECHO = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("10.2.0.1", 5005)); s.settimeout(8)
+try:
+    while True:
+        b, a = s.recvfrom(4000); s.sendto(b, a)
+except socket.timeout:
+    pass
+"""
+
+UDP_CLIENT = r"""
+import os, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(2)
+ok = 0
+for i in range(100):
+    m = i.to_bytes(4, "big") + os.urandom(996)
+    s.sendto(m, ("10.2.0.1", 5005))
+    try:
+        if s.recvfrom(4000)[0] == m:
+            ok += 1
+    except socket.timeout:
+        pass
+print(ok)
+"""
+
+
+def udp_echo_through():
+    """100 random 1000-byte datagrams to a host behind strongSwan and back, content checked."""
+    for name, text in (("echo.py", UDP_ECHO), ("client.py", UDP_CLIENT)):
+        with open(os.path.join(WORK, name), "w") as f:
+            f.write(text)
+    srv = popen("g2", f"python3 {WORK}/echo.py")
+    time.sleep(0.3)
+    r = nsx("hA", f"python3 {WORK}/client.py", check=False)
+    srv.kill()
+    try:
+        return int(r.stdout.strip() or 0)
+    except ValueError:
+        return 0
+
+
+def run_case(tag, p1, p2, who_starts, extra="", rekey_wait=0):
     startup = "add" if who_starts == "strongswan" else "start"
-    e = Espd(tag, espd_config(tag, startup, p1, p2))
+    e = Espd(tag, espd_config(tag, startup, p1, p2, extra=extra, lab=bool(rekey_wait)))
     c = None
     try:
         check(f"[{tag}] espd up", "gateway up" in e.text(), e.text()[-800:])
@@ -214,9 +259,16 @@ def run_case(tag, p1, p2, who_starts):
         nsx("hA", "ping -c 1 -W 1 10.1.0.1", check=False)
         got, out = ping_through()
         check(f"[{tag}] ping through the negotiated tunnel", got == 5, out[-300:] + c.log()[-1500:])
+        n = udp_echo_through()
+        check(f"[{tag}] 100 UDP datagrams there and back, content verified", n == 100, str(n))
         sas = e.show("sas").get("sas", [])
         check(f"[{tag}] espd show sas: the negotiated ESP SAs carry the traffic",
               len(sas) == 2 and all(s["packets"] >= 5 for s in sas), json.dumps(sas))
+        if rekey_wait:
+            rk = wait_for(lambda: "for CREATE_CHILD_SA" in e.text() and e.text().count("CHILD_SA established") >= 2, rekey_wait)
+            got, out = ping_through(3)
+            check(f"[{tag}] CHILD_SA rekeyed with PFS and the tunnel still carries traffic", rk and got == 3,
+                  e.text()[-1500:] + c.log()[-1500:])
         tl = open(e.tunnel_log).read() if os.path.exists(e.tunnel_log) else ""
         check(f"[{tag}] tunnel log records the IKE events", "IKE SA established" in tl and "CHILD_SA established" in tl, tl[-600:])
     finally:
@@ -322,11 +374,15 @@ def main():
             ("aes128-sha256-g14-gcm", (["AES128"], ["SHA2-256"], [14]), (["AES128-GCM-16"], ["SHA2-256"])),
             ("gcm256-sha384-g20-cbc256", (["AES256-GCM-16"], ["SHA2-384"], [20]), (["AES256"], ["SHA2-256"])),
         ]
+        pfs15 = "phase2_dh_groups = [15]\nphase1_lifetime_s = 120\nphase2_lifetime_s = 14\nrekey_margin_s = 5"
         for name, p1, p2 in sets:
             for who in ("strongswan", "espd"):
-                run_case(f"{name}-{who}", p1, p2, who)
-        rekey_case("rekey", float(os.environ.get("ESPD_REKEY_SECS", "60")))
-        dpd_case("dpd")
+                if "g20" in name:
+                    run_case(f"{name}-pfs15-{who}", p1, p2, who, extra=pfs15, rekey_wait=20)
+                else:
+                    run_case(f"{name}-{who}", p1, p2, who)
+        rekey_case("rekey", float(os.environ.get("ESPD_REKEY_SECS", "60"))) if not os.environ.get("SKIP_LONG") else None
+        dpd_case("dpd") if not os.environ.get("SKIP_LONG") else None
         failure_case("psk", (["AES128"], ["SHA2-256"], [14]), (["AES128-GCM-16"], ["SHA2-256"]),
                      [('secret = "lab.tunnel_one"', 'secret = "lab.wrong_key"')],
                      "AWS tunnel detected a pre-shared key mismatch with cgw: 192.0.2.2")

@@ -459,8 +459,9 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             .collect();
         std::fs::write(p, text).map_err(|e| format!("--export-keys {}: {e}", p.display()))?;
         eprintln!(
-            "espd: WARNING: keys of {} SA(s) exported to {} (--export-keys, for debugging with tshark)",
+            "espd: WARNING: keys of {} SA(s) exported to {} (--export-keys, for debugging with tshark); SAs negotiated by IKE are appended as they come, IKEv2 keys to {}.ikev2_decryption_table",
             all_sas.len(),
+            p.display(),
             p.display()
         );
     }

@@ -50,10 +50,16 @@ struct TunnelIke {
     /// A new outbound SA waiting for the old SA's DELETE (we answered the rekey), with the
     /// time after which we switch anyway.
     pending_out: Option<(Box<OutboundSa>, f64)>,
+    /// A new IKE SA the peer is setting up while `sa` is established: it replaces `sa` only
+    /// once it authenticates (a spoofed IKE_SA_INIT must not take a working tunnel down).
+    pending_sa: Option<IkeSa>,
     /// When the current CHILD_SA was made (hard lifetime) and the last NAT keepalive sent.
     child_since: f64,
     last_keepalive: f64,
 }
+
+/// IKE_SA_INIT requests per second above which the responder asks for cookies first.
+pub const COOKIE_RATE: usize = 50;
 
 /// Seconds between NAT keepalives (RFC 3948 section 2.3 suggests 20).
 const KEEPALIVE_S: f64 = 20.0;
@@ -66,6 +72,11 @@ pub type LogLine = (u32, bool, String);
 /// Every IKE-negotiated tunnel of the gateway.
 pub struct IkeCtl {
     socks: HashMap<IpAddr, (UdpSocket, UdpSocket)>,
+    /// Stateless cookies (RFC 7296 section 2.6), issued when IKE_SA_INIT requests arrive
+    /// faster than `COOKIE_RATE` per second; the secret rotates every 5 minutes.
+    cookies: ike::cookie::Cookies,
+    cookie_rotated: f64,
+    init_times: std::collections::VecDeque<f64>,
     tunnels: Vec<TunnelIke>,
     backend: Backend,
     export_keys: Option<std::path::PathBuf>,
@@ -162,6 +173,9 @@ impl IkeCtl {
     ) -> Result<IkeCtl, String> {
         let mut ctl = IkeCtl {
             socks: HashMap::new(),
+            cookies: ike::cookie::Cookies::new(&mut fill),
+            cookie_rotated: now,
+            init_times: std::collections::VecDeque::new(),
             tunnels: vec![],
             backend,
             export_keys,
@@ -222,6 +236,7 @@ impl IkeCtl {
                 ike_rekey_at: None,
                 ike_rekeys_seen: 0,
                 pending_out: None,
+                pending_sa: None,
                 child_since: 0.0,
                 last_keepalive: 0.0,
             });
@@ -295,6 +310,10 @@ impl IkeCtl {
         for i in 0..self.tunnels.len() {
             self.timers(i, now, h, &mut logs);
         }
+        if now - self.cookie_rotated > 300.0 {
+            self.cookies.rotate(&mut fill);
+            self.cookie_rotated = now;
+        }
         logs
     }
 
@@ -311,6 +330,45 @@ impl IkeCtl {
             return;
         };
         // An existing SA by SPI, else a new IKE_SA_INIT request for a tunnel of this address pair.
+        if let Some(i) = self.tunnels.iter().position(|t| {
+            t.pending_sa
+                .as_ref()
+                .is_some_and(|s| s.owns(hdr.spi_i, hdr.spi_r))
+        }) {
+            let Some(mut p) = self.tunnels[i].pending_sa.take() else {
+                return;
+            };
+            let out = p.handle(data, now, &mut fill);
+            match p.state {
+                ike::session::State::Established => {
+                    // The peer re-established (INITIAL_CONTACT): the new IKE SA takes over;
+                    // the old one's inbound SAs go once the new CHILD_SA is installed.
+                    let old = self.tunnels[i]
+                        .sa
+                        .replace(p)
+                        .map(|o| o.children())
+                        .unwrap_or_default();
+                    self.tunnels[i].peer_port = from.port();
+                    self.apply(i, out, now, h, logs);
+                    for spi in old {
+                        h.send(Command::DelInbound { spi });
+                        self.tunnels[i].installed.retain(|x| *x != spi);
+                    }
+                }
+                ike::session::State::Closed => {
+                    let logs_only = out
+                        .into_iter()
+                        .filter(|o| !matches!(o, Output::Closed(_)))
+                        .collect();
+                    self.apply(i, logs_only, now, h, logs);
+                }
+                _ => {
+                    self.tunnels[i].pending_sa = Some(p);
+                    self.apply(i, out, now, h, logs);
+                }
+            }
+            return;
+        }
         let i = self
             .tunnels
             .iter()
@@ -328,19 +386,63 @@ impl IkeCtl {
                 else {
                     return;
                 };
+                // Under a flood of IKE_SA_INIT, no DH and no state before a valid cookie.
+                self.init_times.push_back(now);
+                while self.init_times.front().is_some_and(|t| now - t > 1.0) {
+                    self.init_times.pop_front();
+                }
+                if self.init_times.len() > COOKIE_RATE {
+                    match self.cookies.check(data, from.ip()) {
+                        Ok(()) => {}
+                        Err(reply) => {
+                            if let (Some(r), Some((s500, s4500))) = (reply, self.socks.get(&local))
+                            {
+                                let _ = if from.port() == 500 {
+                                    s500.send_to(&r, from)
+                                } else {
+                                    s4500.send_to(&[&[0u8; 4][..], &r].concat(), from)
+                                };
+                            }
+                            return;
+                        }
+                    }
+                }
                 let mut cfg = self.tunnels[i].cfg.clone();
                 cfg.peer_addr = from.ip();
                 let (sa, out) = IkeSa::respond(cfg, data, now, &mut fill);
                 let t = &mut self.tunnels[i];
-                t.peer_port = from.port();
-                if t.peer.is_none() {
-                    t.cfg.peer_addr = from.ip();
-                }
                 if let Some(sa) = sa {
-                    // A new IKE SA from the peer replaces the old one (restart after DPD).
-                    t.sa = Some(sa);
+                    let working =
+                        t.sa.as_ref()
+                            .is_some_and(|s| s.state == ike::session::State::Established);
+                    if working {
+                        // Keep the working IKE SA until the new one authenticates.
+                        t.pending_sa = Some(sa);
+                    } else {
+                        t.sa = Some(sa);
+                        t.peer_port = from.port();
+                        if t.peer.is_none() {
+                            t.cfg.peer_addr = from.ip();
+                        }
+                    }
                 }
-                self.apply(i, out, now, h, logs);
+                // Replies go back where the request came from.
+                for o in &out {
+                    if let Output::Send { data, .. } = o
+                        && let Some((s500, s4500)) = self.socks.get(&local)
+                    {
+                        let _ = if from.port() == 500 {
+                            s500.send_to(data, from)
+                        } else {
+                            s4500.send_to(&[&[0u8; 4][..], data].concat(), from)
+                        };
+                    }
+                }
+                let rest = out
+                    .into_iter()
+                    .filter(|o| !matches!(o, Output::Send { .. }))
+                    .collect();
+                self.apply(i, rest, now, h, logs);
                 return;
             }
         };
@@ -371,6 +473,7 @@ impl IkeCtl {
                     self.send(t, &data, nat_t);
                 }
                 Output::IkeUp => {
+                    self.export_ike_keys(i);
                     let t = &mut self.tunnels[i];
                     t.dpd = Some(Dpd::new(now, t.dpd_timeout));
                     t.ike_rekey_at = Some(now + draw(t.p1_life, t.margin, t.fuzz));
@@ -408,6 +511,26 @@ impl IkeCtl {
     }
 
     /// Installs a CHILD_SA: inbound first, then the outbound switch (make-before-break).
+    /// Appends the IKE SA's keys to `<export-keys>.ikev2_decryption_table` (debug only).
+    fn export_ike_keys(&self, i: usize) {
+        let (Some(p), Some(line)) = (
+            &self.export_keys,
+            self.tunnels[i]
+                .sa
+                .as_ref()
+                .and_then(IkeSa::wireshark_key_line),
+        ) else {
+            return;
+        };
+        let mut path = p.as_os_str().to_owned();
+        path.push(".ikev2_decryption_table");
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
+    }
+
     fn switch_out(&mut self, i: usize, h: &WorkerHandle) {
         if let Some((sa, _)) = self.tunnels[i].pending_out.take() {
             h.send(Command::SetOutbound {
@@ -574,6 +697,21 @@ impl IkeCtl {
         let half_open = self.tunnels[i].sa.as_ref().is_some_and(|s| {
             s.state == ike::session::State::InitDone && now - s.last_rx >= HALF_OPEN_S
         });
+        let pending_stale = self.tunnels[i]
+            .pending_sa
+            .as_ref()
+            .is_some_and(|s| now - s.last_rx >= HALF_OPEN_S);
+        if pending_stale {
+            self.tunnels[i].pending_sa = None;
+            let peer = self.tunnels[i].cfg.peer_addr;
+            logs.push((
+                idx,
+                self.tunnels[i].up,
+                format!(
+                    "AWS tunnel Timeout: deleting un-established Phase 1 IKE_SA with cgw: {peer}"
+                ),
+            ));
+        }
         if half_open {
             self.tunnels[i].sa = None;
             let peer = self.tunnels[i].cfg.peer_addr;
@@ -623,6 +761,7 @@ impl IkeCtl {
         let (ike_due, child_due) = (self.tunnels[i].ike_rekey_at, self.tunnels[i].child_rekey_at);
         let seen = self.tunnels[i].sa.as_ref().map_or(0, |s| s.ike_rekeys);
         if seen != self.tunnels[i].ike_rekeys_seen {
+            self.export_ike_keys(i);
             // The IKE SA was rekeyed (by either side): the timer starts again.
             let t = &mut self.tunnels[i];
             t.ike_rekeys_seen = seen;

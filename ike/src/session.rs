@@ -625,8 +625,15 @@ impl IkeSa {
         now: f64,
         fill: &mut dyn FnMut(&mut [u8]),
     ) -> Result<Vec<Output>, String> {
-        let kp = KeyPair::generate(group, fill).map_err(|e| e.to_string())?;
-        self.ni = nonce(fill);
+        // A retry with a COOKIE repeats the same KE and nonce (section 2.6); a new group
+        // (INVALID_KE_PAYLOAD) or a first attempt draws fresh ones.
+        let kp = match self.dh.take() {
+            Some(k) if k.group == group && self.cookie.is_some() => k,
+            _ => {
+                self.ni = nonce(fill);
+                KeyPair::generate(group, fill).map_err(|e| e.to_string())?
+            }
+        };
         let mut payloads = vec![];
         if let Some(c) = &self.cookie {
             payloads.push(Payload::Notify {
@@ -2413,5 +2420,34 @@ impl IkeSa {
         };
         out.extend(self.switch_ike(true, my_spi, peer_spi, suite, &shared, &ni, &nr, now, fill));
         out
+    }
+}
+
+impl IkeSa {
+    /// The Wireshark/tshark `ikev2_decryption_table` line of this IKE SA (debug key export,
+    /// off by default; byte fields are unquoted hex as the UAT parser wants).
+    pub fn wireshark_key_line(&self) -> Option<String> {
+        let (k, s) = (self.keys.as_ref()?, self.suite?);
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let enc = match s.encr {
+            Encr::AesCbc(b) => format!("AES-CBC-{b} [RFC3602]"),
+            Encr::AesGcm16(b) => format!("AES-GCM-{b} with 16 octet ICV [RFC5282]"),
+        };
+        let integ = match s.integ {
+            None => "NONE [RFC4306]",
+            Some(Integ::Sha1_96) => "HMAC_SHA1_96 [RFC2404]",
+            Some(Integ::Sha256_128) => "HMAC_SHA2_256_128 [RFC4868]",
+            Some(Integ::Sha384_192) => "HMAC_SHA2_384_192 [RFC4868]",
+            Some(Integ::Sha512_256) => "HMAC_SHA2_512_256 [RFC4868]",
+        };
+        Some(format!(
+            "{:016x},{:016x},{},{},\"{enc}\",{},{},\"{integ}\"",
+            self.spi_i,
+            self.spi_r,
+            hex(&k.sk_ei),
+            hex(&k.sk_er),
+            hex(&k.sk_ai),
+            hex(&k.sk_ar)
+        ))
     }
 }

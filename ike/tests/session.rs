@@ -652,3 +652,34 @@ fn unknown_critical_payloads_are_rejected_with_unsupported_critical_payload() {
         Payload::Notify { ntype: 1, ref data, .. } if data == &vec![200u8]
     ));
 }
+
+#[test]
+fn cookie_round_trip_under_load() {
+    use ike::cookie::Cookies;
+    let from: IpAddr = "192.0.2.1".parse().unwrap();
+    let mut ra = rng(70);
+    let mut c = Cookies::new(&mut rng(71));
+    let (mut a, out) = IkeSa::initiate(cfg("192.0.2.1", "192.0.2.2"), 0.0, &mut ra).unwrap();
+    let first = sends(&out).remove(0);
+    // No cookie yet: the responder answers with N(COOKIE) and keeps no state.
+    let reply = c.check(&first, from).unwrap_err().expect("a COOKIE reply");
+    // The initiator repeats IKE_SA_INIT with the cookie, which now passes.
+    let again = sends(&a.handle(&reply, 0.1, &mut ra)).remove(0);
+    assert!(c.check(&again, from).is_ok());
+    // From another address, or after two secret rotations, it does not.
+    assert!(c.check(&again, "198.51.100.9".parse().unwrap()).is_err());
+    c.rotate(&mut rng(72));
+    assert!(
+        c.check(&again, from).is_ok(),
+        "the previous secret is still accepted"
+    );
+    c.rotate(&mut rng(73));
+    assert!(c.check(&again, from).is_err());
+    // The exchange completes with the cookie-carrying request.
+    let (b, out) = IkeSa::respond(cfg("192.0.2.2", "192.0.2.1"), &again, 0.2, &mut rng(74));
+    let mut b = b.unwrap();
+    let auth = sends(&a.handle(&sends(&out)[0], 0.3, &mut ra)).remove(0);
+    let done = sends(&b.handle(&auth, 0.4, &mut rng(75))).remove(0);
+    a.handle(&done, 0.5, &mut ra);
+    assert_eq!((a.state, b.state), (State::Established, State::Established));
+}

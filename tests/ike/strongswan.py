@@ -155,7 +155,9 @@ class Espd:
         self.tunnel_log = os.path.join(WORK, f"{tag}.tunnel.log")
         with open(self.cfg, "w") as f:
             f.write(text)
-        self.p = popen("g1", f"{ESPD} run --config {self.cfg}", stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+        self.keys = os.path.join(WORK, f"{tag}.keys")
+        self.p = popen("g1", f"{ESPD} run --config {self.cfg} --export-keys {self.keys}",
+                       stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
         for _ in range(200):
             if "gateway up" in open(self.log).read() or self.p.poll() is not None:
                 break
@@ -243,8 +245,33 @@ def udp_echo_through():
         return 0
 
 
+def tshark_ike_esp(pcap, keys):
+    """(IKE_AUTH messages whose ID payload tshark decrypted, ESP packets, ESP ICV good)."""
+    esp_uat = [l for l in open(keys).read().splitlines() if l.strip()] if os.path.exists(keys) else []
+    ike_tab = keys + ".ikev2_decryption_table"
+    prof = os.path.join(WORK, "ws-" + os.path.basename(pcap))
+    os.makedirs(prof, exist_ok=True)
+    with open(os.path.join(prof, "ikev2_decryption_table"), "w") as f:
+        f.write(open(ike_tab).read() if os.path.exists(ike_tab) else "")
+    with open(os.path.join(prof, "esp_sa"), "w") as f:
+        f.write("\n".join(esp_uat) + "\n")
+    env = dict(os.environ, WIRESHARK_CONFIG_DIR=prof, XDG_CONFIG_HOME=prof)
+    base = ["tshark", "-n", "-r", pcap, "-o", "esp.enable_encryption_decode:TRUE",
+            "-o", "esp.enable_authentication_check:TRUE"]
+    ids = subprocess.run(base + ["-Y", "isakmp.exchangetype == 35 && isakmp.id.type", "-T", "fields", "-e", "frame.number"],
+                         capture_output=True, text=True, env=env)
+    esp = subprocess.run(base + ["-Y", "esp", "-T", "fields", "-e", "esp.icv_good"], capture_output=True, text=True, env=env)
+    lines = [l for l in esp.stdout.splitlines() if l.strip()]
+    return (len([l for l in ids.stdout.splitlines() if l.strip()]), len(lines),
+            sum(1 for l in lines if l.split(",")[0] == "1"), ids.stderr[-300:] + esp.stderr[-300:])
+
+
 def run_case(tag, p1, p2, who_starts, extra="", rekey_wait=0):
     startup = "add" if who_starts == "strongswan" else "start"
+    cap = os.path.join(WORK, f"{tag}.pcap")
+    dump = popen("w", f"tcpdump -q -n -U -i w1 -w {cap} udp port 500 or udp port 4500",
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
     e = Espd(tag, espd_config(tag, startup, p1, p2, extra=extra, lab=bool(rekey_wait)))
     c = None
     try:
@@ -264,6 +291,12 @@ def run_case(tag, p1, p2, who_starts, extra="", rekey_wait=0):
         sas = e.show("sas").get("sas", [])
         check(f"[{tag}] espd show sas: the negotiated ESP SAs carry the traffic",
               len(sas) == 2 and all(s["packets"] >= 5 for s in sas), json.dumps(sas))
+        time.sleep(0.5)
+        dump.send_signal(signal.SIGINT)
+        dump.wait(timeout=5)
+        ids, n_esp, good, err = tshark_ike_esp(cap, e.keys)
+        check(f"[{tag}] tshark decrypts IKE_AUTH with espd's exported IKEv2 keys and checks every ESP ICV",
+              ids >= 2 and n_esp >= 10 and good == n_esp, f"ids {ids} esp {good}/{n_esp} {err}")
         if rekey_wait:
             rk = wait_for(lambda: "for CREATE_CHILD_SA" in e.text() and e.text().count("CHILD_SA established") >= 2, rekey_wait)
             got, out = ping_through(3)
@@ -275,6 +308,8 @@ def run_case(tag, p1, p2, who_starts, extra="", rekey_wait=0):
         if c:
             c.stop()
         e.stop()
+        if dump.poll() is None:
+            dump.kill()
 
 
 def rekey_case(tag, secs):

@@ -60,6 +60,8 @@ struct TunnelIke {
 
 /// IKE_SA_INIT requests per second above which the responder asks for cookies first.
 pub const COOKIE_RATE: usize = 50;
+/// Half-open IKE SAs (answered IKE_SA_INIT, no IKE_AUTH yet) from which cookies are asked too.
+pub const COOKIE_HALF_OPEN: usize = 16;
 
 /// Seconds between NAT keepalives (RFC 3948 section 2.3 suggests 20).
 const KEEPALIVE_S: f64 = 20.0;
@@ -271,6 +273,14 @@ impl IkeCtl {
         }
     }
 
+    /// Reads and discards every waiting datagram (tests: a peer that has gone away).
+    pub fn drain(&mut self) {
+        for (s500, s4500) in self.socks.values() {
+            while s500.recv_from(&mut self.buf).is_ok() {}
+            while s4500.recv_from(&mut self.buf).is_ok() {}
+        }
+    }
+
     /// Reads every waiting datagram, runs the timers; returns log lines.
     pub fn poll(&mut self, now: f64, h: &WorkerHandle) -> Vec<LogLine> {
         let mut logs = vec![];
@@ -391,7 +401,17 @@ impl IkeCtl {
                 while self.init_times.front().is_some_and(|t| now - t > 1.0) {
                     self.init_times.pop_front();
                 }
-                if self.init_times.len() > COOKIE_RATE {
+                let half_open = self
+                    .tunnels
+                    .iter()
+                    .filter(|t| {
+                        t.pending_sa.is_some()
+                            || t.sa
+                                .as_ref()
+                                .is_some_and(|s| s.state == ike::session::State::InitDone)
+                    })
+                    .count();
+                if self.init_times.len() > COOKIE_RATE || half_open >= COOKIE_HALF_OPEN {
                     match self.cookies.check(data, from.ip()) {
                         Ok(()) => {}
                         Err(reply) => {
@@ -499,6 +519,18 @@ impl IkeCtl {
                 }
                 Output::Log(l) => logs.push((idx, self.tunnels[i].up, l)),
                 Output::Closed(why) => {
+                    let t = &self.tunnels[i];
+                    if t.dpd_action == DpdAction::None && t.up && why.contains("timed out") {
+                        // DPD action `none`: an unanswered request ends the IKE SA, but the
+                        // CHILD_SAs stay in the data plane (AWS takes no action).
+                        logs.push((
+                            idx,
+                            true,
+                            format!("IKE SA closed: {why}; DPD action none: CHILD_SAs kept"),
+                        ));
+                        self.tunnels[i].dpd = None;
+                        continue;
+                    }
                     self.teardown(i, h);
                     logs.push((idx, false, format!("IKE SA closed: {why}")));
                     let t = &mut self.tunnels[i];

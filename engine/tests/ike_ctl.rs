@@ -1,0 +1,181 @@
+//! The IKE shell of `espd run` (`engine::ike_ctl`): two instances on loopback addresses with
+//! real UDP sockets and a fake clock, for each DPD action. Needs root (port 500); skipped
+//! otherwise.
+
+use engine::config;
+use engine::ike_ctl::IkeCtl;
+use engine::io::mem_link;
+use engine::pkt::BufPool;
+use engine::runtime::{Worker, WorkerConfig, WorkerHandle};
+
+fn fill(b: &mut [u8]) {
+    for (i, x) in b.iter_mut().enumerate() {
+        *x = (i as u8).wrapping_mul(37) ^ 0x5a;
+    }
+}
+
+fn root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn side(me: &str, peer: &str, startup: &str, action: &str) -> config::Config {
+    let text = format!(
+        r#"
+[[tunnel]]
+name = "t1"
+connection = "c"
+outside_ip = "{me}"
+peer_ip = "{peer}"
+ike_versions = ["ikev2"]
+startup_action = "{startup}"
+dpd_timeout_s = 30
+dpd_timeout_action = "{action}"
+phase1_dh_groups = [19]
+pre_shared_key = "lab.tunnel_one"
+
+[[tunnel]]
+name = "t2"
+connection = "c"
+outside_ip = "{me}"
+ike_versions = ["ikev2"]
+pre_shared_key = "lab.tunnel_two"
+"#
+    );
+    config::parse(&text, "t.toml", &mut fill).unwrap()
+}
+
+/// A worker handle whose commands are queued (the worker is kept, not run).
+fn handle() -> (
+    Worker<engine::io::MemPort, engine::io::MemPort>,
+    WorkerHandle,
+) {
+    let (a, b) = mem_link(16, Default::default());
+    Worker::new(WorkerConfig::default(), a, b, BufPool::new(16, 2048))
+}
+
+struct Run {
+    a_logs: Vec<String>,
+    b_logs: Vec<String>,
+}
+
+/// Establishes, silences B at t=20 s, runs A to t=80 s; with `revive`, B answers again from
+/// t=80 s to t=100 s.
+fn dpd_run(net: u8, action: &str, revive: bool) -> Run {
+    let (ia, ib) = (format!("127.0.{net}.1"), format!("127.0.{net}.2"));
+    let ca = side(&ia, &ib, "start", action);
+    let cb = side(&ib, &ia, "add", "clear");
+    let ta: Vec<(u32, &config::Tunnel)> = ca
+        .tunnels
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (i as u32 + 1, t))
+        .collect();
+    let tb: Vec<(u32, &config::Tunnel)> = cb
+        .tunnels
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (i as u32 + 1, t))
+        .collect();
+    let backend = engine::crypto::Backend::RustCrypto;
+    let mut a = IkeCtl::new(&ta, backend, None, 0.0).unwrap();
+    let mut b = IkeCtl::new(&tb, backend, None, 0.0).unwrap();
+    let (_wa, ha) = handle();
+    let (_wb, hb) = handle();
+    let mut r = Run {
+        a_logs: vec![],
+        b_logs: vec![],
+    };
+    let mut now = 0.0;
+    let end = if revive { 110.0 } else { 80.0 };
+    while now < end {
+        let b_alive = now < 20.0 || (revive && now >= 80.0);
+        for (_, _, l) in a.poll(now, &ha) {
+            r.a_logs.push(format!("{now:.1} {l}"));
+        }
+        // Real sockets: give the datagram a moment to arrive.
+        std::thread::sleep(std::time::Duration::from_micros(300));
+        if b_alive {
+            for (_, _, l) in b.poll(now, &hb) {
+                r.b_logs.push(format!("{now:.1} {l}"));
+            }
+            std::thread::sleep(std::time::Duration::from_micros(300));
+        } else {
+            // A dead peer: whatever A sends is dropped.
+            b.drain();
+        }
+        now += 0.1;
+    }
+    r
+}
+
+fn at(logs: &[String], needle: &str) -> Option<f64> {
+    logs.iter()
+        .find(|l| l.contains(needle))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+}
+
+#[test]
+fn dpd_clear_none_and_restart() {
+    if !root() {
+        eprintln!("skipped: needs root (UDP port 500)");
+        return;
+    }
+    // clear: the peer goes quiet at 20 s; it is declared dead 30 s after the last packet
+    // from it (its last answer to a liveness check, sent every 10 s of silence: 10-20 s).
+    let r = dpd_run(61, "clear", false);
+    let all = r.a_logs.join("\n");
+    assert!(
+        at(&r.a_logs, "CHILD_SA established").is_some_and(|t| t < 5.0),
+        "{all}"
+    );
+    let dead = at(&r.a_logs, "AWS tunnel DPD timed out after").expect(&all);
+    assert!((40.0..=51.0).contains(&dead), "dead at {dead}: {all}");
+    assert!(
+        all.contains("DPD action clear: SAs deleted, tunnel DOWN"),
+        "{all}"
+    );
+    assert!(at(&r.a_logs, "Initiating IKE_SA_INIT").is_some_and(|t| t < 1.0));
+    assert_eq!(
+        all.matches("Initiating IKE_SA_INIT").count(),
+        1,
+        "clear does not restart: {all}"
+    );
+    // none: dead is logged and nothing else happens: the CHILD_SAs stay in the data plane,
+    // even when the unanswered liveness check ends the IKE SA.
+    let r = dpd_run(62, "none", false);
+    let all = r.a_logs.join("\n");
+    assert!(
+        at(&r.a_logs, "AWS tunnel DPD timed out after").is_some(),
+        "{all}"
+    );
+    assert!(
+        !all.contains("DPD action clear") && !all.contains("DPD action restart"),
+        "{all}"
+    );
+    assert!(!all.contains("tunnel DOWN"), "{all}");
+    assert!(all.contains("DPD action none: CHILD_SAs kept"), "{all}");
+    // restart: a new IKE SA is started at once and retried until the peer is back.
+    let r = dpd_run(63, "restart", true);
+    let all = r.a_logs.join("\n");
+    let dead = at(&r.a_logs, "DPD action restart").expect(&all);
+    let back = r
+        .a_logs
+        .iter()
+        .filter(|l| l.contains("CHILD_SA established"))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        .find(|t| *t > dead)
+        .expect(&all);
+    assert!(
+        (80.0..=95.0).contains(&back),
+        "re-established at {back}: {all}"
+    );
+    assert!(
+        all.matches("Initiating IKE_SA_INIT").count() >= 3,
+        "retried while the peer was away: {all}"
+    );
+}

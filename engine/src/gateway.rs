@@ -785,33 +785,43 @@ fn render_metrics(sh: &Shared) -> String {
             if s.outbound { "out" } else { "in" }
         )
     };
-    head(
-        &mut o,
-        "espd_sa_packets_total",
-        "counter",
-        "Packets of the SA.",
-    );
-    for s in &r.sas {
-        let _ = writeln!(
-            o,
-            "espd_sa_packets_total{{{}}} {}",
-            sa_l(s),
-            s.counters.packets
-        );
-    }
-    head(
-        &mut o,
-        "espd_sa_inner_bytes_total",
-        "counter",
-        "Inner bytes of the SA.",
-    );
-    for s in &r.sas {
-        let _ = writeln!(
-            o,
-            "espd_sa_inner_bytes_total{{{}}} {}",
-            sa_l(s),
-            s.counters.inner_bytes
-        );
+    // One value per SA: (name, type, help, value, only for inbound SAs).
+    type SaValue = fn(&crate::runtime::SaReport) -> u64;
+    let per_sa: [(&str, &str, &str, SaValue, bool); 4] = [
+        (
+            "espd_sa_packets_total",
+            "counter",
+            "Packets of the SA.",
+            |s| s.counters.packets,
+            false,
+        ),
+        (
+            "espd_sa_inner_bytes_total",
+            "counter",
+            "Inner bytes of the SA.",
+            |s| s.counters.inner_bytes,
+            false,
+        ),
+        (
+            "espd_sa_sequence_number",
+            "gauge",
+            "Outbound: next sequence number; inbound: highest accepted.",
+            |s| s.seq,
+            false,
+        ),
+        (
+            "espd_sa_replay_window",
+            "gauge",
+            "Inbound SA replay window size (packets).",
+            |s| u64::from(s.replay_window),
+            true,
+        ),
+    ];
+    for (name, kind, help, value, inbound_only) in per_sa {
+        head(&mut o, name, kind, help);
+        for s in r.sas.iter().filter(|s| !(inbound_only && s.outbound)) {
+            let _ = writeln!(o, "{name}{{{}}} {}", sa_l(s), value(s));
+        }
     }
     head(
         &mut o,
@@ -831,29 +841,6 @@ fn render_metrics(sh: &Shared) -> String {
                 );
             }
         }
-    }
-    head(
-        &mut o,
-        "espd_sa_sequence_number",
-        "gauge",
-        "Outbound: next sequence number; inbound: highest accepted.",
-    );
-    for s in &r.sas {
-        let _ = writeln!(o, "espd_sa_sequence_number{{{}}} {}", sa_l(s), s.seq);
-    }
-    head(
-        &mut o,
-        "espd_sa_replay_window",
-        "gauge",
-        "Inbound SA replay window size (packets).",
-    );
-    for s in r.sas.iter().filter(|s| !s.outbound) {
-        let _ = writeln!(
-            o,
-            "espd_sa_replay_window{{{}}} {}",
-            sa_l(s),
-            s.replay_window
-        );
     }
     head(
         &mut o,

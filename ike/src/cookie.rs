@@ -8,7 +8,7 @@
 //! are `version (4 bytes) | SHA-256(Ni | IPi | SPIi | secret)`; [`Cookies::rotate`] starts a
 //! new secret, and cookies of the previous one are still accepted.
 
-use crate::msg::{self, Header, Message, Payload, flags, notify};
+use crate::msg::{self, Message, Payload, notify};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 use zeroize::Zeroizing;
@@ -91,19 +91,7 @@ impl Cookies {
                 return Ok(());
             }
         }
-        let reply = Message {
-            header: Header {
-                spi_r: 0,
-                flags: flags::RESPONSE,
-                ..h
-            },
-            payloads: vec![Payload::Notify {
-                protocol: 0,
-                spi: vec![],
-                ntype: notify::COOKIE,
-                data: compute(self.version, &*self.secret, ni, from, h.spi_i),
-            }],
-        };
-        Err(Some(reply.encode()))
+        let cookie = compute(self.version, &*self.secret, ni, from, h.spi_i);
+        Err(Some(msg::init_notify_response(&h, notify::COOKIE, cookie)))
     }
 }

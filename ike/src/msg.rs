@@ -681,6 +681,65 @@ impl Message {
     }
 }
 
+/// An unencrypted IKE_SA_INIT response holding one notify (errors and COOKIE, sent without
+/// creating state, section 2.21.1): the request's header with the responder SPI cleared.
+pub fn init_notify_response(request: &Header, ntype: u16, data: Vec<u8>) -> Vec<u8> {
+    Message {
+        header: Header {
+            spi_r: 0,
+            flags: flags::RESPONSE,
+            ..*request
+        },
+        payloads: vec![Payload::Notify {
+            protocol: 0,
+            spi: vec![],
+            ntype,
+            data,
+        }],
+    }
+    .encode()
+}
+
+/// The proposals of the first SA payload.
+pub fn proposals(ps: &[Payload]) -> Option<&Vec<ProposalWire>> {
+    ps.iter().find_map(|p| match p {
+        Payload::Sa(v) => Some(v),
+        _ => None,
+    })
+}
+
+/// The first Nonce payload's data.
+pub fn nonce(ps: &[Payload]) -> Option<&[u8]> {
+    ps.iter().find_map(|p| match p {
+        Payload::Nonce(n) => Some(n.as_slice()),
+        _ => None,
+    })
+}
+
+/// The first KE payload: DH group and key exchange data.
+pub fn ke(ps: &[Payload]) -> Option<(u16, &[u8])> {
+    ps.iter().find_map(|p| match p {
+        Payload::Ke { group, data } => Some((*group, data.as_slice())),
+        _ => None,
+    })
+}
+
+/// The initiator's traffic selectors (TSi).
+pub fn ts_i(ps: &[Payload]) -> Option<&[TrafficSelector]> {
+    ps.iter().find_map(|p| match p {
+        Payload::TsI(v) => Some(v.as_slice()),
+        _ => None,
+    })
+}
+
+/// The responder's traffic selectors (TSr).
+pub fn ts_r(ps: &[Payload]) -> Option<&[TrafficSelector]> {
+    ps.iter().find_map(|p| match p {
+        Payload::TsR(v) => Some(v.as_slice()),
+        _ => None,
+    })
+}
+
 /// The first notify of type `t` in a payload list.
 pub fn find_notify(ps: &[Payload], t: u16) -> Option<&Payload> {
     ps.iter()

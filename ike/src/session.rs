@@ -787,23 +787,12 @@ impl IkeSa {
                 if h.is_response() || h.exchange != exchange::IKE_SA_INIT {
                     return (None, vec![]);
                 }
-                let reply = Message {
-                    header: Header {
-                        spi_r: 0,
-                        flags: flags::RESPONSE,
-                        ..h
-                    },
-                    payloads: vec![Payload::Notify {
-                        protocol: 0,
-                        spi: vec![],
-                        ntype: notify::UNSUPPORTED_CRITICAL_PAYLOAD,
-                        data: vec![t],
-                    }],
-                };
+                let reply =
+                    msg::init_notify_response(&h, notify::UNSUPPORTED_CRITICAL_PAYLOAD, vec![t]);
                 return (
                     None,
                     vec![Output::Send {
-                        data: reply.encode(),
+                        data: reply,
                         nat_t: false,
                     }],
                 );
@@ -814,37 +803,13 @@ impl IkeSa {
         if h.exchange != exchange::IKE_SA_INIT || h.is_response() || h.msg_id != 0 || h.spi_r != 0 {
             return (None, vec![]);
         }
-        let err_reply = |nt: u16, data: Vec<u8>| {
-            let reply = Message {
-                header: Header {
-                    spi_r: 0,
-                    flags: flags::RESPONSE,
-                    ..h
-                },
-                payloads: vec![Payload::Notify {
-                    protocol: 0,
-                    spi: vec![],
-                    ntype: nt,
-                    data,
-                }],
-            };
-            Output::Send {
-                data: reply.encode(),
-                nat_t: false,
-            }
+        let err_reply = |nt: u16, data: Vec<u8>| Output::Send {
+            data: msg::init_notify_response(&h, nt, data),
+            nat_t: false,
         };
-        let props = m.payloads.iter().find_map(|p| match p {
-            Payload::Sa(v) => Some(v.clone()),
-            _ => None,
-        });
-        let ke = m.payloads.iter().find_map(|p| match p {
-            Payload::Ke { group, data } => Some((*group, data.clone())),
-            _ => None,
-        });
-        let ni = m.payloads.iter().find_map(|p| match p {
-            Payload::Nonce(n) => Some(n.clone()),
-            _ => None,
-        });
+        let props = msg::proposals(&m.payloads).cloned();
+        let ke = msg::ke(&m.payloads).map(|(g, d)| (g, d.to_vec()));
+        let ni = msg::nonce(&m.payloads).map(<[u8]>::to_vec);
         let (Some(props), Some((group, ke_data)), Some(ni)) = (props, ke, ni) else {
             return (None, vec![err_reply(notify::INVALID_SYNTAX, vec![])]);
         };
@@ -1107,18 +1072,9 @@ impl IkeSa {
                     .into(),
             );
         }
-        let sa_p = m.payloads.iter().find_map(|p| match p {
-            Payload::Sa(v) => v.first().cloned(),
-            _ => None,
-        });
-        let ke = m.payloads.iter().find_map(|p| match p {
-            Payload::Ke { group, data } => Some((*group, data.clone())),
-            _ => None,
-        });
-        let nr = m.payloads.iter().find_map(|p| match p {
-            Payload::Nonce(n) => Some(n.clone()),
-            _ => None,
-        });
+        let sa_p = msg::proposals(&m.payloads).and_then(|v| v.first().cloned());
+        let ke = msg::ke(&m.payloads).map(|(g, d)| (g, d.to_vec()));
+        let nr = msg::nonce(&m.payloads).map(<[u8]>::to_vec);
         let (Some(sa_p), Some((group, ke_data)), Some(nr)) = (sa_p, ke, nr) else {
             self.dropped += 1;
             return vec![];
@@ -1282,18 +1238,9 @@ impl IkeSa {
         }
         let mut out = vec![];
         // IKE SA is up; now the CHILD_SA.
-        let props = ps.iter().find_map(|p| match p {
-            Payload::Sa(v) => Some(v.clone()),
-            _ => None,
-        });
-        let tsi = ps.iter().find_map(|p| match p {
-            Payload::TsI(v) => Some(v.clone()),
-            _ => None,
-        });
-        let tsr = ps.iter().find_map(|p| match p {
-            Payload::TsR(v) => Some(v.clone()),
-            _ => None,
-        });
+        let props = msg::proposals(&ps).cloned();
+        let tsi = msg::ts_i(&ps).map(<[_]>::to_vec);
+        let tsr = msg::ts_r(&ps).map(<[_]>::to_vec);
         let my_id = id_payload_body(self.cfg.local_addr);
         let k = self.keys.as_ref().expect("keys after IKE_SA_INIT");
         let prf = self.suite.expect("suite").prf;
@@ -1430,18 +1377,9 @@ impl IkeSa {
             ));
             return out;
         }
-        let sa_p = ps.iter().find_map(|p| match p {
-            Payload::Sa(v) => v.first().cloned(),
-            _ => None,
-        });
-        let tsi = ps.iter().find_map(|p| match p {
-            Payload::TsI(v) => v.first().copied(),
-            _ => None,
-        });
-        let tsr = ps.iter().find_map(|p| match p {
-            Payload::TsR(v) => v.first().copied(),
-            _ => None,
-        });
+        let sa_p = msg::proposals(&ps).and_then(|v| v.first().cloned());
+        let tsi = msg::ts_i(&ps).and_then(|v| v.first().copied());
+        let tsr = msg::ts_r(&ps).and_then(|v| v.first().copied());
         let (Some(p), Some(tsi), Some(tsr)) = (sa_p, tsi, tsr) else {
             out.push(Output::Log("IKE_AUTH: the response has no CHILD_SA".into()));
             return out;
@@ -1768,26 +1706,11 @@ impl IkeSa {
                 return out;
             }
         }
-        let sa_p = ps.iter().find_map(|p| match p {
-            Payload::Sa(v) => v.first().cloned(),
-            _ => None,
-        });
-        let nr = ps.iter().find_map(|p| match p {
-            Payload::Nonce(n) => Some(n.clone()),
-            _ => None,
-        });
-        let ke = ps.iter().find_map(|p| match p {
-            Payload::Ke { data, .. } => Some(data.clone()),
-            _ => None,
-        });
-        let tsi = ps.iter().find_map(|p| match p {
-            Payload::TsI(v) => v.first().copied(),
-            _ => None,
-        });
-        let tsr = ps.iter().find_map(|p| match p {
-            Payload::TsR(v) => v.first().copied(),
-            _ => None,
-        });
+        let sa_p = msg::proposals(&ps).and_then(|v| v.first().cloned());
+        let nr = msg::nonce(&ps).map(<[u8]>::to_vec);
+        let ke = msg::ke(&ps).map(|(_, d)| d.to_vec());
+        let tsi = msg::ts_i(&ps).and_then(|v| v.first().copied());
+        let tsr = msg::ts_r(&ps).and_then(|v| v.first().copied());
         let (Some(p), Some(nr), Some(tsi), Some(tsr)) = (sa_p, nr, tsi, tsr) else {
             out.push(Output::Log(
                 "CREATE_CHILD_SA: incomplete response; the old SA stays".into(),
@@ -1939,10 +1862,7 @@ impl IkeSa {
                 data,
             }]
         };
-        let props = ps.iter().find_map(|p| match p {
-            Payload::Sa(v) => Some(v.clone()),
-            _ => None,
-        });
+        let props = msg::proposals(&ps).cloned();
         let rekey_of = ps.iter().find_map(|p| match p {
             Payload::Notify {
                 ntype: notify::REKEY_SA,
@@ -1954,14 +1874,8 @@ impl IkeSa {
                 .map(u32::from_be_bytes),
             _ => None,
         });
-        let ni = ps.iter().find_map(|p| match p {
-            Payload::Nonce(n) => Some(n.clone()),
-            _ => None,
-        });
-        let ke = ps.iter().find_map(|p| match p {
-            Payload::Ke { group, data } => Some((*group, data.clone())),
-            _ => None,
-        });
+        let ni = msg::nonce(&ps).map(<[u8]>::to_vec);
+        let ke = msg::ke(&ps).map(|(g, d)| (g, d.to_vec()));
         let is_ike = props
             .as_ref()
             .is_some_and(|v| v.iter().any(|p| p.protocol == proto::IKE));
@@ -1970,14 +1884,8 @@ impl IkeSa {
         }
         let inner: Vec<Payload> = {
             let old = rekey_of.and_then(|spi| self.children.iter().find(|c| c.1 == spi).copied());
-            let tsi = ps.iter().find_map(|p| match p {
-                Payload::TsI(v) => Some(v.clone()),
-                _ => None,
-            });
-            let tsr = ps.iter().find_map(|p| match p {
-                Payload::TsR(v) => Some(v.clone()),
-                _ => None,
-            });
+            let tsi = msg::ts_i(&ps).map(<[_]>::to_vec);
+            let tsr = msg::ts_r(&ps).map(<[_]>::to_vec);
             let chosen = props.as_ref().and_then(|p| {
                 choose(
                     p,
@@ -2381,18 +2289,9 @@ impl IkeSa {
                 return out;
             }
         }
-        let sa_p = ps.iter().find_map(|p| match p {
-            Payload::Sa(v) => v.first().cloned(),
-            _ => None,
-        });
-        let nr = ps.iter().find_map(|p| match p {
-            Payload::Nonce(n) => Some(n.clone()),
-            _ => None,
-        });
-        let ke = ps.iter().find_map(|p| match p {
-            Payload::Ke { data, .. } => Some(data.clone()),
-            _ => None,
-        });
+        let sa_p = msg::proposals(&ps).and_then(|v| v.first().cloned());
+        let nr = msg::nonce(&ps).map(<[u8]>::to_vec);
+        let ke = msg::ke(&ps).map(|(_, d)| d.to_vec());
         let (Some(p), Some(nr), Some(ke)) = (sa_p, nr, ke) else {
             out.push(Output::Log("IKE SA rekey: incomplete response".into()));
             return out;

@@ -23,6 +23,12 @@ use crate::proposal::{self, Proposal};
 use std::net::IpAddr;
 use zeroize::Zeroizing;
 
+/// How long a replaced IKE SA is kept after a rekey, to answer a retransmitted DELETE or
+/// request (longer while its own DELETE is still being retransmitted).
+pub const RETIRED_LINGER_S: f64 = 60.0;
+/// Replaced IKE SAs kept at most (the old one and a redundant one, with room to spare).
+const MAX_RETIRED: usize = 4;
+
 /// What an IKE SA is configured with (one AWS tunnel's phase 1 / phase 2 options).
 #[derive(Clone)]
 pub struct Config {
@@ -173,10 +179,20 @@ pub struct IkeSa {
     deleting: Option<u32>,
     /// Our outstanding IKE SA rekey: (message id, our new SPI, nonce, key pair).
     ike_rekey: Option<(u32, u64, Vec<u8>, KeyPair)>,
-    /// The IKE SA this one replaced, kept to answer or finish its DELETE.
-    retired: Option<Box<IkeSa>>,
+    /// IKE SAs this one replaced (the old one, a redundant one after a collision), each kept
+    /// until the given time, and while its own request is outstanding, to answer or finish its
+    /// DELETE (or replay a lost response).
+    retired: Vec<(Box<IkeSa>, f64)>,
+    /// This context is a replaced IKE SA: CREATE_CHILD_SA requests get TEMPORARY_FAILURE
+    /// (section 2.25.2).
+    retiring: bool,
+    /// The new IKE SA the peer made with a rekey request we answered while our own IKE SA
+    /// rekey was outstanding (section 2.8.2): which one survives is decided once ours ends.
+    peer_ike_new: Option<Box<IkeSa>>,
     /// IKE SA rekeys done.
     pub ike_rekeys: u32,
+    /// Rekey collisions seen (CHILD_SA and IKE SA, section 2.8.1 / 2.8.2).
+    pub collisions: u32,
     /// An authenticated request carried an unknown payload marked critical (section 2.5).
     unsupported_critical: Option<u8>,
     pub nat_detected: bool,
@@ -569,8 +585,11 @@ impl IkeSa {
             peer_rekey: None,
             deleting: None,
             ike_rekey: None,
-            retired: None,
+            retired: vec![],
+            retiring: false,
+            peer_ike_new: None,
             ike_rekeys: 0,
+            collisions: 0,
             unsupported_critical: None,
             nat_detected: false,
             dropped: 0,
@@ -924,18 +943,22 @@ impl IkeSa {
             return vec![];
         };
         let h = m.header;
-        if let Some(old) = self.retired.as_mut()
-            && h.spi_i == old.spi_i
-            && h.spi_r == old.spi_r
+        if let Some(k) = self
+            .retired
+            .iter()
+            .position(|(o, _)| h.spi_i == o.spi_i && h.spi_r == o.spi_r)
         {
-            // The replaced IKE SA: answer its DELETE; its CHILD_SAs live on in this one.
+            // A replaced IKE SA: it answers (or finishes) its DELETE. The CHILD_SAs live in
+            // this one; a CHILD_SA DELETE the peer still sends on the old SA applies to them.
+            let old = &mut self.retired[k].0;
+            old.children = self.children.clone();
             let out = old.handle(raw, now, fill);
-            if old.state == State::Closed || old.pending.is_none() {
-                self.retired = None;
-            }
+            let left = std::mem::take(&mut old.children);
+            self.last_rx = self.last_rx.max(old.last_rx);
+            self.children.retain(|c| left.contains(c));
             return out
                 .into_iter()
-                .filter(|o| matches!(o, Output::Send { .. }))
+                .filter(|o| matches!(o, Output::Send { .. } | Output::ChildDown { .. }))
                 .collect();
         }
         if h.spi_i != self.spi_i || (h.spi_r != self.spi_r && !(self.state == State::InitSent)) {
@@ -999,6 +1022,9 @@ impl IkeSa {
             (State::InitDone, exchange::IKE_AUTH) => self.on_auth_request(raw, &m, now, fill),
             (State::Established, exchange::INFORMATIONAL) => {
                 self.on_informational(raw, &m, now, fill)
+            }
+            (State::Established | State::Closed, exchange::CREATE_CHILD_SA) if self.retiring => {
+                self.refuse_while_retiring(raw, &m, now, fill)
             }
             (State::Established, exchange::CREATE_CHILD_SA) => {
                 self.on_rekey_request(raw, &m, now, fill)
@@ -1477,6 +1503,24 @@ impl IkeSa {
         }
         let bytes = self.encrypted(exchange::INFORMATIONAL, id, true, &reply, fill);
         out.insert(0, self.send_response(id, bytes));
+        if closing && self.ike_rekey.is_some() {
+            // Section 2.25.2: a DELETE of the IKE SA we are rekeying is answered as usual
+            // and our rekey forgotten. If we answered the peer's own rekey meanwhile, the
+            // peer finished it without noticing ours (section 2.8.2): its new SA lives on.
+            self.ike_rekey = None;
+            self.pending = None;
+            if let Some(theirs) = self.peer_ike_new.take() {
+                out.push(Output::Log(
+                    "IKE SA rekey collision: the peer finished its rekey first and deleted the old IKE SA; ours is dropped"
+                        .into(),
+                ));
+                out.extend(self.adopt(theirs, false, now, fill));
+                if let Some((old, _)) = self.retired.last_mut() {
+                    old.state = State::Closed;
+                }
+                return out;
+            }
+        }
         if closing {
             out.extend(self.close("the peer deleted the IKE SA".into()));
         }
@@ -1525,13 +1569,40 @@ impl IkeSa {
         vec![Output::Log(why.clone()), Output::Closed(why)]
     }
 
-    /// When `handle_timeout` must run next (None: nothing pending).
+    /// When `handle_timeout` must run next (None: nothing pending): our outstanding
+    /// request, a replaced IKE SA's request, or the end of a replaced IKE SA's stay.
     pub fn poll_timeout(&self) -> Option<f64> {
-        self.pending.as_ref().map(|p| p.3)
+        let own = self.pending.as_ref().map(|p| p.3);
+        let retired = self
+            .retired
+            .iter()
+            .map(|(o, until)| o.pending.as_ref().map_or(*until, |p| p.3))
+            .min_by(f64::total_cmp);
+        match (own, retired) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Retransmits the outstanding request with exponential backoff, or gives up.
+    /// Retransmits outstanding requests with exponential backoff, or gives up; forgets
+    /// replaced IKE SAs whose time is over. A replaced IKE SA that gives up (its DELETE
+    /// unanswered) just goes: the live SA is not affected.
     pub fn handle_timeout(&mut self, now: f64) -> Vec<Output> {
+        let mut out = vec![];
+        for (old, _) in &mut self.retired {
+            out.extend(
+                old.retransmit(now)
+                    .into_iter()
+                    .filter(|o| matches!(o, Output::Send { .. })),
+            );
+        }
+        self.retired
+            .retain(|(o, until)| o.pending.is_some() || now < *until);
+        out.extend(self.retransmit(now));
+        out
+    }
+
+    fn retransmit(&mut self, now: f64) -> Vec<Output> {
         let Some((id, bytes, sends, due)) = self.pending.take() else {
             return vec![];
         };
@@ -1556,7 +1627,39 @@ impl IkeSa {
     }
 }
 
+/// The state of a phase as the AWS tunnel log reports it (`ike_phase1_state` /
+/// `ike_phase2_state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Negotiating,
+    Established,
+    Rekeying,
+    Down,
+}
+
 impl IkeSa {
+    /// Phase 1 (this IKE SA) and phase 2 (its CHILD_SAs) states: `Negotiating` until
+    /// IKE_AUTH (and the first CHILD_SA) completes, `Rekeying` while a rekey of that phase is
+    /// in progress (our exchange outstanding, or old and new CHILD_SAs both live until the
+    /// old one's DELETE), `Down` once closed or without CHILD_SAs.
+    pub fn phases(&self) -> (Phase, Phase) {
+        let p1 = match self.state {
+            State::InitSent | State::AuthSent | State::InitDone => Phase::Negotiating,
+            State::Established if self.ike_rekey.is_some() || self.peer_ike_new.is_some() => {
+                Phase::Rekeying
+            }
+            State::Established => Phase::Established,
+            State::Closed => Phase::Down,
+        };
+        let p2 = match (self.children.len(), p1) {
+            (0, Phase::Negotiating) => Phase::Negotiating,
+            (0, _) | (_, Phase::Down) => Phase::Down,
+            (n, _) if n > 1 || self.rekey.is_some() => Phase::Rekeying,
+            _ => Phase::Established,
+        };
+        (p1, p2)
+    }
+
     /// The DH group of the IKE SA, once chosen.
     pub fn dh_group(&self) -> Option<u16> {
         self.suite.map(|s| s.dh)
@@ -1787,6 +1890,7 @@ impl IkeSa {
         if let Some(pr) = self.peer_rekey.take()
             && pr.old_in == rk.old_in
         {
+            self.collisions += 1;
             let lowest = [&rk.ni, &nr, &pr.nonces[0], &pr.nonces[1]]
                 .into_iter()
                 .min()
@@ -2037,8 +2141,8 @@ impl IkeSa {
             && (spi_r == self.spi_r || spi_r == 0 || self.state == State::InitSent))
             || self
                 .retired
-                .as_ref()
-                .is_some_and(|o| o.spi_i == spi_i && o.spi_r == spi_r)
+                .iter()
+                .any(|(o, _)| o.spi_i == spi_i && o.spi_r == spi_r)
     }
 
     /// Starts an IKE SA rekey (CREATE_CHILD_SA with an IKE proposal, section 1.3.2).
@@ -2081,12 +2185,11 @@ impl IkeSa {
         ]
     }
 
-    /// Moves this SA to the rekeyed one (section 2.18: SKEYSEED = prf(SK_d (old), g^ir (new)
-    /// | Ni | Nr), message IDs from 0, CHILD_SAs carried over). The old SA is kept in
-    /// `retired`: the rekey initiator sends its DELETE now, the responder answers it.
+    /// A context for the IKE SA a rekey makes (section 2.18: SKEYSEED = prf(SK_d (old), g^ir
+    /// (new) | Ni | Nr), message IDs from 0). Its nonces are kept for the collision rule.
     #[allow(clippy::too_many_arguments)]
-    fn switch_ike(
-        &mut self,
+    fn rekeyed(
+        &self,
         we_initiated: bool,
         spi_i: u64,
         spi_r: u64,
@@ -2095,12 +2198,9 @@ impl IkeSa {
         ni: &[u8],
         nr: &[u8],
         now: f64,
-        fill: &mut dyn FnMut(&mut [u8]),
-    ) -> Vec<Output> {
+    ) -> Option<Box<IkeSa>> {
         let old_prf = self.suite.map(|s| s.prf).unwrap_or(suite.prf);
-        let Some(old_d) = self.keys.as_ref().map(|k| k.sk_d.clone()) else {
-            return vec![];
-        };
+        let old_d = &self.keys.as_ref()?.sk_d;
         let keys = keys::ike_keys(
             suite.prf,
             suite.encr,
@@ -2110,53 +2210,118 @@ impl IkeSa {
             nr,
             spi_i,
             spi_r,
-            Some((old_prf, &old_d)),
+            Some((old_prf, old_d)),
         );
-        let mut out = vec![];
-        let mut old = Box::new(IkeSa::new(
+        let mut n = Box::new(IkeSa::new(
             self.cfg.clone(),
-            self.initiator,
-            self.spi_i,
-            self.spi_r,
+            we_initiated,
+            spi_i,
+            spi_r,
             now,
         ));
-        old.state = State::Established;
-        old.suite = self.suite;
-        old.keys = self.keys.take();
-        old.next_req_id = self.next_req_id;
-        old.next_peer_id = self.next_peer_id;
-        old.nat_detected = self.nat_detected;
-        if we_initiated {
-            // DELETE the old IKE SA with its own keys (its CHILD_SAs belong to the new one).
-            let id = old.next_req_id;
-            old.next_req_id += 1;
-            let bytes = old.encrypted(
-                exchange::INFORMATIONAL,
-                id,
-                false,
-                &[Payload::Delete {
-                    protocol: proto::IKE,
-                    spis: vec![],
-                }],
-                fill,
-            );
-            out.push(old.send_request(id, bytes.clone(), now));
+        n.state = State::Established;
+        n.suite = Some(suite);
+        n.keys = Some(keys);
+        n.ni = ni.to_vec();
+        n.nr = nr.to_vec();
+        n.nat_detected = self.nat_detected;
+        Some(n)
+    }
+
+    /// Makes `new` the live IKE SA: the CHILD_SAs, counters and replaced contexts move to
+    /// it, and the current one is retired (sending its DELETE when `delete_old`: the side
+    /// that created the surviving SA deletes the old one). The retired context keeps its
+    /// message IDs and cached response, so a retransmitted request still gets its answer.
+    fn adopt(
+        &mut self,
+        new: Box<IkeSa>,
+        delete_old: bool,
+        now: f64,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Vec<Output> {
+        let mut old = Box::new(std::mem::replace(self, *new));
+        self.children = std::mem::take(&mut old.children);
+        self.child_spi = old.child_spi;
+        self.retired = std::mem::take(&mut old.retired);
+        self.ike_rekeys = old.ike_rekeys + 1;
+        self.collisions = old.collisions;
+        self.dropped = old.dropped;
+        self.last_rx = self.last_rx.max(old.last_rx);
+        old.retiring = true;
+        old.ike_rekey = None;
+        old.peer_ike_new = None;
+        let mut out = vec![];
+        if delete_old {
+            out.push(old.request_ike_delete(now, fill));
         }
-        self.retired = Some(old);
-        self.initiator = we_initiated;
-        self.spi_i = spi_i;
-        self.spi_r = spi_r;
-        self.suite = Some(suite);
-        self.keys = Some(keys);
-        self.next_req_id = 0;
-        self.next_peer_id = 0;
-        self.pending = None;
-        self.last_resp = None;
-        self.ike_rekeys += 1;
+        self.retire(old, now);
         out.push(Output::Log(format!(
-            "IKE SA rekeyed: new SPIs {spi_i:016x}/{spi_r:016x}"
+            "IKE SA rekeyed: new SPIs {:016x}/{:016x}",
+            self.spi_i, self.spi_r
         )));
         out
+    }
+
+    /// Keeps a replaced IKE SA for `RETIRED_LINGER_S` (and while its request is out); at most
+    /// `MAX_RETIRED`, so a peer rekeying in a loop cannot make them pile up.
+    fn retire(&mut self, mut old: Box<IkeSa>, now: f64) {
+        old.retiring = true;
+        if self.retired.len() >= MAX_RETIRED {
+            self.retired.remove(0);
+        }
+        self.retired.push((old, now + RETIRED_LINGER_S));
+    }
+
+    /// Sends INFORMATIONAL { D(IKE) } on this IKE SA.
+    fn request_ike_delete(&mut self, now: f64, fill: &mut dyn FnMut(&mut [u8])) -> Output {
+        let id = self.next_req_id;
+        self.next_req_id += 1;
+        let bytes = self.encrypted(
+            exchange::INFORMATIONAL,
+            id,
+            false,
+            &[Payload::Delete {
+                protocol: proto::IKE,
+                spis: vec![],
+            }],
+            fill,
+        );
+        self.send_request(id, bytes, now)
+    }
+
+    /// Whether one of our CHILD_SA exchanges (rekey or delete) is outstanding.
+    fn child_exchange_outstanding(&self) -> bool {
+        self.pending.is_some() && (self.rekey.is_some() || self.deleting.is_some())
+    }
+
+    /// A replaced IKE SA is asked to create or rekey an SA (section 2.25.2: the SA is being
+    /// closed): TEMPORARY_FAILURE, the peer retries on the new IKE SA.
+    fn refuse_while_retiring(
+        &mut self,
+        raw: &[u8],
+        m: &Message,
+        now: f64,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Vec<Output> {
+        if self.decrypt(raw, m).is_none() {
+            return vec![];
+        }
+        self.last_rx = now;
+        let id = m.header.msg_id;
+        self.next_peer_id = id + 1;
+        let inner = [Payload::Notify {
+            protocol: 0,
+            spi: vec![],
+            ntype: notify::TEMPORARY_FAILURE,
+            data: vec![],
+        }];
+        let bytes = self.encrypted(exchange::CREATE_CHILD_SA, id, true, &inner, fill);
+        vec![
+            self.send_response(id, bytes),
+            Output::Log(format!(
+                "CREATE_CHILD_SA request (id={id}) on the replaced IKE SA: TEMPORARY_FAILURE"
+            )),
+        ]
     }
 
     fn on_ike_rekey_request(
@@ -2184,7 +2349,8 @@ impl IkeSa {
             &self.cfg.p1_dh,
             true,
         );
-        let mut switch = None;
+        let now = self.last_rx;
+        let mut made = None;
         let inner = match (c, ni, ke) {
             (None, ..) => {
                 out.push(Output::Log(
@@ -2198,8 +2364,8 @@ impl IkeSa {
                 let want = c.dh.unwrap_or(g);
                 if want != g {
                     notify_reply(notify::INVALID_KE_PAYLOAD, want.to_be_bytes().to_vec())
-                } else if self.ike_rekey.is_some() {
-                    // Simultaneous IKE rekeys: ours goes on, the peer retries later.
+                } else if self.child_exchange_outstanding() {
+                    // Section 2.25: our CHILD_SA exchange finishes first, the peer retries.
                     notify_reply(notify::TEMPORARY_FAILURE, vec![])
                 } else {
                     let peer_spi = c
@@ -2216,26 +2382,28 @@ impl IkeSa {
                             Ok(shared) => {
                                 let my_spi = random_spi64(fill);
                                 let nr = nonce(fill);
-                                let r = vec![
-                                    Payload::Sa(vec![chosen_proposal(
-                                        &c,
-                                        proto::IKE,
-                                        &my_spi.to_be_bytes(),
-                                    )]),
-                                    Payload::Nonce(nr.clone()),
-                                    Payload::Ke {
-                                        group: g,
-                                        data: kp.public.clone(),
-                                    },
-                                ];
                                 let suite = IkeSuite {
                                     encr,
                                     integ,
                                     prf,
                                     dh: g,
                                 };
-                                switch = Some((peer_spi, my_spi, suite, shared, ni, nr));
-                                r
+                                // The peer initiated this rekey: it is the new SA's initiator.
+                                made = self.rekeyed(
+                                    false, peer_spi, my_spi, suite, &shared, &ni, &nr, now,
+                                );
+                                vec![
+                                    Payload::Sa(vec![chosen_proposal(
+                                        &c,
+                                        proto::IKE,
+                                        &my_spi.to_be_bytes(),
+                                    )]),
+                                    Payload::Nonce(nr),
+                                    Payload::Ke {
+                                        group: g,
+                                        data: kp.public.clone(),
+                                    },
+                                ]
                             }
                             Err(_) => notify_reply(notify::INVALID_SYNTAX, vec![]),
                         },
@@ -2249,10 +2417,18 @@ impl IkeSa {
         out.push(Output::Log(format!(
             "AWS tunnel is sending response (id={id}) for CREATE_CHILD_SA (IKE SA rekey)"
         )));
-        if let Some((spi_i, spi_r, suite, shared, ni, nr)) = switch {
-            let now = self.last_rx;
-            // The peer initiated this rekey: it is the initiator of the new IKE SA.
-            out.extend(self.switch_ike(false, spi_i, spi_r, suite, &shared, &ni, &nr, now, fill));
+        if let Some(new) = made {
+            if self.ike_rekey.is_some() {
+                // Both sides rekey the IKE SA at once (section 2.8.2): which new SA survives
+                // is decided by the nonces once our own exchange ends.
+                out.push(Output::Log(
+                    "AWS tunnel detected a (IKE_REKEY) collision: simultaneous IKE SA rekeys"
+                        .into(),
+                ));
+                self.peer_ike_new = Some(new);
+            } else {
+                out.extend(self.adopt(new, false, now, fill));
+            }
         }
         out
     }
@@ -2276,35 +2452,76 @@ impl IkeSa {
         let Some((_, my_spi, ni, kp)) = self.ike_rekey.take() else {
             return out;
         };
+        let mine = self.ike_rekey_result(&ps, my_spi, &ni, &kp, now);
+        let theirs = self.peer_ike_new.take();
+        match (mine, theirs) {
+            (Ok(mine), None) => out.extend(self.adopt(mine, true, now, fill)),
+            (Err(why), None) => out.push(Output::Log(why)),
+            (Err(why), Some(theirs)) => {
+                // Ours failed (or the peer, having finished first, refused it): the peer's
+                // new IKE SA is the only one, and the peer deletes the old one.
+                out.push(Output::Log(format!(
+                    "{why}; the IKE SA the peer made by its rekey is kept"
+                )));
+                out.extend(self.adopt(theirs, false, now, fill));
+            }
+            (Ok(mine), Some(theirs)) => {
+                // Section 2.8.2: the new IKE SA holding the lowest of the four nonces is
+                // redundant and deleted by the side that created it (the initiator of its
+                // exchange); the side that created the other one deletes the old IKE SA.
+                self.collisions += 1;
+                let lowest = |s: &IkeSa| s.ni.clone().min(s.nr.clone());
+                out.push(Output::Log(
+                    "AWS tunnel (IKE_SA) redundant SA is being deleted due to detected collision"
+                        .into(),
+                ));
+                if lowest(&mine) < lowest(&theirs) {
+                    out.extend(self.adopt(theirs, false, now, fill));
+                    let mut mine = mine;
+                    out.push(mine.request_ike_delete(now, fill));
+                    self.retire(mine, now);
+                } else {
+                    out.extend(self.adopt(mine, true, now, fill));
+                    self.retire(theirs, now);
+                }
+            }
+        }
+        out
+    }
+
+    /// The new IKE SA from our rekey's response, or why there is none.
+    fn ike_rekey_result(
+        &self,
+        ps: &[Payload],
+        my_spi: u64,
+        ni: &[u8],
+        kp: &KeyPair,
+        now: f64,
+    ) -> Result<Box<IkeSa>, String> {
         for nt in [
             notify::NO_PROPOSAL_CHOSEN,
             notify::TEMPORARY_FAILURE,
             notify::INVALID_KE_PAYLOAD,
             notify::INVALID_SYNTAX,
         ] {
-            if msg::find_notify(&ps, nt).is_some() {
-                out.push(Output::Log(format!(
+            if msg::find_notify(ps, nt).is_some() {
+                return Err(format!(
                     "IKE SA rekey refused by the peer (notify {nt}); the old IKE SA stays, retrying later"
-                )));
-                return out;
+                ));
             }
         }
-        let sa_p = msg::proposals(&ps).and_then(|v| v.first().cloned());
-        let nr = msg::nonce(&ps).map(<[u8]>::to_vec);
-        let ke = msg::ke(&ps).map(|(_, d)| d.to_vec());
+        let sa_p = msg::proposals(ps).and_then(|v| v.first().cloned());
+        let nr = msg::nonce(ps);
+        let ke = msg::ke(ps).map(|(_, d)| d);
         let (Some(p), Some(nr), Some(ke)) = (sa_p, nr, ke) else {
-            out.push(Output::Log("IKE SA rekey: incomplete response".into()));
-            return out;
+            return Err("IKE SA rekey: incomplete response".into());
         };
         let Some((encr, integ, Some(prf), _)) = read_choice(&p) else {
-            return out;
+            return Err("IKE SA rekey: the peer chose no usable transforms".into());
         };
-        let Ok(shared) = kp.shared(&ke) else {
-            out.push(Output::Log(
-                "IKE SA rekey: the peer's KE value is invalid".into(),
-            ));
-            return out;
-        };
+        let shared = kp
+            .shared(ke)
+            .map_err(|_| "IKE SA rekey: the peer's KE value is invalid".to_string())?;
         let peer_spi = p
             .spi
             .get(..8)
@@ -2317,8 +2534,8 @@ impl IkeSa {
             prf,
             dh: kp.group,
         };
-        out.extend(self.switch_ike(true, my_spi, peer_spi, suite, &shared, &ni, &nr, now, fill));
-        out
+        self.rekeyed(true, my_spi, peer_spi, suite, &shared, ni, nr, now)
+            .ok_or_else(|| "IKE SA rekey: no keys".to_string())
     }
 }
 

@@ -3,8 +3,10 @@
 //! and a duplicated message, INVALID_KE_PAYLOAD, liveness checks, DELETE.
 
 use ike::msg::TrafficSelector;
-use ike::session::{ChildSa, Config, IkeSa, Output, State};
+use ike::session::{ChildSa, Config, IkeSa, Output, Phase, State};
+use std::cell::RefCell;
 use std::net::IpAddr;
+use std::rc::Rc;
 use zeroize::Zeroizing;
 
 fn rng(seed: u64) -> impl FnMut(&mut [u8]) {
@@ -372,7 +374,10 @@ fn liveness_check_and_delete() {
     let mut b2 = a2.b.take().unwrap();
     let out = b2.handle(&del, 1.0, &mut rb);
     assert_eq!(b2.state, State::Closed);
+    assert_eq!(b2.phases(), (Phase::Down, Phase::Down));
     assert!(logs(&out).contains("AWS tunnel received DELETE for IKE_SA from CGW"));
+    let (fresh, _) = IkeSa::initiate(cfg("192.0.2.1", "192.0.2.2"), 0.0, &mut ra).unwrap();
+    assert_eq!(fresh.phases(), (Phase::Negotiating, Phase::Negotiating));
 }
 
 #[test]
@@ -622,6 +627,11 @@ fn ike_sa_rekey_from_either_side_keeps_the_child_sas_and_keeps_working() {
     assert_ne!((a.spi_i, a.spi_r), old);
     assert_eq!((a.children(), b.children()), children);
     assert_eq!((a.ike_rekeys, b.ike_rekeys), (4, 4));
+    // The replaced IKE SAs are forgotten once their time is over.
+    assert!(a.poll_timeout().is_some());
+    assert!(a.handle_timeout(100.0).is_empty());
+    assert!(b.handle_timeout(100.0).is_empty());
+    assert_eq!((a.poll_timeout(), b.poll_timeout()), (None, None));
     // The new IKE SA carries liveness checks and CHILD_SA rekeys (keys from the new SK_d).
     let dpd = sends(&a.send_dpd(100.0, &mut rng(90))).remove(0);
     let reply = sends(&b.handle(&dpd, 100.0, &mut rng(91))).remove(0);
@@ -682,4 +692,247 @@ fn cookie_round_trip_under_load() {
     let done = sends(&b.handle(&auth, 0.4, &mut rng(75))).remove(0);
     a.handle(&done, 0.5, &mut ra);
     assert_eq!((a.state, b.state), (State::Established, State::Established));
+}
+
+/// An RNG that also keeps a copy of every 32-byte draw (the nonces).
+fn recording(
+    mut inner: impl FnMut(&mut [u8]),
+    seen: Rc<RefCell<Vec<Vec<u8>>>>,
+) -> impl FnMut(&mut [u8]) {
+    move |b: &mut [u8]| {
+        inner(b);
+        if b.len() == 32 {
+            seen.borrow_mut().push(b.to_vec());
+        }
+    }
+}
+
+/// Hands datagrams to one peer; returns its outputs and what it sends back.
+fn deliver(
+    x: &mut IkeSa,
+    msgs: &[Vec<u8>],
+    now: f64,
+    r: &mut impl FnMut(&mut [u8]),
+) -> Vec<Output> {
+    let mut out = vec![];
+    for d in msgs {
+        out.extend(x.handle(d, now, r));
+    }
+    out
+}
+
+/// After an IKE SA rekey of any kind: both peers on the same new IKE SA with the same
+/// CHILD_SAs, which carries a liveness check and a CHILD_SA rekey; every replaced IKE SA is
+/// gone once its time is over and nothing is left outstanding.
+fn check_after_ike_rekey(
+    a: &mut IkeSa,
+    b: &mut IkeSa,
+    children: (Vec<u32>, Vec<u32>),
+    old: (u64, u64),
+    why: &str,
+) {
+    assert_eq!((a.spi_i, a.spi_r), (b.spi_i, b.spi_r), "{why}");
+    assert_ne!((a.spi_i, a.spi_r), old, "{why}");
+    assert_eq!(
+        (a.state, b.state),
+        (State::Established, State::Established),
+        "{why}"
+    );
+    assert_eq!(a.initiator, !b.initiator, "{why}");
+    assert_eq!((a.children(), b.children()), children, "{why}");
+    assert_eq!((a.ike_rekeys, b.ike_rekeys), (1, 1), "{why}");
+    let t = 10.0 + ike::session::RETIRED_LINGER_S;
+    assert!(
+        a.handle_timeout(t).is_empty() && b.handle_timeout(t).is_empty(),
+        "{why}"
+    );
+    assert_eq!((a.poll_timeout(), b.poll_timeout()), (None, None), "{why}");
+    let dpd = sends(&a.send_dpd(t, &mut rng(90))).remove(0);
+    let reply = sends(&b.handle(&dpd, t, &mut rng(91))).remove(0);
+    assert!(a.handle(&reply, t, &mut rng(92)).is_empty(), "{why}");
+    let (na, nb) = rekey_once(b, a, t, 93);
+    check_pair(&na, &nb);
+}
+
+fn ike_deletes(out: &[Output]) -> usize {
+    logs(out)
+        .matches("AWS tunnel received DELETE for IKE_SA from CGW")
+        .count()
+}
+
+/// RFC 7296 section 2.8.2, both peers notice: the two IKE SA rekey requests cross, both are
+/// answered, and of the two new IKE SAs the one holding the lowest of the four nonces is
+/// deleted by its creator while the creator of the other deletes the old one. Both peers end
+/// on the same IKE SA with the CHILD_SAs, and over the seeds either side's SA survives.
+#[test]
+fn simultaneous_ike_sa_rekeys_keep_the_sa_without_the_lowest_nonce() {
+    let mut survivors = [0; 2];
+    for seed in 0..12u64 {
+        let r = establish(cfg("192.0.2.1", "192.0.2.2"), cfg("192.0.2.2", "192.0.2.1"));
+        let (mut a, mut b) = (r.a, r.b.unwrap());
+        let (children, old) = ((a.children(), b.children()), (a.spi_i, a.spi_r));
+        // Nonces are the only 32-byte draws (MODP-2048 exponents are 64 bytes, SPIs 8, IVs
+        // 16): record them to check the rule itself, not just that both sides agree.
+        let (na, nb) = (Rc::new(RefCell::new(vec![])), Rc::new(RefCell::new(vec![])));
+        let (mut ra, mut rb) = (
+            recording(rng(300 + seed), na.clone()),
+            recording(rng(400 + seed), nb.clone()),
+        );
+        let req_a = sends(&a.rekey_ike(5.0, &mut ra));
+        let req_b = sends(&b.rekey_ike(5.0, &mut rb));
+        let (mut all_a, mut all_b) = (vec![], vec![]);
+        all_b.extend(deliver(&mut b, &req_a, 5.0, &mut rb));
+        all_a.extend(deliver(&mut a, &req_b, 5.0, &mut ra));
+        assert!(
+            logs(&all_a).contains("(IKE_REKEY) collision"),
+            "{}",
+            logs(&all_a)
+        );
+        let (resp_to_a, resp_to_b) = (sends(&all_b), sends(&all_a));
+        let out_a = deliver(&mut a, &resp_to_a, 5.0, &mut ra);
+        let out_b = deliver(&mut b, &resp_to_b, 5.0, &mut rb);
+        // One DELETE of the old IKE SA and one of the redundant one, between them.
+        let (del_a, del_b) = (sends(&out_a), sends(&out_b));
+        assert_eq!(
+            del_a.len() + del_b.len(),
+            2,
+            "seed {seed}: {}",
+            logs(&out_a) + &logs(&out_b)
+        );
+        all_a.extend(out_a);
+        all_b.extend(out_b);
+        let got_b = deliver(&mut b, &del_a, 5.0, &mut rb);
+        let got_a = deliver(&mut a, &del_b, 5.0, &mut ra);
+        assert_eq!(
+            ike_deletes(&got_a) + ike_deletes(&got_b),
+            0,
+            "answered by the replaced SAs, not the live one"
+        );
+        assert!(downs(&got_a).is_empty() && downs(&got_b).is_empty());
+        assert!(deliver(&mut a, &sends(&got_b), 5.0, &mut ra).is_empty());
+        assert!(deliver(&mut b, &sends(&got_a), 5.0, &mut rb).is_empty());
+        let l = logs(&all_a) + &logs(&all_b);
+        assert!(
+            l.contains(
+                "AWS tunnel (IKE_SA) redundant SA is being deleted due to detected collision"
+            ),
+            "{l}"
+        );
+        assert_eq!((a.collisions, b.collisions), (1, 1));
+        let (na, nb) = (na.borrow().clone(), nb.borrow().clone());
+        assert_eq!(
+            (na.len(), nb.len()),
+            (2, 2),
+            "a request and a response nonce each"
+        );
+        // A's SA: A's request nonce, B's response nonce; B's SA likewise.
+        let low_a = (&na[0]).min(&nb[1]);
+        let low_b = (&nb[0]).min(&na[1]);
+        assert_eq!(
+            a.initiator,
+            low_b < low_a,
+            "seed {seed}: the SA with the lowest nonce goes"
+        );
+        survivors[usize::from(a.initiator)] += 1;
+        check_after_ike_rekey(&mut a, &mut b, children, old, &format!("seed {seed}"));
+    }
+    assert!(survivors[0] > 0 && survivors[1] > 0, "{survivors:?}");
+}
+
+/// Section 2.8.2, only one peer notices: B answers A's rekey while its own is out, A finishes
+/// first and answers B's request on the replaced SA with TEMPORARY_FAILURE; B keeps A's new
+/// SA whichever of A's DELETE and the TEMPORARY_FAILURE reaches it first.
+#[test]
+fn ike_sa_rekey_collision_seen_by_one_side_keeps_the_first_finished_sa() {
+    for delete_first in [false, true] {
+        let r = establish(cfg("192.0.2.1", "192.0.2.2"), cfg("192.0.2.2", "192.0.2.1"));
+        let (mut a, mut b) = (r.a, r.b.unwrap());
+        let (children, old) = ((a.children(), b.children()), (a.spi_i, a.spi_r));
+        let (mut ra, mut rb) = (rng(7), rng(8));
+        let req_a = sends(&a.rekey_ike(5.0, &mut ra));
+        let req_b = sends(&b.rekey_ike(5.0, &mut rb));
+        let resp_b = sends(&deliver(&mut b, &req_a, 5.0, &mut rb));
+        let out_a = deliver(&mut a, &resp_b, 5.0, &mut ra);
+        assert!(logs(&out_a).contains("IKE SA rekeyed"));
+        let delete_old = sends(&out_a);
+        assert_eq!(delete_old.len(), 1);
+        let refused = deliver(&mut a, &req_b, 5.0, &mut ra);
+        assert!(
+            logs(&refused).is_empty(),
+            "the replaced SA logs nothing of its own"
+        );
+        let (first, second) = if delete_first {
+            (delete_old, sends(&refused))
+        } else {
+            (sends(&refused), delete_old)
+        };
+        let mut back = deliver(&mut b, &first, 5.0, &mut rb);
+        back.extend(deliver(&mut b, &second, 5.0, &mut rb));
+        assert!(logs(&back).contains("IKE SA rekeyed"), "{}", logs(&back));
+        assert!(downs(&back).is_empty());
+        assert!(deliver(&mut a, &sends(&back), 5.0, &mut ra).is_empty());
+        check_after_ike_rekey(
+            &mut a,
+            &mut b,
+            children,
+            old,
+            &format!("delete first: {delete_first}"),
+        );
+    }
+}
+
+/// The rekey responder switches at once; when its response is lost, the initiator's
+/// retransmission is answered from the replaced SA's cached response, and a lost DELETE of
+/// the old IKE SA is retransmitted and answered.
+#[test]
+fn ike_sa_rekey_survives_a_lost_response_and_a_lost_delete() {
+    let r = establish(cfg("192.0.2.1", "192.0.2.2"), cfg("192.0.2.2", "192.0.2.1"));
+    let (mut a, mut b) = (r.a, r.b.unwrap());
+    let (children, old) = ((a.children(), b.children()), (a.spi_i, a.spi_r));
+    let (mut ra, mut rb) = (rng(17), rng(18));
+    assert_eq!(a.phases(), (Phase::Established, Phase::Established));
+    let req = sends(&a.rekey_ike(5.0, &mut ra));
+    assert_eq!(a.phases(), (Phase::Rekeying, Phase::Established));
+    let lost = deliver(&mut b, &req, 5.0, &mut rb);
+    assert!(logs(&lost).contains("IKE SA rekeyed"));
+    let again = sends(&a.handle_timeout(6.5));
+    assert_eq!(again, req, "retransmitted as is");
+    let resp = sends(&deliver(&mut b, &again, 6.5, &mut rb));
+    assert_eq!(resp, sends(&lost), "the cached response");
+    let out = deliver(&mut a, &resp, 6.5, &mut ra);
+    assert!(logs(&out).contains("IKE SA rekeyed"));
+    assert_eq!(sends(&out).len(), 1, "the DELETE of the old IKE SA (lost)");
+    let delete = sends(&a.handle_timeout(8.0));
+    assert_eq!(delete, sends(&out));
+    let answer = sends(&deliver(&mut b, &delete, 8.0, &mut rb));
+    assert!(deliver(&mut a, &answer, 8.0, &mut ra).is_empty());
+    check_after_ike_rekey(&mut a, &mut b, children, old, "lost response");
+}
+
+/// Section 2.25: a peer's IKE SA rekey while our CHILD_SA rekey is out gets TEMPORARY_FAILURE;
+/// both finish, and the IKE SA rekey works when retried.
+#[test]
+fn ike_sa_rekey_during_a_child_rekey_is_refused_then_retried() {
+    let r = establish(cfg("192.0.2.1", "192.0.2.2"), cfg("192.0.2.2", "192.0.2.1"));
+    let (mut a, mut b) = (r.a, r.b.unwrap());
+    let old = (a.spi_i, a.spi_r);
+    let (mut ra, mut rb) = (rng(27), rng(28));
+    let child_req = sends(&b.rekey_child(b.children()[0], None, 5.0, &mut rb));
+    assert_eq!(b.phases(), (Phase::Established, Phase::Rekeying));
+    let ike_req = sends(&a.rekey_ike(5.0, &mut ra));
+    let refused = sends(&deliver(&mut b, &ike_req, 5.0, &mut rb));
+    let out = deliver(&mut a, &refused, 5.0, &mut ra);
+    assert!(
+        logs(&out).contains("refused by the peer (notify 43)"),
+        "{}",
+        logs(&out)
+    );
+    assert_eq!((a.spi_i, a.spi_r), old);
+    let (a_out, b_out) = pump(&mut b, &mut a, child_req, 5.0, 29);
+    assert_eq!((childs(a_out).len(), childs(b_out).len()), (1, 1));
+    let children = (a.children(), b.children());
+    let req = a.rekey_ike(5.0, &mut ra);
+    let (xo, yo) = pump(&mut a, &mut b, sends(&req), 5.0, 31);
+    assert!(logs(&xo).contains("IKE SA rekeyed") && logs(&yo).contains("IKE SA rekeyed"));
+    check_after_ike_rekey(&mut a, &mut b, children, old, "after a refusal");
 }

@@ -84,6 +84,8 @@ struct TunnelMeta {
     selectors: Vec<Selector>,
     /// (direction, spi) -> fingerprint of the installed static SAs.
     sas: BTreeMap<(bool, u32), String>,
+    /// IKE state and events (IKE-negotiated tunnels), refreshed twice a second.
+    ike: Option<metrics::IkeSnapshot>,
 }
 
 struct Shared {
@@ -214,6 +216,19 @@ fn load_config(path: &Path) -> Result<Config, Error> {
 
 struct Logs(HashMap<String, TunnelLog>);
 
+/// Phase 1 and phase 2 states of a log record.
+type Phases = (PhaseState, PhaseState);
+
+/// Both phases up or both down (static SAs, start and stop).
+fn both(up: bool) -> Phases {
+    let s = if up {
+        PhaseState::Established
+    } else {
+        PhaseState::Down
+    };
+    (s, s)
+}
+
 impl Logs {
     fn open(cfg: &Config) -> Self {
         let mut m = HashMap::new();
@@ -228,26 +243,17 @@ impl Logs {
         }
         Logs(m)
     }
-    fn write(&mut self, t: &TunnelMeta, lab: bool, up: bool, details: &str) {
+    fn write(&mut self, t: &TunnelMeta, lab: bool, st: Phases, details: &str) {
         if let Some(l) = self.0.get_mut(&t.name) {
-            let st = if up {
-                PhaseState::Established
-            } else {
-                PhaseState::Down
-            };
-            let d = if lab {
-                format!("{details} [lab: short lifetimes allowed]")
-            } else {
-                details.to_string()
-            };
+            let d = tunnel_log::details(details, lab.then_some("[lab: short lifetimes allowed]"));
             let _ = l.write(&Record {
                 epoch_ms: now_ms(),
                 vpn_connection_id: &t.connection,
                 tunnel_outside_ip: &t.outside_ip.to_string(),
                 dpd_enabled: t.dpd_enabled,
                 nat_t_detected: t.nat_t,
-                phase1: st,
-                phase2: st,
+                phase1: st.0,
+                phase2: st.1,
                 details: &d,
             });
         }
@@ -418,6 +424,7 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             dpd_enabled: t.dpd_timeout_action != config::DpdAction::None,
             selectors: selectors_of(t),
             sas: BTreeMap::new(),
+            ike: None,
         };
         for sa in ins {
             m.sas.insert((false, sa.cfg.spi), fingerprint(&sa.cfg));
@@ -526,7 +533,7 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         logs.write(
             m,
             cfg.allow_short_lifetimes,
-            up,
+            both(up),
             if up {
                 "Static SAs installed: tunnel UP (espd run, no IKE)"
             } else {
@@ -571,11 +578,11 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             }
         }
         handle.reap();
-        for (idx, up, line) in ike.poll(t0.elapsed().as_secs_f64(), &handle) {
+        for (idx, st, line) in ike.poll(t0.elapsed().as_secs_f64(), &handle) {
             let metas = shared.tunnels.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(m) = metas.iter().find(|m| m.index == idx) {
                 eprintln!("espd: tunnel {:?}: {line}", m.name);
-                logs.write(m, cfg.allow_short_lifetimes, up, &line);
+                logs.write(m, cfg.allow_short_lifetimes, st, &line);
             }
         }
         if last_tick.elapsed() >= Duration::from_millis(500)
@@ -585,6 +592,15 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             let _ = resolver_in.tick();
             let _ = resolver_out.tick();
             last_tick = Instant::now();
+            let stats = ike.stats();
+            if !stats.is_empty() {
+                let mut metas = shared.tunnels.lock().unwrap_or_else(|e| e.into_inner());
+                for (idx, st) in stats {
+                    if let Some(m) = metas.iter_mut().find(|m| m.index == idx) {
+                        m.ike = Some(st);
+                    }
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -601,7 +617,7 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         logs.write(
             m,
             cfg.allow_short_lifetimes,
-            false,
+            both(false),
             "espd stopped: tunnel DOWN",
         );
     }
@@ -754,6 +770,7 @@ fn snapshots(sh: &Shared) -> Vec<TunnelSnapshot> {
                 dpd_enabled: m.dpd_enabled,
                 out: c.out,
                 inb: c.inb,
+                ike: m.ike.clone(),
             }
         })
         .collect()
@@ -936,6 +953,13 @@ fn show(sh: &Shared, what: &str, json: bool) -> String {
                             "tunnel_data_in_bytes": t.inb.inner_bytes,
                             "packets_out": t.out.packets, "packets_in": t.inb.packets,
                             "drops_out": drops_json(&t.out), "drops_in": drops_json(&t.inb),
+                            "ike": t.ike.as_ref().map(|k| json!({
+                                "phase1_state": k.phase1, "phase2_state": k.phase2,
+                                "rekeys": {"phase1": {"local": k.rekeys[0][0], "peer": k.rekeys[0][1]},
+                                           "phase2": {"local": k.rekeys[1][0], "peer": k.rekeys[1][1]}},
+                                "rekey_collisions": k.collisions,
+                                "dpd_timeouts": k.dpd_timeouts, "dpd_action": k.dpd_action,
+                            })),
                         })
                     })
                     .collect();

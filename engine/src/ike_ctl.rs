@@ -10,11 +10,13 @@
 
 use crate::config::{self, DpdAction, StartupAction, Tunnel};
 use crate::crypto::{Backend, Encryption, Integrity, Suite};
+use crate::metrics::IkeSnapshot;
 use crate::runtime::{Command, WorkerHandle};
 use crate::sa::{Direction, InboundSa, OutboundSa, SaConfig};
+use crate::tunnel_log::PhaseState;
 use ike::dpd::{Action as DpdStep, Dpd};
 use ike::msg::{Header, TrafficSelector};
-use ike::session::{ChildSa, Config as IkeConfig, IkeSa, Output};
+use ike::session::{ChildSa, Config as IkeConfig, IkeSa, Output, Phase};
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -47,6 +49,12 @@ struct TunnelIke {
     child_rekey_at: Option<f64>,
     ike_rekey_at: Option<f64>,
     ike_rekeys_seen: u32,
+    /// Events for the metrics: rekeys by [IKE SA, CHILD_SA][local, peer], collisions (and
+    /// the IKE SA's count last seen), DPD timeouts.
+    rekeys: [[u64; 2]; 2],
+    collisions: u64,
+    collisions_seen: u32,
+    dpd_timeouts: u64,
     /// A new outbound SA waiting for the old SA's DELETE (we answered the rekey), with the
     /// time after which we switch anyway.
     pending_out: Option<(Box<OutboundSa>, f64)>,
@@ -68,8 +76,8 @@ const KEEPALIVE_S: f64 = 20.0;
 /// A responder IKE SA that is not authenticated after this long is dropped (AWS logs it).
 const HALF_OPEN_S: f64 = 30.0;
 
-/// A line for the tunnel log of `tunnel`: (tunnel index, up, detail).
-pub type LogLine = (u32, bool, String);
+/// A line for the tunnel log: (tunnel index, (phase 1, phase 2) states, detail).
+pub type LogLine = (u32, (PhaseState, PhaseState), String);
 
 /// Every IKE-negotiated tunnel of the gateway.
 pub struct IkeCtl {
@@ -237,6 +245,10 @@ impl IkeCtl {
                 child_rekey_at: None,
                 ike_rekey_at: None,
                 ike_rekeys_seen: 0,
+                rekeys: [[0; 2]; 2],
+                collisions: 0,
+                collisions_seen: 0,
+                dpd_timeouts: 0,
                 pending_out: None,
                 pending_sa: None,
                 child_since: 0.0,
@@ -249,6 +261,30 @@ impl IkeCtl {
     /// Tunnels handled here.
     pub fn tunnels(&self) -> Vec<u32> {
         self.tunnels.iter().map(|t| t.index).collect()
+    }
+
+    /// Each tunnel's IKE state and event counts, for the metrics.
+    pub fn stats(&self) -> Vec<(u32, IkeSnapshot)> {
+        self.tunnels
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let (p1, p2) = self.states(i, true);
+                let snap = IkeSnapshot {
+                    phase1: p1.name(),
+                    phase2: p2.name(),
+                    rekeys: t.rekeys,
+                    collisions: t.collisions,
+                    dpd_timeouts: t.dpd_timeouts,
+                    dpd_action: match t.dpd_action {
+                        DpdAction::Clear => "clear",
+                        DpdAction::None => "none",
+                        DpdAction::Restart => "restart",
+                    },
+                };
+                (t.index, snap)
+            })
+            .collect()
     }
 
     fn send(&self, t: &TunnelIke, data: &[u8], nat_t: bool) {
@@ -477,6 +513,35 @@ impl IkeCtl {
         self.apply(i, out, now, h, logs);
     }
 
+    /// The phase states of a log line of tunnel `i` (log spec section 2.4): those of its IKE
+    /// SA; `up == false` marks an event that takes the tunnel down, so both phases read
+    /// `Down` unless a negotiation is under way. CHILD_SAs the data plane keeps without an
+    /// IKE SA (DPD action none) read `Established`.
+    fn states(&self, i: usize, up: bool) -> (PhaseState, PhaseState) {
+        let t = &self.tunnels[i];
+        let (p1, p2) =
+            t.sa.as_ref()
+                .map_or((Phase::Down, Phase::Down), IkeSa::phases);
+        let p2 = if p2 == Phase::Down && t.up && up {
+            Phase::Established
+        } else {
+            p2
+        };
+        let (p1, p2) = if up {
+            (p1, p2)
+        } else {
+            let neg = |p| {
+                if p == Phase::Negotiating {
+                    p
+                } else {
+                    Phase::Down
+                }
+            };
+            (neg(p1), neg(p2))
+        };
+        (p1.into(), p2.into())
+    }
+
     fn apply(
         &mut self,
         i: usize,
@@ -495,18 +560,25 @@ impl IkeCtl {
                 Output::IkeUp => {
                     self.export_ike_keys(i);
                     let t = &mut self.tunnels[i];
+                    t.ike_rekeys_seen = 0;
+                    t.collisions_seen = 0;
                     t.dpd = Some(Dpd::new(now, t.dpd_timeout));
                     t.ike_rekey_at = Some(now + draw(t.p1_life, t.margin, t.fuzz));
                     let g = t.sa.as_ref().and_then(IkeSa::dh_group).unwrap_or(0);
                     logs.push((
                         idx,
-                        true,
+                        self.states(i, true),
                         format!("IKE SA established (IKEv2, DH group {g})"),
                     ));
                 }
                 Output::ChildUp(c) => {
+                    if !self.tunnels[i].installed.is_empty() {
+                        // A rekey: ours when we switch at once (we started it).
+                        let who = usize::from(!c.switch_now);
+                        self.tunnels[i].rekeys[1][who] += 1;
+                    }
                     let line = self.install(i, &c, h, now);
-                    logs.push((idx, true, line));
+                    logs.push((idx, self.states(i, true), line));
                     let t = &mut self.tunnels[i];
                     t.up = true;
                     t.child_rekey_at = Some(now + draw(t.p2_life, t.margin, t.fuzz));
@@ -517,7 +589,7 @@ impl IkeCtl {
                     h.send(Command::DelInbound { spi: spi_in });
                     self.tunnels[i].installed.retain(|s| *s != spi_in);
                 }
-                Output::Log(l) => logs.push((idx, self.tunnels[i].up, l)),
+                Output::Log(l) => logs.push((idx, self.states(i, self.tunnels[i].up), l)),
                 Output::Closed(why) => {
                     let t = &self.tunnels[i];
                     if t.dpd_action == DpdAction::None && t.up && why.contains("timed out") {
@@ -525,14 +597,14 @@ impl IkeCtl {
                         // CHILD_SAs stay in the data plane (AWS takes no action).
                         logs.push((
                             idx,
-                            true,
+                            self.states(i, true),
                             format!("IKE SA closed: {why}; DPD action none: CHILD_SAs kept"),
                         ));
                         self.tunnels[i].dpd = None;
                         continue;
                     }
                     self.teardown(i, h);
-                    logs.push((idx, false, format!("IKE SA closed: {why}")));
+                    logs.push((idx, self.states(i, false), format!("IKE SA closed: {why}")));
                     let t = &mut self.tunnels[i];
                     if t.startup == StartupAction::Start {
                         t.next_start = Some(now + 5.0);
@@ -710,12 +782,12 @@ impl IkeCtl {
                     self.tunnels[i].sa = Some(sa);
                     logs.push((
                         idx,
-                        false,
+                        self.states(i, false),
                         "Initiating IKE_SA_INIT (startup action start, or DPD restart)".into(),
                     ));
                     self.apply(i, out, now, h, logs);
                 }
-                Err(e) => logs.push((idx, false, format!("cannot initiate: {e}"))),
+                Err(e) => logs.push((idx, self.states(i, false), format!("cannot initiate: {e}"))),
             }
         }
         if self.tunnels[i]
@@ -738,7 +810,7 @@ impl IkeCtl {
             let peer = self.tunnels[i].cfg.peer_addr;
             logs.push((
                 idx,
-                self.tunnels[i].up,
+                self.states(i, self.tunnels[i].up),
                 format!(
                     "AWS tunnel Timeout: deleting un-established Phase 1 IKE_SA with cgw: {peer}"
                 ),
@@ -749,7 +821,7 @@ impl IkeCtl {
             let peer = self.tunnels[i].cfg.peer_addr;
             logs.push((
                 idx,
-                false,
+                self.states(i, false),
                 format!(
                     "AWS tunnel Timeout: deleting un-established Phase 1 IKE_SA with cgw: {peer}"
                 ),
@@ -776,9 +848,7 @@ impl IkeCtl {
         if self.tunnels[i].up
             && now - self.tunnels[i].child_since > f64::from(self.tunnels[i].p2_life)
         {
-            logs.push((
-                idx,
-                false,
+            logs.push((idx, self.states(i, false),
                 "CHILD_SA reached its hard lifetime without a successful rekey: IKE SA and CHILD_SA deleted, tunnel DOWN".into(),
             ));
             let out = self.tunnels[i]
@@ -792,6 +862,15 @@ impl IkeCtl {
         // Rekeys: CHILD_SA at lifetime - margin - fuzz, IKE SA likewise (AWS options).
         let (ike_due, child_due) = (self.tunnels[i].ike_rekey_at, self.tunnels[i].child_rekey_at);
         let seen = self.tunnels[i].sa.as_ref().map_or(0, |s| s.ike_rekeys);
+        if let Some(sa) = &self.tunnels[i].sa {
+            let (initiator, collisions) = (sa.initiator, sa.collisions);
+            let t = &mut self.tunnels[i];
+            // The side that made the new IKE SA is its initiator.
+            t.rekeys[0][usize::from(!initiator)] +=
+                u64::from(seen.saturating_sub(t.ike_rekeys_seen));
+            t.collisions += u64::from(collisions.saturating_sub(t.collisions_seen));
+            t.collisions_seen = collisions;
+        }
         if seen != self.tunnels[i].ike_rekeys_seen {
             self.export_ike_keys(i);
             // The IKE SA was rekeyed (by either side): the timer starts again.
@@ -837,12 +916,14 @@ impl IkeCtl {
                 self.apply(i, out, now, h, logs);
             }
             Some(DpdStep::Dead { retransmits }) => {
+                let action = self.tunnels[i].dpd_action;
+                self.tunnels[i].dpd_timeouts += 1;
+                // With action none the SAs stay: the record keeps their states.
                 logs.push((
                     idx,
-                    false,
+                    self.states(i, action == DpdAction::None),
                     format!("AWS tunnel DPD timed out after {retransmits} retransmits"),
                 ));
-                let action = self.tunnels[i].dpd_action;
                 self.tunnels[i].dpd = None;
                 match action {
                     DpdAction::None => {}
@@ -851,7 +932,7 @@ impl IkeCtl {
                         self.tunnels[i].sa = None;
                         logs.push((
                             idx,
-                            false,
+                            self.states(i, false),
                             "DPD action clear: SAs deleted, tunnel DOWN".into(),
                         ));
                     }
@@ -861,7 +942,7 @@ impl IkeCtl {
                         self.tunnels[i].next_start = Some(now);
                         logs.push((
                             idx,
-                            false,
+                            self.states(i, false),
                             "DPD action restart: starting a new IKE SA".into(),
                         ));
                     }

@@ -27,7 +27,27 @@ pub struct TunnelSnapshot {
     pub out: Counters,
     /// Traffic received from the tunnel (counted after decryption).
     pub inb: Counters,
+    /// IKE state and events (tunnels negotiated by IKE only).
+    pub ike: Option<IkeSnapshot>,
 }
+
+/// IKE state and events of one negotiated tunnel.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IkeSnapshot {
+    /// Phase 1 / phase 2 states as the tunnel log names them (`Established`, ...).
+    pub phase1: &'static str,
+    pub phase2: &'static str,
+    /// Rekeys done, by [phase 1, phase 2] and [started by us, started by the peer].
+    pub rekeys: [[u64; 2]; 2],
+    /// Rekey collisions (CHILD_SA and IKE SA, RFC 7296 section 2.8.1 / 2.8.2).
+    pub collisions: u64,
+    /// Peers declared dead by DPD, and the configured action applied.
+    pub dpd_timeouts: u64,
+    pub dpd_action: &'static str,
+}
+
+/// The states `vpn_tunnel_ike_phase_state` reports, one-hot.
+const PHASE_STATES: [&str; 4] = ["Established", "Rekeying", "Negotiating", "Down"];
 
 fn esc(s: &str) -> String {
     s.replace('\\', "\\\\")
@@ -133,6 +153,73 @@ pub fn render(tunnels: &[TunnelSnapshot]) -> String {
                     r.name()
                 );
             }
+        }
+    }
+    // IKE: phase states (one-hot), rekeys, collisions, DPD timeouts.
+    let ike: Vec<(String, &IkeSnapshot)> = tunnels
+        .iter()
+        .filter_map(|t| Some((l(t), t.ike.as_ref()?)))
+        .collect();
+    if !ike.is_empty() {
+        let mut head = |name: &str, kind: &str, help: &str| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        head(
+            "vpn_tunnel_ike_phase_state",
+            "gauge",
+            "IKE phase 1 / phase 2 state as the tunnel log reports it (one-hot).",
+        );
+        for (lab, k) in &ike {
+            for (phase, cur) in [("1", k.phase1), ("2", k.phase2)] {
+                for st in PHASE_STATES {
+                    let _ = writeln!(
+                        o,
+                        "vpn_tunnel_ike_phase_state{{{lab},phase=\"{phase}\",state=\"{st}\"}} {}",
+                        (st == cur) as u8
+                    );
+                }
+            }
+        }
+        let mut head = |name: &str, kind: &str, help: &str| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        head(
+            "vpn_tunnel_rekeys_total",
+            "counter",
+            "Rekeys done, by phase and by who started them.",
+        );
+        for (lab, k) in &ike {
+            for (p, phase) in ["1", "2"].iter().enumerate() {
+                for (w, who) in ["local", "peer"].iter().enumerate() {
+                    let _ = writeln!(
+                        o,
+                        "vpn_tunnel_rekeys_total{{{lab},phase=\"{phase}\",initiator=\"{who}\"}} {}",
+                        k.rekeys[p][w]
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            o,
+            "# HELP vpn_tunnel_rekey_collisions_total Simultaneous rekeys (CHILD_SA and IKE SA).\n# TYPE vpn_tunnel_rekey_collisions_total counter"
+        );
+        for (lab, k) in &ike {
+            let _ = writeln!(
+                o,
+                "vpn_tunnel_rekey_collisions_total{{{lab}}} {}",
+                k.collisions
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP vpn_tunnel_dpd_timeouts_total Peers declared dead by DPD, with the action applied.\n# TYPE vpn_tunnel_dpd_timeouts_total counter"
+        );
+        for (lab, k) in &ike {
+            let _ = writeln!(
+                o,
+                "vpn_tunnel_dpd_timeouts_total{{{lab},action=\"{}\"}} {}",
+                k.dpd_action, k.dpd_timeouts
+            );
         }
     }
     // Connection level: the mean of the tunnel states (0.5 = one of two tunnels up).
@@ -247,6 +334,43 @@ mod tests {
         ));
         assert!(m.contains("vpn_tunnel_data_out_bytes_total{vpn_id=\"vpn-1\",tunnel_ip=\"192.0.2.1\",tunnel=\"t1\"} 1234"));
         assert!(m.contains("reason=\"replay\"} 2"));
+        assert!(
+            !m.contains("vpn_tunnel_ike_phase_state"),
+            "static SAs: no IKE series"
+        );
+    }
+
+    #[test]
+    fn ike_series() {
+        let t = TunnelSnapshot {
+            vpn_id: "vpn-1".into(),
+            tunnel_ip: "192.0.2.1".into(),
+            name: "t1".into(),
+            ike: Some(IkeSnapshot {
+                phase1: "Established",
+                phase2: "Rekeying",
+                rekeys: [[1, 2], [3, 4]],
+                collisions: 5,
+                dpd_timeouts: 6,
+                dpd_action: "restart",
+            }),
+            ..Default::default()
+        };
+        let m = render(&[t]);
+        let l = "vpn_id=\"vpn-1\",tunnel_ip=\"192.0.2.1\",tunnel=\"t1\"";
+        for want in [
+            format!("vpn_tunnel_ike_phase_state{{{l},phase=\"1\",state=\"Established\"}} 1"),
+            format!("vpn_tunnel_ike_phase_state{{{l},phase=\"1\",state=\"Rekeying\"}} 0"),
+            format!("vpn_tunnel_ike_phase_state{{{l},phase=\"2\",state=\"Rekeying\"}} 1"),
+            format!("vpn_tunnel_ike_phase_state{{{l},phase=\"2\",state=\"Down\"}} 0"),
+            format!("vpn_tunnel_rekeys_total{{{l},phase=\"1\",initiator=\"peer\"}} 2"),
+            format!("vpn_tunnel_rekeys_total{{{l},phase=\"2\",initiator=\"local\"}} 3"),
+            format!("vpn_tunnel_rekey_collisions_total{{{l}}} 5"),
+            format!("vpn_tunnel_dpd_timeouts_total{{{l},action=\"restart\"}} 6"),
+        ] {
+            assert!(m.contains(&want), "{want}\n{m}");
+        }
+        assert_eq!(m.matches("vpn_tunnel_ike_phase_state{").count(), 8);
     }
 
     #[test]

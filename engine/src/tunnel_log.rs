@@ -31,6 +31,38 @@ impl PhaseState {
     }
 }
 
+impl From<ike::session::Phase> for PhaseState {
+    fn from(p: ike::session::Phase) -> Self {
+        use ike::session::Phase;
+        match p {
+            Phase::Negotiating => PhaseState::Negotiating,
+            Phase::Established => PhaseState::Established,
+            Phase::Rekeying => PhaseState::Rekeying,
+            Phase::Down => PhaseState::Down,
+        }
+    }
+}
+
+/// The `details` text of a record: a message of the AWS catalogue (section 2) byte for byte,
+/// so that AWS log queries work unchanged; any other event prefixed `engine: ` (section 2.5)
+/// so that it never collides with an AWS string, with `note` (e.g. the lab-lifetimes marker)
+/// appended to engine events only.
+pub fn details(text: &str, note: Option<&str>) -> String {
+    const AWS: [&str; 4] = [
+        "AWS tunnel ",
+        "AWS: ",
+        "No Proposal Match Found",
+        "Peer is not responsive",
+    ];
+    if AWS.iter().any(|p| text.starts_with(p)) {
+        return text.to_string();
+    }
+    match note {
+        Some(n) => format!("engine: {text} {n}"),
+        None => format!("engine: {text}"),
+    }
+}
+
 /// Output format (`log_output_format`).
 pub use crate::config::LogFormat;
 
@@ -202,6 +234,26 @@ mod tests {
             format(&rec(), LogFormat::Text),
             "2024-12-01T13:20:00.123Z vpn-0a1b2c3d 198.51.100.10 dpd=True natt=False p1=Established p2=Rekeying AWS tunnel is sending request (id=7) for CREATE_CHILD_SA"
         );
+    }
+
+    #[test]
+    fn aws_messages_stay_byte_for_byte_and_engine_events_are_prefixed() {
+        for aws in [
+            "AWS tunnel DPD timed out after 3 retransmits",
+            "AWS tunnel is sending request (id=7) for CREATE_CHILD_SA",
+            "AWS: Traffic Selector: TS_UNACCEPTABLE: received from responder",
+            "No Proposal Match Found. Notifying with \"No proposal chosen\"",
+            "No Proposal Match Found by AWS",
+            "Peer is not responsive - Declaring peer dead",
+        ] {
+            assert_eq!(details(aws, Some("[lab]")), aws);
+        }
+        assert_eq!(
+            details("IKE SA rekeyed", Some("[lab]")),
+            "engine: IKE SA rekeyed [lab]"
+        );
+        assert_eq!(details("tunnel DOWN", None), "engine: tunnel DOWN");
+        assert_eq!(details("AWSome", None), "engine: AWSome");
     }
 
     #[test]

@@ -94,8 +94,9 @@ fn dpd_run(net: u8, action: &str, revive: bool) -> Run {
     let end = if revive { 110.0 } else { 80.0 };
     while now < end {
         let b_alive = now < 20.0 || (revive && now >= 80.0);
-        for (_, _, l) in a.poll(now, &ha) {
-            r.a_logs.push(format!("{now:.1} {l}"));
+        for (_, st, l) in a.poll(now, &ha) {
+            let (p1, p2) = (st.0.name(), st.1.name());
+            r.a_logs.push(format!("{now:.1} p1={p1} p2={p2} {l}"));
         }
         // Real sockets: give the datagram a moment to arrive.
         std::thread::sleep(std::time::Duration::from_micros(300));
@@ -140,6 +141,20 @@ fn dpd_clear_none_and_restart() {
         "{all}"
     );
     assert!(at(&r.a_logs, "Initiating IKE_SA_INIT").is_some_and(|t| t < 1.0));
+    // The records' phase states (log spec section 2.4).
+    for (event, states) in [
+        ("Initiating IKE_SA_INIT", "p1=Negotiating p2=Negotiating"),
+        ("CHILD_SA established", "p1=Established p2=Established"),
+        ("AWS tunnel DPD timed out after", "p1=Down p2=Down"),
+        ("DPD action clear", "p1=Down p2=Down"),
+    ] {
+        assert!(
+            r.a_logs
+                .iter()
+                .any(|l| l.contains(event) && l.contains(states)),
+            "{event}: {states}: {all}"
+        );
+    }
     assert_eq!(
         all.matches("Initiating IKE_SA_INIT").count(),
         1,
@@ -159,6 +174,13 @@ fn dpd_clear_none_and_restart() {
     );
     assert!(!all.contains("tunnel DOWN"), "{all}");
     assert!(all.contains("DPD action none: CHILD_SAs kept"), "{all}");
+    assert!(
+        r.a_logs
+            .iter()
+            .filter(|l| l.contains("AWS tunnel DPD timed out") || l.contains("CHILD_SAs kept"))
+            .all(|l| l.contains("p2=Established")),
+        "{all}"
+    );
     // restart: a new IKE SA is started at once and retried until the peer is back.
     let r = dpd_run(63, "restart", true);
     let all = r.a_logs.join("\n");

@@ -341,6 +341,25 @@ def rekey_case(tag, secs):
               ours >= 1 and theirs >= 1 and ike_rekeys >= 1 and child_rekeys >= 0, text[-3000:])
         sas = e.show("sas").get("sas", [])
         check(f"[{tag}] after the rekeys one SA pair remains", len(sas) == 2, json.dumps(sas))
+        ike = (e.show("tunnels").get("tunnels", [{}])[0]).get("ike") or {}
+        rk = ike.get("rekeys", {})
+        p1n = sum(rk.get("phase1", {}).values())
+        check(f"[{tag}] show tunnels counts the rekeys by phase and initiator ({json.dumps(rk)}), phases Established",
+              rk.get("phase2", {}).get("local", 0) >= 1 and rk.get("phase2", {}).get("peer", 0) >= 1
+              and 1 <= p1n <= ike_rekeys and ike.get("phase1_state") == "Established"
+              and ike.get("phase2_state") in ("Established", "Rekeying"), json.dumps(ike))
+        # Tunnel log (text format): phase states follow the exchanges (log spec section 2.4),
+        # AWS messages are byte for byte (no prefix, no lab marker), engine events are prefixed.
+        tl = open(e.tunnel_log).read().splitlines() if os.path.exists(e.tunnel_log) else []
+        child_req = [l for l in tl if l.endswith(" for CREATE_CHILD_SA") and "AWS tunnel is sending request (id=" in l]
+        ike_req = [l for l in tl if "AWS tunnel is sending request (id=" in l and l.endswith("(IKE SA rekey)")]
+        rekeyed = [l for l in tl if "engine: IKE SA rekeyed" in l]
+        check(f"[{tag}] tunnel log: espd's CHILD_SA rekey requests read p2=Rekeying, its IKE SA rekeys p1=Rekeying, AWS text exact, engine events prefixed",
+              child_req and all(" p1=Established p2=Rekeying AWS tunnel" in l for l in child_req)
+              and all(" p1=Rekeying " in l for l in ike_req)
+              and rekeyed and all(l.endswith("[lab: short lifetimes allowed]") for l in rekeyed)
+              and not any("AWS tunnel" in l and "[lab" in l for l in tl),
+              "\n".join(tl[-30:]))
     finally:
         if c:
             c.stop()
@@ -366,9 +385,14 @@ def dpd_case(tag):
         t0 = time.time()
         dead = wait_for(lambda: "AWS tunnel DPD timed out after" in e.text(), 50)
         took = time.time() - t0
+        time.sleep(0.6)  # the IKE figures in `show` are refreshed twice a second
         t = e.show("tunnels").get("tunnels", [{}])[0]
-        check(f"[{tag}] peer killed: 'AWS tunnel DPD timed out after N retransmits' after {took:.0f} s (timeout 30 s), tunnel DOWN",
-              dead and took <= 42 and t.get("state") == "DOWN", e.text()[-1500:] + json.dumps(t))
+        ike = t.get("ike") or {}
+        check(f"[{tag}] peer killed: 'AWS tunnel DPD timed out after N retransmits' after {took:.0f} s (timeout 30 s), tunnel DOWN, counted",
+              dead and took <= 42 and t.get("state") == "DOWN"
+              and ike.get("dpd_timeouts") == 1 and ike.get("dpd_action") == "restart"
+              and ike.get("phase1_state") in ("Negotiating", "Down"),
+              e.text()[-1500:] + json.dumps(t))
         check(f"[{tag}] DPD action restart: espd initiates again", wait_for(lambda: "Initiating IKE_SA_INIT" in e.text(), 10),
               e.text()[-800:])
         c = Charon(tag + "-2", export(e.cfg, "none"))

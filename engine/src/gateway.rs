@@ -100,6 +100,8 @@ struct Shared {
     steer: [Arc<Steering>; 2],
     started: Instant,
     modes: String,
+    /// The IKE shell's gateway-wide counters, refreshed twice a second.
+    ike: Mutex<crate::ike_ctl::IkeCounters>,
 }
 
 fn now_ms() -> u64 {
@@ -521,6 +523,7 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         steer: [steer_in.clone(), steer_out.clone()],
         started: Instant::now(),
         modes: modes.clone(),
+        ike: Mutex::new(Default::default()),
     });
     let mut logs = Logs::open(&cfg);
     for m in shared
@@ -592,6 +595,7 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             let _ = resolver_in.tick();
             let _ = resolver_out.tick();
             last_tick = Instant::now();
+            *shared.ike.lock().unwrap_or_else(|e| e.into_inner()) = ike.counters;
             let stats = ike.stats();
             if !stats.is_empty() {
                 let mut metas = shared.tunnels.lock().unwrap_or_else(|e| e.into_inner());
@@ -919,6 +923,34 @@ fn render_metrics(sh: &Shared) -> String {
             );
         }
     }
+    let k = *sh.ike.lock().unwrap_or_else(|e| e.into_inner());
+    head(
+        &mut o,
+        "espd_ike_datagrams_total",
+        "counter",
+        "IKE messages received on the IKE sockets.",
+    );
+    let _ = writeln!(o, "espd_ike_datagrams_total {}", k.datagrams);
+    head(
+        &mut o,
+        "espd_ike_dropped_total",
+        "counter",
+        "IKE messages no IKE SA took, by reason.",
+    );
+    for (reason, v) in [
+        ("malformed", k.malformed),
+        ("unknown_spi", k.unknown_spi),
+        ("no_tunnel", k.no_tunnel),
+    ] {
+        let _ = writeln!(o, "espd_ike_dropped_total{{reason=\"{reason}\"}} {v}");
+    }
+    head(
+        &mut o,
+        "espd_ike_cookies_sent_total",
+        "counter",
+        "COOKIE answers sent under IKE_SA_INIT load (RFC 7296 section 2.6).",
+    );
+    let _ = writeln!(o, "espd_ike_cookies_sent_total {}", k.cookies_sent);
     o
 }
 
@@ -959,6 +991,7 @@ fn show(sh: &Shared, what: &str, json: bool) -> String {
                                            "phase2": {"local": k.rekeys[1][0], "peer": k.rekeys[1][1]}},
                                 "rekey_collisions": k.collisions,
                                 "dpd_timeouts": k.dpd_timeouts, "dpd_action": k.dpd_action,
+                                "messages_dropped": k.messages_dropped,
                             })),
                         })
                     })

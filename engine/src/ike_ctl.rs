@@ -55,6 +55,10 @@ struct TunnelIke {
     collisions: u64,
     collisions_seen: u32,
     dpd_timeouts: u64,
+    /// Messages the tunnel's IKE SAs dropped (bad ICV, malformed, unexpected), and the
+    /// current IKE SA's count last seen.
+    ike_dropped: u64,
+    ike_dropped_seen: u64,
     /// A new outbound SA waiting for the old SA's DELETE (we answered the rekey), with the
     /// time after which we switch anyway.
     pending_out: Option<(Box<OutboundSa>, f64)>,
@@ -79,8 +83,25 @@ const HALF_OPEN_S: f64 = 30.0;
 /// A line for the tunnel log: (tunnel index, (phase 1, phase 2) states, detail).
 pub type LogLine = (u32, (PhaseState, PhaseState), String);
 
+/// Datagrams on the IKE sockets, and those no IKE SA took (metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IkeCounters {
+    /// IKE messages received (500, and 4500 with the non-ESP marker).
+    pub datagrams: u64,
+    /// Shorter than an IKE header or with a bad length.
+    pub malformed: u64,
+    /// SPIs of no IKE SA (not a new IKE_SA_INIT request).
+    pub unknown_spi: u64,
+    /// An IKE_SA_INIT request from an address no tunnel accepts.
+    pub no_tunnel: u64,
+    /// COOKIE answers sent under load instead of a DH (section 2.6).
+    pub cookies_sent: u64,
+}
+
 /// Every IKE-negotiated tunnel of the gateway.
 pub struct IkeCtl {
+    /// Gateway-wide counts of IKE datagrams.
+    pub counters: IkeCounters,
     socks: HashMap<IpAddr, (UdpSocket, UdpSocket)>,
     /// Stateless cookies (RFC 7296 section 2.6), issued when IKE_SA_INIT requests arrive
     /// faster than `COOKIE_RATE` per second; the secret rotates every 5 minutes.
@@ -182,6 +203,7 @@ impl IkeCtl {
         now: f64,
     ) -> Result<IkeCtl, String> {
         let mut ctl = IkeCtl {
+            counters: IkeCounters::default(),
             socks: HashMap::new(),
             cookies: ike::cookie::Cookies::new(&mut fill),
             cookie_rotated: now,
@@ -249,6 +271,8 @@ impl IkeCtl {
                 collisions: 0,
                 collisions_seen: 0,
                 dpd_timeouts: 0,
+                ike_dropped: 0,
+                ike_dropped_seen: 0,
                 pending_out: None,
                 pending_sa: None,
                 child_since: 0.0,
@@ -276,6 +300,7 @@ impl IkeCtl {
                     rekeys: t.rekeys,
                     collisions: t.collisions,
                     dpd_timeouts: t.dpd_timeouts,
+                    messages_dropped: t.ike_dropped,
                     dpd_action: match t.dpd_action {
                         DpdAction::Clear => "clear",
                         DpdAction::None => "none",
@@ -372,7 +397,9 @@ impl IkeCtl {
         h: &WorkerHandle,
         logs: &mut Vec<LogLine>,
     ) {
+        self.counters.datagrams += 1;
         let Ok(hdr) = Header::parse(data) else {
+            self.counters.malformed += 1;
             return;
         };
         // An existing SA by SPI, else a new IKE_SA_INIT request for a tunnel of this address pair.
@@ -423,6 +450,7 @@ impl IkeCtl {
             Some(i) => i,
             None => {
                 if hdr.spi_r != 0 || hdr.is_response() {
+                    self.counters.unknown_spi += 1;
                     return;
                 }
                 let Some(i) = self
@@ -430,6 +458,7 @@ impl IkeCtl {
                     .iter()
                     .position(|t| t.outside == local && t.peer.is_none_or(|p| p == from.ip()))
                 else {
+                    self.counters.no_tunnel += 1;
                     return;
                 };
                 // Under a flood of IKE_SA_INIT, no DH and no state before a valid cookie.
@@ -453,6 +482,7 @@ impl IkeCtl {
                         Err(reply) => {
                             if let (Some(r), Some((s500, s4500))) = (reply, self.socks.get(&local))
                             {
+                                self.counters.cookies_sent += 1;
                                 let _ = if from.port() == 500 {
                                     s500.send_to(&r, from)
                                 } else {
@@ -562,6 +592,7 @@ impl IkeCtl {
                     let t = &mut self.tunnels[i];
                     t.ike_rekeys_seen = 0;
                     t.collisions_seen = 0;
+                    t.ike_dropped_seen = 0;
                     t.dpd = Some(Dpd::new(now, t.dpd_timeout));
                     t.ike_rekey_at = Some(now + draw(t.p1_life, t.margin, t.fuzz));
                     let g = t.sa.as_ref().and_then(IkeSa::dh_group).unwrap_or(0);
@@ -863,8 +894,10 @@ impl IkeCtl {
         let (ike_due, child_due) = (self.tunnels[i].ike_rekey_at, self.tunnels[i].child_rekey_at);
         let seen = self.tunnels[i].sa.as_ref().map_or(0, |s| s.ike_rekeys);
         if let Some(sa) = &self.tunnels[i].sa {
-            let (initiator, collisions) = (sa.initiator, sa.collisions);
+            let (initiator, collisions, dropped) = (sa.initiator, sa.collisions, sa.dropped);
             let t = &mut self.tunnels[i];
+            t.ike_dropped += dropped.saturating_sub(t.ike_dropped_seen);
+            t.ike_dropped_seen = dropped;
             // The side that made the new IKE SA is its initiator.
             t.rekeys[0][usize::from(!initiator)] +=
                 u64::from(seen.saturating_sub(t.ike_rekeys_seen));

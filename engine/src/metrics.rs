@@ -44,6 +44,8 @@ pub struct IkeSnapshot {
     /// Peers declared dead by DPD, and the configured action applied.
     pub dpd_timeouts: u64,
     pub dpd_action: &'static str,
+    /// IKE messages the tunnel's IKE SAs dropped (bad ICV, malformed, unexpected).
+    pub messages_dropped: u64,
 }
 
 /// The states `vpn_tunnel_ike_phase_state` reports, one-hot.
@@ -221,6 +223,17 @@ pub fn render(tunnels: &[TunnelSnapshot]) -> String {
                 k.dpd_action, k.dpd_timeouts
             );
         }
+        let _ = writeln!(
+            o,
+            "# HELP vpn_tunnel_ike_messages_dropped_total IKE messages of the tunnel's IKE SAs dropped (bad ICV, malformed, unexpected).\n# TYPE vpn_tunnel_ike_messages_dropped_total counter"
+        );
+        for (lab, k) in &ike {
+            let _ = writeln!(
+                o,
+                "vpn_tunnel_ike_messages_dropped_total{{{lab}}} {}",
+                k.messages_dropped
+            );
+        }
     }
     // Connection level: the mean of the tunnel states (0.5 = one of two tunnels up).
     let mut conns: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
@@ -353,6 +366,7 @@ mod tests {
                 collisions: 5,
                 dpd_timeouts: 6,
                 dpd_action: "restart",
+                messages_dropped: 7,
             }),
             ..Default::default()
         };
@@ -367,6 +381,7 @@ mod tests {
             format!("vpn_tunnel_rekeys_total{{{l},phase=\"2\",initiator=\"local\"}} 3"),
             format!("vpn_tunnel_rekey_collisions_total{{{l}}} 5"),
             format!("vpn_tunnel_dpd_timeouts_total{{{l},action=\"restart\"}} 6"),
+            format!("vpn_tunnel_ike_messages_dropped_total{{{l}}} 7"),
         ] {
             assert!(m.contains(&want), "{want}\n{m}");
         }

@@ -201,3 +201,63 @@ fn dpd_clear_none_and_restart() {
         "retried while the peer was away: {all}"
     );
 }
+
+/// What no IKE SA takes is counted by reason (the gateway's `espd_ike_dropped_total`), and a
+/// tunnel's snapshot starts with its phases Down and nothing counted.
+#[test]
+fn datagrams_no_sa_takes_are_counted() {
+    if !root() {
+        eprintln!("skipped: needs root (UDP port 500)");
+        return;
+    }
+    let c = side("127.0.64.1", "127.0.64.2", "add", "clear");
+    let t: Vec<(u32, &config::Tunnel)> = c
+        .tunnels
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (i as u32 + 1, t))
+        .collect();
+    let mut a = IkeCtl::new(&t, engine::crypto::Backend::RustCrypto, None, 0.0).unwrap();
+    let (_w, h) = handle();
+    let s = std::net::UdpSocket::bind("127.0.64.3:0").unwrap();
+    // Too short for a header; then a well-formed INFORMATIONAL request for SPIs nobody has.
+    s.send_to(b"short", "127.0.64.1:500").unwrap();
+    let mut hdr = vec![0u8; 28];
+    hdr[7] = 1;
+    hdr[15] = 2;
+    hdr[17] = 0x20;
+    hdr[18] = 37;
+    hdr[19] = 0x08;
+    hdr[27] = 28;
+    s.send_to(&hdr, "127.0.64.1:500").unwrap();
+    // On 4500 without the non-ESP marker it is not IKE (ESP or a keepalive): not counted.
+    s.send_to(&hdr, "127.0.64.1:4500").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert!(a.poll(1.0, &h).is_empty());
+    let k = a.counters;
+    assert_eq!(
+        (
+            k.datagrams,
+            k.malformed,
+            k.unknown_spi,
+            k.no_tunnel,
+            k.cookies_sent
+        ),
+        (2, 1, 1, 0, 0),
+        "{k:?}"
+    );
+    let st = a.stats();
+    assert_eq!(st.len(), 2);
+    let (_, t1) = &st[0];
+    assert_eq!((t1.phase1, t1.phase2), ("Down", "Down"));
+    assert_eq!(
+        (
+            t1.rekeys,
+            t1.collisions,
+            t1.dpd_timeouts,
+            t1.messages_dropped
+        ),
+        ([[0; 2]; 2], 0, 0, 0)
+    );
+    assert_eq!(t1.dpd_action, "clear");
+}

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "gateway"))
@@ -46,6 +47,10 @@ def check(name, ok, detail=""):
         print(f"FAIL {name} {detail}", flush=True)
 
 
+def metrics_port(tag):
+    return 9400 + zlib.crc32(tag.encode()) % 500
+
+
 def espd_config(tag, startup, p1, p2, psk="lab.tunnel_one", extra="", lab=False):
     enc1, int1, dh1 = p1
     enc2, int2 = p2
@@ -57,6 +62,7 @@ outside_interface = "g1o"
 cores = [0]
 control_socket = "{WORK}/{tag}.sock"
 idle_sleep_us = 20
+metrics_listen = "127.0.0.1:{metrics_port(tag)}"
 
 [[tunnel]]
 name = "aws-t1"
@@ -149,6 +155,7 @@ class Charon:
 
 class Espd:
     def __init__(self, tag, text):
+        self.tag = tag
         self.cfg = os.path.join(WORK, f"{tag}.toml")
         self.sock = os.path.join(WORK, f"{tag}.sock")
         self.log = os.path.join(WORK, f"{tag}.log")
@@ -165,6 +172,11 @@ class Espd:
 
     def text(self):
         return open(self.log).read()
+
+    def metrics(self):
+        url = f"http://127.0.0.1:{metrics_port(self.tag)}/metrics"
+        r = nsx("g1", f"python3 -c \"import urllib.request; print(urllib.request.urlopen('{url}').read().decode())\"", check=False)
+        return r.stdout
 
     def show(self, what):
         r = subprocess.run([ESPD, "show", what, "--json", "--socket", self.sock], capture_output=True, text=True)
@@ -348,6 +360,21 @@ def rekey_case(tag, secs):
               rk.get("phase2", {}).get("local", 0) >= 1 and rk.get("phase2", {}).get("peer", 0) >= 1
               and 1 <= p1n <= ike_rekeys and ike.get("phase1_state") == "Established"
               and ike.get("phase2_state") in ("Established", "Rekeying"), json.dumps(ike))
+        m = e.metrics()
+        series = {l.rsplit(" ", 1)[0]: float(l.rsplit(" ", 1)[1]) for l in m.splitlines() if l and not l.startswith("#")}
+        lab = 'vpn_id="vpn-sw",tunnel_ip="192.0.2.1",tunnel="aws-t1"'
+        def v(name, extra=""):
+            return series.get(f"{name}{{{lab}{extra}}}", -1)
+        check(f"[{tag}] Prometheus: IKE phase states, rekeys by phase/initiator, collisions, IKE datagram counters",
+              v("vpn_tunnel_ike_phase_state", ',phase="1",state="Established"') == 1
+              and v("vpn_tunnel_ike_phase_state", ',phase="1",state="Down"') == 0
+              and v("vpn_tunnel_rekeys_total", ',phase="2",initiator="peer"') >= 1
+              and v("vpn_tunnel_rekeys_total", ',phase="2",initiator="local"') >= 1
+              and v("vpn_tunnel_rekey_collisions_total") >= 0
+              and v("vpn_tunnel_ike_messages_dropped_total") == 0
+              and series.get("espd_ike_datagrams_total", 0) >= 20
+              and series.get('espd_ike_dropped_total{reason="malformed"}', -1) == 0,
+              m[-3000:])
         # Tunnel log (text format): phase states follow the exchanges (log spec section 2.4),
         # AWS messages are byte for byte (no prefix, no lab marker), engine events are prefixed.
         tl = open(e.tunnel_log).read().splitlines() if os.path.exists(e.tunnel_log) else []

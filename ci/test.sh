@@ -4,7 +4,8 @@
 #   apt: libipsec-mb-dev (the fast crypto backend), tshark (independent ESP decryption),
 #        strongSwan's charon + swanctl (loads the exported customer-gateway configs),
 #        clang + libelf-dev (the XDP program and libbpf), tcpdump, iputils-ping, ethtool
-#        (the network-namespace gateway tests)
+#        (the network-namespace gateway tests), nftables (the strongSwan test holds IKE
+#        datagrams back with it to make IKE SA rekeys collide)
 #   pip: scapy, cryptography (independent ESP implementation)
 # then runs: cargo fmt --check, cargo clippy -D warnings, cargo test (unit, known-answer,
 # property, zero-allocation, CLI), and the scapy/tshark interop suite.
@@ -15,7 +16,7 @@ cd "$(dirname "$0")/.."
 log() { printf '== %s\n' "$*"; }
 
 need_apt=()
-for pkg in libipsec-mb-dev tshark strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libcharon-extra-plugins iproute2 clang libelf-dev tcpdump iputils-ping ethtool; do
+for pkg in libipsec-mb-dev tshark strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libcharon-extra-plugins iproute2 clang libelf-dev tcpdump iputils-ping ethtool nftables; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

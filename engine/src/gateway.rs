@@ -102,6 +102,8 @@ struct Shared {
     modes: String,
     /// The IKE shell's gateway-wide counters, refreshed twice a second.
     ike: Mutex<crate::ike_ctl::IkeCounters>,
+    /// Rekeys asked for over the control socket: (tunnel index, IKE SA rather than CHILD_SA).
+    rekeys: Mutex<Vec<(u32, bool)>>,
 }
 
 fn now_ms() -> u64 {
@@ -524,6 +526,7 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         started: Instant::now(),
         modes: modes.clone(),
         ike: Mutex::new(Default::default()),
+        rekeys: Mutex::new(vec![]),
     });
     let mut logs = Logs::open(&cfg);
     for m in shared
@@ -581,6 +584,11 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             }
         }
         handle.reap();
+        for (idx, ike_sa) in
+            std::mem::take(&mut *shared.rekeys.lock().unwrap_or_else(|e| e.into_inner()))
+        {
+            ike.rekey_now(idx, ike_sa, t0.elapsed().as_secs_f64());
+        }
         for (idx, st, line) in ike.poll(t0.elapsed().as_secs_f64(), &handle) {
             let metas = shared.tunnels.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(m) = metas.iter().find(|m| m.index == idx) {
@@ -992,6 +1000,8 @@ fn show(sh: &Shared, what: &str, json: bool) -> String {
                                 "rekey_collisions": k.collisions,
                                 "dpd_timeouts": k.dpd_timeouts, "dpd_action": k.dpd_action,
                                 "messages_dropped": k.messages_dropped,
+                                "spi_i": k.spis.map(|s| format!("{:016x}", s.0)),
+                                "spi_r": k.spis.map(|s| format!("{:016x}", s.1)),
                             })),
                         })
                     })
@@ -1142,6 +1152,29 @@ fn show(sh: &Shared, what: &str, json: bool) -> String {
     }
 }
 
+/// Queues a rekey of an IKE-negotiated tunnel for the IKE shell (run by the main loop).
+fn request_rekey(sh: &Shared, tunnel: &str, ike: bool) -> String {
+    let metas = sh.tunnels.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(m) = metas.iter().find(|m| m.name == tunnel) else {
+        let names: Vec<&str> = metas.iter().map(|m| m.name.as_str()).collect();
+        return format!(
+            "error: no tunnel {tunnel:?}; tunnels: {}\n",
+            names.join(", ")
+        );
+    };
+    if m.ike.is_none() {
+        return format!("error: tunnel {tunnel:?} is not negotiated by IKE (static SAs)\n");
+    }
+    sh.rekeys
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((m.index, ike));
+    format!(
+        "rekey of the {} of tunnel {tunnel:?} requested\n",
+        if ike { "IKE SA" } else { "CHILD_SA" }
+    )
+}
+
 /// `a.b.c value` lines of a JSON object (the text form of `show counters`).
 fn flatten(o: &mut String, prefix: &str, v: &serde_json::Value) {
     match v {
@@ -1183,7 +1216,13 @@ fn spawn_control(
                         let reply = match w.as_slice() {
                             ["show", what] => show(&sh, what, false),
                             ["show", what, "json"] => show(&sh, what, true),
-                            _ => "usage: show tunnels|sas|counters [json]\n".to_string(),
+                            ["rekey", tunnel, what @ ("ike" | "child")] => {
+                                request_rekey(&sh, tunnel, *what == "ike")
+                            }
+                            _ => {
+                                "usage: show tunnels|sas|counters [json] | rekey TUNNEL ike|child\n"
+                                    .to_string()
+                            }
                         };
                         let mut c = c;
                         let _ = c.write_all(reply.as_bytes());
@@ -1197,12 +1236,19 @@ fn spawn_control(
 
 /// `espd show WHAT [--json]`: asks the running espd over its control socket.
 pub fn show_client(socket: &str, what: &str, json: bool) -> Result<String, Error> {
+    control_request(
+        socket,
+        &format!("show {what}{}", if json { " json" } else { "" }),
+    )
+}
+
+/// Sends one request line over the control socket and returns the whole answer.
+pub fn control_request(socket: &str, line: &str) -> Result<String, Error> {
     let mut c = UnixStream::connect(socket).map_err(|e| {
         format!("cannot reach espd at control socket {socket}: {e} (is `espd run` running? set --socket)")
     })?;
     let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
-    writeln!(c, "show {what}{}", if json { " json" } else { "" })
-        .map_err(|e| format!("control socket {socket}: {e}"))?;
+    writeln!(c, "{line}").map_err(|e| format!("control socket {socket}: {e}"))?;
     let mut s = String::new();
     std::io::Read::read_to_string(&mut c, &mut s)
         .map_err(|e| format!("control socket {socket}: {e}"))?;

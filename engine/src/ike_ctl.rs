@@ -287,6 +287,18 @@ impl IkeCtl {
         self.tunnels.iter().map(|t| t.index).collect()
     }
 
+    /// Makes tunnel `index`'s IKE SA (`ike`) or CHILD_SA rekey due now (the next `poll`
+    /// starts it, or retries each second while another exchange is out).
+    pub fn rekey_now(&mut self, index: u32, ike: bool, now: f64) {
+        if let Some(t) = self.tunnels.iter_mut().find(|t| t.index == index) {
+            if ike {
+                t.ike_rekey_at = Some(now);
+            } else {
+                t.child_rekey_at = Some(now);
+            }
+        }
+    }
+
     /// Each tunnel's IKE state and event counts, for the metrics.
     pub fn stats(&self) -> Vec<(u32, IkeSnapshot)> {
         self.tunnels
@@ -301,6 +313,7 @@ impl IkeCtl {
                     collisions: t.collisions,
                     dpd_timeouts: t.dpd_timeouts,
                     messages_dropped: t.ike_dropped,
+                    spis: t.sa.as_ref().map(|s| (s.spi_i, s.spi_r)),
                     dpd_action: match t.dpd_action {
                         DpdAction::Clear => "clear",
                         DpdAction::None => "none",

@@ -46,6 +46,8 @@ pub struct IkeSnapshot {
     pub dpd_action: &'static str,
     /// IKE messages the tunnel's IKE SAs dropped (bad ICV, malformed, unexpected).
     pub messages_dropped: u64,
+    /// The current IKE SA's SPIs (initiator's, responder's), for `show`; not a metric.
+    pub spis: Option<(u64, u64)>,
 }
 
 /// The states `vpn_tunnel_ike_phase_state` reports, one-hot.
@@ -367,6 +369,7 @@ mod tests {
                 dpd_timeouts: 6,
                 dpd_action: "restart",
                 messages_dropped: 7,
+                spis: None,
             }),
             ..Default::default()
         };

@@ -1,5 +1,6 @@
 //! The `espd` binary's file contracts: `espd mtu --json` keys and values, every SA file in
-//! configs/ loads, and the bundled sample captures round-trip through `espd pcap`.
+//! configs/ loads, the bundled sample captures round-trip through `espd pcap`, and the
+//! control commands' errors.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -150,4 +151,28 @@ fn errors_name_file_sa_key() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("allowed: auto, rustcrypto, ipsec-mb"));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn rekey_and_show_say_what_is_wrong() {
+    let out = espd()
+        .args(["rekey", "t1", "--what", "phase3"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("rekey --what \"phase3\": allowed: ike, child"),
+        "{e}"
+    );
+    let out = espd()
+        .args(["rekey", "t1", "--socket", "/nonexistent/espd.sock"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("cannot reach espd at control socket /nonexistent/espd.sock"),
+        "{e}"
+    );
 }

@@ -295,6 +295,11 @@ def two_gateways(sname, nat):
         t = g1.show("tunnels")
         t1 = next((x for x in t.get("tunnels", []) if x["name"] == "gw1-t1"), {})
         t2 = next((x for x in t.get("tunnels", []) if x["name"] == "gw1-t2"), {})
+        r = subprocess.run([ESPD, "rekey", "gw1-t1", "--socket", g1.sock], capture_output=True, text=True)
+        r2 = subprocess.run([ESPD, "rekey", "nope", "--socket", g1.sock], capture_output=True, text=True)
+        check(f"[{tag}] espd rekey: a static tunnel or an unknown one is refused with the reason",
+              r.returncode != 0 and "is not negotiated by IKE" in r.stderr
+              and r2.returncode != 0 and 'no tunnel "nope"; tunnels: gw1-t1' in r2.stderr, r.stderr + r2.stderr)
         check(f"[{tag}] espd show tunnels: t1 UP with traffic both ways, t2 DOWN",
               t1.get("state") == "UP" and t1.get("tunnel_data_out_bytes", 0) > 1 << 20
               and t1.get("tunnel_data_in_bytes", 0) > 0 and t2.get("state") == "DOWN", json.dumps(t))

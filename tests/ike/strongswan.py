@@ -19,6 +19,7 @@ SKIP_LONG=1 skips those two (about 100 s) for quick local runs.
 Usage: strongswan.py ESPD_BINARY. Needs root. PASS/FAIL per check; exits 1 on any failure.
 """
 import json
+import re
 import os
 import signal
 import subprocess
@@ -433,6 +434,78 @@ def dpd_case(tag):
         e.stop()
 
 
+def ike_spis_sw(c):
+    """The IKE SAs strongSwan lists: [(spi_i, spi_r), ...]."""
+    r = subprocess.run(["swanctl", "--list-sas", "--ike", "aws-t1", "--uri", c.uri], capture_output=True, text=True)
+    return re.findall(r"([0-9a-f]{16})_i\*? ([0-9a-f]{16})_r", r.stdout)
+
+
+def espd_ike(e):
+    time.sleep(0.6)  # the IKE figures in `show` are refreshed twice a second
+    return (e.show("tunnels").get("tunnels", [{}])[0]).get("ike") or {}
+
+
+def collision_case(tag):
+    """RFC 7296 section 2.8.2 against strongSwan: both sides rekey the IKE SA at once. espd's
+    IKE datagrams are held back (nftables in espd's namespace) while both requests go out, so
+    each side gets the other's request while its own is outstanding; both answer, and the two
+    implementations must agree on the one IKE SA that survives (the lowest nonce loses) and
+    keep the CHILD_SAs on it."""
+    p1 = (["AES128"], ["SHA2-256"], [19])
+    p2 = (["AES128-GCM-16"], ["SHA2-256"])
+    e = Espd(tag, espd_config(tag, "add", p1, p2))
+    c = None
+    block = "nft add table inet ikehold; nft 'add chain inet ikehold out { type filter hook output priority 0; }'; " \
+            "nft add rule inet ikehold out udp sport '{ 500, 4500 }' drop"
+    try:
+        c = Charon(tag, export(e.cfg, "start"))
+        ok = wait_for(lambda: "CHILD_SA established" in e.text(), 15)
+        check(f"[{tag}] established", ok, e.text()[-1000:])
+        if not ok:
+            return
+        before = espd_ike(e)
+        children = e.show("sas").get("sas", [])
+        nsx("g1", f"sh -c \"{block}\"")
+        r = subprocess.run([ESPD, "rekey", "aws-t1", "--what", "ike", "--socket", e.sock], capture_output=True, text=True)
+        sent = wait_for(lambda: "(IKE SA rekey)" in e.text(), 5)
+        r2 = subprocess.run(["swanctl", "--rekey", "--ike", "aws-t1", "--uri", c.uri], capture_output=True, text=True)
+        seen = wait_for(lambda: "(IKE_REKEY) collision" in e.text(), 5)
+        nsx("g1", "nft delete table inet ikehold")
+        check(f"[{tag}] both sides rekey the IKE SA at once; espd answers strongSwan's request while its own is out",
+              r.returncode == 0 and sent and r2.returncode == 0 and seen,
+              r.stdout + r.stderr + r2.stdout + r2.stderr + e.text()[-1500:])
+        # Settled: one IKE SA on each side, the same one, new, and still so 8 s later (the
+        # redundant SA's DELETE may need a retransmission: the peer may only take it once
+        # its own exchange has ended).
+        def same():
+            k = espd_ike(e)
+            return ike_spis_sw(c) == [(k.get("spi_i"), k.get("spi_r"))] and k.get("spi_i") != before.get("spi_i")
+        settled = wait_for(lambda: "redundant SA is being deleted" in e.text() and same(), 40)
+        time.sleep(8)
+        settled = settled and same()
+        after = espd_ike(e)
+        check(f"[{tag}] one IKE SA left on both sides, the same one, new: espd {after.get('spi_i')}/{after.get('spi_r')}, strongSwan {ike_spis_sw(c)}",
+              settled and after.get("rekey_collisions", 0) >= 1 and sum(after.get("rekeys", {}).get("phase1", {}).values()) == 1
+              and "IKE_REKEY collision" in c.log(),
+              e.text()[-2500:] + "\n--- charon ---\n" + c.log()[-3000:])
+        got, out = ping_through(3)
+        sas = e.show("sas").get("sas", [])
+        check(f"[{tag}] the CHILD_SAs moved to it and carry traffic",
+              got == 3 and sorted(s.get("spi") for s in sas) == sorted(s.get("spi") for s in children),
+              out + json.dumps(sas) + json.dumps(children))
+        # The survivor works for the next exchange: a CHILD_SA rekey over it.
+        subprocess.run([ESPD, "rekey", "aws-t1", "--what", "child", "--socket", e.sock], capture_output=True, text=True)
+        rk = wait_for(lambda: e.text().count("CHILD_SA established") >= 2, 10)
+        got, out = ping_through(3)
+        check(f"[{tag}] a CHILD_SA rekey over the surviving IKE SA works", rk and got == 3,
+              e.text()[-1500:] + "\n--- charon ---\n" + c.log()[-1500:])
+    finally:
+        nsx("g1", "nft delete table inet ikehold", check=False)
+        if c:
+            c.stop()
+        e.stop()
+
+
 def failure_case(tag, p1, p2, sw_patch, want):
     e = Espd(tag, espd_config(tag, "add", p1, p2))
     c = None
@@ -469,6 +542,7 @@ def main():
                     run_case(f"{name}-{who}", p1, p2, who)
         rekey_case("rekey", float(os.environ.get("ESPD_REKEY_SECS", "60"))) if not os.environ.get("SKIP_LONG") else None
         dpd_case("dpd") if not os.environ.get("SKIP_LONG") else None
+        collision_case("ike-collision")
         failure_case("psk", (["AES128"], ["SHA2-256"], [14]), (["AES128-GCM-16"], ["SHA2-256"]),
                      [('secret = "lab.tunnel_one"', 'secret = "lab.wrong_key"')],
                      "AWS tunnel detected a pre-shared key mismatch with cgw: 192.0.2.2")

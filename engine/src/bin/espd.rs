@@ -66,6 +66,17 @@ enum Cmd {
         #[arg(long, default_value = engine::config::DEFAULT_CONTROL_SOCKET)]
         socket: String,
     },
+    /// Ask the running espd to rekey a tunnel's IKE SA or CHILD_SA now (operators, tests).
+    Rekey {
+        /// The tunnel's name.
+        tunnel: String,
+        /// ike | child
+        #[arg(long, default_value = "child")]
+        what: String,
+        /// The control socket (default: the [gateway] control_socket default).
+        #[arg(long, default_value = engine::config::DEFAULT_CONTROL_SOCKET)]
+        socket: String,
+    },
     /// Validate a tunnel configuration: exit 0 with one line per tunnel, or print every error.
     CheckConfig {
         /// The TOML file ([[tunnel]] tables with the AWS option names).
@@ -150,6 +161,24 @@ fn run() -> Result<(), cli::CliError> {
                 )));
             }
             let out = engine::gateway::show_client(&socket, &what, json).map_err(cli::CliError)?;
+            print!("{out}");
+            Ok(())
+        }
+        Cmd::Rekey {
+            tunnel,
+            what,
+            socket,
+        } => {
+            if !["ike", "child"].contains(&what.as_str()) {
+                return Err(cli::CliError(format!(
+                    "rekey --what {what:?}: allowed: ike, child"
+                )));
+            }
+            let out = engine::gateway::control_request(&socket, &format!("rekey {tunnel} {what}"))
+                .map_err(cli::CliError)?;
+            if let Some(e) = out.strip_prefix("error: ") {
+                return Err(cli::CliError(e.trim_end().to_string()));
+            }
             print!("{out}");
             Ok(())
         }

@@ -36,6 +36,7 @@ reasons! {
     ReassemblyInvalid => "reassembly_invalid", "Overlapping, oversized or inconsistent fragments.";
     OuterFragment => "outer_fragment", "Outer ESP fragment while outer reassembly is off.";
     NoSa => "no_sa", "No outbound SA selected for the packet.";
+    TtlExceeded => "ttl_exceeded", "Inner TTL / hop limit ran out at this hop (forwarding gateway; ICMP Time Exceeded sent).";
     IcmpRateLimited => "icmp_rate_limited", "An ICMP error that would have been sent was rate limited.";
     CryptoError => "crypto_error", "The crypto backend reported an error.";
 }

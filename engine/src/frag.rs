@@ -126,6 +126,102 @@ impl RateLimit {
     }
 }
 
+/// Whether an ICMP error may be sent about `orig` (RFC 1812 section 4.3.2.7, RFC 4443
+/// section 2.4 (e)): never about an ICMP error message, a non-first fragment, or a packet
+/// from or to a multicast / broadcast / unspecified address.
+fn may_answer(orig: &[u8], ip: &wire::IpInfo) -> bool {
+    let no_addr = |a: IpAddr| match a {
+        IpAddr::V4(a) => a.is_multicast() || a.is_broadcast() || a.is_unspecified(),
+        IpAddr::V6(a) => a.is_multicast() || a.is_unspecified(),
+    };
+    if no_addr(ip.src) || no_addr(ip.dst) {
+        return false;
+    }
+    if ip.version == 4 {
+        if wire::be16(orig, 6) & 0x1fff != 0 {
+            return false;
+        }
+        // ICMP errors: destination unreachable, source quench, redirect, time exceeded,
+        // parameter problem.
+        !(ip.proto == proto::ICMP && matches!(orig.get(ip.hdr_len), Some(3 | 4 | 5 | 11 | 12)))
+    } else {
+        // ICMPv6 types below 128 are errors.
+        !(ip.proto == proto::ICMPV6 && orig.get(ip.hdr_len).is_some_and(|t| *t < 128))
+    }
+}
+
+/// An ICMPv4 error (`kind`, `code`, the 4 bytes after the checksum) from `src` to the
+/// original sender, quoting the original header and 8 bytes of its payload (RFC 792).
+fn icmpv4_error(
+    orig: &[u8],
+    kind: u8,
+    code: u8,
+    word: u32,
+    src: Ipv4Addr,
+    out: &mut PacketBuf,
+) -> Result<(), DropReason> {
+    let ip = wire::parse_ip(orig).ok_or(DropReason::Malformed)?;
+    let IpAddr::V4(dst) = ip.src else {
+        return Err(DropReason::NotIp);
+    };
+    if !may_answer(orig, &ip) {
+        return Err(DropReason::NotIp);
+    }
+    let quote = (ip.hdr_len + 8).min(orig.len());
+    let total = IPV4_HDR + 8 + quote;
+    out.clear();
+    let b = out.push_back(total).ok_or(DropReason::TooBig)?;
+    wire::write_ipv4_header(b, total as u16, 0, false, 64, proto::ICMP, src, dst);
+    let icmp = &mut b[IPV4_HDR..];
+    icmp[0] = kind;
+    icmp[1] = code;
+    icmp[2] = 0;
+    icmp[3] = 0;
+    wire::put32(icmp, 4, word);
+    icmp[8..].copy_from_slice(&orig[..quote]);
+    let c = wire::checksum(icmp);
+    wire::put16(icmp, 2, c);
+    Ok(())
+}
+
+/// An ICMPv6 error (`kind`, `code`, the 4 bytes after the checksum) from `src` to the
+/// original sender, quoting as much of the original as fits in the IPv6 minimum MTU
+/// (RFC 4443 section 2.4 (c)).
+fn icmpv6_error(
+    orig: &[u8],
+    kind: u8,
+    code: u8,
+    word: u32,
+    src: Ipv6Addr,
+    out: &mut PacketBuf,
+) -> Result<(), DropReason> {
+    let ip = wire::parse_ip(orig).ok_or(DropReason::Malformed)?;
+    let IpAddr::V6(dst) = ip.src else {
+        return Err(DropReason::NotIp);
+    };
+    if !may_answer(orig, &ip) {
+        return Err(DropReason::NotIp);
+    }
+    let quote = orig.len().min(1280 - IPV6_HDR - 8);
+    let total = IPV6_HDR + 8 + quote;
+    out.clear();
+    let b = out.push_back(total).ok_or(DropReason::TooBig)?;
+    wire::write_ipv6_header(b, (8 + quote) as u16, proto::ICMPV6, 64, src, dst);
+    {
+        let icmp = &mut b[IPV6_HDR..];
+        icmp[0] = kind;
+        icmp[1] = code;
+        icmp[2] = 0;
+        icmp[3] = 0;
+        wire::put32(icmp, 4, word);
+        icmp[8..].copy_from_slice(&orig[..quote]);
+    }
+    let acc = wire::pseudo_sum(&b[8..24], &b[24..40], proto::ICMPV6, 8 + quote);
+    let c = wire::csum_fold(wire::csum_add(acc, &b[IPV6_HDR..]));
+    wire::put16(b, IPV6_HDR + 2, c);
+    Ok(())
+}
+
 /// Builds ICMPv4 Destination Unreachable / Fragmentation Needed (type 3 code 4, RFC 1191
 /// section 4) with next-hop MTU `mtu`, quoting the original header and 8 bytes, from `src`
 /// to the original sender.
@@ -135,27 +231,7 @@ pub fn icmpv4_frag_needed(
     src: Ipv4Addr,
     out: &mut PacketBuf,
 ) -> Result<(), DropReason> {
-    let ip = wire::parse_ip(orig).ok_or(DropReason::Malformed)?;
-    let IpAddr::V4(dst) = ip.src else {
-        return Err(DropReason::NotIp);
-    };
-    let quote = (ip.hdr_len + 8).min(orig.len());
-    let total = IPV4_HDR + 8 + quote;
-    out.clear();
-    let b = out.push_back(total).ok_or(DropReason::TooBig)?;
-    wire::write_ipv4_header(b, total as u16, 0, false, 64, proto::ICMP, src, dst);
-    let icmp = &mut b[IPV4_HDR..];
-    icmp[0] = 3;
-    icmp[1] = 4;
-    icmp[2] = 0;
-    icmp[3] = 0;
-    icmp[4] = 0;
-    icmp[5] = 0;
-    wire::put16(icmp, 6, mtu);
-    icmp[8..].copy_from_slice(&orig[..quote]);
-    let c = wire::checksum(icmp);
-    wire::put16(icmp, 2, c);
-    Ok(())
+    icmpv4_error(orig, 3, 4, u32::from(mtu), src, out)
 }
 
 /// Builds ICMPv6 Packet Too Big (type 2, RFC 4443 section 3.2) with MTU `mtu`, quoting as
@@ -166,28 +242,27 @@ pub fn icmpv6_packet_too_big(
     src: Ipv6Addr,
     out: &mut PacketBuf,
 ) -> Result<(), DropReason> {
-    let ip = wire::parse_ip(orig).ok_or(DropReason::Malformed)?;
-    let IpAddr::V6(dst) = ip.src else {
-        return Err(DropReason::NotIp);
-    };
-    let quote = orig.len().min(1280 - IPV6_HDR - 8);
-    let total = IPV6_HDR + 8 + quote;
-    out.clear();
-    let b = out.push_back(total).ok_or(DropReason::TooBig)?;
-    wire::write_ipv6_header(b, (8 + quote) as u16, proto::ICMPV6, 64, src, dst);
-    {
-        let icmp = &mut b[IPV6_HDR..];
-        icmp[0] = 2;
-        icmp[1] = 0;
-        icmp[2] = 0;
-        icmp[3] = 0;
-        wire::put32(icmp, 4, mtu);
-        icmp[8..].copy_from_slice(&orig[..quote]);
-    }
-    let acc = wire::pseudo_sum(&b[8..24], &b[24..40], proto::ICMPV6, 8 + quote);
-    let c = wire::csum_fold(wire::csum_add(acc, &b[IPV6_HDR..]));
-    wire::put16(b, IPV6_HDR + 2, c);
-    Ok(())
+    icmpv6_error(orig, 2, 0, mtu, src, out)
+}
+
+/// Builds ICMPv4 Time Exceeded in transit (type 11 code 0, RFC 792) about a packet whose
+/// TTL ran out here.
+pub fn icmpv4_time_exceeded(
+    orig: &[u8],
+    src: Ipv4Addr,
+    out: &mut PacketBuf,
+) -> Result<(), DropReason> {
+    icmpv4_error(orig, 11, 0, 0, src, out)
+}
+
+/// Builds ICMPv6 Time Exceeded, hop limit exceeded in transit (type 3 code 0, RFC 4443
+/// section 3.3).
+pub fn icmpv6_time_exceeded(
+    orig: &[u8],
+    src: Ipv6Addr,
+    out: &mut PacketBuf,
+) -> Result<(), DropReason> {
+    icmpv6_error(orig, 3, 0, 0, src, out)
 }
 
 /// Bounds of a reassembly table.
@@ -613,6 +688,36 @@ mod tests {
         assert!(wire::ipv4_header_ok(x));
         assert_eq!((x[20], x[21], wire::be16(x, 26)), (3, 4, 1446));
         assert_eq!(wire::checksum(&x[20..]), 0);
+    }
+
+    #[test]
+    fn time_exceeded_and_when_no_icmp_error_may_be_sent() {
+        let p = v4_packet(300, false, 5);
+        let src = Ipv4Addr::new(192, 0, 2, 1);
+        let mut b = PacketBuf::new();
+        icmpv4_time_exceeded(&p, src, &mut b).unwrap();
+        let x = b.bytes();
+        assert!(wire::ipv4_header_ok(x));
+        assert_eq!((x[20], x[21], wire::checksum(&x[20..])), (11, 0, 0));
+        assert_eq!(&x[28..], &p[..28]);
+        // RFC 1812 section 4.3.2.7: not about a non-first fragment, an ICMP error, or a
+        // multicast destination; an echo request is answered.
+        let mut frag = p.clone();
+        wire::put16(&mut frag, 6, 100);
+        wire::ipv4_fix_checksum(&mut frag);
+        let mut icmp = p.clone();
+        icmp[9] = proto::ICMP;
+        icmp[20] = 11;
+        wire::ipv4_fix_checksum(&mut icmp);
+        let mut mcast = p.clone();
+        mcast[16] = 224;
+        wire::ipv4_fix_checksum(&mut mcast);
+        for bad in [&frag, &icmp, &mcast] {
+            assert!(icmpv4_time_exceeded(bad, src, &mut b).is_err());
+        }
+        let mut echo = icmp.clone();
+        echo[20] = 8;
+        assert!(icmpv4_time_exceeded(&echo, src, &mut b).is_ok());
     }
 
     #[test]

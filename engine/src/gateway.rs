@@ -401,6 +401,7 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         burst: g.burst,
         idle_sleep_us: g.idle_sleep_us,
         reassemble_inner: false,
+        decrement_ttl: true,
         ..Default::default()
     };
     let pool = BufPool::new(g.frames as usize * 2, crate::pkt::DEFAULT_CAPACITY);

@@ -1,5 +1,7 @@
 //! The per-packet gateway logic around ESP, in the order a gateway applies it:
 //!
+//! - forwarding ([`forward_hop`], when the gateway routes): lower the inner TTL / hop limit
+//!   once per tunnel traversal, ICMP Time Exceeded when it runs out;
 //! - outbound ([`protect`]): parse the inner packet, clamp TCP MSS, fragment to the SA's inner
 //!   MTU *before* encryption (DF policy, ICMP errors), encapsulate each piece;
 //! - inbound ([`unprotect`]): decapsulate, reassemble inner fragments, clamp MSS.
@@ -188,6 +190,54 @@ pub fn protect(
             packets: sent,
             soft_limit: soft,
         },
+    }
+}
+
+/// The router's hop for an inner packet about to enter the tunnel of `sa`: its TTL (IPv4)
+/// or hop limit (IPv6) goes down by one; at 0 or 1 the packet is dropped (`ttl_exceeded`)
+/// and an ICMP Time Exceeded goes back to its sender (rate limited). Decremented on the way
+/// in only, so every loop through the gateway ends and the tunnel counts as one hop.
+/// Returns the packet to forward, or None when it was consumed.
+pub fn forward_hop(
+    sa: &mut OutboundSa,
+    ctx: &mut OutboundCtx,
+    now: f64,
+    mut pkt: PacketBuf,
+    pool: &mut BufPool,
+    icmp_out: &mut Vec<PacketBuf>,
+) -> Option<PacketBuf> {
+    match wire::decrement_ttl(pkt.bytes_mut()) {
+        Some(wire::Hop::Forwarded) => Some(pkt),
+        Some(wire::Hop::Expired) => {
+            let dst = wire::parse_ip(pkt.bytes()).map(|i| i.dst);
+            let v4 = pkt.bytes()[0] >> 4 == 4;
+            let (s4, s6) = match dst {
+                Some(d) => (icmp_source_v4(ctx, sa, d), icmp_source_v6(ctx, sa, d)),
+                None => (Ipv4Addr::UNSPECIFIED, Ipv6Addr::UNSPECIFIED),
+            };
+            let _ = icmp_reply(
+                sa,
+                ctx,
+                now,
+                pkt,
+                pool,
+                icmp_out,
+                DropReason::TtlExceeded,
+                |orig, b| {
+                    if v4 {
+                        frag::icmpv4_time_exceeded(orig, s4, b)
+                    } else {
+                        frag::icmpv6_time_exceeded(orig, s6, b)
+                    }
+                },
+            );
+            None
+        }
+        None => {
+            sa.counters.drop(DropReason::Malformed);
+            pool.put(pkt);
+            None
+        }
     }
 }
 

@@ -316,6 +316,10 @@ pub struct WorkerConfig {
     /// sinks want whole packets); off, fragments are forwarded and the hosts reassemble, as
     /// behind a router (`espd run`).
     pub reassemble_inner: bool,
+    /// Act as a router on the way into the tunnel: lower the inner TTL / hop limit and
+    /// answer ICMP Time Exceeded when it runs out (`espd run`); off for the loopback rig,
+    /// whose sinks check packets byte for byte.
+    pub decrement_ttl: bool,
 }
 
 impl Default for WorkerConfig {
@@ -327,6 +331,7 @@ impl Default for WorkerConfig {
             reassembly: ReasmLimits::default(),
             idle_sleep_us: 0,
             reassemble_inner: true,
+            decrement_ttl: false,
         }
     }
 }
@@ -831,6 +836,21 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
                 continue;
             };
             p.truncate(ip.total_len);
+            let mut p = if self.cfg.decrement_ttl {
+                match pipeline::forward_hop(
+                    sa,
+                    &mut self.ctx,
+                    now,
+                    p,
+                    &mut self.pool,
+                    &mut self.icmp,
+                ) {
+                    Some(p) => p,
+                    None => continue,
+                }
+            } else {
+                p
+            };
             if p.len() > sa.inner_mtu {
                 // Slow path: fragmentation or ICMP, one packet at a time, after the packets
                 // before it (order within a flow is kept).

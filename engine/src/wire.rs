@@ -190,6 +190,42 @@ fn walk_ipv6_ext(pkt: &[u8], total: usize) -> Option<(u8, usize, bool)> {
     Some((nh, off, frag))
 }
 
+/// What [`decrement_ttl`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hop {
+    /// TTL / hop limit lowered by one (IPv4 header checksum updated, RFC 1624).
+    Forwarded,
+    /// TTL / hop limit was 0 or 1: the packet may not be forwarded (RFC 1812 section 5.3.1,
+    /// RFC 8200 section 3); left unchanged.
+    Expired,
+}
+
+/// Lowers the TTL (IPv4) or hop limit (IPv6) of the packet at the start of `pkt`, as a
+/// router forwarding it does. None when it is not a whole IP header.
+pub fn decrement_ttl(pkt: &mut [u8]) -> Option<Hop> {
+    match pkt.first()? >> 4 {
+        4 if pkt.len() >= IPV4_HDR => {
+            let ttl = pkt[8];
+            if ttl <= 1 {
+                return Some(Hop::Expired);
+            }
+            let old = be16(pkt, 8);
+            pkt[8] = ttl - 1;
+            let c = csum_update16(be16(pkt, 10), old, be16(pkt, 8));
+            put16(pkt, 10, c);
+            Some(Hop::Forwarded)
+        }
+        6 if pkt.len() >= 40 => {
+            if pkt[7] <= 1 {
+                return Some(Hop::Expired);
+            }
+            pkt[7] -= 1;
+            Some(Hop::Forwarded)
+        }
+        _ => None,
+    }
+}
+
 /// True when the IPv4 header checksum of `pkt` verifies.
 pub fn ipv4_header_ok(pkt: &[u8]) -> bool {
     let ihl = ((pkt[0] & 0x0f) as usize) * 4;
@@ -399,6 +435,39 @@ mod tests {
         let inc = csum_update16(c, old, 1400);
         ipv4_fix_checksum(&mut h);
         assert_eq!(inc, be16(&h, 10));
+    }
+
+    #[test]
+    fn ttl_decrement_keeps_the_header_checksum_right() {
+        // Every TTL and a spread of headers: the incremental update equals a recomputation.
+        for ttl in 0..=255u8 {
+            for (id, proto) in [(0u16, 1u8), (0xffff, 6), (0x1234, 17), (0xfeff, 50)] {
+                let mut h = [0u8; 20];
+                let src = Ipv4Addr::new(10, ttl, 0, 1);
+                let dst = Ipv4Addr::new(192, 0, 2, ttl);
+                write_ipv4_header(&mut h, 84, id, id & 1 == 0, ttl, proto, src, dst);
+                let r = decrement_ttl(&mut h).unwrap();
+                if ttl <= 1 {
+                    assert_eq!(r, Hop::Expired);
+                    assert_eq!(h[8], ttl, "left unchanged");
+                } else {
+                    assert_eq!((r, h[8]), (Hop::Forwarded, ttl - 1));
+                    let inc = be16(&h, 10);
+                    ipv4_fix_checksum(&mut h);
+                    assert_eq!(inc, be16(&h, 10), "ttl {ttl} id {id:#x}");
+                    assert!(ipv4_header_ok(&h));
+                }
+            }
+        }
+        let mut v6 = [0u8; 40];
+        let a: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        write_ipv6_header(&mut v6, 0, 59, 2, a, a);
+        assert_eq!(decrement_ttl(&mut v6), Some(Hop::Forwarded));
+        assert_eq!(v6[7], 1);
+        assert_eq!(decrement_ttl(&mut v6), Some(Hop::Expired));
+        assert_eq!(decrement_ttl(&mut [0x45; 19]), None);
+        assert_eq!(decrement_ttl(&mut [0x20; 40]), None);
+        assert_eq!(decrement_ttl(&mut []), None);
     }
 
     #[test]

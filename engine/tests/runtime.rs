@@ -663,3 +663,108 @@ fn garbage_on_either_port_never_panics_a_worker_and_is_counted() {
         rb.total.drops_summary()
     );
 }
+
+/// A gateway that routes (`decrement_ttl`, as `espd run` sets it): the inner TTL / hop limit
+/// goes down by one on the way into the tunnel (checksum still right, also for packets
+/// fragmented before encryption); at 1 the packet is dropped as `ttl_exceeded` and an ICMP
+/// Time Exceeded (RFC 792 type 11 / RFC 4443 type 3) goes back inside to its sender, never
+/// about an ICMP error.
+#[test]
+fn a_routing_gateway_lowers_the_ttl_and_answers_time_exceeded() {
+    let (la, lb) = mem_link(1024, Impair::default());
+    let shared = shared_pool(1024, 2048);
+    let (mut a, ha) = Worker::new(
+        WorkerConfig {
+            decrement_ttl: true,
+            ..Default::default()
+        },
+        QueuePort::default(),
+        la,
+        BufPool::with_shared(shared.clone(), 2048),
+    );
+    let (mut b, hb) = Worker::new(
+        WorkerConfig::default(),
+        QueuePort::default(),
+        lb,
+        BufPool::with_shared(shared, 2048),
+    );
+    let suite = Suite::all()[0];
+    install(&ha, &hb, suite, 0, 0x100, false, false);
+    let (o, i) = sa_pair(suite, 4, 0x104, false, false);
+    hb.send(Command::AddInbound {
+        tunnel: 4,
+        sa: Box::new(i),
+    });
+    ha.send(Command::SetOutbound {
+        tunnel: 4,
+        sa: Box::new(o),
+        selectors: vec![Selector {
+            addr: "2001:db8:2::".parse().unwrap(),
+            prefix: 48,
+        }],
+    });
+    let with_ttl = |mut p: Vec<u8>, ttl: u8| {
+        if p[0] >> 4 == 4 {
+            p[8] = ttl;
+            wire::ipv4_fix_checksum(&mut p);
+        } else {
+            p[7] = ttl;
+        }
+        p
+    };
+    let (ttl1, ttl0) = (
+        with_ttl(flow_packet(0, 3, 300), 1),
+        with_ttl(flow_packet(0, 6, 300), 0),
+    );
+    let mut icmp_error = with_ttl(flow_packet(0, 9, 64), 1);
+    icmp_error[9] = wire::proto::ICMP;
+    icmp_error[20] = 3; // destination unreachable
+    wire::ipv4_fix_checksum(&mut icmp_error);
+    for p in [
+        with_ttl(flow_packet(0, 1, 300), 64),
+        with_ttl(flow_packet(0, 2, 3000), 2),
+        ttl1.clone(),
+        with_ttl(udp6(300, 4), 64),
+        with_ttl(udp6(300, 5), 1),
+        ttl0.clone(),
+        icmp_error,
+    ] {
+        a.inside.rx.push_back(PacketBuf::from_slice(&p));
+    }
+    pump(&mut a, &mut b, 10);
+    let got: Vec<Vec<u8>> = b.inside.tx.iter().map(|p| p.bytes().to_vec()).collect();
+    assert_eq!(got.len(), 3, "only the packets with TTL left cross");
+    assert_eq!((got[0][8], flow_of(&got[0])), (63, (0, 1)));
+    assert_eq!(
+        (got[1][8], got[1].len(), flow_of(&got[1])),
+        (1, 3000, (0, 2))
+    );
+    assert!(wire::ipv4_header_ok(&got[0]) && wire::ipv4_header_ok(&got[1]));
+    assert_eq!((got[2][0] >> 4, got[2][7]), (6, 63));
+    // Back inside: Time Exceeded for the TTL 1, hop limit 1 and TTL 0 packets, none for the
+    // ICMP error.
+    let back: Vec<Vec<u8>> = a.inside.tx.iter().map(|p| p.bytes().to_vec()).collect();
+    assert_eq!(back.len(), 3, "{back:?}");
+    for (m, orig) in [(&back[0], &ttl1), (&back[2], &ttl0)] {
+        assert!(wire::ipv4_header_ok(m));
+        assert_eq!((m[9], m[20], m[21]), (wire::proto::ICMP, 11, 0));
+        assert_eq!(wire::checksum(&m[20..]), 0);
+        assert_eq!(&m[16..20], &[198, 51, 100, 1], "to the sender");
+        assert_eq!(&m[28..], &orig[..28], "quotes the packet: header + 8 bytes");
+    }
+    let v6 = &back[1];
+    assert_eq!(
+        (v6[0] >> 4, v6[6], v6[40], v6[41]),
+        (6, wire::proto::ICMPV6, 3, 0)
+    );
+    let acc = wire::pseudo_sum(&v6[8..24], &v6[24..40], wire::proto::ICMPV6, v6.len() - 40);
+    assert_eq!(wire::csum_fold(wire::csum_add(acc, &v6[40..])), 0);
+    let r = a.report(true);
+    let out: u64 = r
+        .sas
+        .iter()
+        .map(|s| s.counters.dropped(DropReason::TtlExceeded))
+        .sum();
+    assert_eq!(out, 4);
+    assert_eq!(r.sas.iter().map(|s| s.counters.icmp_sent).sum::<u64>(), 3);
+}

@@ -465,7 +465,9 @@ fn run_esp(o: &Opts, size: usize) -> Result<RunResult, String> {
         id: 0,
         core: Some(1),
         burst: 64,
+        // As `espd run`: forward inner fragments, lower the inner TTL.
         reassemble_inner: false,
+        decrement_ttl: true,
         ..Default::default()
     };
     let (w, h) = Worker::new(

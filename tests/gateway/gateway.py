@@ -328,6 +328,15 @@ def two_gateways(sname, nat):
               and c.get("worker", {}).get("icmp_sent", 0) >= 1
               and c["inside"]["tx_no_neighbour"] == 0 and c["outside"]["tx_no_neighbour"] == 0,
               json.dumps(c)[:1500])
+        # The gateway routes: the inner TTL goes down by one on the way into the tunnel, and
+        # a packet whose TTL runs out gets ICMP Time Exceeded (traceroute sees the gateway).
+        r = ping("hA", "10.2.0.2", "-t 1", count=1)
+        r2 = ping("hA", "10.2.0.2", count=1)
+        sas = g1.show("sas").get("sas", [])
+        out = next((x for x in sas if x["direction"] == "out"), {})
+        check(f"[{tag}] TTL 1 into the tunnel: ICMP Time Exceeded from the gateway, counted; replies come back with ttl=63",
+              received(r) == 0 and "time to live exceeded" in r.stdout.lower() and "ttl=63" in r2.stdout
+              and out.get("drops", {}).get("ttl_exceeded") == 1, r.stdout[-300:] + r2.stdout[-300:] + json.dumps(out))
     finally:
         codes = (g1.stop(), g2.stop())
         time.sleep(0.3)

@@ -59,5 +59,5 @@ bash tests/interop/export_swanctl.sh target/debug/espd
 log "espd run: two gateways, scapy as the peer, bad input, SIGHUP (network namespaces)"
 python3 tests/gateway/gateway.py target/debug/espd 2>&1 | grep -v -e '^PASS' -e 'WARNING: '
 
-log "IKEv2: espd run against strongSwan (both initiate, two proposal sets, PSK and proposal mismatch)"
+log "IKEv2: espd run against strongSwan (both initiate, two proposal sets, rekeys, DPD, IKE SA rekey collision, PSK and proposal mismatch)"
 python3 tests/ike/strongswan.py target/debug/espd 2>&1 | grep -v -e '^PASS' -e 'WARNING: '

@@ -803,9 +803,7 @@ fn render_metrics(sh: &Shared) -> String {
             .map(|m| m.name.clone())
             .unwrap_or_default()
     };
-    let head = |o: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
+    let head = metrics::head;
     let sa_l = |s: &crate::runtime::SaReport| {
         format!(
             "tunnel=\"{}\",sa=\"{}\",spi=\"{:#010x}\",direction=\"{}\"",

@@ -59,6 +59,11 @@ fn esc(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Writes the `# HELP` and `# TYPE` lines of a metric.
+pub(crate) fn head(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
 /// Renders the Prometheus text exposition of these tunnels.
 pub fn render(tunnels: &[TunnelSnapshot]) -> String {
     let mut o = String::new();
@@ -71,7 +76,7 @@ pub fn render(tunnels: &[TunnelSnapshot]) -> String {
         )
     };
     let mut series = |name: &str, kind: &str, help: &str, f: &dyn Fn(&TunnelSnapshot) -> String| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        head(&mut o, name, kind, help);
         for t in tunnels {
             let _ = writeln!(o, "{name}{{{}}} {}", l(t), f(t));
         }
@@ -142,9 +147,11 @@ pub fn render(tunnels: &[TunnelSnapshot]) -> String {
         "Inner packets fragmented before encryption.",
         &|t| t.out.frag_before_encrypt_packets.to_string(),
     );
-    let _ = writeln!(
-        o,
-        "# HELP vpn_tunnel_drops_total Packets dropped, by reason.\n# TYPE vpn_tunnel_drops_total counter"
+    head(
+        &mut o,
+        "vpn_tunnel_drops_total",
+        "counter",
+        "Packets dropped, by reason.",
     );
     for t in tunnels {
         for r in DropReason::ALL {
@@ -165,10 +172,8 @@ pub fn render(tunnels: &[TunnelSnapshot]) -> String {
         .filter_map(|t| Some((l(t), t.ike.as_ref()?)))
         .collect();
     if !ike.is_empty() {
-        let mut head = |name: &str, kind: &str, help: &str| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
         head(
+            &mut o,
             "vpn_tunnel_ike_phase_state",
             "gauge",
             "IKE phase 1 / phase 2 state as the tunnel log reports it (one-hot).",
@@ -184,10 +189,8 @@ pub fn render(tunnels: &[TunnelSnapshot]) -> String {
                 }
             }
         }
-        let mut head = |name: &str, kind: &str, help: &str| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
         head(
+            &mut o,
             "vpn_tunnel_rekeys_total",
             "counter",
             "Rekeys done, by phase and by who started them.",
@@ -203,38 +206,35 @@ pub fn render(tunnels: &[TunnelSnapshot]) -> String {
                 }
             }
         }
-        let _ = writeln!(
-            o,
-            "# HELP vpn_tunnel_rekey_collisions_total Simultaneous rekeys (CHILD_SA and IKE SA).\n# TYPE vpn_tunnel_rekey_collisions_total counter"
+        // One counter per tunnel: (name, help, extra labels and value).
+        type One = (
+            &'static str,
+            &'static str,
+            fn(&IkeSnapshot) -> (String, u64),
         );
-        for (lab, k) in &ike {
-            let _ = writeln!(
-                o,
-                "vpn_tunnel_rekey_collisions_total{{{lab}}} {}",
-                k.collisions
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP vpn_tunnel_dpd_timeouts_total Peers declared dead by DPD, with the action applied.\n# TYPE vpn_tunnel_dpd_timeouts_total counter"
-        );
-        for (lab, k) in &ike {
-            let _ = writeln!(
-                o,
-                "vpn_tunnel_dpd_timeouts_total{{{lab},action=\"{}\"}} {}",
-                k.dpd_action, k.dpd_timeouts
-            );
-        }
-        let _ = writeln!(
-            o,
-            "# HELP vpn_tunnel_ike_messages_dropped_total IKE messages of the tunnel's IKE SAs dropped (bad ICV, malformed, unexpected).\n# TYPE vpn_tunnel_ike_messages_dropped_total counter"
-        );
-        for (lab, k) in &ike {
-            let _ = writeln!(
-                o,
-                "vpn_tunnel_ike_messages_dropped_total{{{lab}}} {}",
-                k.messages_dropped
-            );
+        let ones: [One; 3] = [
+            (
+                "vpn_tunnel_rekey_collisions_total",
+                "Simultaneous rekeys (CHILD_SA and IKE SA).",
+                |k| (String::new(), k.collisions),
+            ),
+            (
+                "vpn_tunnel_dpd_timeouts_total",
+                "Peers declared dead by DPD, with the action applied.",
+                |k| (format!(",action=\"{}\"", k.dpd_action), k.dpd_timeouts),
+            ),
+            (
+                "vpn_tunnel_ike_messages_dropped_total",
+                "IKE messages of the tunnel's IKE SAs dropped (bad ICV, malformed, unexpected).",
+                |k| (String::new(), k.messages_dropped),
+            ),
+        ];
+        for (name, help, value) in ones {
+            head(&mut o, name, "counter", help);
+            for (lab, k) in &ike {
+                let (extra, v) = value(k);
+                let _ = writeln!(o, "{name}{{{lab}{extra}}} {v}");
+            }
         }
     }
     // Connection level: the mean of the tunnel states (0.5 = one of two tunnels up).
@@ -244,9 +244,11 @@ pub fn render(tunnels: &[TunnelSnapshot]) -> String {
         e.0 += t.up as u32;
         e.1 += 1;
     }
-    let _ = writeln!(
-        o,
-        "# HELP vpn_connection_tunnel_state AWS TunnelState per connection: mean of its tunnels.\n# TYPE vpn_connection_tunnel_state gauge"
+    head(
+        &mut o,
+        "vpn_connection_tunnel_state",
+        "gauge",
+        "AWS TunnelState per connection: mean of its tunnels.",
     );
     for (c, (up, n)) in conns {
         let _ = writeln!(

@@ -49,6 +49,15 @@ pre_shared_key = "lab.tunnel_two"
     config::parse(&text, "t.toml", &mut fill).unwrap()
 }
 
+/// The tunnels of a configuration with their indexes (1, 2, ...), as `espd run` numbers them.
+fn indexed(c: &config::Config) -> Vec<(u32, &config::Tunnel)> {
+    c.tunnels
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (i as u32 + 1, t))
+        .collect()
+}
+
 /// A worker handle whose commands are queued (the worker is kept, not run).
 fn handle() -> (
     Worker<engine::io::MemPort, engine::io::MemPort>,
@@ -69,18 +78,8 @@ fn dpd_run(net: u8, action: &str, revive: bool) -> Run {
     let (ia, ib) = (format!("127.0.{net}.1"), format!("127.0.{net}.2"));
     let ca = side(&ia, &ib, "start", action);
     let cb = side(&ib, &ia, "add", "clear");
-    let ta: Vec<(u32, &config::Tunnel)> = ca
-        .tunnels
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (i as u32 + 1, t))
-        .collect();
-    let tb: Vec<(u32, &config::Tunnel)> = cb
-        .tunnels
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (i as u32 + 1, t))
-        .collect();
+    let ta = indexed(&ca);
+    let tb = indexed(&cb);
     let backend = engine::crypto::Backend::RustCrypto;
     let mut a = IkeCtl::new(&ta, backend, None, 0.0).unwrap();
     let mut b = IkeCtl::new(&tb, backend, None, 0.0).unwrap();
@@ -211,12 +210,7 @@ fn datagrams_no_sa_takes_are_counted() {
         return;
     }
     let c = side("127.0.64.1", "127.0.64.2", "add", "clear");
-    let t: Vec<(u32, &config::Tunnel)> = c
-        .tunnels
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (i as u32 + 1, t))
-        .collect();
+    let t = indexed(&c);
     let mut a = IkeCtl::new(&t, engine::crypto::Backend::RustCrypto, None, 0.0).unwrap();
     let (_w, h) = handle();
     let s = std::net::UdpSocket::bind("127.0.64.3:0").unwrap();

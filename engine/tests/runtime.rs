@@ -92,6 +92,23 @@ fn install(
     });
 }
 
+/// Tunnel 4: inner IPv6 (selector 2001:db8:2::/48, the destination of `udp6`).
+fn install_inner_v6(ha: &WorkerHandle, hb: &WorkerHandle, suite: Suite, v6: bool, nat: bool) {
+    let (o, i) = sa_pair(suite, 4, 0x104, v6, nat);
+    hb.send(Command::AddInbound {
+        tunnel: 4,
+        sa: Box::new(i),
+    });
+    ha.send(Command::SetOutbound {
+        tunnel: 4,
+        sa: Box::new(o),
+        selectors: vec![Selector {
+            addr: "2001:db8:2::".parse().unwrap(),
+            prefix: 48,
+        }],
+    });
+}
+
 /// An inner UDP packet of flow `t` with sequence `seq` in its payload.
 fn flow_packet(t: u32, seq: u64, len: usize) -> Vec<u8> {
     let mut p = udp4(len.max(40), false, seq as u16, t as u8);
@@ -129,20 +146,8 @@ fn loopback_every_transform_family_natt() {
                 for t in 0..4 {
                     install(&ha, &hb, suite, t, 0x100 + t, v6, nat);
                 }
-                // Tunnel 4 carries inner IPv6 (selector 2001:db8:2::/48).
-                let (o, i) = sa_pair(suite, 4, 0x104, v6, nat);
-                hb.send(Command::AddInbound {
-                    tunnel: 4,
-                    sa: Box::new(i),
-                });
-                ha.send(Command::SetOutbound {
-                    tunnel: 4,
-                    sa: Box::new(o),
-                    selectors: vec![Selector {
-                        addr: "2001:db8:2::".parse().unwrap(),
-                        prefix: 48,
-                    }],
-                });
+                // Tunnel 4 carries inner IPv6.
+                install_inner_v6(&ha, &hb, suite, v6, nat);
                 let mut sent = vec![];
                 for k in 0..500u64 {
                     let p = if k % 5 == 4 {
@@ -690,19 +695,7 @@ fn a_routing_gateway_lowers_the_ttl_and_answers_time_exceeded() {
     );
     let suite = Suite::all()[0];
     install(&ha, &hb, suite, 0, 0x100, false, false);
-    let (o, i) = sa_pair(suite, 4, 0x104, false, false);
-    hb.send(Command::AddInbound {
-        tunnel: 4,
-        sa: Box::new(i),
-    });
-    ha.send(Command::SetOutbound {
-        tunnel: 4,
-        sa: Box::new(o),
-        selectors: vec![Selector {
-            addr: "2001:db8:2::".parse().unwrap(),
-            prefix: 48,
-        }],
-    });
+    install_inner_v6(&ha, &hb, suite, false, false);
     let with_ttl = |mut p: Vec<u8>, ttl: u8| {
         if p[0] >> 4 == 4 {
             p[8] = ttl;

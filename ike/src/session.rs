@@ -477,6 +477,17 @@ fn read_choice(p: &ProposalWire) -> Option<Choice> {
     Some((e?, i, prf, dh))
 }
 
+/// The payloads of a response that is one IKE-level notification (an error or
+/// TEMPORARY_FAILURE): N(type, data), no SPI.
+fn notify_only(ntype: u16, data: Vec<u8>) -> Vec<Payload> {
+    vec![Payload::Notify {
+        protocol: 0,
+        spi: vec![],
+        ntype,
+        data,
+    }]
+}
+
 fn nat_hash(spi_i: u64, spi_r: u64, addr: IpAddr, port: u16) -> Vec<u8> {
     use sha1::Digest;
     let mut h = sha1::Sha1::new();
@@ -1042,12 +1053,7 @@ impl IkeSa {
             // (section 2.5) so the peer does not retransmit it forever.
             let id = h.msg_id;
             self.next_peer_id = id + 1;
-            let inner = [Payload::Notify {
-                protocol: 0,
-                spi: vec![],
-                ntype: notify::UNSUPPORTED_CRITICAL_PAYLOAD,
-                data: vec![t],
-            }];
+            let inner = notify_only(notify::UNSUPPORTED_CRITICAL_PAYLOAD, vec![t]);
             let bytes = self.encrypted(h.exchange, id, true, &inner, fill);
             return vec![
                 self.send_response(id, bytes),
@@ -1236,20 +1242,12 @@ impl IkeSa {
         self.last_rx = now;
         let id = m.header.msg_id;
         self.next_peer_id = id + 1;
-        let notify_only = |nt: u16| {
-            vec![Payload::Notify {
-                protocol: 0,
-                spi: vec![],
-                ntype: nt,
-                data: vec![],
-            }]
-        };
         if !self.verify_auth(&ps, true) {
             let bytes = self.encrypted(
                 exchange::IKE_AUTH,
                 id,
                 true,
-                &notify_only(notify::AUTHENTICATION_FAILED),
+                &notify_only(notify::AUTHENTICATION_FAILED, vec![]),
                 fill,
             );
             let mut out = vec![
@@ -1305,7 +1303,7 @@ impl IkeSa {
         };
         match (chosen, ts) {
             (None, _) => {
-                inner.push(notify_only(notify::NO_PROPOSAL_CHOSEN).remove(0));
+                inner.push(notify_only(notify::NO_PROPOSAL_CHOSEN, vec![]).remove(0));
                 out.push(Output::Log(
                     "No Proposal Match Found. Notifying with \"No proposal chosen\"".into(),
                 ));
@@ -1314,7 +1312,7 @@ impl IkeSa {
                 ));
             }
             (Some(_), None) => {
-                inner.push(notify_only(notify::TS_UNACCEPTABLE).remove(0));
+                inner.push(notify_only(notify::TS_UNACCEPTABLE, vec![]).remove(0));
                 out.push(Output::Log(
                     "AWS: Traffic Selector: TS_UNACCEPTABLE: sent to the initiator (its selectors are outside the tunnel's network CIDRs)".into(),
                 ));
@@ -1543,18 +1541,7 @@ impl IkeSa {
         if self.state != State::Established {
             return self.close("deleted before it was established".into());
         }
-        let id = self.next_req_id;
-        self.next_req_id += 1;
-        let bytes = self.encrypted(
-            exchange::INFORMATIONAL,
-            id,
-            false,
-            &[Payload::Delete {
-                protocol: proto::IKE,
-                spis: vec![],
-            }],
-            fill,
-        );
+        let (_, bytes) = self.ike_delete_request(fill);
         let mut out = vec![Output::Send {
             data: bytes,
             nat_t: self.nat_detected,
@@ -1958,14 +1945,6 @@ impl IkeSa {
         let mut out = vec![Output::Log(format!(
             "AWS tunnel processed request (id={id}) for CREATE_CHILD_SA"
         ))];
-        let reply_notify = |nt: u16, data: Vec<u8>| {
-            vec![Payload::Notify {
-                protocol: 0,
-                spi: vec![],
-                ntype: nt,
-                data,
-            }]
-        };
         let props = msg::proposals(&ps).cloned();
         let rekey_of = ps.iter().find_map(|p| match p {
             Payload::Notify {
@@ -2007,28 +1986,28 @@ impl IkeSa {
                 _ => None,
             };
             match (rekey_of, old, chosen, ts, ni) {
-                (Some(_), None, ..) => reply_notify(notify::CHILD_SA_NOT_FOUND, vec![]),
+                (Some(_), None, ..) => notify_only(notify::CHILD_SA_NOT_FOUND, vec![]),
                 (None, ..) => {
                     out.push(Output::Log("CREATE_CHILD_SA for an additional CHILD_SA: answered NO_ADDITIONAL_SAS (one CHILD_SA per tunnel, as AWS)".into()));
-                    reply_notify(notify::NO_ADDITIONAL_SAS, vec![])
+                    notify_only(notify::NO_ADDITIONAL_SAS, vec![])
                 }
                 (_, _, None, ..) => {
                     out.push(Output::Log(
                         "No Proposal Match Found. Notifying with \"No proposal chosen\"".into(),
                     ));
-                    reply_notify(notify::NO_PROPOSAL_CHOSEN, vec![])
+                    notify_only(notify::NO_PROPOSAL_CHOSEN, vec![])
                 }
                 (_, _, _, None, _) => {
                     out.push(Output::Log(
                         "AWS: Traffic Selector: TS_UNACCEPTABLE: sent to the initiator".into(),
                     ));
-                    reply_notify(notify::TS_UNACCEPTABLE, vec![])
+                    notify_only(notify::TS_UNACCEPTABLE, vec![])
                 }
-                (_, _, _, _, None) => reply_notify(notify::INVALID_SYNTAX, vec![]),
+                (_, _, _, _, None) => notify_only(notify::INVALID_SYNTAX, vec![]),
                 (Some(_), Some(old), Some(c), Some((ts_remote, ts_local)), Some(ni)) => {
                     match (c.dh, &ke) {
                         (Some(g), Some((kg, _))) if g != *kg => {
-                            reply_notify(notify::INVALID_KE_PAYLOAD, g.to_be_bytes().to_vec())
+                            notify_only(notify::INVALID_KE_PAYLOAD, g.to_be_bytes().to_vec())
                         }
                         _ => {
                             let nr = nonce(fill);
@@ -2040,7 +2019,7 @@ impl IkeSa {
                                 _ => None,
                             };
                             if ke.is_some() && shared.is_none() {
-                                reply_notify(notify::INVALID_SYNTAX, vec![])
+                                notify_only(notify::INVALID_SYNTAX, vec![])
                             } else {
                                 let new_in = random_spi32(fill);
                                 let e = enc_transform(&c.enc)
@@ -2272,21 +2251,24 @@ impl IkeSa {
         self.retired.push((old, now + RETIRED_LINGER_S));
     }
 
-    /// Sends INFORMATIONAL { D(IKE) } on this IKE SA.
+    /// Sends INFORMATIONAL { D(IKE) } on this IKE SA and waits for the answer.
     fn request_ike_delete(&mut self, now: f64, fill: &mut dyn FnMut(&mut [u8])) -> Output {
+        let (id, bytes) = self.ike_delete_request(fill);
+        self.send_request(id, bytes, now)
+    }
+
+    /// The next request of this IKE SA: INFORMATIONAL { D(IKE) } (message id, datagram).
+    fn ike_delete_request(&mut self, fill: &mut dyn FnMut(&mut [u8])) -> (u32, Vec<u8>) {
         let id = self.next_req_id;
         self.next_req_id += 1;
-        let bytes = self.encrypted(
-            exchange::INFORMATIONAL,
+        let delete = [Payload::Delete {
+            protocol: proto::IKE,
+            spis: vec![],
+        }];
+        (
             id,
-            false,
-            &[Payload::Delete {
-                protocol: proto::IKE,
-                spis: vec![],
-            }],
-            fill,
-        );
-        self.send_request(id, bytes, now)
+            self.encrypted(exchange::INFORMATIONAL, id, false, &delete, fill),
+        )
     }
 
     /// Whether one of our CHILD_SA exchanges (rekey or delete) is outstanding.
@@ -2309,12 +2291,7 @@ impl IkeSa {
         self.last_rx = now;
         let id = m.header.msg_id;
         self.next_peer_id = id + 1;
-        let inner = [Payload::Notify {
-            protocol: 0,
-            spi: vec![],
-            ntype: notify::TEMPORARY_FAILURE,
-            data: vec![],
-        }];
+        let inner = notify_only(notify::TEMPORARY_FAILURE, vec![]);
         let bytes = self.encrypted(exchange::CREATE_CHILD_SA, id, true, &inner, fill);
         vec![
             self.send_response(id, bytes),
@@ -2333,14 +2310,6 @@ impl IkeSa {
         mut out: Vec<Output>,
         fill: &mut dyn FnMut(&mut [u8]),
     ) -> Vec<Output> {
-        let notify_reply = |nt: u16, data: Vec<u8>| {
-            vec![Payload::Notify {
-                protocol: 0,
-                spi: vec![],
-                ntype: nt,
-                data,
-            }]
-        };
         let c = choose(
             &props,
             proto::IKE,
@@ -2357,16 +2326,16 @@ impl IkeSa {
                     "No Proposal Match Found. Notifying with \"No proposal chosen\" (IKE SA rekey)"
                         .into(),
                 ));
-                notify_reply(notify::NO_PROPOSAL_CHOSEN, vec![])
+                notify_only(notify::NO_PROPOSAL_CHOSEN, vec![])
             }
-            (Some(_), None, _) | (Some(_), _, None) => notify_reply(notify::INVALID_SYNTAX, vec![]),
+            (Some(_), None, _) | (Some(_), _, None) => notify_only(notify::INVALID_SYNTAX, vec![]),
             (Some(c), Some(ni), Some((g, data))) => {
                 let want = c.dh.unwrap_or(g);
                 if want != g {
-                    notify_reply(notify::INVALID_KE_PAYLOAD, want.to_be_bytes().to_vec())
+                    notify_only(notify::INVALID_KE_PAYLOAD, want.to_be_bytes().to_vec())
                 } else if self.child_exchange_outstanding() {
                     // Section 2.25: our CHILD_SA exchange finishes first, the peer retries.
-                    notify_reply(notify::TEMPORARY_FAILURE, vec![])
+                    notify_only(notify::TEMPORARY_FAILURE, vec![])
                 } else {
                     let peer_spi = c
                         .spi
@@ -2405,9 +2374,9 @@ impl IkeSa {
                                     },
                                 ]
                             }
-                            Err(_) => notify_reply(notify::INVALID_SYNTAX, vec![]),
+                            Err(_) => notify_only(notify::INVALID_SYNTAX, vec![]),
                         },
-                        _ => notify_reply(notify::NO_PROPOSAL_CHOSEN, vec![]),
+                        _ => notify_only(notify::NO_PROPOSAL_CHOSEN, vec![]),
                     }
                 }
             }

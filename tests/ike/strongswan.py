@@ -325,6 +325,13 @@ def run_case(tag, p1, p2, who_starts, extra="", rekey_wait=0):
             dump.kill()
 
 
+def established(tag, e):
+    """strongSwan (started with start_action = start) has brought the tunnel up to espd."""
+    ok = wait_for(lambda: "CHILD_SA established" in e.text(), 15)
+    check(f"[{tag}] established", ok, e.text()[-1000:])
+    return ok
+
+
 def rekey_case(tag, secs):
     """Short lab lifetimes: both sides rekey CHILD_SAs and the IKE SA several times during a
     continuous ping; no ping may be lost."""
@@ -335,9 +342,7 @@ def rekey_case(tag, secs):
     c = None
     try:
         c = Charon(tag, export(e.cfg, "start"))
-        ok = wait_for(lambda: "CHILD_SA established" in e.text(), 15)
-        check(f"[{tag}] established", ok, e.text()[-1000:])
-        if not ok:
+        if not established(tag, e):
             return
         nsx("hA", "ping -c 1 -W 1 10.1.0.1", check=False)
         n = int(secs / 0.2)
@@ -404,9 +409,7 @@ def dpd_case(tag):
     c = None
     try:
         c = Charon(tag, export(e.cfg, "start"))
-        ok = wait_for(lambda: "CHILD_SA established" in e.text(), 15)
-        check(f"[{tag}] established", ok, e.text()[-1000:])
-        if not ok:
+        if not established(tag, e):
             return
         c.p.kill()
         c.p.wait()
@@ -459,9 +462,7 @@ def collision_case(tag):
             "nft add rule inet ikehold out udp sport '{ 500, 4500 }' drop"
     try:
         c = Charon(tag, export(e.cfg, "start"))
-        ok = wait_for(lambda: "CHILD_SA established" in e.text(), 15)
-        check(f"[{tag}] established", ok, e.text()[-1000:])
-        if not ok:
+        if not established(tag, e):
             return
         before = espd_ike(e)
         children = e.show("sas").get("sas", [])

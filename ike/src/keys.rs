@@ -310,14 +310,43 @@ impl std::fmt::Debug for SkCipher {
     }
 }
 
+/// Why an SK cipher cannot be made or used (a suite a peer should not have been able to
+/// choose, or a message too large for the cipher): never a panic.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SkError {
+    #[error("{0:?} needs an integrity algorithm")]
+    NoIntegrity(Encr),
+    #[error("{0:?} is AEAD and takes no integrity algorithm")]
+    ExtraIntegrity(Encr),
+    #[error("wrong key length for {0:?}")]
+    KeyLength(Encr),
+    #[error("the cipher refused the message")]
+    Cipher,
+}
+
 impl SkCipher {
-    pub fn new(encr: Encr, integ: Option<Integ>, ek: &[u8], ak: &[u8]) -> SkCipher {
-        SkCipher {
+    /// A cipher for one direction. The suite must be consistent (an integrity algorithm
+    /// exactly when the cipher is not AEAD) and the keys of the right length.
+    pub fn new(
+        encr: Encr,
+        integ: Option<Integ>,
+        ek: &[u8],
+        ak: &[u8],
+    ) -> Result<SkCipher, SkError> {
+        match (encr.is_aead(), integ) {
+            (false, None) => return Err(SkError::NoIntegrity(encr)),
+            (true, Some(_)) => return Err(SkError::ExtraIntegrity(encr)),
+            _ => {}
+        }
+        if ek.len() != encr.key_len() || ak.len() != integ.map_or(0, Integ::key_len) {
+            return Err(SkError::KeyLength(encr));
+        }
+        Ok(SkCipher {
             encr,
             integ,
             ek: Zeroizing::new(ek.to_vec()),
             ak: Zeroizing::new(ak.to_vec()),
-        }
+        })
     }
 
     pub fn icv_len(&self) -> usize {
@@ -336,7 +365,7 @@ impl SkCipher {
 
     /// Writes the SK body. `head` is every message byte before the body (IKE header and SK
     /// generic header, with the final lengths already in place); `iv` comes from the caller.
-    pub fn seal(&self, head: &[u8], plain: &[u8], iv: &[u8]) -> Vec<u8> {
+    pub fn seal(&self, head: &[u8], plain: &[u8], iv: &[u8; 16]) -> Result<Vec<u8>, SkError> {
         let block = if self.encr.is_aead() { 4 } else { 16 };
         let pad = (plain.len() + 1).next_multiple_of(block) - plain.len() - 1;
         let mut buf = Vec::with_capacity(self.body_len(plain.len()));
@@ -349,19 +378,17 @@ impl SkCipher {
             Encr::AesGcm16(bits) => {
                 let (key, salt) = self.ek.split_at(self.ek.len() - 4);
                 let nonce = [salt, &buf[..8]].concat();
-                let aad = head.to_vec();
-                let tag = gcm_seal(bits, key, &nonce, &aad, &mut buf[ivl..]);
+                let tag = gcm_seal(bits, key, &nonce, head, &mut buf[ivl..])?;
                 buf.extend_from_slice(&tag);
             }
             Encr::AesCbc(bits) => {
-                let iv: [u8; 16] = buf[..16].try_into().expect("16-byte IV");
-                cbc_encrypt(bits, &self.ek, &iv, &mut buf[16..]);
-                let integ = self.integ.expect("CBC needs an integrity algorithm");
+                let integ = self.integ.ok_or(SkError::NoIntegrity(self.encr))?;
+                cbc_encrypt(bits, &self.ek, iv, &mut buf[16..])?;
                 let icv = integ.mac(&self.ak, &[head, &buf]);
                 buf.extend_from_slice(&icv);
             }
         }
-        buf
+        Ok(buf)
     }
 
     /// Checks and decrypts an SK body; returns the inner payload bytes.
@@ -388,7 +415,7 @@ impl SkCipher {
                     return None;
                 }
                 let iv: [u8; 16] = data[..16].try_into().ok()?;
-                cbc_decrypt(bits, &self.ek, &iv, &mut ct);
+                cbc_decrypt(bits, &self.ek, &iv, &mut ct).ok()?;
             }
         }
         let pad = *ct.last()? as usize;
@@ -404,18 +431,26 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn gcm_seal(bits: u16, key: &[u8], nonce: &[u8], aad: &[u8], buf: &mut [u8]) -> [u8; 16] {
-    let n = aes_gcm::Nonce::<aes_gcm::aead::consts::U12>::try_from(nonce).expect("12-byte nonce");
+fn gcm_seal(
+    bits: u16,
+    key: &[u8],
+    nonce: &[u8],
+    aad: &[u8],
+    buf: &mut [u8],
+) -> Result<[u8; 16], SkError> {
+    let n = aes_gcm::Nonce::<aes_gcm::aead::consts::U12>::try_from(nonce)
+        .map_err(|_| SkError::Cipher)?;
+    let bad_key = |_| SkError::KeyLength(Encr::AesGcm16(bits));
     let tag = if bits == 128 {
         Aes128Gcm::new_from_slice(key)
-            .expect("16-byte key")
+            .map_err(bad_key)?
             .encrypt_inout_detached(&n, aad, buf.into())
     } else {
         Aes256Gcm::new_from_slice(key)
-            .expect("32-byte key")
+            .map_err(bad_key)?
             .encrypt_inout_detached(&n, aad, buf.into())
     };
-    tag.expect("in-memory AEAD").into()
+    tag.map(Into::into).map_err(|_| SkError::Cipher)
 }
 
 fn gcm_open(
@@ -441,44 +476,47 @@ fn gcm_open(
     }
 }
 
-fn cbc_encrypt(bits: u16, key: &[u8], iv: &[u8; 16], buf: &mut [u8]) {
-    let blocks = |b: &mut [u8]| -> Vec<aes::Block> {
-        b.chunks(16)
-            .map(|c| aes::Block::try_from(c).expect("16"))
-            .collect()
-    };
-    let mut bl = blocks(buf);
+/// `buf` as AES blocks (its length must be a multiple of 16).
+fn blocks(buf: &[u8]) -> Result<Vec<aes::Block>, SkError> {
+    buf.chunks(16)
+        .map(|c| aes::Block::try_from(c).map_err(|_| SkError::Cipher))
+        .collect()
+}
+
+fn cbc_encrypt(bits: u16, key: &[u8], iv: &[u8; 16], buf: &mut [u8]) -> Result<(), SkError> {
+    let mut bl = blocks(buf)?;
+    let bad_key = |_| SkError::KeyLength(Encr::AesCbc(bits));
     if bits == 128 {
         cbc::Encryptor::<Aes128>::new_from_slices(key, iv)
-            .expect("key")
+            .map_err(bad_key)?
             .encrypt_blocks(&mut bl);
     } else {
         cbc::Encryptor::<Aes256>::new_from_slices(key, iv)
-            .expect("key")
+            .map_err(bad_key)?
             .encrypt_blocks(&mut bl);
     }
     for (c, b) in buf.chunks_mut(16).zip(bl) {
         c.copy_from_slice(&b);
     }
+    Ok(())
 }
 
-fn cbc_decrypt(bits: u16, key: &[u8], iv: &[u8; 16], buf: &mut [u8]) {
-    let mut bl: Vec<aes::Block> = buf
-        .chunks(16)
-        .map(|c| aes::Block::try_from(c).expect("16"))
-        .collect();
+fn cbc_decrypt(bits: u16, key: &[u8], iv: &[u8; 16], buf: &mut [u8]) -> Result<(), SkError> {
+    let mut bl = blocks(buf)?;
+    let bad_key = |_| SkError::KeyLength(Encr::AesCbc(bits));
     if bits == 128 {
         cbc::Decryptor::<Aes128>::new_from_slices(key, iv)
-            .expect("key")
+            .map_err(bad_key)?
             .decrypt_blocks(&mut bl);
     } else {
         cbc::Decryptor::<Aes256>::new_from_slices(key, iv)
-            .expect("key")
+            .map_err(bad_key)?
             .decrypt_blocks(&mut bl);
     }
     for (c, b) in buf.chunks_mut(16).zip(bl) {
         c.copy_from_slice(&b);
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -506,6 +544,35 @@ mod tests {
         );
     }
 
+    /// A suite a hostile responder could pick (CBC with no integrity, GCM with one, wrong
+    /// key sizes) is refused when the cipher is made, never a panic later.
+    #[test]
+    fn inconsistent_suites_are_errors() {
+        let k16 = [1u8; 16];
+        assert_eq!(
+            SkCipher::new(Encr::AesCbc(128), None, &k16, &[]).err(),
+            Some(SkError::NoIntegrity(Encr::AesCbc(128)))
+        );
+        assert_eq!(
+            SkCipher::new(
+                Encr::AesGcm16(128),
+                Some(Integ::Sha1_96),
+                &[1; 20],
+                &[2; 20]
+            )
+            .err(),
+            Some(SkError::ExtraIntegrity(Encr::AesGcm16(128)))
+        );
+        assert_eq!(
+            SkCipher::new(Encr::AesCbc(256), Some(Integ::Sha1_96), &k16, &[2; 20]).err(),
+            Some(SkError::KeyLength(Encr::AesCbc(256)))
+        );
+        assert_eq!(
+            SkCipher::new(Encr::AesGcm16(256), None, &[1; 20], &[]).err(),
+            Some(SkError::KeyLength(Encr::AesGcm16(256)))
+        );
+    }
+
     #[test]
     fn sk_round_trip_and_tamper_for_every_ike_cipher() {
         let combos = [
@@ -521,11 +588,11 @@ mod tests {
             let ak: Vec<u8> = (0..i.map_or(0, Integ::key_len) as u8)
                 .map(|x| x ^ 0x5a)
                 .collect();
-            let c = SkCipher::new(e, i, &ek, &ak);
+            let c = SkCipher::new(e, i, &ek, &ak).unwrap();
             let head = [7u8; 32];
             for n in [0usize, 1, 15, 16, 17, 100] {
                 let plain: Vec<u8> = (0..n as u8).collect();
-                let body = c.seal(&head, &plain, &[9; 16]);
+                let body = c.seal(&head, &plain, &[9; 16]).unwrap();
                 assert_eq!(body.len(), c.body_len(n));
                 assert_eq!(
                     c.open(&head, &body).as_deref(),

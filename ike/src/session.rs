@@ -8,12 +8,13 @@
 //! on the port the SA uses), the CHILD_SA keys to install in the data plane, state changes
 //! and AWS-style log lines. [`IkeSa::poll_timeout`] says when [`IkeSa::handle_timeout`] is
 //! due. Malformed, unauthenticated or unexpected messages are dropped (and counted in
-//! [`IkeSa::dropped`]) or answered as section 2.21 says; nothing panics on input.
-//!
-//! Not yet here (see the README): CREATE_CHILD_SA rekeys of CHILD and IKE SAs and their
-//! collisions, which run on top of this state.
+//! [`IkeSa::dropped`]) or answered as section 2.21 says; nothing panics on input. A
+//! responder's choice is accepted only when it is one of our offers, transform by transform
+//! (section 3.3.6), with selectors inside ours; anything else ends that exchange with a log
+//! line (an IKE_SA_INIT closes the half-open SA, a CHILD_SA or IKE SA rekey keeps the old
+//! SA). CREATE_CHILD_SA rekeys of CHILD and IKE SAs and their collisions run on this state.
 
-use crate::dh::KeyPair;
+use crate::dh::{self, KeyPair};
 use crate::keys::{self, ChildKeys, Encr, IkeKeys, Integ, Prf, SkCipher};
 use crate::msg::{
     self, Header, Message, Payload, ProposalWire, TrafficSelector, Transform, exchange, flags,
@@ -22,6 +23,18 @@ use crate::msg::{
 use crate::proposal::{self, Proposal};
 use std::net::IpAddr;
 use zeroize::Zeroizing;
+
+/// The value of a `Result<T, String>` from sealing a message, or: the IKE SA is closed with
+/// the reason (a cipher that cannot be used; the checks on the chosen proposal make this
+/// unreachable, but the crypto path stays total: never a panic on a peer's choice).
+macro_rules! sealed {
+    ($sa:expr, $e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(why) => return $sa.close(why),
+        }
+    };
+}
 
 /// How long a replaced IKE SA is kept after a rekey, to answer a retransmitted DELETE or
 /// request (longer while its own DELETE is still being retransmitted).
@@ -116,6 +129,8 @@ struct Rekey {
     new_in: u32,
     ni: Vec<u8>,
     kp: Option<KeyPair>,
+    /// The proposals we sent: the response must choose from them.
+    offered: Vec<ProposalWire>,
 }
 
 /// The peer's rekey of the same CHILD_SA while ours was outstanding (a collision).
@@ -124,6 +139,18 @@ struct PeerRekey {
     old_in: u32,
     new_in: u32,
     nonces: [Vec<u8>; 2],
+}
+
+/// An IKE SA rekey we started (section 1.3.2).
+#[derive(Debug)]
+struct IkeRekey {
+    id: u32,
+    /// Our SPI of the new IKE SA.
+    spi: u64,
+    ni: Vec<u8>,
+    kp: KeyPair,
+    /// The proposals we sent: the response must choose from them.
+    offered: Vec<ProposalWire>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,8 +204,8 @@ pub struct IkeSa {
     peer_rekey: Option<PeerRekey>,
     /// Our inbound SPI whose DELETE exchange is outstanding.
     deleting: Option<u32>,
-    /// Our outstanding IKE SA rekey: (message id, our new SPI, nonce, key pair).
-    ike_rekey: Option<(u32, u64, Vec<u8>, KeyPair)>,
+    /// Our outstanding IKE SA rekey.
+    ike_rekey: Option<IkeRekey>,
     /// IKE SAs this one replaced (the old one, a redundant one after a collision), each kept
     /// until the given time, and while its own request is outstanding, to answer or finish its
     /// DELETE (or replay a lost response).
@@ -458,23 +485,92 @@ fn chosen_proposal(c: &Chosen, protocol: u8, spi: &[u8]) -> ProposalWire {
     }
 }
 
-/// The chosen (single) proposal of a response, read back by the initiator.
 /// Encryption, integrity, PRF and DH group of a chosen proposal.
 type Choice = (Encr, Option<Integ>, Option<Prf>, Option<u16>);
 
-fn read_choice(p: &ProposalWire) -> Option<Choice> {
-    let mut e = None;
-    let (mut i, mut prf, mut dh) = (None, None, None);
+/// Reads a responder's chosen proposal and checks it against what we offered (RFC 7296
+/// section 3.3.6: the responder accepts a single proposal of ours, with one transform of
+/// each type, each one of the transforms we put in that proposal). The chosen transforms
+/// must come from one of our proposals, with the same protocol and every transform type it
+/// has (so INTEG exactly when the cipher is not AEAD, a PRF for an IKE SA, a DH group when
+/// we sent KE, ESN for ESP), and the SPI must have `spi_len` bytes. Anything else is a
+/// hostile or broken peer: the caller ends the exchange with the reason returned here.
+fn accept_choice(
+    p: &ProposalWire,
+    offered: &[ProposalWire],
+    spi_len: usize,
+) -> Result<Choice, String> {
+    if p.spi.len() != spi_len {
+        return Err(format!(
+            "the chosen proposal has a {}-byte SPI, {spi_len} expected",
+            p.spi.len()
+        ));
+    }
+    let mut types: Vec<u8> = vec![];
+    for t in &p.transforms {
+        if types.contains(&t.ttype) {
+            return Err(format!(
+                "the chosen proposal has two transforms of type {}",
+                t.ttype
+            ));
+        }
+        types.push(t.ttype);
+    }
+    let fits = |q: &&ProposalWire| {
+        q.protocol == p.protocol
+            && p.transforms.iter().all(|t| q.transforms.contains(t))
+            && q.transforms.iter().all(|t| types.contains(&t.ttype))
+    };
+    if !offered.iter().any(|q| fits(&q)) {
+        return Err("the chosen proposal is not one we offered".into());
+    }
+    let (mut e, mut i, mut prf, mut dh) = (None, None, None, None);
     for t in &p.transforms {
         match t.ttype {
             tt::ENCR => e = Encr::from_transform(t.id, t.key_bits),
-            tt::INTEG => i = Integ::from_id(t.id),
-            tt::PRF => prf = Prf::from_id(t.id),
+            tt::INTEG => i = Some(Integ::from_id(t.id).ok_or("unknown integrity transform")?),
+            tt::PRF => prf = Some(Prf::from_id(t.id).ok_or("unknown PRF transform")?),
             tt::DH => dh = Some(t.id),
             _ => {}
         }
     }
-    Some((e?, i, prf, dh))
+    let e = e.ok_or("the chosen proposal has no usable encryption transform")?;
+    if e.is_aead() == i.is_some() {
+        return Err("the chosen proposal pairs its cipher with the wrong integrity".into());
+    }
+    if (p.protocol == proto::IKE) != prf.is_some() {
+        return Err("the chosen proposal has the wrong PRF".into());
+    }
+    Ok((e, i, prf, dh))
+}
+
+/// [`accept_choice`] for an IKE SA: the PRF is there.
+fn accept_ike_choice(
+    p: &ProposalWire,
+    offered: &[ProposalWire],
+    spi_len: usize,
+) -> Result<(Encr, Option<Integ>, Prf, Option<u16>), String> {
+    match accept_choice(p, offered, spi_len)? {
+        (e, i, Some(prf), dh) if p.protocol == proto::IKE => Ok((e, i, prf, dh)),
+        _ => Err("the chosen proposal is not an IKE proposal".into()),
+    }
+}
+
+/// The one proposal of a response's SA payload (section 3.3.6: exactly one); None without
+/// an SA payload.
+fn single_proposal(ps: &[Payload]) -> Option<Result<ProposalWire, String>> {
+    Some(match msg::proposals(ps)?.as_slice() {
+        [p] => Ok(p.clone()),
+        v => Err(format!(
+            "the response has {} proposals, one expected",
+            v.len()
+        )),
+    })
+}
+
+/// Nonce lengths of section 2.10 (at least 16 octets, at most 256).
+fn nonce_ok(n: &[u8]) -> bool {
+    (16..=256).contains(&n.len())
 }
 
 /// The payloads of a response that is one IKE-level notification (an error or
@@ -735,11 +831,14 @@ impl IkeSa {
     }
 
     /// The cipher we send with / receive with.
-    fn ciphers(&self) -> Option<(SkCipher, SkCipher)> {
-        let (k, s) = (self.keys.as_ref()?, self.suite?);
-        let i = SkCipher::new(s.encr, s.integ, &k.sk_ei, &k.sk_ai);
-        let r = SkCipher::new(s.encr, s.integ, &k.sk_er, &k.sk_ar);
-        Some(if self.initiator { (i, r) } else { (r, i) })
+    fn ciphers(&self) -> Result<(SkCipher, SkCipher), String> {
+        let (Some(k), Some(s)) = (self.keys.as_ref(), self.suite) else {
+            return Err("no IKE SA keys yet".into());
+        };
+        let bad = |e: keys::SkError| format!("IKE SA cipher: {e}");
+        let i = SkCipher::new(s.encr, s.integ, &k.sk_ei, &k.sk_ai).map_err(bad)?;
+        let r = SkCipher::new(s.encr, s.integ, &k.sk_er, &k.sk_ar).map_err(bad)?;
+        Ok(if self.initiator { (i, r) } else { (r, i) })
     }
 
     /// An encrypted message with `inner` payloads.
@@ -750,8 +849,8 @@ impl IkeSa {
         response: bool,
         inner: &[Payload],
         fill: &mut dyn FnMut(&mut [u8]),
-    ) -> Vec<u8> {
-        let (out, _) = self.ciphers().expect("keys exist after IKE_SA_INIT");
+    ) -> Result<Vec<u8>, String> {
+        let (out, _) = self.ciphers()?;
         let mut plain = vec![];
         let first = msg::encode_chain(inner, &mut plain);
         let body_len = out.body_len(plain.len());
@@ -770,9 +869,11 @@ impl IkeSa {
         m.extend_from_slice(&((4 + body_len) as u16).to_be_bytes());
         let mut iv = [0u8; 16];
         fill(&mut iv);
-        let body = out.seal(&m, &plain, &iv);
+        let body = out
+            .seal(&m, &plain, &iv)
+            .map_err(|e| format!("IKE SA cipher: {e}"))?;
         m.extend_from_slice(&body);
-        m
+        Ok(m)
     }
 
     /// Decrypts an SK message; None (and counted) when it does not authenticate.
@@ -781,7 +882,10 @@ impl IkeSa {
             self.dropped += 1;
             return None;
         };
-        let (_, inb) = self.ciphers()?;
+        let Ok((_, inb)) = self.ciphers() else {
+            self.dropped += 1;
+            return None;
+        };
         let head = &raw[..raw.len() - body.len()];
         let Some(plain) = inb.open(head, body) else {
             self.dropped += 1;
@@ -839,7 +943,9 @@ impl IkeSa {
         };
         let props = msg::proposals(&m.payloads).cloned();
         let ke = msg::ke(&m.payloads).map(|(g, d)| (g, d.to_vec()));
-        let ni = msg::nonce(&m.payloads).map(<[u8]>::to_vec);
+        let ni = msg::nonce(&m.payloads)
+            .map(<[u8]>::to_vec)
+            .filter(|n| nonce_ok(n));
         let (Some(props), Some((group, ke_data)), Some(ni)) = (props, ke, ni) else {
             return (None, vec![err_reply(notify::INVALID_SYNTAX, vec![])]);
         };
@@ -873,6 +979,11 @@ impl IkeSa {
                     )),
                 ],
             );
+        }
+        // The KE length is checked before any key generation: a wrong-size KE costs the
+        // peer a datagram and us nothing.
+        if dh::public_len(group) != Some(ke_data.len()) {
+            return (None, vec![err_reply(notify::INVALID_SYNTAX, vec![])]);
         }
         let Ok(kp) = KeyPair::generate(group, fill) else {
             return (None, vec![]);
@@ -1002,7 +1113,7 @@ impl IkeSa {
                     None => vec![],
                 },
                 (State::Established, exchange::CREATE_CHILD_SA)
-                    if self.ike_rekey.as_ref().is_some_and(|r| r.0 == h.msg_id) =>
+                    if self.ike_rekey.as_ref().is_some_and(|r| r.id == h.msg_id) =>
                 {
                     self.on_ike_rekey_response(raw, &m, now, fill)
                 }
@@ -1054,7 +1165,7 @@ impl IkeSa {
             let id = h.msg_id;
             self.next_peer_id = id + 1;
             let inner = notify_only(notify::UNSUPPORTED_CRITICAL_PAYLOAD, vec![t]);
-            let bytes = self.encrypted(h.exchange, id, true, &inner, fill);
+            let bytes = sealed!(self, self.encrypted(h.exchange, id, true, &inner, fill));
             return vec![
                 self.send_response(id, bytes),
                 Output::Log(format!(
@@ -1104,19 +1215,36 @@ impl IkeSa {
                     .into(),
             );
         }
-        let sa_p = msg::proposals(&m.payloads).and_then(|v| v.first().cloned());
+        let sa_p = single_proposal(&m.payloads);
         let ke = msg::ke(&m.payloads).map(|(g, d)| (g, d.to_vec()));
         let nr = msg::nonce(&m.payloads).map(<[u8]>::to_vec);
         let (Some(sa_p), Some((group, ke_data)), Some(nr)) = (sa_p, ke, nr) else {
             self.dropped += 1;
             return vec![];
         };
-        let Some((encr, integ, Some(prf), dh)) = read_choice(&sa_p) else {
-            return self.close("IKE_SA_INIT: the peer's chosen proposal is incomplete".into());
+        let offered = build_proposals(
+            proto::IKE,
+            &[],
+            &self.cfg.p1_enc,
+            &self.cfg.p1_integ,
+            &self.cfg.p1_dh,
+            true,
+        );
+        let (encr, integ, prf, dh) = match sa_p.and_then(|p| accept_ike_choice(&p, &offered, 0)) {
+            Ok(c) => c,
+            Err(why) => {
+                return self.close(format!(
+                    "IKE_SA_INIT: {why}; the exchange is abandoned (hostile or broken responder)"
+                ));
+            }
         };
         let kp = match &self.dh {
-            Some(k) if k.group == group && dh.is_none_or(|d| d == group) => k,
-            _ => return self.close("IKE_SA_INIT: the peer's KE group is not ours".into()),
+            Some(k) if k.group == group && dh == Some(group) && nonce_ok(&nr) => k,
+            _ => {
+                return self.close(
+                    "IKE_SA_INIT: the peer's KE group or nonce is not what we offered".into(),
+                );
+            }
         };
         let Ok(shared) = kp.shared(&ke_data) else {
             return self.close("IKE_SA_INIT: the peer's KE value is invalid".into());
@@ -1176,7 +1304,10 @@ impl IkeSa {
         ];
         let id = self.next_req_id;
         self.next_req_id += 1;
-        let bytes = self.encrypted(exchange::IKE_AUTH, id, false, &inner, fill);
+        let bytes = sealed!(
+            self,
+            self.encrypted(exchange::IKE_AUTH, id, false, &inner, fill)
+        );
         self.state = State::AuthSent;
         vec![self.send_request(id, bytes, now)]
     }
@@ -1243,12 +1374,15 @@ impl IkeSa {
         let id = m.header.msg_id;
         self.next_peer_id = id + 1;
         if !self.verify_auth(&ps, true) {
-            let bytes = self.encrypted(
-                exchange::IKE_AUTH,
-                id,
-                true,
-                &notify_only(notify::AUTHENTICATION_FAILED, vec![]),
-                fill,
+            let bytes = sealed!(
+                self,
+                self.encrypted(
+                    exchange::IKE_AUTH,
+                    id,
+                    true,
+                    &notify_only(notify::AUTHENTICATION_FAILED, vec![]),
+                    fill,
+                )
             );
             let mut out = vec![
                 self.send_response(id, bytes),
@@ -1354,7 +1488,10 @@ impl IkeSa {
                 }
             }
         }
-        let bytes = self.encrypted(exchange::IKE_AUTH, id, true, &inner, fill);
+        let bytes = sealed!(
+            self,
+            self.encrypted(exchange::IKE_AUTH, id, true, &inner, fill)
+        );
         self.state = State::Established;
         self.dh = None;
         let mut all = vec![self.send_response(id, bytes), Output::IkeUp];
@@ -1401,16 +1538,36 @@ impl IkeSa {
             ));
             return out;
         }
-        let sa_p = msg::proposals(&ps).and_then(|v| v.first().cloned());
+        let sa_p = single_proposal(&ps);
         let tsi = msg::ts_i(&ps).and_then(|v| v.first().copied());
         let tsr = msg::ts_r(&ps).and_then(|v| v.first().copied());
         let (Some(p), Some(tsi), Some(tsr)) = (sa_p, tsi, tsr) else {
             out.push(Output::Log("IKE_AUTH: the response has no CHILD_SA".into()));
             return out;
         };
-        let Some((encr, integ, _, _)) = read_choice(&p) else {
-            return out;
+        let offered = build_proposals(
+            proto::ESP,
+            &self.child_spi.to_be_bytes(),
+            &self.cfg.p2_enc,
+            &self.cfg.p2_integ,
+            &[],
+            false,
+        );
+        let (encr, integ, p) = match p.and_then(|p| accept_choice(&p, &offered, 4).map(|c| (c, p)))
+        {
+            Ok(((e, i, None, None), p)) => (e, i, p),
+            Ok(_) => {
+                return self
+                    .phase2_refused(out, "IKE_AUTH: the chosen proposal is not one we offered");
+            }
+            Err(why) => return self.phase2_refused(out, &format!("IKE_AUTH: {why}")),
         };
+        if !ts_within(&tsi, &self.cfg.local_ts) || !ts_within(&tsr, &self.cfg.remote_ts) {
+            return self.phase2_refused(
+                out,
+                "AWS: Traffic Selector: TS_UNACCEPTABLE: the responder's selectors are wider than ours",
+            );
+        }
         let enc = match (encr.id(), encr.bits()) {
             (tt::ENCR_AES_CBC, 128) => "AES128",
             (tt::ENCR_AES_CBC, _) => "AES256",
@@ -1441,6 +1598,16 @@ impl IkeSa {
                 switch_now: true,
             })));
         }
+        out
+    }
+
+    /// The CHILD_SA of an IKE_AUTH response is refused (the IKE SA stays): the log lines.
+    fn phase2_refused(&mut self, mut out: Vec<Output>, why: &str) -> Vec<Output> {
+        self.dropped += 1;
+        out.push(Output::Log(why.to_string()));
+        out.push(Output::Log(
+            "AWS tunnel Phase 2 was unable to establish while keeping Phase 1".into(),
+        ));
         out
     }
 
@@ -1499,7 +1666,10 @@ impl IkeSa {
                 }
             }
         }
-        let bytes = self.encrypted(exchange::INFORMATIONAL, id, true, &reply, fill);
+        let bytes = sealed!(
+            self,
+            self.encrypted(exchange::INFORMATIONAL, id, true, &reply, fill)
+        );
         out.insert(0, self.send_response(id, bytes));
         if closing && self.ike_rekey.is_some() {
             // Section 2.25.2: a DELETE of the IKE SA we are rekeying is answered as usual
@@ -1532,7 +1702,10 @@ impl IkeSa {
         }
         let id = self.next_req_id;
         self.next_req_id += 1;
-        let bytes = self.encrypted(exchange::INFORMATIONAL, id, false, &[], fill);
+        let bytes = sealed!(
+            self,
+            self.encrypted(exchange::INFORMATIONAL, id, false, &[], fill)
+        );
         vec![self.send_request(id, bytes, now)]
     }
 
@@ -1541,7 +1714,7 @@ impl IkeSa {
         if self.state != State::Established {
             return self.close("deleted before it was established".into());
         }
-        let (_, bytes) = self.ike_delete_request(fill);
+        let (_, bytes) = sealed!(self, self.ike_delete_request(fill));
         let mut out = vec![Output::Send {
             data: bytes,
             nat_t: self.nat_detected,
@@ -1691,6 +1864,14 @@ impl IkeSa {
             }
             None => vec![],
         };
+        let offered = build_proposals(
+            proto::ESP,
+            &new_in.to_be_bytes(),
+            &self.cfg.p2_enc,
+            &self.cfg.p2_integ,
+            &dh,
+            false,
+        );
         let mut inner = vec![
             Payload::Notify {
                 protocol: proto::ESP,
@@ -1698,14 +1879,7 @@ impl IkeSa {
                 ntype: notify::REKEY_SA,
                 data: vec![],
             },
-            Payload::Sa(build_proposals(
-                proto::ESP,
-                &new_in.to_be_bytes(),
-                &self.cfg.p2_enc,
-                &self.cfg.p2_integ,
-                &dh,
-                false,
-            )),
+            Payload::Sa(offered.clone()),
             Payload::Nonce(ni.clone()),
         ];
         if let Some(k) = &kp {
@@ -1718,13 +1892,17 @@ impl IkeSa {
         inner.push(Payload::TsR(vec![self.cfg.remote_ts]));
         let id = self.next_req_id;
         self.next_req_id += 1;
-        let bytes = self.encrypted(exchange::CREATE_CHILD_SA, id, false, &inner, fill);
+        let bytes = sealed!(
+            self,
+            self.encrypted(exchange::CREATE_CHILD_SA, id, false, &inner, fill)
+        );
         self.rekey = Some(Rekey {
             id,
             old_in,
             new_in,
             ni,
             kp,
+            offered,
         });
         vec![
             Output::Log(format!(
@@ -1796,9 +1974,9 @@ impl IkeSa {
                 return out;
             }
         }
-        let sa_p = msg::proposals(&ps).and_then(|v| v.first().cloned());
-        let nr = msg::nonce(&ps).map(<[u8]>::to_vec);
-        let ke = msg::ke(&ps).map(|(_, d)| d.to_vec());
+        let sa_p = single_proposal(&ps);
+        let nr = msg::nonce(&ps).map(<[u8]>::to_vec).filter(|n| nonce_ok(n));
+        let ke = msg::ke(&ps).map(|(g, d)| (g, d.to_vec()));
         let tsi = msg::ts_i(&ps).and_then(|v| v.first().copied());
         let tsr = msg::ts_r(&ps).and_then(|v| v.first().copied());
         let (Some(p), Some(nr), Some(tsi), Some(tsr)) = (sa_p, nr, tsi, tsr) else {
@@ -1807,8 +1985,33 @@ impl IkeSa {
             ));
             return out;
         };
+        let (encr, integ, p) = match p
+            .and_then(|p| accept_choice(&p, &rk.offered, 4).map(|c| (c, p)))
+        {
+            Ok(((e, i, None, dh), p)) if dh == rk.kp.as_ref().map(|k| k.group) => (e, i, p),
+            Ok(_) => {
+                out.push(Output::Log(
+                    "CREATE_CHILD_SA: the chosen DH group is not the one we sent KE for; the old SA stays"
+                        .into(),
+                ));
+                return out;
+            }
+            Err(why) => {
+                out.push(Output::Log(format!(
+                    "CREATE_CHILD_SA: {why}; the old SA stays"
+                )));
+                return out;
+            }
+        };
+        if !ts_within(&tsi, &self.cfg.local_ts) || !ts_within(&tsr, &self.cfg.remote_ts) {
+            out.push(Output::Log(
+                "AWS: Traffic Selector: TS_UNACCEPTABLE: the responder's selectors are wider than ours; the old SA stays"
+                    .into(),
+            ));
+            return out;
+        }
         let shared = match (&rk.kp, ke) {
-            (Some(kp), Some(ke)) => match kp.shared(&ke) {
+            (Some(kp), Some((g, ke))) if g == kp.group => match kp.shared(&ke) {
                 Ok(s) => Some(s),
                 Err(_) => {
                     out.push(Output::Log(
@@ -1824,9 +2027,6 @@ impl IkeSa {
                 ));
                 return out;
             }
-        };
-        let Some((encr, integ, _, _)) = read_choice(&p) else {
-            return out;
         };
         let enc = enc_name(&Transform {
             ttype: tt::ENCR,
@@ -1915,15 +2115,18 @@ impl IkeSa {
         self.children.remove(k);
         let id = self.next_req_id;
         self.next_req_id += 1;
-        let bytes = self.encrypted(
-            exchange::INFORMATIONAL,
-            id,
-            false,
-            &[Payload::Delete {
-                protocol: proto::ESP,
-                spis: vec![spi_in.to_be_bytes().to_vec()],
-            }],
-            fill,
+        let bytes = sealed!(
+            self,
+            self.encrypted(
+                exchange::INFORMATIONAL,
+                id,
+                false,
+                &[Payload::Delete {
+                    protocol: proto::ESP,
+                    spis: vec![spi_in.to_be_bytes().to_vec()],
+                }],
+                fill,
+            )
         );
         self.deleting = Some(spi_in);
         vec![self.send_request(id, bytes, now)]
@@ -1957,8 +2160,22 @@ impl IkeSa {
                 .map(u32::from_be_bytes),
             _ => None,
         });
-        let ni = msg::nonce(&ps).map(<[u8]>::to_vec);
+        let ni = msg::nonce(&ps).map(<[u8]>::to_vec).filter(|n| nonce_ok(n));
         let ke = msg::ke(&ps).map(|(g, d)| (g, d.to_vec()));
+        if ke
+            .as_ref()
+            .is_some_and(|(g, d)| dh::public_len(*g).is_some_and(|n| n != d.len()))
+        {
+            // A KE of a group we know with the wrong length: malformed, before any key
+            // generation (an unknown group is answered with INVALID_KE_PAYLOAD below).
+            let inner = notify_only(notify::INVALID_SYNTAX, vec![]);
+            let bytes = sealed!(
+                self,
+                self.encrypted(exchange::CREATE_CHILD_SA, id, true, &inner, fill)
+            );
+            out.push(self.send_response(id, bytes));
+            return out;
+        }
         let is_ike = props
             .as_ref()
             .is_some_and(|v| v.iter().any(|p| p.protocol == proto::IKE));
@@ -2101,7 +2318,10 @@ impl IkeSa {
                 "AWS tunnel Phase 2 was unable to establish while keeping Phase 1".into(),
             ));
         }
-        let bytes = self.encrypted(exchange::CREATE_CHILD_SA, id, true, &inner, fill);
+        let bytes = sealed!(
+            self,
+            self.encrypted(exchange::CREATE_CHILD_SA, id, true, &inner, fill)
+        );
         out.insert(
             1,
             Output::Log(format!(
@@ -2137,15 +2357,16 @@ impl IkeSa {
         let ni = nonce(fill);
         let mut dh = vec![group];
         dh.extend(self.cfg.p1_dh.iter().filter(|g| **g != group));
+        let offered = build_proposals(
+            proto::IKE,
+            &new_spi.to_be_bytes(),
+            &self.cfg.p1_enc,
+            &self.cfg.p1_integ,
+            &dh,
+            true,
+        );
         let inner = vec![
-            Payload::Sa(build_proposals(
-                proto::IKE,
-                &new_spi.to_be_bytes(),
-                &self.cfg.p1_enc,
-                &self.cfg.p1_integ,
-                &dh,
-                true,
-            )),
+            Payload::Sa(offered.clone()),
             Payload::Nonce(ni.clone()),
             Payload::Ke {
                 group,
@@ -2154,8 +2375,17 @@ impl IkeSa {
         ];
         let id = self.next_req_id;
         self.next_req_id += 1;
-        let bytes = self.encrypted(exchange::CREATE_CHILD_SA, id, false, &inner, fill);
-        self.ike_rekey = Some((id, new_spi, ni, kp));
+        let bytes = sealed!(
+            self,
+            self.encrypted(exchange::CREATE_CHILD_SA, id, false, &inner, fill)
+        );
+        self.ike_rekey = Some(IkeRekey {
+            id,
+            spi: new_spi,
+            ni,
+            kp,
+            offered,
+        });
         vec![
             Output::Log(format!(
                 "AWS tunnel is sending request (id={id}) for CREATE_CHILD_SA (IKE SA rekey)"
@@ -2231,7 +2461,7 @@ impl IkeSa {
         old.peer_ike_new = None;
         let mut out = vec![];
         if delete_old {
-            out.push(old.request_ike_delete(now, fill));
+            out.extend(old.request_ike_delete(now, fill));
         }
         self.retire(old, now);
         out.push(Output::Log(format!(
@@ -2252,23 +2482,26 @@ impl IkeSa {
     }
 
     /// Sends INFORMATIONAL { D(IKE) } on this IKE SA and waits for the answer.
-    fn request_ike_delete(&mut self, now: f64, fill: &mut dyn FnMut(&mut [u8])) -> Output {
-        let (id, bytes) = self.ike_delete_request(fill);
-        self.send_request(id, bytes, now)
+    fn request_ike_delete(&mut self, now: f64, fill: &mut dyn FnMut(&mut [u8])) -> Vec<Output> {
+        let (id, bytes) = sealed!(self, self.ike_delete_request(fill));
+        vec![self.send_request(id, bytes, now)]
     }
 
     /// The next request of this IKE SA: INFORMATIONAL { D(IKE) } (message id, datagram).
-    fn ike_delete_request(&mut self, fill: &mut dyn FnMut(&mut [u8])) -> (u32, Vec<u8>) {
+    fn ike_delete_request(
+        &mut self,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(u32, Vec<u8>), String> {
         let id = self.next_req_id;
         self.next_req_id += 1;
         let delete = [Payload::Delete {
             protocol: proto::IKE,
             spis: vec![],
         }];
-        (
+        Ok((
             id,
-            self.encrypted(exchange::INFORMATIONAL, id, false, &delete, fill),
-        )
+            self.encrypted(exchange::INFORMATIONAL, id, false, &delete, fill)?,
+        ))
     }
 
     /// Whether one of our CHILD_SA exchanges (rekey or delete) is outstanding.
@@ -2292,7 +2525,10 @@ impl IkeSa {
         let id = m.header.msg_id;
         self.next_peer_id = id + 1;
         let inner = notify_only(notify::TEMPORARY_FAILURE, vec![]);
-        let bytes = self.encrypted(exchange::CREATE_CHILD_SA, id, true, &inner, fill);
+        let bytes = sealed!(
+            self,
+            self.encrypted(exchange::CREATE_CHILD_SA, id, true, &inner, fill)
+        );
         vec![
             self.send_response(id, bytes),
             Output::Log(format!(
@@ -2381,7 +2617,10 @@ impl IkeSa {
                 }
             }
         };
-        let bytes = self.encrypted(exchange::CREATE_CHILD_SA, id, true, &inner, fill);
+        let bytes = sealed!(
+            self,
+            self.encrypted(exchange::CREATE_CHILD_SA, id, true, &inner, fill)
+        );
         out.push(self.send_response(id, bytes));
         out.push(Output::Log(format!(
             "AWS tunnel is sending response (id={id}) for CREATE_CHILD_SA (IKE SA rekey)"
@@ -2418,10 +2657,10 @@ impl IkeSa {
         let mut out = vec![Output::Log(format!(
             "AWS tunnel processed response (id={id}) for CREATE_CHILD_SA (IKE SA rekey)"
         ))];
-        let Some((_, my_spi, ni, kp)) = self.ike_rekey.take() else {
+        let Some(rk) = self.ike_rekey.take() else {
             return out;
         };
-        let mine = self.ike_rekey_result(&ps, my_spi, &ni, &kp, now);
+        let mine = self.ike_rekey_result(&ps, &rk, now);
         let theirs = self.peer_ike_new.take();
         match (mine, theirs) {
             (Ok(mine), None) => out.extend(self.adopt(mine, true, now, fill)),
@@ -2447,7 +2686,7 @@ impl IkeSa {
                 if lowest(&mine) < lowest(&theirs) {
                     out.extend(self.adopt(theirs, false, now, fill));
                     let mut mine = mine;
-                    out.push(mine.request_ike_delete(now, fill));
+                    out.extend(mine.request_ike_delete(now, fill));
                     self.retire(mine, now);
                 } else {
                     out.extend(self.adopt(mine, true, now, fill));
@@ -2462,11 +2701,10 @@ impl IkeSa {
     fn ike_rekey_result(
         &self,
         ps: &[Payload],
-        my_spi: u64,
-        ni: &[u8],
-        kp: &KeyPair,
+        rk: &IkeRekey,
         now: f64,
     ) -> Result<Box<IkeSa>, String> {
+        let (my_spi, ni, kp) = (rk.spi, &rk.ni, &rk.kp);
         for nt in [
             notify::NO_PROPOSAL_CHOSEN,
             notify::TEMPORARY_FAILURE,
@@ -2479,15 +2717,21 @@ impl IkeSa {
                 ));
             }
         }
-        let sa_p = msg::proposals(ps).and_then(|v| v.first().cloned());
-        let nr = msg::nonce(ps);
-        let ke = msg::ke(ps).map(|(_, d)| d);
-        let (Some(p), Some(nr), Some(ke)) = (sa_p, nr, ke) else {
-            return Err("IKE SA rekey: incomplete response".into());
+        let sa_p = single_proposal(ps);
+        let nr = msg::nonce(ps).filter(|n| nonce_ok(n));
+        let ke = msg::ke(ps);
+        let (Some(p), Some(nr), Some((g, ke))) = (sa_p, nr, ke) else {
+            return Err("IKE SA rekey: incomplete response; the old IKE SA stays".into());
         };
-        let Some((encr, integ, Some(prf), _)) = read_choice(&p) else {
-            return Err("IKE SA rekey: the peer chose no usable transforms".into());
-        };
+        let p = p.map_err(|why| format!("IKE SA rekey: {why}; the old IKE SA stays"))?;
+        let (encr, integ, prf, dh) = accept_ike_choice(&p, &rk.offered, 8)
+            .map_err(|why| format!("IKE SA rekey: {why}; the old IKE SA stays"))?;
+        if dh != Some(kp.group) || g != kp.group {
+            return Err(
+                "IKE SA rekey: the chosen DH group is not the one we sent KE for; the old IKE SA stays"
+                    .into(),
+            );
+        }
         let shared = kp
             .shared(ke)
             .map_err(|_| "IKE SA rekey: the peer's KE value is invalid".to_string())?;

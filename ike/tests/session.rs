@@ -2,128 +2,14 @@
 //! algorithm combination AWS allows (a table), PSK / proposal / selector mismatches, a lost
 //! and a duplicated message, INVALID_KE_PAYLOAD, liveness checks, DELETE.
 
-use ike::msg::TrafficSelector;
-use ike::session::{ChildSa, Config, IkeSa, Output, Phase, State};
+mod common;
+
+use common::*;
+use ike::session::{ChildSa, IkeSa, Output, Phase, State};
 use std::cell::RefCell;
 use std::net::IpAddr;
 use std::rc::Rc;
 use zeroize::Zeroizing;
-
-fn rng(seed: u64) -> impl FnMut(&mut [u8]) {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    move |b: &mut [u8]| {
-        for o in b {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *o = x as u8;
-        }
-    }
-}
-
-fn v(x: &[&str]) -> Vec<String> {
-    x.iter().map(|s| s.to_string()).collect()
-}
-
-fn net(a: &str, b: &str) -> TrafficSelector {
-    TrafficSelector {
-        ip_proto: 0,
-        start_port: 0,
-        end_port: 65535,
-        start: a.parse().unwrap(),
-        end: b.parse().unwrap(),
-    }
-}
-
-fn cfg(local: &str, peer: &str) -> Config {
-    Config {
-        local_addr: local.parse::<IpAddr>().unwrap(),
-        peer_addr: peer.parse::<IpAddr>().unwrap(),
-        psk: Zeroizing::new(b"lab.tunnel_one".to_vec()),
-        p1_enc: v(&["AES128", "AES256", "AES128-GCM-16", "AES256-GCM-16"]),
-        p1_integ: v(&["SHA1", "SHA2-256", "SHA2-384", "SHA2-512"]),
-        p1_dh: vec![14, 19],
-        p2_enc: v(&["AES128", "AES256", "AES128-GCM-16", "AES256-GCM-16"]),
-        p2_integ: v(&["SHA1", "SHA2-256", "SHA2-384", "SHA2-512"]),
-        p2_dh: vec![],
-        local_ts: net("0.0.0.0", "255.255.255.255"),
-        remote_ts: net("0.0.0.0", "255.255.255.255"),
-        force_nat_t: false,
-        retransmits: 3,
-        retransmit_base_s: 1.0,
-    }
-}
-
-fn sends(out: &[Output]) -> Vec<Vec<u8>> {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::Send { data, .. } => Some(data.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn childs(out: Vec<Output>) -> Vec<ChildSa> {
-    out.into_iter()
-        .filter_map(|o| match o {
-            Output::ChildUp(c) => Some(*c),
-            _ => None,
-        })
-        .collect()
-}
-
-fn logs(out: &[Output]) -> String {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::Log(l) | Output::Closed(l) => Some(l.clone()),
-            _ => None,
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-struct Run {
-    a: IkeSa,
-    b: Option<IkeSa>,
-    a_out: Vec<Output>,
-    b_out: Vec<Output>,
-}
-
-/// Runs the exchanges to completion, delivering every datagram once.
-fn establish(ca: Config, cb: Config) -> Run {
-    let mut ra = rng(1);
-    let mut rb = rng(2);
-    let (mut a, first) = IkeSa::initiate(ca, 0.0, &mut ra).unwrap();
-    let mut a_out = vec![];
-    let mut b_out = vec![];
-    let mut to_b = sends(&first);
-    a_out.extend(first);
-    let mut b: Option<IkeSa> = None;
-    for _round in 0..8 {
-        let mut to_a = vec![];
-        for d in to_b.drain(..) {
-            let out = match b.as_mut() {
-                Some(b) => b.handle(&d, 0.0, &mut rb),
-                None => {
-                    let (sa, out) = IkeSa::respond(cb.clone(), &d, 0.0, &mut rb);
-                    b = sa;
-                    out
-                }
-            };
-            to_a.extend(sends(&out));
-            b_out.extend(out);
-        }
-        if to_a.is_empty() {
-            break;
-        }
-        for d in to_a {
-            let out = a.handle(&d, 0.0, &mut ra);
-            to_b.extend(sends(&out));
-            a_out.extend(out);
-        }
-    }
-    Run { a, b, a_out, b_out }
-}
 
 fn check_pair(a: &ChildSa, b: &ChildSa) {
     assert_eq!(a.spi_out, b.spi_in);
@@ -411,45 +297,6 @@ fn garbage_never_panics_and_is_counted() {
         let _ = IkeSa::respond(cfg("192.0.2.2", "192.0.2.1"), &m, 2.0, &mut rb);
     }
     assert!(b.dropped > 1000);
-}
-
-/// Delivers datagrams back and forth until both sides are quiet; returns all outputs.
-fn pump(
-    a: &mut IkeSa,
-    b: &mut IkeSa,
-    first_to_b: Vec<Vec<u8>>,
-    now: f64,
-    seed: u64,
-) -> (Vec<Output>, Vec<Output>) {
-    let (mut ra, mut rb) = (rng(seed), rng(seed + 1));
-    let (mut a_out, mut b_out) = (vec![], vec![]);
-    let mut to_b = first_to_b;
-    for _ in 0..16 {
-        let mut to_a = vec![];
-        for d in to_b.drain(..) {
-            let o = b.handle(&d, now, &mut rb);
-            to_a.extend(sends(&o));
-            b_out.extend(o);
-        }
-        if to_a.is_empty() {
-            break;
-        }
-        for d in to_a {
-            let o = a.handle(&d, now, &mut ra);
-            to_b.extend(sends(&o));
-            a_out.extend(o);
-        }
-    }
-    (a_out, b_out)
-}
-
-fn downs(out: &[Output]) -> Vec<u32> {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::ChildDown { spi_in } => Some(*spi_in),
-            _ => None,
-        })
-        .collect()
 }
 
 fn rekey_once(a: &mut IkeSa, b: &mut IkeSa, now: f64, seed: u64) -> (ChildSa, ChildSa) {

@@ -238,6 +238,20 @@ pub struct Gateway {
     /// Run the IKEv2 control plane for tunnels without static SAs (false: static SAs only,
     /// UDP 500/4500 left to another daemon).
     pub ike: bool,
+    /// Bounds of the reassembly of outer (ESP) fragments, which anyone can send.
+    pub reassembly: ReassemblyOpts,
+    /// Free packet buffers a worker keeps (more are freed, and counted).
+    pub pool_max_free: usize,
+}
+
+/// `reassembly_*` options of `[gateway]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ReassemblyOpts {
+    pub max_datagrams: usize,
+    pub max_bytes: usize,
+    pub max_fragments: u32,
+    pub max_per_source: u32,
+    pub timeout_s: f64,
 }
 
 /// Keys a `[gateway]` table may have.
@@ -257,6 +271,12 @@ pub const GATEWAY_KEYS: &[&str] = &[
     "burst",
     "idle_sleep_us",
     "ike",
+    "reassembly_max_datagrams",
+    "reassembly_max_bytes",
+    "reassembly_max_fragments",
+    "reassembly_max_per_source",
+    "reassembly_timeout_s",
+    "pool_max_free",
 ];
 
 /// Default control socket path.
@@ -364,6 +384,30 @@ fn gateway(t: &toml::Table, origin: &str, errs: &mut Vec<String>) -> Option<Gate
     }
     let burst = int(&mut cx, t, "burst", 64, 1, 256, "") as usize;
     let idle_sleep_us = int(&mut cx, t, "idle_sleep_us", 0, 0, 100_000, " microseconds") as u32;
+    let reassembly = ReassemblyOpts {
+        max_datagrams: int(&mut cx, t, "reassembly_max_datagrams", 1024, 1, 65536, "") as usize,
+        max_bytes: int(
+            &mut cx,
+            t,
+            "reassembly_max_bytes",
+            16 << 20,
+            65536,
+            1 << 30,
+            " bytes",
+        ) as usize,
+        max_fragments: int(&mut cx, t, "reassembly_max_fragments", 64, 2, 8192, "") as u32,
+        max_per_source: int(&mut cx, t, "reassembly_max_per_source", 64, 1, 65536, "") as u32,
+        timeout_s: int(&mut cx, t, "reassembly_timeout_s", 30, 1, 120, " seconds") as f64,
+    };
+    let pool_max_free = int(
+        &mut cx,
+        t,
+        "pool_max_free",
+        i64::from(frames) * 2,
+        256,
+        1 << 20,
+        " buffers",
+    ) as usize;
     Some(Gateway {
         inside_interface,
         outside_interface,
@@ -380,6 +424,8 @@ fn gateway(t: &toml::Table, origin: &str, errs: &mut Vec<String>) -> Option<Gate
         burst,
         idle_sleep_us,
         ike: boolean(&mut cx, t, "ike", true),
+        reassembly,
+        pool_max_free,
     })
 }
 

@@ -34,6 +34,7 @@ reasons! {
     ReassemblyTimeout => "reassembly_timeout", "Fragments of a datagram that never completed in time.";
     ReassemblyOverflow => "reassembly_overflow", "Fragment dropped because the reassembly table or its memory cap was full.";
     ReassemblyInvalid => "reassembly_invalid", "Overlapping, oversized or inconsistent fragments.";
+    ReassemblyLimit => "reassembly_limit", "Fragment dropped: its datagram has more fragments than allowed, or its source more datagrams in progress.";
     OuterFragment => "outer_fragment", "Outer ESP fragment while outer reassembly is off.";
     NoSa => "no_sa", "No outbound SA selected for the packet.";
     TtlExceeded => "ttl_exceeded", "Inner TTL / hop limit ran out at this hop (forwarding gateway; ICMP Time Exceeded sent).";

@@ -20,6 +20,7 @@ use crate::afxdp::{self, MultiQueuePort, NextHops, PortStats};
 use crate::config::{self, Config, Gateway, Tunnel, XdpMode};
 use crate::counters::{Counters, DropReason};
 use crate::crypto::Backend;
+use crate::frag::ReasmLimits;
 use crate::metrics::{self, TunnelSnapshot};
 use crate::pkt::BufPool;
 use crate::runtime::{Command, Selector, Worker, WorkerConfig, WorkerHandle, WorkerReport};
@@ -402,9 +403,17 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         idle_sleep_us: g.idle_sleep_us,
         reassemble_inner: false,
         decrement_ttl: true,
-        ..Default::default()
+        reassembly: ReasmLimits {
+            max_datagrams: g.reassembly.max_datagrams,
+            max_bytes: g.reassembly.max_bytes,
+            max_datagram: 65535,
+            timeout: g.reassembly.timeout_s,
+            max_fragments: g.reassembly.max_fragments,
+            max_per_source: g.reassembly.max_per_source,
+        },
     };
-    let pool = BufPool::new(g.frames as usize * 2, crate::pkt::DEFAULT_CAPACITY);
+    let pool = BufPool::new(g.frames as usize * 2, crate::pkt::DEFAULT_CAPACITY)
+        .with_max_free(g.pool_max_free);
     let (worker, handle) = Worker::new(wcfg, port_in, port_out, pool);
 
     // Install the SAs and routes before the worker starts polling.
@@ -881,6 +890,21 @@ fn render_metrics(sh: &Shared) -> String {
         "espd_worker_polls_total{{worker=\"{}\"}} {}",
         r.worker, r.polls
     );
+    for (name, help, v) in [
+        (
+            "espd_worker_pool_grown_total",
+            "Packet buffers allocated because the pool was empty.",
+            r.pool_grown,
+        ),
+        (
+            "espd_worker_pool_freed_total",
+            "Packet buffers freed instead of pooled (free list at its bound, or over-size).",
+            r.pool_freed,
+        ),
+    ] {
+        head(&mut o, name, "counter", help);
+        let _ = writeln!(o, "{name}{{worker=\"{}\"}} {v}", r.worker);
+    }
     head(
         &mut o,
         "espd_worker_bursts_total",
@@ -1136,7 +1160,8 @@ fn show(sh: &Shared, what: &str, json: bool) -> String {
                     "reassembled": total.reassembled, "icmp_sent": total.icmp_sent,
                     "mss_clamped": total.mss_clamped,
                     "frag_before_encrypt_fragments": total.frag_before_encrypt_fragments,
-                    "pool_free": r.pool_free,
+                    "pool_free": r.pool_free, "pool_grown": r.pool_grown,
+                    "pool_freed": r.pool_freed,
                 },
                 ports[0].0: ports[0].1, ports[1].0: ports[1].1,
             });

@@ -153,15 +153,29 @@ pub fn shared_pool(n: usize, capacity: usize) -> SharedPool {
 /// Batch size of refills from and spills to the shared pool.
 const POOL_BATCH: usize = 64;
 
+/// Default bound of a per-thread free list with a shared pool behind it (buffers beyond it
+/// that the shared pool cannot take are freed).
+pub const DEFAULT_POOL_MAX_FREE: usize = POOL_BATCH * 16;
+
 /// A per-thread free list of buffers: `get` reuses a returned buffer before refilling from
 /// the shared pool, and allocates only when both are empty (counted in `grown`).
+///
+/// Memory is bounded whatever the input: `put` keeps at most `max_free` buffers (the rest
+/// are freed and counted in `freed_over_cap`), and frees buffers larger than the pool's
+/// buffer size (a reassembled jumbo datagram; counted in `freed_oversize`) instead of
+/// keeping them, so a stream of reassemblies cannot grow the pool.
 #[derive(Debug, Default)]
 pub struct BufPool {
     free: Vec<PacketBuf>,
     capacity: usize,
     shared: Option<SharedPool>,
+    max_free: usize,
     /// Buffers allocated because the pool was empty (zero in steady state).
     pub grown: u64,
+    /// Buffers freed because the free list was full.
+    pub freed_over_cap: u64,
+    /// Buffers freed because they were larger than the pool's buffers.
+    pub freed_oversize: u64,
 }
 
 impl BufPool {
@@ -173,7 +187,8 @@ impl BufPool {
             free,
             capacity,
             shared: None,
-            grown: 0,
+            max_free: n.max(DEFAULT_POOL_MAX_FREE),
+            ..Default::default()
         }
     }
     /// A pool that refills from and spills to `shared`.
@@ -182,8 +197,18 @@ impl BufPool {
             free: Vec::with_capacity(POOL_BATCH * 4),
             capacity,
             shared: Some(shared),
-            grown: 0,
+            max_free: DEFAULT_POOL_MAX_FREE,
+            ..Default::default()
         }
+    }
+    /// Sets the bound of the free list (at least the spill batch, so spilling still works).
+    pub fn with_max_free(mut self, n: usize) -> Self {
+        self.max_free = n.max(POOL_BATCH * 4);
+        self
+    }
+    /// The bound of the free list.
+    pub fn max_free(&self) -> usize {
+        self.max_free
     }
     #[inline]
     pub fn get(&mut self) -> PacketBuf {
@@ -213,6 +238,14 @@ impl BufPool {
         if b.capacity() < DEFAULT_CAPACITY {
             return; // a zero-capacity placeholder or a foreign small buffer: not pooled
         }
+        if b.capacity() > self.capacity.max(DEFAULT_CAPACITY) {
+            self.freed_oversize += 1;
+            return;
+        }
+        if self.free.len() >= self.max_free {
+            self.freed_over_cap += 1;
+            return;
+        }
         self.free.push(b);
         if self.free.len() >= POOL_BATCH * 4
             && let Some(sh) = &self.shared
@@ -227,6 +260,8 @@ impl BufPool {
         }
     }
     /// Buffers in the local free list.
+    ///
+    /// Never more than [`BufPool::max_free`].
     pub fn available(&self) -> usize {
         self.free.len()
     }
@@ -240,5 +275,38 @@ impl BufPool {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whatever comes back, the free list stays within its bound and buffers larger than
+    /// the pool's are freed, each counted.
+    #[test]
+    fn pool_is_bounded_and_frees_oversize_buffers() {
+        let mut pool = BufPool::new(4, DEFAULT_CAPACITY).with_max_free(300);
+        for _ in 0..1000 {
+            pool.put(PacketBuf::with_capacity(DEFAULT_CAPACITY));
+        }
+        assert_eq!(pool.available(), 300);
+        assert_eq!(pool.freed_over_cap, 704);
+        for _ in 0..10 {
+            pool.put(PacketBuf::with_capacity(70_000));
+        }
+        assert_eq!((pool.available(), pool.freed_oversize), (300, 10));
+        // With a full shared pool behind it, the local list is bounded too.
+        let shared = shared_pool(64, DEFAULT_CAPACITY);
+        let mut pool = BufPool::with_shared(shared.clone(), DEFAULT_CAPACITY);
+        for _ in 0..10_000 {
+            pool.put(PacketBuf::with_capacity(DEFAULT_CAPACITY));
+        }
+        assert!(pool.available() <= DEFAULT_POOL_MAX_FREE);
+        assert_eq!(shared.len(), shared.capacity());
+        assert_eq!(
+            pool.available() as u64 + shared.len() as u64 + pool.freed_over_cap,
+            10_000 + 64
+        );
     }
 }

@@ -261,6 +261,8 @@ pub struct WorkerReport {
     pub polls: u64,
     pub pool_grown: u64,
     pub pool_free: usize,
+    /// Buffers freed instead of pooled (the free list was full, or they were over-size).
+    pub pool_freed: u64,
     pub per_tunnel: Vec<(u32, TunnelCounters)>,
     /// Live SAs (when per-tunnel detail was asked for).
     pub sas: Vec<SaReport>,
@@ -735,6 +737,7 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
             polls: self.polls,
             pool_grown: self.pool.grown,
             pool_free: self.pool.available(),
+            pool_freed: self.pool.freed_over_cap + self.pool.freed_oversize,
             per_tunnel: per,
             sas,
         }

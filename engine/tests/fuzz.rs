@@ -6,11 +6,12 @@
 mod common;
 
 use common::*;
+use engine::counters::DropReason;
 use engine::crypto::{Backend, Suite};
 use engine::esp;
-use engine::frag::{ReasmLimits, Reassembler};
+use engine::frag::{self, ReasmLimits, Reassembler};
 use engine::pipeline;
-use engine::pkt::PacketBuf;
+use engine::pkt::{BufPool, PacketBuf};
 use proptest::prelude::*;
 
 fn mutate(base: &[u8], edits: &[(usize, u8)], cut: usize) -> Vec<u8> {
@@ -71,5 +72,54 @@ proptest! {
                 prop_assert_eq!(i.counters.packets + i.counters.total_drops(), 1);
             }
         }
+    }
+
+    /// Reassembly over any order, with duplicated (overlapping) fragments and a fragment
+    /// limit: the datagram comes out intact exactly when every fragment arrived once and the
+    /// limit allowed it; otherwise it is dropped as invalid or limited. Afterwards (complete
+    /// or expired) the table holds nothing and no bytes, and every pool buffer is back.
+    #[test]
+    fn reassembly_any_order_overlaps_and_limits(len in 60usize..4000, mtu in 68usize..1500,
+                                                 order in prop::collection::vec(any::<u32>(), 64),
+                                                 dup in prop::option::of(any::<usize>()),
+                                                 max_fragments in 2u32..80) {
+        let p = udp4(len, false, 9, 1);
+        let mut pool = BufPool::new(64, 2048);
+        let start = pool.available();
+        let mut frags = vec![];
+        frag::fragment_ipv4(&p, mtu, &mut pool, &mut frags).unwrap();
+        let n = frags.len();
+        let mut idx: Vec<usize> = (0..n).collect();
+        idx.sort_by_key(|&i| order[i % order.len()].wrapping_mul(i as u32 + 1));
+        if let Some(d) = dup {
+            idx.insert(d % (n + 1), idx[d % n]);
+        }
+        let mut r = Reassembler::new(ReasmLimits { max_fragments, ..Default::default() });
+        let mut got = PacketBuf::with_capacity(0);
+        let mut results = vec![];
+        for &i in &idx {
+            results.push(r.insert(0.0, frags[i].bytes(), &mut got));
+        }
+        let done = results.iter().filter(|x| **x == Ok(true)).count();
+        let clean = dup.is_none() && n as u32 <= max_fragments;
+        if clean {
+            prop_assert_eq!(done, 1);
+            prop_assert_eq!(results.last(), Some(&Ok(true)));
+            let mut want = p.clone();
+            engine::wire::put16(&mut want, 6, 0);
+            engine::wire::ipv4_fix_checksum(&mut want);
+            prop_assert_eq!(got.bytes(), &want[..]);
+        } else if n > 1 {
+            prop_assert!(results.iter().any(|x| matches!(
+                x,
+                Err(DropReason::ReassemblyInvalid) | Err(DropReason::ReassemblyLimit)
+            )) || done == 1, "{:?}", results);
+        }
+        r.expire(1e9);
+        prop_assert_eq!((r.pending(), r.stats.bytes, r.stats.in_progress), (0, 0, 0));
+        for f in frags {
+            pool.put(f);
+        }
+        prop_assert_eq!(pool.available() as u64, start as u64 + pool.grown);
     }
 }

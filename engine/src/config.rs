@@ -242,6 +242,10 @@ pub struct Gateway {
     pub reassembly: ReassemblyOpts,
     /// Free packet buffers a worker keeps (more are freed, and counted).
     pub pool_max_free: usize,
+    /// Where static SAs' sequence numbers are kept across restarts.
+    pub state_directory: String,
+    /// Sequence numbers an outbound static SA reserves per write of its mark.
+    pub seq_persist_step: u64,
 }
 
 /// `reassembly_*` options of `[gateway]`.
@@ -277,6 +281,8 @@ pub const GATEWAY_KEYS: &[&str] = &[
     "reassembly_max_per_source",
     "reassembly_timeout_s",
     "pool_max_free",
+    "state_directory",
+    "seq_persist_step",
 ];
 
 /// Default control socket path.
@@ -426,6 +432,18 @@ fn gateway(t: &toml::Table, origin: &str, errs: &mut Vec<String>) -> Option<Gate
         ike: boolean(&mut cx, t, "ike", true),
         reassembly,
         pool_max_free,
+        state_directory: string(&mut cx, t, "state_directory")
+            .unwrap_or(crate::seqstore::DEFAULT_STATE_DIR)
+            .to_string(),
+        seq_persist_step: int(
+            &mut cx,
+            t,
+            "seq_persist_step",
+            crate::seqstore::DEFAULT_STEP as i64,
+            1024,
+            1 << 30,
+            " sequence numbers",
+        ) as u64,
     })
 }
 

@@ -31,6 +31,7 @@ reasons! {
     Dummy => "dummy_packet", "Next header 59: a dummy (TFC) packet, discarded as RFC 4303 section 2.6 says.";
     TooBig => "too_big", "Inner packet above the SA's inner MTU that may not be fragmented (DF honoured, IPv6).";
     SeqExhausted => "seq_exhausted", "The outbound SA reached its sequence-number limit and refuses to wrap.";
+    SeqNotPersisted => "seq_not_persisted", "The outbound SA used every sequence number written ahead to the state directory; the next block is not on disk yet (a restart must never send a number twice).";
     ReassemblyTimeout => "reassembly_timeout", "Fragments of a datagram that never completed in time.";
     ReassemblyOverflow => "reassembly_overflow", "Fragment dropped because the reassembly table or its memory cap was full.";
     ReassemblyInvalid => "reassembly_invalid", "Overlapping, oversized or inconsistent fragments.";

@@ -23,8 +23,10 @@ use crate::crypto::Backend;
 use crate::frag::ReasmLimits;
 use crate::metrics::{self, TunnelSnapshot};
 use crate::pkt::BufPool;
+use crate::replay::ReplayWindow;
 use crate::runtime::{Command, Selector, Worker, WorkerConfig, WorkerHandle, WorkerReport};
 use crate::sa::{Direction, InboundSa, OutboundSa, SaConfig};
+use crate::seqstore::SeqStore;
 use crate::tunnel_log::{self, PhaseState, Record, TunnelLog};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
@@ -70,6 +72,112 @@ fn fingerprint(s: &SaConfig) -> String {
         s.replay_window,
         s.inner_mtu,
     )
+}
+
+/// The persisted sequence marks of the static SAs (see [`crate::seqstore`]): outbound marks
+/// are raised ahead of the worker, inbound tops written as they move.
+struct SeqMarks {
+    store: SeqStore,
+    /// (tunnel, outbound, SPI) -> (tunnel name, SA, stored mark).
+    sas: HashMap<(u32, bool, u32), (String, SaConfig, u64)>,
+    last_in_write: Instant,
+}
+
+impl SeqMarks {
+    fn open(g: &Gateway) -> Result<SeqMarks, Error> {
+        Ok(SeqMarks {
+            store: SeqStore::open(Path::new(&g.state_directory), g.seq_persist_step)?,
+            sas: HashMap::new(),
+            last_in_write: Instant::now(),
+        })
+    }
+
+    /// An outbound SA starts after its stored mark (if its keys are the same) and may send
+    /// up to a new mark, written before it is used.
+    fn resume_out(&mut self, tunnel: u32, name: &str, sa: &mut OutboundSa) -> Result<(), Error> {
+        if let Some(m) = self.store.load(name, &sa.cfg) {
+            sa.advance_to(m.saturating_add(1));
+        }
+        let mark = self.store.next_mark(sa.next_seq(), sa.cfg.esn);
+        self.store.store(name, &sa.cfg, mark).map_err(|e| {
+            format!(
+                "tunnel {name:?}: SA {:?}: cannot persist its sequence number: {e}",
+                sa.cfg.name
+            )
+        })?;
+        sa.set_seq_limit(mark);
+        self.sas.insert(
+            (tunnel, true, sa.cfg.spi),
+            (name.to_string(), sa.cfg.clone(), mark),
+        );
+        Ok(())
+    }
+
+    /// An inbound SA counts everything up to its stored top as received.
+    fn resume_in(&mut self, tunnel: u32, name: &str, sa: &mut InboundSa) {
+        let top = self.store.load(name, &sa.cfg).unwrap_or(0);
+        if top > 0 {
+            sa.replay = ReplayWindow::resume(sa.cfg.replay_window, sa.cfg.esn, top);
+        }
+        self.sas.insert(
+            (tunnel, false, sa.cfg.spi),
+            (name.to_string(), sa.cfg.clone(), top),
+        );
+    }
+
+    /// Raises the marks of outbound SAs that have used half their reservation (written,
+    /// then the worker is told), and writes moved inbound tops once a second.
+    fn advance(&mut self, r: &WorkerReport, handle: &WorkerHandle, force: bool) {
+        let write_in = force || self.last_in_write.elapsed() >= Duration::from_secs(1);
+        if write_in {
+            self.last_in_write = Instant::now();
+        }
+        let half = self.store.step / 2;
+        for s in &r.sas {
+            let Some((name, cfg, mark)) = self.sas.get_mut(&(s.tunnel, s.outbound, s.spi)) else {
+                continue;
+            };
+            if s.outbound {
+                if s.seq.saturating_add(half) <= *mark {
+                    if s.seq_limit < *mark {
+                        // Written already (a reload re-reserved): let the worker use it.
+                        handle.send(Command::SetSeqLimit {
+                            tunnel: s.tunnel,
+                            spi: s.spi,
+                            limit: *mark,
+                        });
+                    }
+                    continue;
+                }
+                let next = self
+                    .store
+                    .next_mark(mark.saturating_add(1).max(s.seq), cfg.esn);
+                if next <= *mark {
+                    continue; // the end of the sequence space: the SA must be rekeyed
+                }
+                match self.store.store(name, cfg, next) {
+                    Ok(()) => {
+                        *mark = next;
+                        handle.send(Command::SetSeqLimit {
+                            tunnel: s.tunnel,
+                            spi: s.spi,
+                            limit: next,
+                        });
+                    }
+                    Err(e) => eprintln!(
+                        "espd: tunnel {name:?}: cannot persist the sequence mark ({e}); the SA stops at {mark} (seq_not_persisted) until it can"
+                    ),
+                }
+            } else if write_in && s.seq > *mark {
+                match self.store.store(name, cfg, s.seq) {
+                    Ok(()) => *mark = s.seq,
+                    Err(e) => eprintln!(
+                        "espd: tunnel {name:?}: cannot persist the replay window top: {e}"
+                    ),
+                }
+            }
+        }
+    }
 }
 
 /// Metadata of a configured tunnel that `show` and the metrics need.
@@ -287,6 +395,19 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
     for (i, t) in cfg.tunnels.iter().enumerate() {
         let (o, inb) = build_sas(t, backend).map_err(|e| format!("{origin}: {e}"))?;
         planned.push((i as u32 + 1, t, o, inb));
+    }
+    // Sequence numbers of static SAs continue where the last run left them (written ahead:
+    // a GCM nonce is never sent twice, even after a crash).
+    let mut marks = SeqMarks::open(&g).map_err(|e| format!("{origin}: [gateway]: {e}"))?;
+    for (idx, t, outs, ins) in &mut planned {
+        for sa in outs.iter_mut() {
+            marks
+                .resume_out(*idx, &t.name, sa)
+                .map_err(|e| format!("{origin}: {e}"))?;
+        }
+        for sa in ins.iter_mut() {
+            marks.resume_in(*idx, &t.name, sa);
+        }
     }
     let ctl = bind_control(&g.control_socket, g.control_socket_group.as_deref())?;
     let ctl_path = g.control_socket.clone();
@@ -581,10 +702,12 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
 
     let mut signals = signals;
     let mut last_tick = Instant::now();
+    let mut last_marks = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         for sig in signals.pending() {
             match sig {
-                signal_hook::consts::SIGHUP => match reload(path, &shared, &g, backend) {
+                signal_hook::consts::SIGHUP => match reload(path, &shared, &g, backend, &mut marks)
+                {
                     Ok(msg) => eprintln!("espd: SIGHUP: {msg}"),
                     Err(e) => eprintln!(
                         "espd: SIGHUP: reload failed, the running configuration stays:\n{e}"
@@ -604,6 +727,12 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             if let Some(m) = metas.iter().find(|m| m.index == idx) {
                 eprintln!("espd: tunnel {:?}: {line}", m.name);
                 logs.write(m, cfg.allow_short_lifetimes, st, &line);
+            }
+        }
+        if last_marks.elapsed() >= Duration::from_millis(100) {
+            last_marks = Instant::now();
+            if let Some(r) = handle.report(true) {
+                marks.advance(&r, &handle, false);
             }
         }
         if last_tick.elapsed() >= Duration::from_millis(500)
@@ -627,6 +756,9 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         std::thread::sleep(Duration::from_millis(10));
     }
     eprintln!("espd: stopping: detaching XDP and closing sockets");
+    if let Some(r) = handle.report(true) {
+        marks.advance(&r, &handle, true);
+    }
     handle.send(Command::Stop);
     let _ = wthread.join();
     let _ = ctl_thread.join();
@@ -673,7 +805,13 @@ fn scopeguard<F: FnMut()>(f: F) -> Guard<F> {
 }
 
 /// Applies the static SA changes of the file (SIGHUP).
-fn reload(path: &Path, sh: &Shared, g: &Gateway, backend: Backend) -> Result<String, Error> {
+fn reload(
+    path: &Path,
+    sh: &Shared,
+    g: &Gateway,
+    backend: Backend,
+    marks: &mut SeqMarks,
+) -> Result<String, Error> {
     let cfg = load_config(path)?;
     if cfg.gateway.as_ref() != Some(g) {
         return Err("the [gateway] table changed: restart espd to apply it".into());
@@ -694,8 +832,15 @@ fn reload(path: &Path, sh: &Shared, g: &Gateway, backend: Backend) -> Result<Str
     }
     // Build everything first so a bad key changes nothing.
     let mut built = vec![];
-    for t in &cfg.tunnels {
-        built.push(build_sas(t, backend)?);
+    for (m, t) in metas.iter().zip(&cfg.tunnels) {
+        let (mut outs, mut ins) = build_sas(t, backend)?;
+        for sa in &mut outs {
+            marks.resume_out(m.index, &t.name, sa)?;
+        }
+        for sa in &mut ins {
+            marks.resume_in(m.index, &t.name, sa);
+        }
+        built.push((outs, ins));
     }
     let (mut added, mut removed, mut kept) = (0, 0, 0);
     for ((m, t), (outs, ins)) in metas.iter_mut().zip(&cfg.tunnels).zip(built) {
@@ -704,9 +849,10 @@ fn reload(path: &Path, sh: &Shared, g: &Gateway, backend: Backend) -> Result<Str
             .iter()
             .map(|s| ((s.direction == Direction::Out, s.spi), fingerprint(s)))
             .collect();
-        // Inbound SAs that went away or changed.
-        for (k, f) in &m.sas {
-            if !k.0 && want.get(k) != Some(f) {
+        // Inbound SAs that went away (a changed one is replaced in place by its AddInbound,
+        // which keeps its replay window when its keys did not change).
+        for k in m.sas.keys() {
+            if !k.0 && !want.contains_key(k) {
                 sh.handle.send(Command::DelInbound { spi: k.1 });
                 removed += 1;
             }

@@ -12,6 +12,7 @@
 //! - [`mtu`]: per-SA inner MTU and MSS (the AWS table);
 //! - [`counters`]: named drop reasons and counters;
 //! - [`pkt`]: packet buffers with head/tailroom and a pool;
+//! - [`seqstore`]: static SAs' sequence numbers written ahead to the state directory;
 //! - [`pcap`], [`cli`]: file I/O and the `espd` commands.
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -34,5 +35,6 @@ pub mod pkt;
 pub mod replay;
 pub mod runtime;
 pub mod sa;
+pub mod seqstore;
 pub mod tunnel_log;
 pub mod wire;

@@ -54,6 +54,26 @@ impl ReplayWindow {
         }
     }
 
+    /// A window that continues after `top`: every sequence number up to `top` counts as
+    /// received (so nothing recorded before a reload or a restart is accepted again; a late
+    /// packet inside the old window is dropped as a replay, the safe side).
+    pub fn resume(window: u32, esn: bool, top: u64) -> Self {
+        let mut w = Self::new(window, esn);
+        w.top = top;
+        if top > 0 {
+            // Every number up to `top` is marked; the bits above it in top's block stay
+            // clear (blocks further up are cleared by `commit` as the top moves into them).
+            w.bits = [u64::MAX; BLOCKS];
+            let bit = top & 63;
+            w.bits[((top >> 6) & MASK) as usize] = if bit == 63 {
+                u64::MAX
+            } else {
+                (1u64 << (bit + 1)) - 1
+            };
+        }
+        w
+    }
+
     pub fn window(&self) -> u32 {
         self.window
     }

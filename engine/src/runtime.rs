@@ -186,6 +186,9 @@ pub enum Command {
     SetTunnelState { tunnel: u32, up: bool },
     /// Removes the inbound SA with this SPI.
     DelInbound { spi: u32 },
+    /// Raises the highest sequence number the tunnel's outbound SA (with this SPI) may
+    /// send: the control thread has persisted the mark (static SAs across restarts).
+    SetSeqLimit { tunnel: u32, spi: u32, limit: u64 },
     /// Removes a tunnel's outbound SA, its selectors and all its inbound SAs.
     DelTunnel { tunnel: u32 },
     /// Forgets the replay window of an inbound SA. Only for rigs that replay the same
@@ -216,6 +219,9 @@ impl std::fmt::Debug for Command {
                 write!(f, "SetTunnelState({tunnel}, up={up})")
             }
             Command::DelInbound { spi } => write!(f, "DelInbound({spi:#x})"),
+            Command::SetSeqLimit { tunnel, spi, limit } => {
+                write!(f, "SetSeqLimit({tunnel}, spi {spi:#x}, {limit})")
+            }
             Command::DelTunnel { tunnel } => write!(f, "DelTunnel({tunnel})"),
             Command::ResetReplay { spi } => write!(f, "ResetReplay({spi:?})"),
             Command::Barrier(_) => f.write_str("Barrier"),
@@ -278,6 +284,9 @@ pub struct SaReport {
     pub suite: String,
     /// Outbound: next sequence number to send; inbound: highest sequence number accepted.
     pub seq: u64,
+    /// Outbound: the highest sequence number it may send (the persisted mark of a static
+    /// SA; u64::MAX when nothing is persisted).
+    pub seq_limit: u64,
     /// Inbound: replay window size.
     pub replay_window: u32,
     pub counters: Counters,
@@ -541,8 +550,14 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
                 sa,
                 selectors,
             } => {
+                let mut sa = sa;
                 let slot = match self.tunnel_out.get(&tunnel) {
                     Some(&slot) => {
+                        // The same SA with the same keys (a reload that changed another
+                        // field) keeps its sequence counter: a GCM nonce is never reused.
+                        if let Some(old) = &self.outs[slot] {
+                            sa.continue_from(&old.sa);
+                        }
                         // Switch: the old SA is retired, the slot (and selectors) stay.
                         if let Some(old) = self.outs[slot].replace(OutSlot { tunnel, sa }) {
                             self.retired_counters
@@ -595,8 +610,13 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
                 self.resolve_routes();
             }
             Command::AddInbound { tunnel, sa } => {
+                let mut sa = sa;
                 let spi = sa.cfg.spi;
                 if let Some(&old) = self.spi_map.get(&spi) {
+                    // Same SPI and keys: the replay window carries over.
+                    if let Some(o) = &self.ins[old] {
+                        sa.continue_from(&o.sa);
+                    }
                     self.retire_in(old);
                 }
                 let s = InSlot { tunnel, sa };
@@ -611,6 +631,14 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
                     }
                 };
                 self.spi_map.insert(spi, slot);
+            }
+            Command::SetSeqLimit { tunnel, spi, limit } => {
+                if let Some(&slot) = self.tunnel_out.get(&tunnel)
+                    && let Some(s) = &mut self.outs[slot]
+                    && s.sa.cfg.spi == spi
+                {
+                    s.sa.set_seq_limit(limit);
+                }
             }
             Command::DelInbound { spi } => {
                 if let Some(&slot) = self.spi_map.get(&spi) {
@@ -708,6 +736,7 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
                     spi: s.sa.cfg.spi,
                     suite: s.sa.cfg.suite.to_string(),
                     seq: s.sa.next_seq(),
+                    seq_limit: s.sa.seq_limit(),
                     replay_window: 0,
                     counters: s.sa.counters.clone(),
                 });
@@ -720,6 +749,7 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
                     spi: s.sa.cfg.spi,
                     suite: s.sa.cfg.suite.to_string(),
                     seq: s.sa.replay.top(),
+                    seq_limit: 0,
                     replay_window: s.sa.replay.window(),
                     counters: s.sa.counters.clone(),
                 });

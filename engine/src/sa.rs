@@ -496,6 +496,14 @@ impl IvGen {
             ctr: u128::from_le_bytes(seed[16..32].try_into().expect("16 bytes")),
         }
     }
+    /// A 16-bit value for the outer IPv4 ID counter's start: AES output under the IV key
+    /// for a block the IV counter never reaches first, so no key or seed byte reaches the
+    /// wire.
+    pub fn id_seed(&self) -> u16 {
+        let mut b = Array::from(u128::MAX.wrapping_sub(self.ctr).to_le_bytes());
+        self.key.encrypt_block(&mut b);
+        u16::from_le_bytes([b[0], b[1]])
+    }
     #[inline]
     pub fn next(&mut self, out: &mut [u8]) {
         self.ctr = self.ctr.wrapping_add(1);
@@ -520,6 +528,9 @@ pub struct OutboundSa {
     pub transform: Box<dyn EspTransform>,
     next_seq: u64,
     max_seq: u64,
+    /// Highest sequence number that may be sent: the write-ahead mark persisted by the
+    /// control thread for static SAs (u64::MAX: no persistence).
+    seq_limit: u64,
     soft_seq: u64,
     soft_reported: bool,
     pub(crate) iv: IvGen,
@@ -547,13 +558,15 @@ impl OutboundSa {
         let transform = new_transform(backend, cfg.suite, &cfg.enc_key, &cfg.int_key)?;
         let max_seq = if cfg.esn { u64::MAX } else { u32::MAX as u64 };
         let soft_seq = (max_seq / 100).saturating_mul(cfg.soft_seq_percent as u64);
+        let iv = IvGen::new(seed);
         Ok(OutboundSa {
             next_seq: cfg.seq,
             max_seq,
+            seq_limit: u64::MAX,
             soft_seq,
             soft_reported: false,
-            iv: IvGen::new(seed),
-            ip_id: u16::from_le_bytes([seed[0], seed[31]]),
+            ip_id: iv.id_seed(),
+            iv,
             inner_mtu: cfg.inner_mtu(),
             transform,
             cfg,
@@ -568,6 +581,9 @@ impl OutboundSa {
         if s > self.max_seq || s == 0 {
             return Err(crate::counters::DropReason::SeqExhausted);
         }
+        if s > self.seq_limit {
+            return Err(crate::counters::DropReason::SeqNotPersisted);
+        }
         self.next_seq = s.wrapping_add(1);
         if s >= self.soft_seq && !self.soft_reported {
             self.soft_reported = true;
@@ -578,6 +594,36 @@ impl OutboundSa {
     }
     pub fn next_seq(&self) -> u64 {
         self.next_seq
+    }
+    /// Starts sending at `seq` (a persisted mark after a restart); never goes back.
+    pub fn advance_to(&mut self, seq: u64) {
+        self.next_seq = self.next_seq.max(seq);
+    }
+    pub fn seq_limit(&self) -> u64 {
+        self.seq_limit
+    }
+    /// Sets the highest sequence number that may be sent (the persisted write-ahead mark).
+    pub fn set_seq_limit(&mut self, limit: u64) {
+        self.seq_limit = limit;
+    }
+    /// Whether `other` is the same SA with the same keys (a reload that changed another
+    /// field): then its sequence counter must carry over, or GCM nonces would repeat.
+    pub fn same_keys(&self, other: &SaConfig) -> bool {
+        same_keys(&self.cfg, other)
+    }
+    /// Takes over the sequence state of `old` when it is the same SA with the same keys
+    /// (RFC 4106 section 8: a (key, IV) pair is never used twice).
+    pub fn continue_from(&mut self, old: &OutboundSa) {
+        if old.same_keys(&self.cfg) {
+            self.next_seq = self.next_seq.max(old.next_seq);
+            // Keep the larger reservation (a reload may already have written a new one).
+            self.seq_limit = if self.seq_limit == u64::MAX {
+                old.seq_limit
+            } else {
+                self.seq_limit.max(old.seq_limit)
+            };
+            self.soft_reported |= old.soft_reported;
+        }
     }
     pub fn mss_ipv4(&self) -> u16 {
         mtu::mss_ipv4(self.inner_mtu) as u16
@@ -604,7 +650,29 @@ impl fmt::Debug for InboundSa {
     }
 }
 
+/// The same SA (direction, SPI, suite) with the same keys and sequence space.
+fn same_keys(a: &SaConfig, b: &SaConfig) -> bool {
+    a.direction == b.direction
+        && a.spi == b.spi
+        && a.suite == b.suite
+        && a.esn == b.esn
+        && *a.enc_key == *b.enc_key
+        && *a.int_key == *b.int_key
+}
+
 impl InboundSa {
+    /// Takes over the replay state of `old` when it is the same SA with the same keys, so
+    /// a reload does not make recorded traffic acceptable again.
+    pub fn continue_from(&mut self, old: &InboundSa) {
+        if same_keys(&self.cfg, &old.cfg) {
+            self.replay = if old.replay.window() == self.replay.window() {
+                old.replay.clone()
+            } else {
+                ReplayWindow::resume(self.replay.window(), self.cfg.esn, old.replay.top())
+            };
+        }
+    }
+
     pub fn new(cfg: SaConfig, backend: Backend) -> Result<Self, crate::crypto::KeyError> {
         let transform = new_transform(backend, cfg.suite, &cfg.enc_key, &cfg.int_key)?;
         Ok(InboundSa {
@@ -619,6 +687,7 @@ impl InboundSa {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replay::ReplayWindow;
 
     const GOOD: &str = r#"
 [[sa]]
@@ -645,6 +714,74 @@ nat_t = true
 esn = true
 replay_window = 64
 "#;
+
+    /// A reload that rebuilds an SA with the same keys keeps its sequence counter (so GCM
+    /// nonces never repeat) and its replay window; new keys start afresh. A persisted mark
+    /// stops the SA (seq_not_persisted) until it is raised.
+    #[test]
+    fn same_keys_carry_the_sequence_state_over_and_the_mark_stops_the_sa() {
+        let v = parse_sa_toml(GOOD, "good.toml").unwrap();
+        let mut old = OutboundSa::new(v[0].clone(), Backend::RustCrypto, &[1; 32]).unwrap();
+        for _ in 0..10 {
+            old.reserve_seq().unwrap();
+        }
+        let mut changed = v[0].clone();
+        changed.df_policy = DfPolicy::Honor;
+        let mut new = OutboundSa::new(changed.clone(), Backend::RustCrypto, &[2; 32]).unwrap();
+        new.continue_from(&old);
+        assert_eq!(new.next_seq(), 11);
+        changed.enc_key = Zeroizing::new(vec![9; 20]);
+        let mut rekeyed = OutboundSa::new(changed, Backend::RustCrypto, &[3; 32]).unwrap();
+        rekeyed.continue_from(&old);
+        assert_eq!(rekeyed.next_seq(), 1);
+        new.set_seq_limit(12);
+        assert!(new.reserve_seq().is_ok());
+        assert!(new.reserve_seq().is_ok());
+        assert_eq!(
+            new.reserve_seq(),
+            Err(crate::counters::DropReason::SeqNotPersisted)
+        );
+        new.set_seq_limit(100);
+        assert_eq!(new.reserve_seq().map(|x| x.0), Ok(13));
+
+        let mut inb = InboundSa::new(v[1].clone(), Backend::RustCrypto).unwrap();
+        for s in [5, 7, 9] {
+            inb.replay.commit(s).unwrap();
+        }
+        let mut again = InboundSa::new(v[1].clone(), Backend::RustCrypto).unwrap();
+        again.continue_from(&inb);
+        assert!(again.replay.check(7).is_err() && again.replay.check(8).is_ok());
+        let mut wider = v[1].clone();
+        wider.replay_window = 128;
+        let mut w = InboundSa::new(wider, Backend::RustCrypto).unwrap();
+        w.continue_from(&inb);
+        assert!(
+            w.replay.check(8).is_err(),
+            "a resumed window counts all up to top as seen"
+        );
+        assert!(w.replay.check(10).is_ok());
+        // The numbers after the resumed top are accepted once, in order or not.
+        for top in [9u64, 63, 64, 127, 1000] {
+            let mut r = ReplayWindow::resume(1024, false, top);
+            for s in [top + 2, top + 1, top + 3] {
+                let seq = r.check(s as u32).unwrap();
+                r.commit(seq).unwrap();
+            }
+            assert!(r.check(top as u32).is_err() && r.check(top as u32 + 1).is_err());
+        }
+    }
+
+    /// The outer IPv4 ID start is not a byte of the seed (which holds the IV key).
+    #[test]
+    fn ip_id_seed_is_not_a_key_byte() {
+        let v = parse_sa_toml(GOOD, "good.toml").unwrap();
+        for k in 0..=255u8 {
+            let mut seed = [k; 32];
+            seed[31] = k.wrapping_add(1);
+            let sa = OutboundSa::new(v[0].clone(), Backend::RustCrypto, &seed).unwrap();
+            assert_ne!(sa.ip_id, u16::from_le_bytes([seed[0], seed[31]]));
+        }
+    }
 
     #[test]
     fn parses_good_file() {

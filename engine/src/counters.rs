@@ -38,6 +38,7 @@ reasons! {
     ReassemblyLimit => "reassembly_limit", "Fragment dropped: its datagram has more fragments than allowed, or its source more datagrams in progress.";
     OuterFragment => "outer_fragment", "Outer ESP fragment while outer reassembly is off.";
     NoSa => "no_sa", "No outbound SA selected for the packet.";
+    PolicyMismatch => "policy_mismatch", "Decrypted inner packet whose source or destination lies outside the SA's traffic selectors (RFC 4301 section 5.2).";
     TtlExceeded => "ttl_exceeded", "Inner TTL / hop limit ran out at this hop (forwarding gateway; ICMP Time Exceeded sent).";
     IcmpRateLimited => "icmp_rate_limited", "An ICMP error that would have been sent was rate limited.";
     CryptoError => "crypto_error", "The crypto backend reported an error.";

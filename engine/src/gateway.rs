@@ -25,7 +25,7 @@ use crate::metrics::{self, TunnelSnapshot};
 use crate::pkt::BufPool;
 use crate::replay::ReplayWindow;
 use crate::runtime::{Command, Selector, Worker, WorkerConfig, WorkerHandle, WorkerReport};
-use crate::sa::{Direction, InboundSa, OutboundSa, SaConfig};
+use crate::sa::{Direction, InboundSa, InnerPolicy, OutboundSa, SaConfig};
 use crate::seqstore::SeqStore;
 use crate::tunnel_log::{self, PhaseState, Record, TunnelLog};
 use serde_json::json;
@@ -241,6 +241,19 @@ fn os_seed() -> Result<[u8; 32], Error> {
     Ok(s)
 }
 
+/// What a static tunnel's inbound SAs may deliver (RFC 4301 section 5.2): sources in the
+/// customer side's CIDR (`local_*_network_cidr`, AWS's meaning), destinations in ours.
+fn inner_policy(t: &Tunnel) -> InnerPolicy {
+    let (c, a) = match t.tunnel_inside_ip_version {
+        config::IpVersion::V4 => (t.local_ipv4_network_cidr, t.remote_ipv4_network_cidr),
+        config::IpVersion::V6 => (t.local_ipv6_network_cidr, t.remote_ipv6_network_cidr),
+    };
+    InnerPolicy {
+        src: vec![InnerPolicy::cidr(c.addr, c.len)],
+        dst: vec![InnerPolicy::cidr(a.addr, a.len)],
+    }
+}
+
 /// Builds the SAs of a tunnel (checks keys before anything is installed).
 fn build_sas(t: &Tunnel, backend: Backend) -> Result<(Vec<OutboundSa>, Vec<InboundSa>), Error> {
     let (mut outs, mut ins) = (vec![], vec![]);
@@ -250,7 +263,11 @@ fn build_sas(t: &Tunnel, backend: Backend) -> Result<(Vec<OutboundSa>, Vec<Inbou
             Direction::Out => {
                 outs.push(OutboundSa::new(s.clone(), backend, &os_seed()?).map_err(e)?)
             }
-            Direction::In => ins.push(InboundSa::new(s.clone(), backend).map_err(e)?),
+            Direction::In => {
+                let mut sa = InboundSa::new(s.clone(), backend).map_err(e)?;
+                sa.policy = Some(inner_policy(t));
+                ins.push(sa);
+            }
         }
     }
     if outs.len() > 1 {

@@ -755,12 +755,17 @@ impl IkeCtl {
         }
         let mut seed = [0u8; 32];
         fill(&mut seed);
-        let (Ok(inb), Ok(out)) = (
+        let (Ok(mut inb), Ok(out)) = (
             InboundSa::new(ic, self.backend),
             OutboundSa::new(oc, self.backend, &seed),
         ) else {
             return "CHILD_SA keys rejected by the crypto backend".into();
         };
+        // Only what the CHILD_SA's selectors allow comes out of it (RFC 4301 section 5.2).
+        inb.policy = Some(crate::sa::InnerPolicy {
+            src: vec![(c.remote_ts.start, c.remote_ts.end)],
+            dst: vec![(c.local_ts.start, c.local_ts.end)],
+        });
         let index = t.index;
         h.send(Command::AddInbound {
             tunnel: index,

@@ -304,6 +304,15 @@ pub fn finish_inbound(
     now: f64,
     pkt: &mut PacketBuf,
 ) -> Result<Unprotected, DropReason> {
+    if let Some(p) = &sa.policy {
+        // RFC 4301 section 5.2: the inner addresses must match the SA's selectors (every
+        // fragment carries them, so this holds before reassembly too).
+        let ok = wire::parse_ip(pkt.bytes()).is_some_and(|ip| p.allows(ip.src, ip.dst));
+        if !ok {
+            sa.counters.drop(DropReason::PolicyMismatch);
+            return Err(DropReason::PolicyMismatch);
+        }
+    }
     if let Some(reasm) = reasm
         && frag::is_fragment(pkt.bytes())
     {

@@ -639,6 +639,63 @@ pub struct InboundSa {
     pub transform: Box<dyn EspTransform>,
     pub replay: ReplayWindow,
     pub counters: Counters,
+    /// The inner addresses this SA may carry (None: any, as the `espd pcap` tools).
+    pub policy: Option<InnerPolicy>,
+}
+
+/// The inner addresses an inbound SA may deliver (RFC 4301 section 5.2: a decrypted packet
+/// must match the SA's selectors, or a peer could inject traffic for other tunnels):
+/// sources in the peer's ranges, destinations in ours. Inclusive address ranges (an IKE
+/// traffic selector, or a CIDR).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InnerPolicy {
+    pub src: Vec<(IpAddr, IpAddr)>,
+    pub dst: Vec<(IpAddr, IpAddr)>,
+}
+
+fn addr_bits(a: IpAddr) -> (bool, u128) {
+    match a {
+        IpAddr::V4(a) => (false, u32::from(a) as u128),
+        IpAddr::V6(a) => (true, u128::from(a)),
+    }
+}
+
+impl InnerPolicy {
+    /// The range of a CIDR.
+    pub fn cidr(addr: IpAddr, len: u8) -> (IpAddr, IpAddr) {
+        let (v6, a) = addr_bits(addr);
+        let width = if v6 { 128 } else { 32 };
+        let host = if len as u32 >= width {
+            0
+        } else {
+            (u128::MAX >> (128 - width + len as u32)) & (u128::MAX >> (128 - width))
+        };
+        let (lo, hi) = (a & !host, a | host);
+        if v6 {
+            (
+                IpAddr::V6(std::net::Ipv6Addr::from(lo)),
+                IpAddr::V6(std::net::Ipv6Addr::from(hi)),
+            )
+        } else {
+            (
+                IpAddr::V4(std::net::Ipv4Addr::from(lo as u32)),
+                IpAddr::V4(std::net::Ipv4Addr::from(hi as u32)),
+            )
+        }
+    }
+
+    fn within(a: IpAddr, ranges: &[(IpAddr, IpAddr)]) -> bool {
+        let (v6, x) = addr_bits(a);
+        ranges.iter().any(|&(lo, hi)| {
+            let ((v6l, l), (v6h, h)) = (addr_bits(lo), addr_bits(hi));
+            v6l == v6 && v6h == v6 && l <= x && x <= h
+        })
+    }
+
+    /// Whether a decrypted packet from `src` to `dst` may be delivered.
+    pub fn allows(&self, src: IpAddr, dst: IpAddr) -> bool {
+        Self::within(src, &self.src) && Self::within(dst, &self.dst)
+    }
 }
 
 impl fmt::Debug for InboundSa {
@@ -680,6 +737,7 @@ impl InboundSa {
             transform,
             cfg,
             counters: Counters::default(),
+            policy: None,
         })
     }
 }
@@ -769,6 +827,63 @@ replay_window = 64
             }
             assert!(r.check(top as u32).is_err() && r.check(top as u32 + 1).is_err());
         }
+    }
+
+    /// RFC 4301 section 5.2: an inbound SA delivers only its selectors' addresses.
+    #[test]
+    fn inner_policy_ranges() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            InnerPolicy::cidr(ip("10.2.0.77"), 24),
+            (ip("10.2.0.0"), ip("10.2.0.255"))
+        );
+        assert_eq!(
+            InnerPolicy::cidr(ip("10.2.0.77"), 0),
+            (ip("0.0.0.0"), ip("255.255.255.255"))
+        );
+        assert_eq!(
+            InnerPolicy::cidr(ip("fd00:2::9"), 64),
+            (ip("fd00:2::"), ip("fd00:2::ffff:ffff:ffff:ffff"))
+        );
+        let p = InnerPolicy {
+            src: vec![InnerPolicy::cidr(ip("10.2.0.0"), 24)],
+            dst: vec![InnerPolicy::cidr(ip("10.1.0.0"), 24)],
+        };
+        assert!(p.allows(ip("10.2.0.2"), ip("10.1.0.2")));
+        assert!(!p.allows(ip("10.3.0.2"), ip("10.1.0.2")), "spoofed source");
+        assert!(
+            !p.allows(ip("10.2.0.2"), ip("10.9.0.2")),
+            "other tunnel's network"
+        );
+        assert!(!p.allows(ip("fd00:2::2"), ip("10.1.0.2")), "other family");
+        let mut inb = InboundSa::new(
+            parse_sa_toml(GOOD, "g").unwrap()[1].clone(),
+            Backend::RustCrypto,
+        )
+        .unwrap();
+        inb.policy = Some(p);
+        let mut pkt = crate::pkt::PacketBuf::new();
+        let mut b = vec![0u8; 40];
+        crate::wire::write_ipv4_header(
+            &mut b,
+            40,
+            1,
+            false,
+            64,
+            17,
+            "10.3.0.2".parse().unwrap(),
+            "10.1.0.2".parse().unwrap(),
+        );
+        pkt.set(&b).unwrap();
+        assert_eq!(
+            crate::pipeline::finish_inbound(&mut inb, None, 0.0, &mut pkt).err(),
+            Some(crate::counters::DropReason::PolicyMismatch)
+        );
+        assert_eq!(
+            inb.counters
+                .dropped(crate::counters::DropReason::PolicyMismatch),
+            1
+        );
     }
 
     /// The outer IPv4 ID start is not a byte of the seed (which holds the IV key).

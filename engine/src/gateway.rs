@@ -31,7 +31,7 @@ use crate::tunnel_log::{self, PhaseState, Record, TunnelLog};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -1387,6 +1387,8 @@ fn spawn_control(
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     let _ = l.set_nonblocking(true);
+    let limits = crate::serve::Limits::default();
+    let gate = Arc::new(crate::serve::Gate::default());
     std::thread::Builder::new()
         .name("espd-control".into())
         .spawn(move || {
@@ -1394,25 +1396,23 @@ fn spawn_control(
                 match l.accept() {
                     Ok((c, _)) => {
                         let _ = c.set_nonblocking(false);
-                        let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-                        let mut line = String::new();
-                        if BufReader::new(&c).read_line(&mut line).is_err() {
-                            continue;
-                        }
-                        let w: Vec<&str> = line.split_whitespace().collect();
-                        let reply = match w.as_slice() {
-                            ["show", what] => show(&sh, what, false),
-                            ["show", what, "json"] => show(&sh, what, true),
-                            ["rekey", tunnel, what @ ("ike" | "child")] => {
-                                request_rekey(&sh, tunnel, *what == "ike")
-                            }
-                            _ => {
-                                "usage: show tunnels|sas|counters [json] | rekey TUNNEL ike|child\n"
-                                    .to_string()
-                            }
-                        };
-                        let mut c = c;
-                        let _ = c.write_all(reply.as_bytes());
+                        // Each client on its own thread, bounded in number, size and time.
+                        let sh = sh.clone();
+                        let nl = |b: &[u8]| b.contains(&b'\n');
+                        gate.serve(c, limits, nl, move |mut c, req| {
+                            let line = String::from_utf8_lossy(&req);
+                            let w: Vec<&str> = line.split_whitespace().collect();
+                            let reply = match w.as_slice() {
+                                ["show", what] => show(&sh, what, false),
+                                ["show", what, "json"] => show(&sh, what, true),
+                                ["rekey", tunnel, what @ ("ike" | "child")] => {
+                                    request_rekey(&sh, tunnel, *what == "ike")
+                                }
+                                _ => "usage: show tunnels|sas|counters [json] | rekey TUNNEL ike|child\n"
+                                    .to_string(),
+                            };
+                            let _ = c.write_all(reply.as_bytes());
+                        });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),
                 }

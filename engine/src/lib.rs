@@ -36,5 +36,6 @@ pub mod replay;
 pub mod runtime;
 pub mod sa;
 pub mod seqstore;
+pub mod serve;
 pub mod tunnel_log;
 pub mod wire;

@@ -9,7 +9,7 @@
 use crate::counters::{Counters, DropReason};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -289,27 +289,32 @@ pub fn serve(
     let addr = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     let st = stop.clone();
+    let limits = crate::serve::Limits::default();
+    let gate = Arc::new(crate::serve::Gate::default());
     let thread = std::thread::Builder::new().name("metrics".into()).spawn(move || {
         for conn in listener.incoming() {
             if st.load(Ordering::Relaxed) {
                 break;
             }
-            let Ok(mut c) = conn else { continue };
-            let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(2)));
-            let mut line = String::new();
-            if BufReader::new(&c).read_line(&mut line).is_err() {
-                continue;
-            }
-            let (status, body) = if line.starts_with("GET /metrics") {
-                ("200 OK", snapshot())
-            } else {
-                ("404 Not Found", "not found: try /metrics\n".to_string())
+            let Ok(c) = conn else { continue };
+            // Each client on its own thread, bounded in number, size and time: a slow or
+            // stuck client cannot delay a scrape.
+            let snapshot = snapshot.clone();
+            let end_of_head = |b: &[u8]| {
+                b.windows(4).any(|w| w == b"\r\n\r\n") || b.windows(2).any(|w| w == b"\n\n")
             };
-            let _ = write!(
-                c,
-                "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+            gate.serve(c, limits, end_of_head, move |mut c, req| {
+                let (status, body) = if req.starts_with(b"GET /metrics") {
+                    ("200 OK", snapshot())
+                } else {
+                    ("404 Not Found", "not found: try /metrics\n".to_string())
+                };
+                let _ = write!(
+                    c,
+                    "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
         }
     })?;
     Ok(Server {

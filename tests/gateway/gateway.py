@@ -535,6 +535,67 @@ def reload_sighup():
         g2.stop()
 
 
+HOSTILE = r"""
+import socket, sys, time
+port, sock_path, secs = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+conns = []
+def tcp():
+    c = socket.create_connection(("127.0.0.1", port), timeout=2); conns.append(c); return c
+def unix():
+    c = socket.socket(socket.AF_UNIX); c.settimeout(2); c.connect(sock_path); conns.append(c); return c
+slow = []
+for mk in (tcp, unix):
+    for _ in range(40):          # slow loris: a byte now and then, never a whole line
+        try: slow.append(mk())
+        except OSError: pass
+    for _ in range(5):           # huge: 1 MiB with no end of request
+        try:
+            c = mk(); c.setblocking(False)
+            try: c.send(b"x" * (1 << 20))
+            except OSError: pass
+        except OSError: pass
+    for _ in range(5):           # asks, never reads the answer
+        try:
+            c = mk(); c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            c.send(b"GET /metrics HTTP/1.0\r\n\r\n" if mk is tcp else b"show tunnels json\n")
+        except OSError: pass
+print("ready", flush=True)
+end = time.time() + secs
+while time.time() < end:
+    for c in slow:
+        try: c.send(b"G")
+        except OSError: pass
+    time.sleep(0.5)
+"""
+
+
+def hostile_clients():
+    """Slow, huge and never-reading clients on the metrics endpoint and the control socket:
+    a normal scrape and `espd show` are still answered promptly, and espd stays up."""
+    port = 19250
+    g1 = Gw(1, SUITES["gcm"], False, "hostile", f'metrics_listen = "127.0.0.1:{port}"')
+    try:
+        check("[hostile] gateway up", g1.up(), open(g1.log).read()[-400:])
+        h = py("g1", HOSTILE, str(port), g1.sock, "8", background=True)
+        h.stdout.readline()
+        times = []
+        for _ in range(3):
+            t0 = time.time()
+            m = nsx("g1", f"python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics', timeout=5).read().decode())\"", check=False).stdout
+            t1 = time.time()
+            sh_ = g1.show("tunnels")
+            t2 = time.time()
+            times.append((round(t1 - t0, 2), round(t2 - t1, 2), "espd_worker_polls_total" in m, "tunnels" in sh_))
+            time.sleep(1)
+        h.kill()
+        h.wait(timeout=5)
+        check("[hostile] under 90 hostile clients, scrapes and espd show answer in under 2 s",
+              all(a < 2 and b < 2 and okm and oks for a, b, okm, oks in times), str(times))
+        check("[hostile] espd still up", g1.up())
+    finally:
+        g1.stop()
+
+
 def esp_seqs(pcap, src):
     """(SPI, sequence number) of every ESP packet from `src` in a capture."""
     r = sh(f"tshark -n -r {pcap} -Y 'esp && ip.src == {src}' -T fields -e esp.spi -e esp.sequence", check=False)
@@ -604,6 +665,7 @@ def main():
         bad_starts()
         reload_sighup()
         no_seq_reuse()
+        hostile_clients()
     finally:
         netns.down()
     print(f"{passed} passed, {failed} failed")

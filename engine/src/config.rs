@@ -246,6 +246,8 @@ pub struct Gateway {
     pub state_directory: String,
     /// Sequence numbers an outbound static SA reserves per write of its mark.
     pub seq_persist_step: u64,
+    /// `ike_*` bounds of unauthenticated IKE state.
+    pub ike_limits: crate::ike_ctl::IkeLimits,
 }
 
 /// `reassembly_*` options of `[gateway]`.
@@ -283,6 +285,10 @@ pub const GATEWAY_KEYS: &[&str] = &[
     "pool_max_free",
     "state_directory",
     "seq_persist_step",
+    "ike_cookie_rate",
+    "ike_half_open_cookie",
+    "ike_half_open_per_source",
+    "ike_half_open_per_tunnel",
 ];
 
 /// Default control socket path.
@@ -444,6 +450,38 @@ fn gateway(t: &toml::Table, origin: &str, errs: &mut Vec<String>) -> Option<Gate
             1 << 30,
             " sequence numbers",
         ) as u64,
+        ike_limits: {
+            let d = crate::ike_ctl::IkeLimits::default();
+            let mut n = |key: &str, def: usize, hi: i64, unit: &str| {
+                int(&mut cx, t, key, def as i64, 1, hi, unit) as usize
+            };
+            crate::ike_ctl::IkeLimits {
+                cookie_rate: n(
+                    "ike_cookie_rate",
+                    d.cookie_rate,
+                    100_000,
+                    " requests per second",
+                ),
+                half_open_cookie: n(
+                    "ike_half_open_cookie",
+                    d.half_open_cookie,
+                    65_536,
+                    " IKE SAs",
+                ),
+                half_open_per_source: n(
+                    "ike_half_open_per_source",
+                    d.half_open_per_source,
+                    1024,
+                    " IKE SAs",
+                ),
+                half_open_per_tunnel: n(
+                    "ike_half_open_per_tunnel",
+                    d.half_open_per_tunnel,
+                    64,
+                    " IKE SAs",
+                ),
+            }
+        },
     })
 }
 

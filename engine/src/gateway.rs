@@ -638,6 +638,7 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         .collect();
     let mut ike = crate::ike_ctl::IkeCtl::new(&indexed, backend, opts.export_keys.clone(), 0.0)
         .map_err(|e| format!("{origin}: {e}"))?;
+    ike.limits = g.ike_limits;
     for t in cfg.tunnels.iter().filter(|t| t.sas.is_empty()) {
         if let Some(p) = t.peer_ip
             && g.outside_next_hop.is_none()
@@ -1145,6 +1146,17 @@ fn render_metrics(sh: &Shared) -> String {
         "COOKIE answers sent under IKE_SA_INIT load (RFC 7296 section 2.6).",
     );
     let _ = writeln!(o, "espd_ike_cookies_sent_total {}", k.cookies_sent);
+    head(
+        &mut o,
+        "espd_ike_half_open_evicted_total",
+        "counter",
+        "Half-open IKE SAs dropped to make room for a newer one (ike_half_open_per_tunnel).",
+    );
+    let _ = writeln!(
+        o,
+        "espd_ike_half_open_evicted_total {}",
+        k.half_open_evicted
+    );
     o
 }
 

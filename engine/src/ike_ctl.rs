@@ -62,18 +62,41 @@ struct TunnelIke {
     /// A new outbound SA waiting for the old SA's DELETE (we answered the rekey), with the
     /// time after which we switch anyway.
     pending_out: Option<(Box<OutboundSa>, f64)>,
-    /// A new IKE SA the peer is setting up while `sa` is established: it replaces `sa` only
-    /// once it authenticates (a spoofed IKE_SA_INIT must not take a working tunnel down).
-    pending_sa: Option<IkeSa>,
+    /// New IKE SAs peers are setting up (answered IKE_SA_INIT, not yet authenticated), with
+    /// where their IKE_SA_INIT came from. One replaces `sa` only once it authenticates, so
+    /// a spoofed IKE_SA_INIT cannot take a live or half-open SA down; at most
+    /// `IkeLimits::half_open_per_tunnel`, the oldest evicted first.
+    pending: Vec<(IkeSa, SocketAddr)>,
     /// When the current CHILD_SA was made (hard lifetime) and the last NAT keepalive sent.
     child_since: f64,
     last_keepalive: f64,
 }
 
-/// IKE_SA_INIT requests per second above which the responder asks for cookies first.
-pub const COOKIE_RATE: usize = 50;
-/// Half-open IKE SAs (answered IKE_SA_INIT, no IKE_AUTH yet) from which cookies are asked too.
-pub const COOKIE_HALF_OPEN: usize = 16;
+/// Bounds of the state unauthenticated IKE_SA_INIT requests can create (RFC 7296 section
+/// 2.6): above any of them the responder asks for a COOKIE first, so no DH and no state is
+/// spent on a source that cannot receive our answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IkeLimits {
+    /// IKE_SA_INIT requests per second (`ike_cookie_rate`).
+    pub cookie_rate: usize,
+    /// Half-open IKE SAs on the whole gateway (`ike_half_open_cookie`).
+    pub half_open_cookie: usize,
+    /// Half-open IKE SAs from one source address (`ike_half_open_per_source`).
+    pub half_open_per_source: usize,
+    /// Half-open IKE SAs kept per tunnel; more evict the oldest (`ike_half_open_per_tunnel`).
+    pub half_open_per_tunnel: usize,
+}
+
+impl Default for IkeLimits {
+    fn default() -> Self {
+        IkeLimits {
+            cookie_rate: 50,
+            half_open_cookie: 8,
+            half_open_per_source: 2,
+            half_open_per_tunnel: 4,
+        }
+    }
+}
 
 /// Seconds between NAT keepalives (RFC 3948 section 2.3 suggests 20).
 const KEEPALIVE_S: f64 = 20.0;
@@ -96,12 +119,16 @@ pub struct IkeCounters {
     pub no_tunnel: u64,
     /// COOKIE answers sent under load instead of a DH (section 2.6).
     pub cookies_sent: u64,
+    /// Half-open IKE SAs dropped to make room for a newer one (per-tunnel bound).
+    pub half_open_evicted: u64,
 }
 
 /// Every IKE-negotiated tunnel of the gateway.
 pub struct IkeCtl {
     /// Gateway-wide counts of IKE datagrams.
     pub counters: IkeCounters,
+    /// Bounds of unauthenticated state (set from `[gateway]`).
+    pub limits: IkeLimits,
     socks: HashMap<IpAddr, (UdpSocket, UdpSocket)>,
     /// Stateless cookies (RFC 7296 section 2.6), issued when IKE_SA_INIT requests arrive
     /// faster than `COOKIE_RATE` per second; the secret rotates every 5 minutes.
@@ -204,6 +231,7 @@ impl IkeCtl {
     ) -> Result<IkeCtl, String> {
         let mut ctl = IkeCtl {
             counters: IkeCounters::default(),
+            limits: IkeLimits::default(),
             socks: HashMap::new(),
             cookies: ike::cookie::Cookies::new(&mut fill),
             cookie_rotated: now,
@@ -274,7 +302,7 @@ impl IkeCtl {
                 ike_dropped: 0,
                 ike_dropped_seen: 0,
                 pending_out: None,
-                pending_sa: None,
+                pending: vec![],
                 child_since: 0.0,
                 last_keepalive: 0.0,
             });
@@ -415,26 +443,29 @@ impl IkeCtl {
             self.counters.malformed += 1;
             return;
         };
-        // An existing SA by SPI, else a new IKE_SA_INIT request for a tunnel of this address pair.
-        if let Some(i) = self.tunnels.iter().position(|t| {
-            t.pending_sa
-                .as_ref()
-                .is_some_and(|s| s.owns(hdr.spi_i, hdr.spi_r))
-        }) {
-            let Some(mut p) = self.tunnels[i].pending_sa.take() else {
-                return;
-            };
+        // A half-open SA of ours, an existing SA by SPI, else a new IKE_SA_INIT request for
+        // a tunnel of this address pair.
+        let pending = self.tunnels.iter().enumerate().find_map(|(i, t)| {
+            t.pending
+                .iter()
+                .position(|(s, _)| s.owns(hdr.spi_i, hdr.spi_r))
+                .map(|k| (i, k))
+        });
+        if let Some((i, k)) = pending {
+            let (mut p, _) = self.tunnels[i].pending.remove(k);
             let out = p.handle(data, now, &mut fill);
             match p.state {
                 ike::session::State::Established => {
-                    // The peer re-established (INITIAL_CONTACT): the new IKE SA takes over;
-                    // the old one's inbound SAs go once the new CHILD_SA is installed.
-                    let old = self.tunnels[i]
-                        .sa
-                        .replace(p)
-                        .map(|o| o.children())
-                        .unwrap_or_default();
-                    self.tunnels[i].peer_port = from.port();
+                    // The peer authenticated (a first SA, or a re-establishment with
+                    // INITIAL_CONTACT): the new IKE SA takes over, and only now does the
+                    // tunnel learn where the peer is; the old SA's inbound SAs go once the
+                    // new CHILD_SA is installed.
+                    let t = &mut self.tunnels[i];
+                    let old = t.sa.replace(p).map(|o| o.children()).unwrap_or_default();
+                    t.peer_port = from.port();
+                    if t.peer.is_none() {
+                        t.cfg.peer_addr = from.ip();
+                    }
                     self.apply(i, out, now, h, logs);
                     for spi in old {
                         h.send(Command::DelInbound { spi });
@@ -442,15 +473,19 @@ impl IkeCtl {
                     }
                 }
                 ike::session::State::Closed => {
-                    let logs_only = out
+                    let rest = self.reply_to(local, from, out);
+                    let logs_only = rest
                         .into_iter()
                         .filter(|o| !matches!(o, Output::Closed(_)))
                         .collect();
                     self.apply(i, logs_only, now, h, logs);
                 }
                 _ => {
-                    self.tunnels[i].pending_sa = Some(p);
-                    self.apply(i, out, now, h, logs);
+                    // Still half-open: answers go back to where this came from, the tunnel
+                    // keeps what it knows of its peer.
+                    let rest = self.reply_to(local, from, out);
+                    self.tunnels[i].pending.push((p, from));
+                    self.apply(i, rest, now, h, logs);
                 }
             }
             return;
@@ -479,17 +514,20 @@ impl IkeCtl {
                 while self.init_times.front().is_some_and(|t| now - t > 1.0) {
                     self.init_times.pop_front();
                 }
-                let half_open = self
+                // Half-open SAs on the gateway and from this source: cookies are asked for on
+                // a small gateway too, and one source cannot hold every slot.
+                let (half_open, from_source) = self
                     .tunnels
                     .iter()
-                    .filter(|t| {
-                        t.pending_sa.is_some()
-                            || t.sa
-                                .as_ref()
-                                .is_some_and(|s| s.state == ike::session::State::InitDone)
-                    })
-                    .count();
-                if self.init_times.len() > COOKIE_RATE || half_open >= COOKIE_HALF_OPEN {
+                    .flat_map(|t| &t.pending)
+                    .fold((0, 0), |(n, s), (_, a)| {
+                        (n + 1, s + usize::from(a.ip() == from.ip()))
+                    });
+                let l = self.limits;
+                if self.init_times.len() > l.cookie_rate
+                    || half_open >= l.half_open_cookie
+                    || from_source >= l.half_open_per_source
+                {
                     match self.cookies.check(data, from.ip()) {
                         Ok(()) => {}
                         Err(reply) => {
@@ -511,49 +549,56 @@ impl IkeCtl {
                 let (sa, out) = IkeSa::respond(cfg, data, now, &mut fill);
                 let t = &mut self.tunnels[i];
                 if let Some(sa) = sa {
-                    let working =
-                        t.sa.as_ref()
-                            .is_some_and(|s| s.state == ike::session::State::Established);
-                    if working {
-                        // Keep the working IKE SA until the new one authenticates.
-                        t.pending_sa = Some(sa);
-                    } else {
-                        t.sa = Some(sa);
-                        t.peer_port = from.port();
-                        if t.peer.is_none() {
-                            t.cfg.peer_addr = from.ip();
-                        }
+                    // Kept aside until it authenticates: the tunnel's SA (live, half-open or
+                    // ours being initiated) and what it knows of its peer stay as they are.
+                    if t.pending.len() >= self.limits.half_open_per_tunnel.max(1) {
+                        t.pending.remove(0);
+                        self.counters.half_open_evicted += 1;
                     }
+                    t.pending.push((sa, from));
                 }
-                // Replies go back where the request came from.
-                for o in &out {
-                    if let Output::Send { data, .. } = o
-                        && let Some((s500, s4500)) = self.socks.get(&local)
-                    {
-                        let _ = if from.port() == 500 {
-                            s500.send_to(data, from)
-                        } else {
-                            s4500.send_to(&[&[0u8; 4][..], data].concat(), from)
-                        };
-                    }
-                }
-                let rest = out
-                    .into_iter()
-                    .filter(|o| !matches!(o, Output::Send { .. }))
-                    .collect();
+                let rest = self.reply_to(local, from, out);
                 self.apply(i, rest, now, h, logs);
                 return;
             }
         };
-        self.tunnels[i].peer_port = from.port();
-        if let Some(d) = self.tunnels[i].dpd.as_mut() {
-            d.on_receive(now);
-        }
-        let out = match self.tunnels[i].sa.as_mut() {
-            Some(sa) => sa.handle(data, now, &mut fill),
-            None => return,
+        let Some(sa) = self.tunnels[i].sa.as_mut() else {
+            return;
         };
+        let v0 = sa.verified;
+        let out = sa.handle(data, now, &mut fill);
+        // Only a message that authenticated on an established SA moves what we know of the
+        // peer: its port (a NAT-T float) and its liveness (DPD). A datagram with the right
+        // SPIs but no valid ICV (anyone on the path can copy SPIs) changes nothing.
+        if sa.verified > v0 && sa.state == ike::session::State::Established {
+            let t = &mut self.tunnels[i];
+            t.peer_port = from.port();
+            if let Some(d) = t.dpd.as_mut() {
+                d.on_receive(now);
+            }
+        }
         self.apply(i, out, now, h, logs);
+    }
+
+    /// Sends the datagrams of `out` back to `from` (answers to a peer the tunnel does not
+    /// know yet); returns the other outputs.
+    fn reply_to(&self, local: IpAddr, from: SocketAddr, out: Vec<Output>) -> Vec<Output> {
+        let mut rest = vec![];
+        for o in out {
+            match o {
+                Output::Send { data, .. } => {
+                    if let Some((s500, s4500)) = self.socks.get(&local) {
+                        let _ = if from.port() == 500 {
+                            s500.send_to(&data, from)
+                        } else {
+                            s4500.send_to(&[&[0u8; 4][..], &data].concat(), from)
+                        };
+                    }
+                }
+                o => rest.push(o),
+            }
+        }
+        rest
     }
 
     /// The phase states of a log line of tunnel `i` (log spec section 2.4): those of its IKE
@@ -847,34 +892,25 @@ impl IkeCtl {
             self.switch_out(i, h);
         }
         // Half-open IKE SAs (the peer stopped after IKE_SA_INIT) go after 30 s.
-        let half_open = self.tunnels[i].sa.as_ref().is_some_and(|s| {
-            s.state == ike::session::State::InitDone && now - s.last_rx >= HALF_OPEN_S
+        let before = self.tunnels[i].pending.len();
+        let mut stale = vec![];
+        self.tunnels[i].pending.retain(|(s, from)| {
+            let keep = now - s.last_rx < HALF_OPEN_S;
+            if !keep {
+                stale.push(from.ip());
+            }
+            keep
         });
-        let pending_stale = self.tunnels[i]
-            .pending_sa
-            .as_ref()
-            .is_some_and(|s| now - s.last_rx >= HALF_OPEN_S);
-        if pending_stale {
-            self.tunnels[i].pending_sa = None;
-            let peer = self.tunnels[i].cfg.peer_addr;
-            logs.push((
-                idx,
-                self.states(i, self.tunnels[i].up),
-                format!(
-                    "AWS tunnel Timeout: deleting un-established Phase 1 IKE_SA with cgw: {peer}"
-                ),
-            ));
-        }
-        if half_open {
-            self.tunnels[i].sa = None;
-            let peer = self.tunnels[i].cfg.peer_addr;
-            logs.push((
-                idx,
-                self.states(i, false),
-                format!(
-                    "AWS tunnel Timeout: deleting un-established Phase 1 IKE_SA with cgw: {peer}"
-                ),
-            ));
+        if self.tunnels[i].pending.len() < before {
+            for peer in stale {
+                logs.push((
+                    idx,
+                    self.states(i, self.tunnels[i].up),
+                    format!(
+                        "AWS tunnel Timeout: deleting un-established Phase 1 IKE_SA with cgw: {peer}"
+                    ),
+                ));
+            }
         }
         // NAT keepalives while UDP-encapsulated (RFC 3948 section 2.3).
         let nat = self.tunnels[i].up && self.tunnels[i].sa.as_ref().is_some_and(|s| s.nat_detected);

@@ -255,3 +255,123 @@ fn datagrams_no_sa_takes_are_counted() {
     );
     assert_eq!(t1.dpd_action, "clear");
 }
+
+/// A datagram for tunnel `t1` of `side`'s peer: an IKE_SA_INIT request from a fresh IKE SA
+/// (as an attacker who copies the peer's address would send it).
+fn spoofed_init(me: &str, peer: &str, seed: u8) -> Vec<u8> {
+    let c = side(me, peer, "add", "clear");
+    let t = &c.tunnels[0];
+    let cfg = ike::session::Config {
+        local_addr: me.parse().unwrap(),
+        peer_addr: peer.parse().unwrap(),
+        psk: zeroize::Zeroizing::new(b"not the key".to_vec()),
+        p1_enc: t.phase1_encryption.clone(),
+        p1_integ: t.phase1_integrity.clone(),
+        p1_dh: t.phase1_dh_groups.clone(),
+        p2_enc: t.phase2_encryption.clone(),
+        p2_integ: t.phase2_integrity.clone(),
+        p2_dh: vec![],
+        local_ts: ike::msg::TrafficSelector::any(false),
+        remote_ts: ike::msg::TrafficSelector::any(false),
+        force_nat_t: false,
+        retransmits: 0,
+        retransmit_base_s: 1.0,
+    };
+    let mut n = seed;
+    let mut rng = move |b: &mut [u8]| {
+        for x in b {
+            n = n.wrapping_mul(31).wrapping_add(7);
+            *x = n;
+        }
+    };
+    let (_, out) = ike::session::IkeSa::initiate(cfg, 0.0, &mut rng).unwrap();
+    match out.into_iter().next() {
+        Some(ike::session::Output::Send { data, .. }) => data,
+        o => panic!("{o:?}"),
+    }
+}
+
+/// Spoofed datagrams at a live tunnel: IKE_SA_INIT requests from the peer's address (kept
+/// aside as half-open SAs, cookies asked for past two from one source, never replacing the
+/// live SA), and a datagram with the live SA's SPIs that does not authenticate, from another
+/// port (the peer's port does not float to it, its liveness is not refreshed by it). The
+/// tunnel stays up on the same IKE SA, with liveness checks answered, for a minute.
+#[test]
+fn spoofed_ike_datagrams_change_nothing_of_a_live_tunnel() {
+    if !root() {
+        eprintln!("skipped: needs root (UDP port 500)");
+        return;
+    }
+    let (ia, ib) = ("127.0.65.1", "127.0.65.2");
+    let (ca, cb) = (side(ia, ib, "start", "clear"), side(ib, ia, "add", "clear"));
+    let (ta, tb) = (indexed(&ca), indexed(&cb));
+    let backend = engine::crypto::Backend::RustCrypto;
+    let mut a = IkeCtl::new(&ta, backend, None, 0.0).unwrap();
+    let mut b = IkeCtl::new(&tb, backend, None, 0.0).unwrap();
+    let (_wa, ha) = handle();
+    let (_wb, hb) = handle();
+    let spoof = std::net::UdpSocket::bind(format!("{ib}:0")).unwrap();
+    let (mut logs, mut spis) = (vec![], None);
+    let mut now = 0.0;
+    while now < 80.0 {
+        if (4.95..5.05).contains(&now) {
+            spis = a.stats()[0].1.spis;
+            let (si, sr) = spis.expect("established by 5 s");
+            for k in 0..6 {
+                spoof
+                    .send_to(&spoofed_init(ib, ia, k), format!("{ia}:500"))
+                    .unwrap();
+            }
+            // The live SA's SPIs, an SK payload that does not authenticate, on 4500.
+            let mut d = vec![0u8; 4];
+            d.extend_from_slice(&si.to_be_bytes());
+            d.extend_from_slice(&sr.to_be_bytes());
+            d.extend_from_slice(&[46, 0x20, 37, 0x20, 0, 0, 0, 9, 0, 0, 0, 100]);
+            d.extend_from_slice(&[0, 0, 0, 72]);
+            d.extend_from_slice(&[0x5a; 68]);
+            spoof.send_to(&d, format!("{ia}:4500")).unwrap();
+        }
+        if (5.45..5.55).contains(&now) {
+            // A CHILD_SA rekey right after: its request must go to the peer, not to the
+            // port the forged datagram came from.
+            a.rekey_now(1, false, now);
+        }
+        for (_, _, l) in a.poll(now, &ha) {
+            logs.push(format!("{now:.1} A {l}"));
+        }
+        std::thread::sleep(std::time::Duration::from_micros(300));
+        for (_, _, l) in b.poll(now, &hb) {
+            logs.push(format!("{now:.1} B {l}"));
+        }
+        std::thread::sleep(std::time::Duration::from_micros(300));
+        now += 0.1;
+    }
+    let all = logs.join("\n");
+    assert!(!all.contains("DPD timed out"), "{all}");
+    let rekeyed = logs
+        .iter()
+        .filter(|l| l.contains(" A CHILD_SA established"))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        .any(|t| (5.4..6.5).contains(&t));
+    assert!(
+        rekeyed,
+        "the rekey right after the forgery went through: {all}"
+    );
+    let st = &a.stats()[0].1;
+    assert_eq!(
+        (st.phase1, st.phase2),
+        ("Established", "Established"),
+        "{all}"
+    );
+    assert_eq!(st.spis, spis, "the live IKE SA was not replaced: {all}");
+    assert!(st.messages_dropped >= 1, "the forged datagram was dropped");
+    let k = a.counters;
+    assert!(
+        k.cookies_sent >= 4,
+        "a cookie past two half-open SAs from one source: {k:?}"
+    );
+    assert!(
+        all.contains("deleting un-established Phase 1 IKE_SA with cgw: 127.0.65.2"),
+        "the half-open SAs expired: {all}"
+    );
+}

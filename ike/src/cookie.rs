@@ -86,7 +86,7 @@ impl Cookies {
                 None => None,
             };
             if let (Some(v), Some(s)) = (v, secret)
-                && *data == compute(v, s, ni, from, h.spi_i)
+                && crate::keys::ct_eq(data, &compute(v, s, ni, from, h.spi_i))
             {
                 return Ok(());
             }

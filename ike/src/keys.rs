@@ -427,7 +427,8 @@ impl SkCipher {
     }
 }
 
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+/// Equality in time that depends on the length only (ICVs, AUTH payloads, cookies).
+pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -225,6 +225,9 @@ pub struct IkeSa {
     pub nat_detected: bool,
     /// Messages dropped (malformed, bad ICV, unexpected).
     pub dropped: u64,
+    /// Messages that authenticated (their ICV verified). The shell changes what it knows of
+    /// the peer (its port after a NAT-T float, DPD liveness) only when this moves.
+    pub verified: u64,
     pub last_rx: f64,
 }
 
@@ -700,6 +703,7 @@ impl IkeSa {
             unsupported_critical: None,
             nat_detected: false,
             dropped: 0,
+            verified: 0,
             last_rx: now,
         }
     }
@@ -891,6 +895,7 @@ impl IkeSa {
             self.dropped += 1;
             return None;
         };
+        self.verified += 1;
         match msg::parse_chain(*first, &plain) {
             Ok(ps) => Some(ps),
             Err(e) => {
@@ -1074,7 +1079,9 @@ impl IkeSa {
             // this one; a CHILD_SA DELETE the peer still sends on the old SA applies to them.
             let old = &mut self.retired[k].0;
             old.children = self.children.clone();
+            let v0 = old.verified;
             let out = old.handle(raw, now, fill);
+            self.verified += old.verified - v0;
             let left = std::mem::take(&mut old.children);
             self.last_rx = self.last_rx.max(old.last_rx);
             self.children.retain(|c| left.contains(c));
@@ -1337,12 +1344,7 @@ impl IkeSa {
             (&k.sk_pr, &self.ni)
         };
         let want = keys::psk_auth(s.prf, &self.cfg.psk, &self.peer_first, nonce, sk_p, &body);
-        want.len() == auth.len()
-            && want
-                .iter()
-                .zip(auth.iter())
-                .fold(0u8, |a, (x, y)| a | (x ^ y))
-                == 0
+        keys::ct_eq(&want, auth)
     }
 
     fn child_keys(&self, enc: &str, integ: Option<&str>) -> Option<ChildKeys> {
@@ -2455,6 +2457,7 @@ impl IkeSa {
         self.ike_rekeys = old.ike_rekeys + 1;
         self.collisions = old.collisions;
         self.dropped = old.dropped;
+        self.verified += old.verified;
         self.last_rx = self.last_rx.max(old.last_rx);
         old.retiring = true;
         old.ike_rekey = None;

@@ -393,6 +393,10 @@ impl Logs {
 /// Runs the gateway of `path` until a stop signal. Every failure before it is up is one
 /// clear message; nothing stays attached.
 pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
+    crate::privs::check_not_writable_by_others(path, "config file")?;
+    if let Some(p) = &opts.export_keys {
+        crate::privs::check_not_writable_by_others(p, "--export-keys file")?;
+    }
     let cfg = load_config(path)?;
     let origin = path.display().to_string();
     let g: Gateway = cfg.gateway.clone().ok_or_else(|| {
@@ -616,7 +620,17 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             .iter()
             .map(|s| tunnel_log::esp_sa_line(s) + "\n")
             .collect();
-        std::fs::write(p, text).map_err(|e| format!("--export-keys {}: {e}", p.display()))?;
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(p)
+                .and_then(|mut f| f.write_all(text.as_bytes()))
+                .map_err(|e| format!("--export-keys {}: {e}", p.display()))?;
+        }
         eprintln!(
             "espd: WARNING: keys of {} SA(s) exported to {} (--export-keys, for debugging with tshark); SAs negotiated by IKE are appended as they come, IKEv2 keys to {}.ikev2_decryption_table",
             all_sas.len(),
@@ -654,6 +668,19 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         signal_hook::consts::SIGHUP,
     ])
     .map_err(|e| format!("installing signal handlers: {e}"))?;
+    let metrics_listener = match &g.metrics_listen {
+        Some(a) => Some(
+            std::net::TcpListener::bind(a.as_str())
+                .map_err(|e| format!("{origin}: [gateway]: metrics_listen {a}: {e}"))?,
+        ),
+        None => None,
+    };
+    // Everything privileged is done (XDP attached, AF_XDP sockets made, UDP 500/4500 and
+    // the metrics port bound): no capability is kept, before any other thread starts.
+    crate::privs::drop_all().map_err(|e| format!("dropping capabilities: {e}"))?;
+    eprintln!(
+        "espd: capabilities dropped (no_new_privs; effective, permitted, bounding sets empty)"
+    );
     let wstop = stop.clone();
     let wthread = std::thread::Builder::new()
         .name("espd-worker-0".into())
@@ -697,12 +724,12 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         );
     }
     let ctl_thread = spawn_control(ctl, shared.clone(), stop.clone());
-    let _metrics = match &g.metrics_listen {
-        Some(a) => {
+    let _metrics = match metrics_listener {
+        Some(l) => {
             let s = shared.clone();
             Some(
-                metrics::serve(a, Arc::new(move || render_metrics(&s)))
-                    .map_err(|e| format!("{origin}: [gateway]: metrics_listen {a}: {e}"))?,
+                metrics::serve_on(l, Arc::new(move || render_metrics(&s)))
+                    .map_err(|e| format!("{origin}: [gateway]: metrics_listen: {e}"))?,
             )
         }
         None => None,
@@ -830,6 +857,7 @@ fn reload(
     backend: Backend,
     marks: &mut SeqMarks,
 ) -> Result<String, Error> {
+    crate::privs::check_not_writable_by_others(path, "config file")?;
     let cfg = load_config(path)?;
     if cfg.gateway.as_ref() != Some(g) {
         return Err("the [gateway] table changed: restart espd to apply it".into());

@@ -20,6 +20,7 @@ use ike::session::{ChildSa, Config as IkeConfig, IkeSa, Output, Phase};
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::unix::fs::OpenOptionsExt;
 use zeroize::Zeroizing;
 
 /// One tunnel negotiated by IKE.
@@ -127,6 +128,9 @@ pub struct IkeCounters {
 pub struct IkeCtl {
     /// Gateway-wide counts of IKE datagrams.
     pub counters: IkeCounters,
+    /// Inbound SPIs installed on the gateway (static SAs and CHILD_SAs): the SPIs the IKE
+    /// SAs draw avoid them, so a new CHILD_SA never replaces another tunnel's SA.
+    spis: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<u32>>>,
     /// Bounds of unauthenticated state (set from `[gateway]`).
     pub limits: IkeLimits,
     socks: HashMap<IpAddr, (UdpSocket, UdpSocket)>,
@@ -231,6 +235,7 @@ impl IkeCtl {
     ) -> Result<IkeCtl, String> {
         let mut ctl = IkeCtl {
             counters: IkeCounters::default(),
+            spis: Default::default(),
             limits: IkeLimits::default(),
             socks: HashMap::new(),
             cookies: ike::cookie::Cookies::new(&mut fill),
@@ -242,6 +247,13 @@ impl IkeCtl {
             buf: vec![0u8; 65536],
         };
         for (index, t) in tunnels {
+            for s in t
+                .sas
+                .iter()
+                .filter(|s| s.direction == crate::sa::Direction::In)
+            {
+                ctl.spi_set(s.spi, true);
+            }
             if !t.sas.is_empty() || !t.ike_versions.contains(&config::IkeVersion::V2) {
                 continue;
             }
@@ -308,6 +320,21 @@ impl IkeCtl {
             });
         }
         Ok(ctl)
+    }
+
+    fn spi_set(&self, spi: u32, taken: bool) {
+        let mut s = self.spis.lock().unwrap_or_else(|e| e.into_inner());
+        if taken {
+            s.insert(spi);
+        } else {
+            s.remove(&spi);
+        }
+    }
+
+    /// The predicate the IKE SAs draw their inbound SPIs against.
+    fn spi_taken(&self) -> ike::session::SpiTaken {
+        let s = self.spis.clone();
+        std::sync::Arc::new(move |spi| s.lock().unwrap_or_else(|e| e.into_inner()).contains(&spi))
     }
 
     /// Tunnels handled here.
@@ -470,6 +497,7 @@ impl IkeCtl {
                     for spi in old {
                         h.send(Command::DelInbound { spi });
                         self.tunnels[i].installed.retain(|x| *x != spi);
+                        self.spi_set(spi, false);
                     }
                 }
                 ike::session::State::Closed => {
@@ -546,7 +574,10 @@ impl IkeCtl {
                 }
                 let mut cfg = self.tunnels[i].cfg.clone();
                 cfg.peer_addr = from.ip();
-                let (sa, out) = IkeSa::respond(cfg, data, now, &mut fill);
+                let (mut sa, out) = IkeSa::respond(cfg, data, now, &mut fill);
+                if let Some(sa) = sa.as_mut() {
+                    sa.set_spi_taken(self.spi_taken());
+                }
                 let t = &mut self.tunnels[i];
                 if let Some(sa) = sa {
                     // Kept aside until it authenticates: the tunnel's SA (live, half-open or
@@ -677,6 +708,7 @@ impl IkeCtl {
                     self.switch_out(i, h);
                     h.send(Command::DelInbound { spi: spi_in });
                     self.tunnels[i].installed.retain(|s| *s != spi_in);
+                    self.spi_set(spi_in, false);
                 }
                 Output::Log(l) => logs.push((idx, self.states(i, self.tunnels[i].up), l)),
                 Output::Closed(why) => {
@@ -720,6 +752,7 @@ impl IkeCtl {
         let _ = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(path)
             .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
     }
@@ -795,6 +828,7 @@ impl IkeCtl {
             let _ = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(p)
                 .and_then(|mut f| std::io::Write::write_all(&mut f, lines.as_bytes()));
         }
@@ -832,6 +866,7 @@ impl IkeCtl {
         });
         // The old inbound SA stays until its DELETE exchange ends (ChildDown).
         self.tunnels[i].installed.push(c.spi_in);
+        self.spi_set(c.spi_in, true);
         format!(
             "CHILD_SA established: ESP {}{} in {:#010x} out {:#010x}{}",
             c.encryption,
@@ -850,6 +885,10 @@ impl IkeCtl {
     }
 
     fn teardown(&mut self, i: usize, h: &WorkerHandle) {
+        for spi in std::mem::take(&mut self.tunnels[i].installed) {
+            self.spi_set(spi, false);
+            self.tunnels[i].installed.push(spi);
+        }
         let t = &mut self.tunnels[i];
         if !t.installed.is_empty() || t.up {
             h.send(Command::DelTunnel { tunnel: t.index });
@@ -872,7 +911,8 @@ impl IkeCtl {
             self.tunnels[i].next_start = None;
             self.tunnels[i].peer_port = 500;
             match IkeSa::initiate(self.tunnels[i].cfg.clone(), now, &mut fill) {
-                Ok((sa, out)) => {
+                Ok((mut sa, out)) => {
+                    sa.set_spi_taken(self.spi_taken());
                     self.tunnels[i].sa = Some(sa);
                     logs.push((
                         idx,

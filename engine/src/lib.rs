@@ -32,6 +32,7 @@ pub mod mtu;
 pub mod pcap;
 pub mod pipeline;
 pub mod pkt;
+pub mod privs;
 pub mod replay;
 pub mod runtime;
 pub mod sa;

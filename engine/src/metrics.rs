@@ -285,7 +285,14 @@ pub fn serve(
     addr: &str,
     snapshot: Arc<dyn Fn() -> String + Send + Sync>,
 ) -> std::io::Result<Server> {
-    let listener = TcpListener::bind(addr)?;
+    serve_on(TcpListener::bind(addr)?, snapshot)
+}
+
+/// [`serve`] on a listener bound already (`espd run` binds before it drops privileges).
+pub fn serve_on(
+    listener: TcpListener,
+    snapshot: Arc<dyn Fn() -> String + Send + Sync>,
+) -> std::io::Result<Server> {
     let addr = listener.local_addr()?;
     let stop = Arc::new(AtomicBool::new(false));
     let st = stop.clone();

@@ -173,6 +173,9 @@ pub(crate) struct IkeSuite {
     pub(crate) dh: u16,
 }
 
+/// Whether an inbound SPI is already installed on the gateway (see [`IkeSa::set_spi_taken`]).
+pub type SpiTaken = std::sync::Arc<dyn Fn(u32) -> bool + Send + Sync>;
+
 /// One IKE SA.
 pub struct IkeSa {
     cfg: Config,
@@ -225,6 +228,9 @@ pub struct IkeSa {
     pub nat_detected: bool,
     /// Messages dropped (malformed, bad ICV, unexpected).
     pub dropped: u64,
+    /// Says whether an inbound SPI is taken elsewhere (the gateway's other SAs): ours are
+    /// drawn until one is free.
+    spi_taken: Option<SpiTaken>,
     /// Messages that authenticated (their ICV verified). The shell changes what it knows of
     /// the peer (its port after a NAT-T float, DPD liveness) only when this moves.
     pub verified: u64,
@@ -704,8 +710,30 @@ impl IkeSa {
             nat_detected: false,
             dropped: 0,
             verified: 0,
+            spi_taken: None,
             last_rx: now,
         }
+    }
+
+    /// Tells the SA which inbound SPIs are installed elsewhere on the gateway: the CHILD_SA
+    /// SPIs it draws avoid them (and its own), so a new SA never replaces another.
+    pub fn set_spi_taken(&mut self, taken: SpiTaken) {
+        self.spi_taken = Some(taken);
+    }
+
+    /// A random inbound SPI no SA of the gateway uses (at most 64 draws: with 2^32 values
+    /// a gateway that is that full has bigger problems).
+    fn new_spi(&self, fill: &mut dyn FnMut(&mut [u8])) -> u32 {
+        let mut v = random_spi32(fill);
+        for _ in 0..64 {
+            let taken = self.children.iter().any(|c| c.0 == v)
+                || self.spi_taken.as_ref().is_some_and(|f| f(v));
+            if !taken {
+                break;
+            }
+            v = random_spi32(fill);
+        }
+        v
     }
 
     /// Starts an IKE SA as initiator: the IKE_SA_INIT request.
@@ -1272,7 +1300,7 @@ impl IkeSa {
         self.pending = None;
         self.last_rx = now;
         // IKE_AUTH request.
-        self.child_spi = random_spi32(fill);
+        self.child_spi = self.new_spi(fill);
         let id_body = id_payload_body(self.cfg.local_addr);
         let k = self.keys.as_ref().expect("just set");
         let auth = keys::psk_auth(
@@ -1463,7 +1491,7 @@ impl IkeSa {
                         .and_then(|s| s.try_into().ok())
                         .unwrap_or([0; 4]),
                 );
-                self.child_spi = random_spi32(fill);
+                self.child_spi = self.new_spi(fill);
                 if let Some(ck) = self.child_keys(&c.enc, c.integ.as_deref()) {
                     inner.push(Payload::Sa(vec![chosen_proposal(
                         &c,
@@ -1850,7 +1878,7 @@ impl IkeSa {
         if !self.children.iter().any(|c| c.0 == old_in) {
             return vec![];
         }
-        let new_in = random_spi32(fill);
+        let new_in = self.new_spi(fill);
         let ni = nonce(fill);
         let group = group.or(self.cfg.p2_dh.first().copied());
         let kp = match group.map(|g| KeyPair::generate(g, fill)) {
@@ -2240,7 +2268,7 @@ impl IkeSa {
                             if ke.is_some() && shared.is_none() {
                                 notify_only(notify::INVALID_SYNTAX, vec![])
                             } else {
-                                let new_in = random_spi32(fill);
+                                let new_in = self.new_spi(fill);
                                 let e = enc_transform(&c.enc)
                                     .and_then(|t| Encr::from_transform(t.id, t.key_bits));
                                 let il = c
@@ -2436,6 +2464,7 @@ impl IkeSa {
         n.ni = ni.to_vec();
         n.nr = nr.to_vec();
         n.nat_detected = self.nat_detected;
+        n.spi_taken = self.spi_taken.clone();
         Some(n)
     }
 

@@ -836,3 +836,28 @@ fn ike_sa_rekey_during_a_child_rekey_is_refused_then_retried() {
     assert!(logs(&xo).contains("IKE SA rekeyed") && logs(&yo).contains("IKE SA rekeyed"));
     check_after_ike_rekey(&mut a, &mut b, children, old, "after a refusal");
 }
+
+/// The CHILD_SA SPIs an IKE SA draws avoid those the gateway has installed elsewhere (a
+/// new SA must never replace another tunnel's): the same draws with the first SPI marked
+/// taken give another SPI, for the first CHILD_SA and for a rekey.
+#[test]
+fn child_spis_avoid_those_installed_elsewhere() {
+    let run = establish(cfg("192.0.2.1", "192.0.2.2"), cfg("192.0.2.2", "192.0.2.1"));
+    let first = run.a.children()[0];
+    let taken: ike::session::SpiTaken = std::sync::Arc::new(move |s| s == first);
+    let mut ra = rng(1);
+    let (mut a, req) = IkeSa::initiate(cfg("192.0.2.1", "192.0.2.2"), 0.0, &mut ra).unwrap();
+    a.set_spi_taken(taken);
+    let mut rb = rng(2);
+    let (b, resp) = IkeSa::respond(cfg("192.0.2.2", "192.0.2.1"), &sends(&req)[0], 0.0, &mut rb);
+    let mut b = b.unwrap();
+    let auth = sends(&a.handle(&sends(&resp)[0], 0.0, &mut ra));
+    pump(&mut a, &mut b, auth, 0.0, 3);
+    assert_eq!(a.children().len(), 1);
+    assert_ne!(a.children()[0], first);
+    let old = a.children()[0];
+    let taken_now: ike::session::SpiTaken = std::sync::Arc::new(move |s| s == old || s == first);
+    a.set_spi_taken(taken_now);
+    let (na, _) = rekey_once(&mut a, &mut b, 1.0, 40);
+    assert!(na.spi_in != old && na.spi_in != first);
+}

@@ -115,8 +115,8 @@ cores = [{core}]
 xdp_mode = "auto"
 control_socket = "{sock}"
 idle_sleep_us = 20
-ike = false
 {extra_gateway}
+ike = false
 {tunnels}
 """
 
@@ -489,6 +489,10 @@ def bad_starts():
         check(f"[bad] {name}: clear message, exit 1, nothing attached",
               r.returncode == 1 and want in r.stderr and "panick" not in r.stderr
               and not xdp_attached("g1", "g1i") and not xdp_attached("g1", "g1o"), r.stderr)
+    os.chmod(path, 0o666)
+    r = nsx("g1", f"{ESPD} run --config {path}", check=False)
+    check("[bad] a world-writable config file is refused with the fix",
+          r.returncode == 1 and "chmod go-w" in r.stderr and not xdp_attached("g1", "g1i"), r.stderr)
     r = nsx("g1", f"{ESPD} run --config {WORK}/does-not-exist.toml", check=False)
     check("[bad] unreadable config: clear message, exit 1", r.returncode == 1 and "does-not-exist.toml" in r.stderr, r.stderr)
 
@@ -592,6 +596,12 @@ def hostile_clients():
         check("[hostile] under 90 hostile clients, scrapes and espd show answer in under 2 s",
               all(a < 2 and b < 2 and okm and oks for a, b, okm, oks in times), str(times))
         check("[hostile] espd still up", g1.up())
+        caps = {}
+        for task in os.listdir(f"/proc/{g1.p.pid}/task"):
+            st = open(f"/proc/{g1.p.pid}/task/{task}/status").read()
+            caps[task] = [l.split()[1] for l in st.splitlines() if l.split(":")[0] in ("CapEff", "CapPrm", "CapBnd")]
+        check("[hostile] every espd thread runs with no capability (effective, permitted, bounding)",
+              len(caps) >= 3 and all(v == ["0000000000000000"] * 3 for v in caps.values()), str(caps))
     finally:
         g1.stop()
 

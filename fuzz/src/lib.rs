@@ -1,0 +1,54 @@
+//! What the fuzz targets share: a deterministic RNG, an IKE configuration with every AWS
+//! algorithm, and a splitter that turns one fuzz input into several datagrams.
+
+use ike::msg::TrafficSelector;
+use ike::session::Config;
+use zeroize::Zeroizing;
+
+/// A deterministic random generator (the state machines take their randomness as input).
+pub fn rng(seed: u64) -> impl FnMut(&mut [u8]) {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    move |b: &mut [u8]| {
+        for o in b {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *o = x as u8;
+        }
+    }
+}
+
+fn names(x: &[&str]) -> Vec<String> {
+    x.iter().map(|s| s.to_string()).collect()
+}
+
+/// A tunnel's IKE configuration with every AWS algorithm and a cheap DH group first.
+pub fn config(local: &str, peer: &str) -> Config {
+    Config {
+        local_addr: local.parse().unwrap(),
+        peer_addr: peer.parse().unwrap(),
+        psk: Zeroizing::new(b"fuzz.tunnel".to_vec()),
+        p1_enc: names(&["AES128", "AES256", "AES128-GCM-16", "AES256-GCM-16"]),
+        p1_integ: names(&["SHA1", "SHA2-256", "SHA2-384", "SHA2-512"]),
+        p1_dh: vec![19, 14],
+        p2_enc: names(&["AES128", "AES256", "AES128-GCM-16", "AES256-GCM-16"]),
+        p2_integ: names(&["SHA1", "SHA2-256", "SHA2-384", "SHA2-512"]),
+        p2_dh: vec![19],
+        local_ts: TrafficSelector::any(false),
+        remote_ts: TrafficSelector::any(false),
+        force_nat_t: false,
+        retransmits: 2,
+        retransmit_base_s: 1.0,
+    }
+}
+
+/// Splits an input into datagrams: each is a 2-byte big-endian length and that many bytes.
+pub fn datagrams(mut data: &[u8]) -> Vec<&[u8]> {
+    let mut v = vec![];
+    while data.len() >= 2 && v.len() < 32 {
+        let n = (usize::from(data[0]) << 8 | usize::from(data[1])).min(data.len() - 2);
+        v.push(&data[2..2 + n]);
+        data = &data[2 + n..];
+    }
+    v
+}

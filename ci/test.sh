@@ -9,7 +9,8 @@
 #   pip: scapy, cryptography (independent ESP implementation)
 # then runs: cargo fmt --check, cargo clippy -D warnings, cargo test (unit, known-answer,
 # property, zero-allocation, CLI), and the scapy/tshark interop suite.
-# Slow soaks are gated: ESPD_SOAK=1 raises the property-test case counts.
+# Slow soaks are gated: ESPD_SOAK=1 raises the property-test case counts and runs each
+# cargo-fuzz target (ci/fuzz.sh) for 10 minutes instead of 10 seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,7 +32,10 @@ if ! python3 -c 'import scapy, cryptography' 2>/dev/null; then
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore scapy cryptography
 fi
 
-if [ "${ESPD_SOAK:-0}" = "1" ]; then export PROPTEST_CASES=20000; fi
+if [ "${ESPD_SOAK:-0}" = "1" ]; then
+  export PROPTEST_CASES=20000
+  export ESPD_FUZZ_SECONDS="${ESPD_FUZZ_SECONDS:-600}"
+fi
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
@@ -41,6 +45,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 log "cargo test"
 cargo test --workspace --quiet 2>&1 | grep -v '^$'
+
+log "cargo-fuzz targets (${ESPD_FUZZ_SECONDS:-10} s each; nightly toolchain)"
+./ci/fuzz.sh
 
 log "crypto backends"
 cargo run --quiet -p engine --bin espd -- crypto

@@ -305,6 +305,8 @@ pub fn pcap_decrypt(o: &DecryptOpts) -> Result<(), CliError> {
         let expired = outer_reasm.expire(now);
         global.drops[DropReason::ReassemblyTimeout as usize] += expired;
         global.drops[DropReason::ReassemblyTimeout as usize] += inner_reasm.expire(now);
+        global.drops[DropReason::ReassemblyOverflow as usize] +=
+            outer_reasm.take_evicted() + inner_reasm.take_evicted();
         let Some((link, ip)) = pcap::split_link(input.linktype, &rec.data) else {
             not_esp += 1;
             continue;

@@ -334,18 +334,27 @@ pub struct ReasmStats {
     pub invalid: u64,
     /// Fragments dropped by `max_fragments` or `max_per_source`.
     pub limited: u64,
+    /// Datagrams dropped, oldest first, to make room for a new one when the table or its
+    /// bytes were full.
+    pub evicted: u64,
     pub in_progress: usize,
     pub bytes: usize,
 }
 
 /// IPv4 and IPv6 reassembly with bounded memory and time (RFC 791, RFC 8200 section 4.5).
-/// Overlapping fragments drop the whole datagram (RFC 5722).
+/// Overlapping fragments drop the whole datagram (RFC 5722). When the table is full a new
+/// datagram evicts the oldest one (as the kernel does above its high threshold): a flood
+/// of fragments that never complete cannot keep real datagrams out for the whole timeout.
 #[derive(Debug)]
 pub struct Reassembler {
     limits: ReasmLimits,
     table: HashMap<Key, Datagram>,
     /// Datagrams in progress per source address.
     per_source: HashMap<IpAddr, u32>,
+    /// Datagrams in the order they started (stale entries skipped lazily): the eviction order.
+    order: std::collections::VecDeque<(Key, f64)>,
+    /// Fragments held by evicted datagrams, not yet taken by [`Reassembler::take_evicted`].
+    evicted_fragments: u64,
     bytes: usize,
     pub stats: ReasmStats,
 }
@@ -432,6 +441,8 @@ impl Reassembler {
             limits,
             table: HashMap::new(),
             per_source: HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            evicted_fragments: 0,
             bytes: 0,
             stats: ReasmStats::default(),
         }
@@ -469,6 +480,10 @@ impl Reassembler {
             return Err(DropReason::ReassemblyInvalid);
         }
         if !self.table.contains_key(&f.key) {
+            while (self.table.len() >= self.limits.max_datagrams
+                || self.bytes + end + hdr_len > self.limits.max_bytes)
+                && self.evict_oldest()
+            {}
             if self.table.len() >= self.limits.max_datagrams
                 || self.bytes + end + hdr_len > self.limits.max_bytes
             {
@@ -481,6 +496,12 @@ impl Reassembler {
                 return Err(DropReason::ReassemblyLimit);
             }
             *from_src += 1;
+            self.order.push_back((f.key, now));
+            if self.order.len() > 2 * self.limits.max_datagrams + 64 {
+                let table = &self.table;
+                self.order
+                    .retain(|(k, t)| table.get(k).is_some_and(|d| d.first == *t));
+            }
             self.table.insert(
                 f.key,
                 Datagram {
@@ -603,6 +624,26 @@ impl Reassembler {
         frags
     }
 
+    /// Drops the oldest datagram in progress; false when there is none.
+    fn evict_oldest(&mut self) -> bool {
+        while let Some((k, t)) = self.order.pop_front() {
+            if self.table.get(&k).is_some_and(|d| d.first == t)
+                && let Some(d) = self.remove(&k)
+            {
+                self.stats.evicted += 1;
+                self.evicted_fragments += d.fragments as u64;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Fragments dropped by eviction since the last call (each to be counted as
+    /// `reassembly_overflow`).
+    pub fn take_evicted(&mut self) -> u64 {
+        std::mem::take(&mut self.evicted_fragments)
+    }
+
     /// Datagrams still waiting.
     pub fn pending(&self) -> usize {
         self.table.len()
@@ -703,17 +744,22 @@ mod tests {
         });
         let mut pool = BufPool::new(4, 2048);
         let mut got = PacketBuf::new();
+        let mut firsts = vec![];
         for id in 0..3u16 {
             let p = v4_packet(3000, false, id);
             let mut out = vec![];
             fragment_ipv4(&p, 1000, &mut pool, &mut out).unwrap();
-            let r = r.insert(0.0, out[0].bytes(), &mut got);
-            if id < 2 {
-                assert_eq!(r, Ok(false));
-            } else {
-                assert_eq!(r, Err(DropReason::ReassemblyOverflow));
-            }
+            // Full: the third datagram evicts the oldest (the first).
+            assert_eq!(r.insert(f64::from(id), out[0].bytes(), &mut got), Ok(false));
+            firsts.push(out);
         }
+        assert_eq!((r.pending(), r.stats.evicted, r.take_evicted()), (2, 1, 1));
+        assert_eq!(r.take_evicted(), 0);
+        // The second datagram (still there) completes; the first's rest starts anew.
+        for f in &firsts[1][1..] {
+            let _ = r.insert(3.0, f.bytes(), &mut got);
+        }
+        assert_eq!(got.len(), 3000);
     }
 
     /// A datagram of more fragments than `max_fragments` is dropped whole, and one source

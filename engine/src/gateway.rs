@@ -1167,24 +1167,26 @@ fn render_metrics(sh: &Shared) -> String {
     ] {
         let _ = writeln!(o, "espd_ike_dropped_total{{reason=\"{reason}\"}} {v}");
     }
-    head(
-        &mut o,
-        "espd_ike_cookies_sent_total",
-        "counter",
-        "COOKIE answers sent under IKE_SA_INIT load (RFC 7296 section 2.6).",
-    );
-    let _ = writeln!(o, "espd_ike_cookies_sent_total {}", k.cookies_sent);
-    head(
-        &mut o,
-        "espd_ike_half_open_evicted_total",
-        "counter",
-        "Half-open IKE SAs dropped to make room for a newer one (ike_half_open_per_tunnel).",
-    );
-    let _ = writeln!(
-        o,
-        "espd_ike_half_open_evicted_total {}",
-        k.half_open_evicted
-    );
+    for (name, help, v) in [
+        (
+            "espd_ike_cookies_sent_total",
+            "COOKIE answers sent under IKE_SA_INIT load (RFC 7296 section 2.6).",
+            k.cookies_sent,
+        ),
+        (
+            "espd_ike_half_open_evicted_total",
+            "Half-open IKE SAs dropped to make room for a newer one (ike_half_open_per_tunnel).",
+            k.half_open_evicted,
+        ),
+        (
+            "espd_ike_init_deferred_total",
+            "New IKE_SA_INIT requests left to the peer's retransmission: the poll's DH budget was spent.",
+            k.init_deferred,
+        ),
+    ] {
+        head(&mut o, name, "counter", help);
+        let _ = writeln!(o, "{name} {v}");
+    }
     o
 }
 

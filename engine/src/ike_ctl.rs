@@ -122,7 +122,16 @@ pub struct IkeCounters {
     pub cookies_sent: u64,
     /// Half-open IKE SAs dropped to make room for a newer one (per-tunnel bound).
     pub half_open_evicted: u64,
+    /// New IKE_SA_INIT requests left unanswered because this poll had spent its DH budget
+    /// (`DH_BUDGET`): the peer retransmits; timers and established SAs keep running.
+    pub init_deferred: u64,
 }
+
+/// Time one poll may spend answering new IKE_SA_INIT requests (each costs a DH key pair):
+/// past it, further new requests wait for the peer's retransmission, so a flood (with or
+/// without cookies) cannot stall the timers, rekeys and DPD of the other tunnels, signals or
+/// reloads for longer than this and one DH.
+pub const DH_BUDGET: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Every IKE-negotiated tunnel of the gateway.
 pub struct IkeCtl {
@@ -143,6 +152,8 @@ pub struct IkeCtl {
     backend: Backend,
     export_keys: Option<std::path::PathBuf>,
     buf: Vec<u8>,
+    /// When the current poll started (for `DH_BUDGET`).
+    poll_started: std::time::Instant,
 }
 
 impl std::fmt::Debug for IkeCtl {
@@ -245,6 +256,7 @@ impl IkeCtl {
             backend,
             export_keys,
             buf: vec![0u8; 65536],
+            poll_started: std::time::Instant::now(),
         };
         for (index, t) in tunnels {
             for s in t
@@ -413,6 +425,7 @@ impl IkeCtl {
     /// Reads every waiting datagram, runs the timers; returns log lines.
     pub fn poll(&mut self, now: f64, h: &WorkerHandle) -> Vec<LogLine> {
         let mut logs = vec![];
+        self.poll_started = std::time::Instant::now();
         // An outbound SA near its sequence-number limit asks for a CHILD_SA rekey now.
         while let Ok(crate::runtime::Event::SoftLimit { tunnel, .. }) = h.events.try_recv() {
             if let Some(t) = self.tunnels.iter_mut().find(|t| t.index == tunnel) {
@@ -571,6 +584,10 @@ impl IkeCtl {
                             return;
                         }
                     }
+                }
+                if self.poll_started.elapsed() > DH_BUDGET {
+                    self.counters.init_deferred += 1;
+                    return;
                 }
                 let mut cfg = self.tunnels[i].cfg.clone();
                 cfg.peer_addr = from.ip();

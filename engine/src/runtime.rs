@@ -1089,6 +1089,8 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
         if self.polls.is_multiple_of(1024) {
             let t = self.reasm.expire(now) + self.outer_reasm.expire(now);
             self.counters.drops[DropReason::ReassemblyTimeout as usize] += t;
+            let e = self.reasm.take_evicted() + self.outer_reasm.take_evicted();
+            self.counters.drops[DropReason::ReassemblyOverflow as usize] += e;
         }
         a + b
     }

@@ -122,7 +122,7 @@ ike = false
 
 
 class Gw:
-    def __init__(self, side, s, nat, tag, extra_gateway="", v6=False):
+    def __init__(self, side, s, nat, tag, extra_gateway="", v6=False, text=None):
         self.side = side
         self.sock = os.path.join(WORK, f"{tag}-g{side}.sock")
         self.cfg = os.path.join(WORK, f"{tag}-g{side}.toml")
@@ -132,7 +132,8 @@ class Gw:
         self.state = os.path.join(WORK, f"{tag}-g{side}.state")
         extra_gateway += f'\nstate_directory = "{self.state}"\n'
         with open(self.cfg, "w") as f:
-            f.write(gw_config(side, s, nat, self.sock, extra_gateway, self.tunnel_log, v6))
+            f.write(text.format(sock=self.sock, state=self.state) if text is not None
+                    else gw_config(side, s, nat, self.sock, extra_gateway, self.tunnel_log, v6))
         self.start()
 
     def start(self):
@@ -685,6 +686,153 @@ def fragment_flood():
         g2.stop()
 
 
+HOSTILE_IKE = r"""
+import os, socket, struct, sys, time
+# A hostile IKEv2 responder on 192.0.2.3:500: it answers each IKE_SA_INIT request with one
+# of the choices below, none of which the initiator offered (RFC 7296 section 3.3.6).
+def tr(t, i, kl=None, last=False):
+    attr = struct.pack("!HH", 0x800E, kl) if kl else b""
+    return struct.pack("!BBHBBH", 0 if last else 3, 0, 8 + len(attr), t, 0, i) + attr
+def prop(num, trs, proto=1, spi=b"", last=True):
+    body = b"".join(tr(*t[:3], last=(k == len(trs) - 1)) for k, t in enumerate(trs))
+    return struct.pack("!BBHBBBB", 0 if last else 2, 0, 8 + len(spi) + len(body), num, proto, len(spi), len(trs)) + spi + body
+def payload(nxt, body):
+    return struct.pack("!BBH", nxt, 0, 4 + len(body)) + body
+CBC, GCM, PRF, INTEG, DH = (1, 12, 128), (1, 20, 128), (2, 2), (3, 2), (4, 14)
+VARIANTS = [
+    ("CBC without integrity", [prop(1, [CBC, PRF, DH])]),
+    ("GCM with integrity", [prop(1, [GCM, PRF, INTEG, DH])]),
+    ("3DES", [prop(1, [(1, 3), PRF, INTEG, DH])]),
+    ("DH group 19 for a KE of 14", [prop(1, [CBC, PRF, INTEG, (4, 19)])]),
+    ("two proposals", [prop(1, [CBC, PRF, INTEG, DH], last=False), prop(2, [CBC, PRF, INTEG, DH])]),
+    ("an ESP proposal", [prop(1, [CBC, INTEG, (5, 0)], proto=3, spi=b"abcd")]),
+    ("a short KE", None),
+]
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("192.0.2.3", 500))
+s.settimeout(1)
+k, end = 0, time.time() + float(sys.argv[1])
+while time.time() < end and k < len(VARIANTS):
+    try:
+        m, peer = s.recvfrom(4096)
+    except socket.timeout:
+        continue
+    if len(m) < 28 or m[18] != 34 or m[19] & 0x20:
+        continue
+    name, props = VARIANTS[k]
+    ke_len = 256
+    if props is None:
+        props, ke_len = [prop(1, [CBC, PRF, INTEG, DH])], 100
+    sa = payload(34, b"".join(props))
+    ke = payload(40, struct.pack("!HH", 14, 0) + (b"\x00" * (ke_len - 1) + b"\x02"))
+    nonce = payload(0, os.urandom(32))
+    body = sa + ke + nonce
+    hdr = m[:8] + os.urandom(8) + struct.pack("!BBBBII", 33, 0x20, 34, 0x20, 0, 28 + len(body))
+    s.sendto(hdr + body, peer)
+    print("sent", name, flush=True)
+    k += 1
+print("done", k, flush=True)
+"""
+
+IKE_GW = """
+[gateway]
+inside_interface = "g{side}i"
+outside_interface = "g{side}o"
+cores = [{core}]
+xdp_mode = "auto"
+control_socket = "{{sock}}"
+idle_sleep_us = 20
+state_directory = "{{state}}"
+
+[[tunnel]]
+name = "h{side}-t1"
+connection = "vpn-h{side}"
+outside_ip = "{me}"
+peer_ip = "{peer}"
+ike_versions = ["ikev2"]
+startup_action = "{startup}"
+local_ipv4_network_cidr = "{theirs}"
+remote_ipv4_network_cidr = "{mine}"
+pre_shared_key = "lab.tunnel_one"
+"""
+
+# The connection's second tunnel: on gateway 1 its peer is the hostile responder.
+SECOND_TUNNEL = """
+[[tunnel]]
+name = "h{side}-t2"
+connection = "vpn-h{side}"
+outside_ip = "{me}"
+ike_versions = ["ikev2"]
+local_ipv4_network_cidr = "{theirs}"
+remote_ipv4_network_cidr = "{mine}"
+pre_shared_key = "lab.tunnel_two"
+"""
+
+HOSTILE_TUNNEL = """
+[[tunnel]]
+name = "h1-hostile"
+connection = "vpn-h1"
+outside_ip = "192.0.2.1"
+peer_ip = "192.0.2.3"
+ike_versions = ["ikev2"]
+startup_action = "start"
+phase1_dh_groups = [14]
+local_ipv4_network_cidr = "10.2.0.0/24"
+remote_ipv4_network_cidr = "10.1.0.0/24"
+pre_shared_key = "lab.tunnel_two"
+"""
+
+
+def hostile_ike_peer():
+    """espd run with two IKE tunnels: one to a second espd, one to a hostile responder that
+    answers every IKE_SA_INIT with a choice we did not offer (CBC without integrity used to
+    abort the daemon). espd stays up, refuses each one with a log line, and the other tunnel
+    stays established and carries pings."""
+    nsx("g2", "ip addr add 192.0.2.3/24 dev g2o")
+    t1 = IKE_GW.format(side=1, core=0, me="192.0.2.1", peer="192.0.2.2", startup="start",
+                       theirs="10.2.0.0/24", mine="10.1.0.0/24") + HOSTILE_TUNNEL
+    t2 = IKE_GW.format(side=2, core=1, me="192.0.2.2", peer="192.0.2.1", startup="add",
+                       theirs="10.1.0.0/24", mine="10.2.0.0/24") + SECOND_TUNNEL.format(
+        side=2, me="192.0.2.2", theirs="10.1.0.0/24", mine="10.2.0.0/24")
+    h = py("g2", HOSTILE_IKE, "45", background=True)
+    g2 = Gw(2, None, False, "hike", text=t2)
+    g1 = Gw(1, None, False, "hike", text=t1)
+    try:
+        check("[hostile-ike] gateways up", g1.up() and g2.up(), open(g1.log).read()[-400:])
+        up = False
+        for _ in range(60):
+            t = g1.show("tunnels").get("tunnels", [])
+            if any(x["name"] == "h1-t1" and x["state"] == "UP" for x in t):
+                up = True
+                break
+            time.sleep(0.25)
+        check("[hostile-ike] the tunnel to the other espd is established", up, json.dumps(g1.show("tunnels"))[:600])
+        ping("hA", "10.1.0.1", count=1)
+        ping("hB", "10.2.0.1", count=1)
+        pings = []
+        while h.poll() is None:
+            pings.append(received(ping("hA", "10.2.0.2", count=2)))
+            if g1.p.poll() is not None:
+                break
+        out, _ = h.communicate(timeout=60)
+        log = open(g1.log).read()
+        sent = [l[5:] for l in out.splitlines() if l.startswith("sent ")]
+        check("[hostile-ike] the hostile responder answered with every unoffered choice", len(sent) == 7, out)
+        check("[hostile-ike] espd is still up after all of them", g1.up(), log[-1500:])
+        refused = log.count('tunnel "h1-hostile": IKE_SA_INIT:')
+        check("[hostile-ike] each refused with a log line naming the tunnel", refused >= 7,
+              "\n".join(l for l in log.splitlines() if "hostile" in l)[-2000:])
+        t = g1.show("tunnels").get("tunnels", [])
+        check("[hostile-ike] the other tunnel stayed UP and carried pings all along",
+              any(x["name"] == "h1-t1" and x["state"] == "UP" for x in t) and pings and min(pings) == 2
+              and received(ping("hA", "10.2.0.2", count=3)) == 3, f"{pings} {json.dumps(t)[:400]}")
+    finally:
+        h.kill()
+        g1.stop()
+        g2.stop()
+        nsx("g2", "ip addr del 192.0.2.3/24 dev g2o", check=False)
+
+
 def esp_seqs(pcap, src):
     """(SPI, sequence number) of every ESP packet from `src` in a capture."""
     r = sh(f"tshark -n -r {pcap} -Y 'esp && ip.src == {src}' -T fields -e esp.spi -e esp.sequence", check=False)
@@ -756,6 +904,7 @@ def main():
         no_seq_reuse()
         hostile_clients()
         fragment_flood()
+        hostile_ike_peer()
     finally:
         netns.down()
     print(f"{passed} passed, {failed} failed")

@@ -45,31 +45,29 @@ pub trait Conn: Read + Write + Send + 'static {
     fn cutter(&self) -> Option<Box<dyn Fn() + Send>>;
 }
 
-impl Conn for TcpStream {
-    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
-        self.set_read_timeout(read)?;
-        self.set_write_timeout(write)
-    }
-    fn cutter(&self) -> Option<Box<dyn Fn() + Send>> {
-        let c = self.try_clone().ok()?;
-        Some(Box::new(move || {
-            let _ = c.shutdown(std::net::Shutdown::Both);
-        }))
-    }
+/// TCP and Unix streams have the same timeout, clone and shutdown calls.
+macro_rules! conn_for {
+    ($($t:ty),*) => {$(
+        impl Conn for $t {
+            fn set_timeouts(
+                &self,
+                read: Option<Duration>,
+                write: Option<Duration>,
+            ) -> io::Result<()> {
+                self.set_read_timeout(read)?;
+                self.set_write_timeout(write)
+            }
+            fn cutter(&self) -> Option<Box<dyn Fn() + Send>> {
+                let c = self.try_clone().ok()?;
+                Some(Box::new(move || {
+                    let _ = c.shutdown(std::net::Shutdown::Both);
+                }))
+            }
+        }
+    )*};
 }
 
-impl Conn for UnixStream {
-    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
-        self.set_read_timeout(read)?;
-        self.set_write_timeout(write)
-    }
-    fn cutter(&self) -> Option<Box<dyn Fn() + Send>> {
-        let c = self.try_clone().ok()?;
-        Some(Box::new(move || {
-            let _ = c.shutdown(std::net::Shutdown::Both);
-        }))
-    }
-}
+conn_for!(TcpStream, UnixStream);
 
 /// Why a request was not read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

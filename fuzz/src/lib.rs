@@ -2,21 +2,9 @@
 //! algorithm, and a splitter that turns one fuzz input into several datagrams.
 
 use ike::msg::TrafficSelector;
+pub use ike::seeded::rng;
 use ike::session::Config;
 use zeroize::Zeroizing;
-
-/// A deterministic random generator (the state machines take their randomness as input).
-pub fn rng(seed: u64) -> impl FnMut(&mut [u8]) {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    move |b: &mut [u8]| {
-        for o in b {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *o = x as u8;
-        }
-    }
-}
 
 fn names(x: &[&str]) -> Vec<String> {
     x.iter().map(|s| s.to_string()).collect()

@@ -21,4 +21,5 @@ pub mod keys;
 pub mod msg;
 pub mod proposal;
 pub mod rekey;
+pub mod seeded;
 pub mod session;

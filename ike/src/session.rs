@@ -801,14 +801,7 @@ impl IkeSa {
                 data: c.clone(),
             });
         }
-        payloads.push(Payload::Sa(build_proposals(
-            proto::IKE,
-            &[],
-            &self.cfg.p1_enc,
-            &self.cfg.p1_integ,
-            &self.cfg.p1_dh,
-            true,
-        )));
+        payloads.push(Payload::Sa(self.init_proposals()));
         payloads.push(Payload::Ke {
             group,
             data: kp.public.clone(),
@@ -824,6 +817,18 @@ impl IkeSa {
         self.dh = Some(kp);
         self.next_req_id = 1;
         Ok(vec![self.send_request(0, bytes, now)])
+    }
+
+    /// The SA payload of our IKE_SA_INIT request (and what its response must choose from).
+    fn init_proposals(&self) -> Vec<ProposalWire> {
+        build_proposals(
+            proto::IKE,
+            &[],
+            &self.cfg.p1_enc,
+            &self.cfg.p1_integ,
+            &self.cfg.p1_dh,
+            true,
+        )
     }
 
     fn header(&self, ex: u8, msg_id: u32, response: bool) -> Header {
@@ -1257,14 +1262,7 @@ impl IkeSa {
             self.dropped += 1;
             return vec![];
         };
-        let offered = build_proposals(
-            proto::IKE,
-            &[],
-            &self.cfg.p1_enc,
-            &self.cfg.p1_integ,
-            &self.cfg.p1_dh,
-            true,
-        );
+        let offered = self.init_proposals();
         let (encr, integ, prf, dh) = match sa_p.and_then(|p| accept_ike_choice(&p, &offered, 0)) {
             Ok(c) => c,
             Err(why) => {

@@ -184,19 +184,28 @@ fn ike_up(out: &[Output]) -> bool {
     out.iter().any(|o| matches!(o, Output::IkeUp))
 }
 
+/// The identity rewrite (the control: the exchange must succeed) and then `v`.
+fn with_control(v: Vec<Rewrite>) -> impl Iterator<Item = Rewrite> {
+    std::iter::once(("control", (|_| {}) as fn(&mut Vec<ProposalWire>))).chain(v)
+}
+
+/// Our initiator's IKE_SA_INIT answered by our responder: (initiator, responder, the
+/// response). Later steps draw from fresh seeded RNGs.
+fn init_exchange() -> (IkeSa, IkeSa, Vec<u8>) {
+    let (ca, cb) = configs(vec![]);
+    let (a, req) = IkeSa::initiate(ca, 0.0, &mut rng(1)).unwrap();
+    let (b, resp) = IkeSa::respond(cb, &sends(&req)[0], 0.0, &mut rng(2));
+    (a, b.unwrap(), sends(&resp).remove(0))
+}
+
 /// IKE_SA_INIT: the response is plaintext; a rewritten choice closes the half-open SA.
 #[test]
 fn ike_sa_init_response_with_an_unoffered_choice_ends_the_exchange() {
     let mut control = true;
-    for (why, f) in
-        std::iter::once(("control", (|_| {}) as fn(&mut Vec<ProposalWire>))).chain(ike_rewrites())
-    {
-        let (ca, cb) = configs(vec![]);
-        let (mut ra, mut rb) = (rng(1), rng(2));
-        let (mut a, req) = IkeSa::initiate(ca, 0.0, &mut ra).unwrap();
-        let (b, resp) = IkeSa::respond(cb, &sends(&req)[0], 0.0, &mut rb);
-        assert!(b.is_some(), "{why}");
-        let mut m = Message::parse(&sends(&resp)[0]).unwrap();
+    for (why, f) in with_control(ike_rewrites()) {
+        let (mut a, _, resp) = init_exchange();
+        let mut ra = rng(11);
+        let mut m = Message::parse(&resp).unwrap();
         rewrite_sa(&mut m.payloads, f);
         let out = a.handle(&m.encode(), 0.0, &mut ra);
         if control {
@@ -220,15 +229,10 @@ fn ike_sa_init_response_with_an_unoffered_choice_ends_the_exchange() {
 #[test]
 fn ike_auth_response_with_an_unoffered_child_choice_installs_nothing() {
     let mut control = true;
-    for (why, f) in
-        std::iter::once(("control", (|_| {}) as fn(&mut Vec<ProposalWire>))).chain(esp_rewrites())
-    {
-        let (ca, cb) = configs(vec![]);
-        let (mut ra, mut rb) = (rng(1), rng(2));
-        let (mut a, req) = IkeSa::initiate(ca, 0.0, &mut ra).unwrap();
-        let (b, resp) = IkeSa::respond(cb, &sends(&req)[0], 0.0, &mut rb);
-        let mut b = b.unwrap();
-        let auth = sends(&a.handle(&sends(&resp)[0], 0.0, &mut ra)).remove(0);
+    for (why, f) in with_control(esp_rewrites()) {
+        let (mut a, mut b, resp) = init_exchange();
+        let (mut ra, mut rb) = (rng(11), rng(12));
+        let auth = sends(&a.handle(&resp, 0.0, &mut ra)).remove(0);
         let auth_resp = sends(&b.handle(&auth, 0.0, &mut rb)).remove(0);
         let bad = reseal(&auth_resp, &responder_cipher(&b), |ps| rewrite_sa(ps, f));
         let out = a.handle(&bad, 0.0, &mut ra);
@@ -341,11 +345,9 @@ fn ike_rekey_response_with_an_unoffered_choice_keeps_the_old_ike_sa() {
 /// nothing else changes (the request is still retransmitted).
 #[test]
 fn an_empty_sa_payload_is_malformed_and_dropped() {
-    let (ca, cb) = configs(vec![]);
-    let (mut ra, mut rb) = (rng(1), rng(2));
-    let (mut a, req) = IkeSa::initiate(ca, 0.0, &mut ra).unwrap();
-    let (_, resp) = IkeSa::respond(cb, &sends(&req)[0], 0.0, &mut rb);
-    let mut m = Message::parse(&sends(&resp)[0]).unwrap();
+    let (mut a, _, resp) = init_exchange();
+    let mut ra = rng(11);
+    let mut m = Message::parse(&resp).unwrap();
     rewrite_sa(&mut m.payloads, |p| p.clear());
     assert!(a.handle(&m.encode(), 0.0, &mut ra).is_empty());
     assert_eq!((a.state, a.dropped), (State::InitSent, 1));

@@ -4,23 +4,12 @@
 //! tunnel. Uses the sans-IO `ike` crate exactly as `espd run` does, minus the sockets.
 
 use ike::msg::TrafficSelector;
+use ike::seeded::rng;
 use ike::session::{Config, IkeSa, Output, State};
 use serde_json::json;
 use std::net::IpAddr;
 use std::time::Instant;
 use zeroize::Zeroizing;
-
-fn rng(seed: u64) -> impl FnMut(&mut [u8]) {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    move |b: &mut [u8]| {
-        for o in b {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *o = x as u8;
-        }
-    }
-}
 
 fn cfg(local: &str, peer: &str, group: u16) -> Config {
     let any = TrafficSelector::any(false);

@@ -831,6 +831,18 @@ impl IkeSa {
         )
     }
 
+    /// The SA payload for the first CHILD_SA of our IKE_AUTH request (no DH: no PFS there).
+    fn auth_child_proposals(&self) -> Vec<ProposalWire> {
+        build_proposals(
+            proto::ESP,
+            &self.child_spi.to_be_bytes(),
+            &self.cfg.p2_enc,
+            &self.cfg.p2_integ,
+            &[],
+            false,
+        )
+    }
+
     fn header(&self, ex: u8, msg_id: u32, response: bool) -> Header {
         let mut f = 0;
         if self.initiator {
@@ -1324,14 +1336,7 @@ impl IkeSa {
                 ntype: notify::INITIAL_CONTACT,
                 data: vec![],
             },
-            Payload::Sa(build_proposals(
-                proto::ESP,
-                &self.child_spi.to_be_bytes(),
-                &self.cfg.p2_enc,
-                &self.cfg.p2_integ,
-                &[],
-                false,
-            )),
+            Payload::Sa(self.auth_child_proposals()),
             Payload::TsI(vec![self.cfg.local_ts]),
             Payload::TsR(vec![self.cfg.remote_ts]),
         ];
@@ -1573,14 +1578,7 @@ impl IkeSa {
             out.push(Output::Log("IKE_AUTH: the response has no CHILD_SA".into()));
             return out;
         };
-        let offered = build_proposals(
-            proto::ESP,
-            &self.child_spi.to_be_bytes(),
-            &self.cfg.p2_enc,
-            &self.cfg.p2_integ,
-            &[],
-            false,
-        );
+        let offered = self.auth_child_proposals();
         let (encr, integ, p) = match p.and_then(|p| accept_choice(&p, &offered, 4).map(|c| (c, p)))
         {
             Ok(((e, i, None, None), p)) => (e, i, p),

@@ -11,8 +11,10 @@
 //! reported. The control socket answers `espd show`.
 //!
 //! Threads: one worker per gateway (it owns every SA: one writer per SA), one control
-//! thread (this one: neighbour refresh, retired SAs, signals, reloads), one control-socket
-//! thread and, when configured, the metrics thread.
+//! thread (this one: neighbour refresh, retired SAs, signals, reloads, sequence marks), the
+//! IKE thread (`engine::ike_ctl`, so DH work never delays the rest), a thread per
+//! control-socket or metrics client (bounded: `engine::serve`). Every capability is dropped
+//! before any of them starts (`engine::privs`).
 
 use crate::afxdp::neigh::{NeighShared, Resolver};
 use crate::afxdp::xsk::{self, XskConfig};
@@ -745,6 +747,7 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             .unwrap_or_default()
     );
 
+    let (ike_thread, ike_logs) = spawn_ike(ike, shared.clone(), handle.clone(), stop.clone(), t0)?;
     let mut signals = signals;
     let mut last_tick = Instant::now();
     let mut last_marks = Instant::now();
@@ -762,12 +765,7 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             }
         }
         handle.reap();
-        for (idx, ike_sa) in
-            std::mem::take(&mut *shared.rekeys.lock().unwrap_or_else(|e| e.into_inner()))
-        {
-            ike.rekey_now(idx, ike_sa, t0.elapsed().as_secs_f64());
-        }
-        for (idx, st, line) in ike.poll(t0.elapsed().as_secs_f64(), &handle) {
+        while let Ok((idx, st, line)) = ike_logs.try_recv() {
             let metas = shared.tunnels.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(m) = metas.iter().find(|m| m.index == idx) {
                 eprintln!("espd: tunnel {:?}: {line}", m.name);
@@ -787,22 +785,19 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             let _ = resolver_in.tick();
             let _ = resolver_out.tick();
             last_tick = Instant::now();
-            *shared.ike.lock().unwrap_or_else(|e| e.into_inner()) = ike.counters;
-            let stats = ike.stats();
-            if !stats.is_empty() {
-                let mut metas = shared.tunnels.lock().unwrap_or_else(|e| e.into_inner());
-                for (idx, st) in stats {
-                    if let Some(m) = metas.iter_mut().find(|m| m.index == idx) {
-                        m.ike = Some(st);
-                    }
-                }
-            }
         }
         std::thread::sleep(Duration::from_millis(10));
     }
     eprintln!("espd: stopping: detaching XDP and closing sockets");
     if let Some(r) = handle.report(true) {
         marks.advance(&r, &handle, true);
+    }
+    let _ = ike_thread.join();
+    while let Ok((idx, st, line)) = ike_logs.try_recv() {
+        let metas = shared.tunnels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = metas.iter().find(|m| m.index == idx) {
+            logs.write(m, cfg.allow_short_lifetimes, st, &line);
+        }
     }
     handle.send(Command::Stop);
     let _ = wthread.join();
@@ -836,6 +831,58 @@ fn hops(h: Option<IpAddr>) -> NextHops {
         },
         None => NextHops::default(),
     }
+}
+
+/// The IKE shell on a thread of its own: its DH work (bounded per poll by
+/// [`crate::ike_ctl::DH_BUDGET`]) cannot delay signals, reloads, sequence marks or
+/// neighbour refreshes. Log lines go back to the main thread (which owns the tunnel logs);
+/// counters and per-tunnel IKE state are published to `shared` twice a second.
+fn spawn_ike(
+    mut ike: crate::ike_ctl::IkeCtl,
+    sh: Arc<Shared>,
+    handle: WorkerHandle,
+    stop: Arc<AtomicBool>,
+    t0: Instant,
+) -> Result<
+    (
+        std::thread::JoinHandle<()>,
+        crossbeam_channel::Receiver<crate::ike_ctl::LogLine>,
+    ),
+    Error,
+> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let t = std::thread::Builder::new()
+        .name("espd-ike".into())
+        .spawn(move || {
+            let mut last = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let now = t0.elapsed().as_secs_f64();
+                for (idx, ike_sa) in
+                    std::mem::take(&mut *sh.rekeys.lock().unwrap_or_else(|e| e.into_inner()))
+                {
+                    ike.rekey_now(idx, ike_sa, now);
+                }
+                for l in ike.poll(now, &handle) {
+                    let _ = tx.send(l);
+                }
+                if last.elapsed() >= Duration::from_millis(500) {
+                    last = Instant::now();
+                    *sh.ike.lock().unwrap_or_else(|e| e.into_inner()) = ike.counters;
+                    let stats = ike.stats();
+                    if !stats.is_empty() {
+                        let mut metas = sh.tunnels.lock().unwrap_or_else(|e| e.into_inner());
+                        for (idx, st) in stats {
+                            if let Some(m) = metas.iter_mut().find(|m| m.index == idx) {
+                                m.ike = Some(st);
+                            }
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+    t.map(|t| (t, rx))
+        .map_err(|e| format!("starting the IKE thread: {e}"))
 }
 
 /// Runs `f` when dropped.

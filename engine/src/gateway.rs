@@ -850,6 +850,9 @@ fn spawn_ike(
     ),
     Error,
 > {
+    // The responder's DH work on a thread of its own too (started here, after the
+    // capabilities are gone, like every thread).
+    ike.offload_dh(1)?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let t = std::thread::Builder::new()
         .name("espd-ike".into())

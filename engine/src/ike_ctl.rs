@@ -127,6 +127,28 @@ pub struct IkeCounters {
     pub init_deferred: u64,
 }
 
+/// IKE_SA_INIT requests waiting for a DH thread at most (see [`IkeCtl::offload_dh`]).
+pub const DH_QUEUE: usize = 64;
+
+/// A new IKE_SA_INIT request for a DH thread.
+struct DhJob {
+    tunnel: usize,
+    local: IpAddr,
+    from: SocketAddr,
+    cfg: IkeConfig,
+    data: Vec<u8>,
+    now: f64,
+}
+
+/// What a DH thread made of a request: (tunnel, local address, source, SA, outputs, now).
+type DhDone = (usize, IpAddr, SocketAddr, Option<IkeSa>, Vec<Output>, f64);
+
+/// The DH threads' queues.
+struct DhPool {
+    jobs: crossbeam_channel::Sender<DhJob>,
+    done: crossbeam_channel::Receiver<DhDone>,
+}
+
 /// Time one poll may spend answering new IKE_SA_INIT requests (each costs a DH key pair):
 /// past it, further new requests wait for the peer's retransmission, so a flood (with or
 /// without cookies) cannot stall the timers, rekeys and DPD of the other tunnels, signals or
@@ -154,6 +176,8 @@ pub struct IkeCtl {
     buf: Vec<u8>,
     /// When the current poll started (for `DH_BUDGET`).
     poll_started: std::time::Instant,
+    /// DH threads, when `offload_dh` was called (`espd run`).
+    dh_pool: Option<DhPool>,
 }
 
 impl std::fmt::Debug for IkeCtl {
@@ -257,6 +281,7 @@ impl IkeCtl {
             export_keys,
             buf: vec![0u8; 65536],
             poll_started: std::time::Instant::now(),
+            dh_pool: None,
         };
         for (index, t) in tunnels {
             for s in t
@@ -426,6 +451,15 @@ impl IkeCtl {
     pub fn poll(&mut self, now: f64, h: &WorkerHandle) -> Vec<LogLine> {
         let mut logs = vec![];
         self.poll_started = std::time::Instant::now();
+        // Answers the DH threads finished since the last poll.
+        let done: Vec<DhDone> = self
+            .dh_pool
+            .as_ref()
+            .map(|p| p.done.try_iter().collect())
+            .unwrap_or_default();
+        for (i, local, from, sa, out, t) in done {
+            self.responded(i, local, from, sa, out, t.max(now), h, &mut logs);
+        }
         // An outbound SA near its sequence-number limit asks for a CHILD_SA rekey now.
         while let Ok(crate::runtime::Event::SoftLimit { tunnel, .. }) = h.events.try_recv() {
             if let Some(t) = self.tunnels.iter_mut().find(|t| t.index == tunnel) {
@@ -585,28 +619,29 @@ impl IkeCtl {
                         }
                     }
                 }
+                let mut cfg = self.tunnels[i].cfg.clone();
+                cfg.peer_addr = from.ip();
+                if let Some(pool) = &self.dh_pool {
+                    // The DH threads answer it; the result is taken at the next polls.
+                    let job = DhJob {
+                        tunnel: i,
+                        local,
+                        from,
+                        cfg,
+                        data: data.to_vec(),
+                        now,
+                    };
+                    if pool.jobs.try_send(job).is_err() {
+                        self.counters.init_deferred += 1;
+                    }
+                    return;
+                }
                 if self.poll_started.elapsed() > DH_BUDGET {
                     self.counters.init_deferred += 1;
                     return;
                 }
-                let mut cfg = self.tunnels[i].cfg.clone();
-                cfg.peer_addr = from.ip();
-                let (mut sa, out) = IkeSa::respond(cfg, data, now, &mut fill);
-                if let Some(sa) = sa.as_mut() {
-                    sa.set_spi_taken(self.spi_taken());
-                }
-                let t = &mut self.tunnels[i];
-                if let Some(sa) = sa {
-                    // Kept aside until it authenticates: the tunnel's SA (live, half-open or
-                    // ours being initiated) and what it knows of its peer stay as they are.
-                    if t.pending.len() >= self.limits.half_open_per_tunnel.max(1) {
-                        t.pending.remove(0);
-                        self.counters.half_open_evicted += 1;
-                    }
-                    t.pending.push((sa, from));
-                }
-                let rest = self.reply_to(local, from, out);
-                self.apply(i, rest, now, h, logs);
+                let (sa, out) = IkeSa::respond(cfg, data, now, &mut fill);
+                self.responded(i, local, from, sa, out, now, h, logs);
                 return;
             }
         };
@@ -626,6 +661,64 @@ impl IkeCtl {
             }
         }
         self.apply(i, out, now, h, logs);
+    }
+
+    /// The answer to a new IKE_SA_INIT request (made here or by a DH thread): the new SA is
+    /// kept aside until it authenticates, so the tunnel's SA (live, half-open or ours being
+    /// initiated) and what it knows of its peer stay as they are; the reply goes back to
+    /// where the request came from.
+    #[allow(clippy::too_many_arguments)]
+    fn responded(
+        &mut self,
+        i: usize,
+        local: IpAddr,
+        from: SocketAddr,
+        sa: Option<IkeSa>,
+        out: Vec<Output>,
+        now: f64,
+        h: &WorkerHandle,
+        logs: &mut Vec<LogLine>,
+    ) {
+        if let Some(mut sa) = sa {
+            sa.set_spi_taken(self.spi_taken());
+            let t = &mut self.tunnels[i];
+            if t.pending.len() >= self.limits.half_open_per_tunnel.max(1) {
+                t.pending.remove(0);
+                self.counters.half_open_evicted += 1;
+            }
+            t.pending.push((sa, from));
+        }
+        let rest = self.reply_to(local, from, out);
+        self.apply(i, rest, now, h, logs);
+    }
+
+    /// Runs the responder's IKE_SA_INIT work (a DH key pair and shared secret per request,
+    /// the one thing a stranger can make us compute) on `threads` threads of their own from
+    /// now on, so it never delays the timers, rekeys and DPD of the tunnels. At most
+    /// `DH_QUEUE` requests wait; more are left to the peers' retransmissions (counted in
+    /// `init_deferred`). Tests that want one thread and a fake clock do not call this.
+    pub fn offload_dh(&mut self, threads: usize) -> Result<(), String> {
+        let (jobs, jobs_rx) = crossbeam_channel::bounded::<DhJob>(DH_QUEUE);
+        let (done_tx, done) = crossbeam_channel::unbounded();
+        for k in 0..threads.max(1) {
+            let (rx, tx) = (jobs_rx.clone(), done_tx.clone());
+            std::thread::Builder::new()
+                .name(format!("espd-dh-{k}"))
+                .spawn(move || {
+                    for j in rx {
+                        let (sa, out) = IkeSa::respond(j.cfg, &j.data, j.now, &mut fill);
+                        if tx
+                            .send((j.tunnel, j.local, j.from, sa, out, j.now))
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| format!("starting a DH thread: {e}"))?;
+        }
+        self.dh_pool = Some(DhPool { jobs, done });
+        Ok(())
     }
 
     /// Sends the datagrams of `out` back to `from` (answers to a peer the tunnel does not

@@ -308,6 +308,8 @@ fn spoofed_ike_datagrams_change_nothing_of_a_live_tunnel() {
     let backend = engine::crypto::Backend::RustCrypto;
     let mut a = IkeCtl::new(&ta, backend, None, 0.0).unwrap();
     let mut b = IkeCtl::new(&tb, backend, None, 0.0).unwrap();
+    // The responder answers IKE_SA_INIT from its DH thread, as espd run does.
+    b.offload_dh(1).unwrap();
     let (_wa, ha) = handle();
     let (_wb, hb) = handle();
     let spoof = std::net::UdpSocket::bind(format!("{ib}:0")).unwrap();

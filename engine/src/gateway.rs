@@ -12,7 +12,7 @@
 //!
 //! Threads: one worker per gateway (it owns every SA: one writer per SA), one control
 //! thread (this one: neighbour refresh, retired SAs, signals, reloads, sequence marks), the
-//! IKE thread (`engine::ike_ctl`, so DH work never delays the rest), a thread per
+//! IKE thread (`engine::ike_ctl`) and its DH thread (so DH work never delays the rest), a thread per
 //! control-socket or metrics client (bounded: `engine::serve`). Every capability is dropped
 //! before any of them starts (`engine::privs`).
 

@@ -44,7 +44,8 @@ log "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 log "cargo test"
-cargo test --workspace --quiet 2>&1 | grep -v '^$'
+# As root: also the tests #[ignore]d for needing root (their reason says so).
+cargo test --workspace --quiet -- --include-ignored 2>&1 | grep -v '^$'
 
 log "cargo-fuzz targets (${ESPD_FUZZ_SECONDS:-10} s each; nightly toolchain)"
 ./ci/fuzz.sh

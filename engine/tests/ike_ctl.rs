@@ -1,6 +1,6 @@
 //! The IKE shell of `espd run` (`engine::ike_ctl`): two instances on loopback addresses with
-//! real UDP sockets and a fake clock, for each DPD action. Needs root (port 500); skipped
-//! otherwise.
+//! real UDP sockets and a fake clock, for each DPD action. Needs root (port 500): the tests
+//! are `#[ignore]`d with that reason, and the test command runs them as root.
 
 use engine::config;
 use engine::ike_ctl::IkeCtl;
@@ -120,11 +120,12 @@ fn at(logs: &[String], needle: &str) -> Option<f64> {
 }
 
 #[test]
+#[ignore = "needs root (UDP port 500); the test command runs it as root"]
 fn dpd_clear_none_and_restart() {
-    if !root() {
-        eprintln!("skipped: needs root (UDP port 500)");
-        return;
-    }
+    assert!(
+        root(),
+        "needs root (UDP port 500): run as root, or without --include-ignored"
+    );
     // clear: the peer goes quiet at 20 s; it is declared dead 30 s after the last packet
     // from it (its last answer to a liveness check, sent every 10 s of silence: 10-20 s).
     let r = dpd_run(61, "clear", false);
@@ -204,11 +205,12 @@ fn dpd_clear_none_and_restart() {
 /// What no IKE SA takes is counted by reason (the gateway's `espd_ike_dropped_total`), and a
 /// tunnel's snapshot starts with its phases Down and nothing counted.
 #[test]
+#[ignore = "needs root (UDP port 500); the test command runs it as root"]
 fn datagrams_no_sa_takes_are_counted() {
-    if !root() {
-        eprintln!("skipped: needs root (UDP port 500)");
-        return;
-    }
+    assert!(
+        root(),
+        "needs root (UDP port 500): run as root, or without --include-ignored"
+    );
     let c = side("127.0.64.1", "127.0.64.2", "add", "clear");
     let t = indexed(&c);
     let mut a = IkeCtl::new(&t, engine::crypto::Backend::RustCrypto, None, 0.0).unwrap();
@@ -297,11 +299,12 @@ fn spoofed_init(me: &str, peer: &str, seed: u8) -> Vec<u8> {
 /// port (the peer's port does not float to it, its liveness is not refreshed by it). The
 /// tunnel stays up on the same IKE SA, with liveness checks answered, for a minute.
 #[test]
+#[ignore = "needs root (UDP port 500); the test command runs it as root"]
 fn spoofed_ike_datagrams_change_nothing_of_a_live_tunnel() {
-    if !root() {
-        eprintln!("skipped: needs root (UDP port 500)");
-        return;
-    }
+    assert!(
+        root(),
+        "needs root (UDP port 500): run as root, or without --include-ignored"
+    );
     let (ia, ib) = ("127.0.65.1", "127.0.65.2");
     let (ca, cb) = (side(ia, ib, "start", "clear"), side(ib, ia, "add", "clear"));
     let (ta, tb) = (indexed(&ca), indexed(&cb));

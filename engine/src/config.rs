@@ -88,6 +88,29 @@ impl Cidr {
         }
         Ok(c)
     }
+    /// The first and last address of the CIDR (an IKE traffic selector's range).
+    pub fn range(&self) -> (IpAddr, IpAddr) {
+        match self.addr {
+            IpAddr::V4(a) => {
+                let m = if self.len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(self.len))
+                };
+                let s = u32::from(a) & m;
+                (IpAddr::V4(s.into()), IpAddr::V4((s | !m).into()))
+            }
+            IpAddr::V6(a) => {
+                let m = if self.len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(self.len))
+                };
+                let s = u128::from(a) & m;
+                (IpAddr::V6(s.into()), IpAddr::V6((s | !m).into()))
+            }
+        }
+    }
     pub fn network(&self) -> IpAddr {
         match self.addr {
             IpAddr::V4(a) => {

@@ -251,8 +251,8 @@ fn inner_policy(t: &Tunnel) -> InnerPolicy {
         config::IpVersion::V6 => (t.local_ipv6_network_cidr, t.remote_ipv6_network_cidr),
     };
     InnerPolicy {
-        src: vec![InnerPolicy::cidr(c.addr, c.len)],
-        dst: vec![InnerPolicy::cidr(a.addr, a.len)],
+        src: vec![c.range()],
+        dst: vec![a.range()],
     }
 }
 

@@ -199,26 +199,7 @@ fn draw(life: u32, margin: u32, fuzz: u32) -> f64 {
 }
 
 fn cidr_ts(c: config::Cidr) -> TrafficSelector {
-    let (start, end) = match c.addr {
-        IpAddr::V4(a) => {
-            let m = if c.len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(c.len))
-            };
-            let s = u32::from(a) & m;
-            (IpAddr::V4(s.into()), IpAddr::V4((s | !m).into()))
-        }
-        IpAddr::V6(a) => {
-            let m = if c.len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(c.len))
-            };
-            let s = u128::from(a) & m;
-            (IpAddr::V6(s.into()), IpAddr::V6((s | !m).into()))
-        }
-    };
+    let (start, end) = c.range();
     TrafficSelector {
         ip_proto: 0,
         start_port: 0,

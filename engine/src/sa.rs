@@ -661,29 +661,6 @@ fn addr_bits(a: IpAddr) -> (bool, u128) {
 }
 
 impl InnerPolicy {
-    /// The range of a CIDR.
-    pub fn cidr(addr: IpAddr, len: u8) -> (IpAddr, IpAddr) {
-        let (v6, a) = addr_bits(addr);
-        let width = if v6 { 128 } else { 32 };
-        let host = if len as u32 >= width {
-            0
-        } else {
-            (u128::MAX >> (128 - width + len as u32)) & (u128::MAX >> (128 - width))
-        };
-        let (lo, hi) = (a & !host, a | host);
-        if v6 {
-            (
-                IpAddr::V6(std::net::Ipv6Addr::from(lo)),
-                IpAddr::V6(std::net::Ipv6Addr::from(hi)),
-            )
-        } else {
-            (
-                IpAddr::V4(std::net::Ipv4Addr::from(lo as u32)),
-                IpAddr::V4(std::net::Ipv4Addr::from(hi as u32)),
-            )
-        }
-    }
-
     fn within(a: IpAddr, ranges: &[(IpAddr, IpAddr)]) -> bool {
         let (v6, x) = addr_bits(a);
         ranges.iter().any(|&(lo, hi)| {
@@ -829,25 +806,50 @@ replay_window = 64
         }
     }
 
-    /// RFC 4301 section 5.2: an inbound SA delivers only its selectors' addresses.
+    /// RFC 4301 section 5.2: an inbound SA delivers only its selectors' addresses (CIDR
+    /// ranges from `Cidr::range`, as the IKE selectors have).
     #[test]
     fn inner_policy_ranges() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(
-            InnerPolicy::cidr(ip("10.2.0.77"), 24),
+            crate::config::Cidr {
+                addr: ip("10.2.0.77"),
+                len: 24
+            }
+            .range(),
             (ip("10.2.0.0"), ip("10.2.0.255"))
         );
         assert_eq!(
-            InnerPolicy::cidr(ip("10.2.0.77"), 0),
+            crate::config::Cidr {
+                addr: ip("10.2.0.77"),
+                len: 0
+            }
+            .range(),
             (ip("0.0.0.0"), ip("255.255.255.255"))
         );
         assert_eq!(
-            InnerPolicy::cidr(ip("fd00:2::9"), 64),
+            crate::config::Cidr {
+                addr: ip("fd00:2::9"),
+                len: 64
+            }
+            .range(),
             (ip("fd00:2::"), ip("fd00:2::ffff:ffff:ffff:ffff"))
         );
         let p = InnerPolicy {
-            src: vec![InnerPolicy::cidr(ip("10.2.0.0"), 24)],
-            dst: vec![InnerPolicy::cidr(ip("10.1.0.0"), 24)],
+            src: vec![
+                crate::config::Cidr {
+                    addr: ip("10.2.0.0"),
+                    len: 24,
+                }
+                .range(),
+            ],
+            dst: vec![
+                crate::config::Cidr {
+                    addr: ip("10.1.0.0"),
+                    len: 24,
+                }
+                .range(),
+            ],
         };
         assert!(p.allows(ip("10.2.0.2"), ip("10.1.0.2")));
         assert!(!p.allows(ip("10.3.0.2"), ip("10.1.0.2")), "spoofed source");

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`espd run` as a real gateway, in network namespaces (see netns.py for the topology).
+"""`espd run` as a real gateway, in network namespaces (see tests/lib/netns.py for the topology).
 
 1. Two gateways with mirrored static SAs (AES-128-GCM and AES-256-CBC+SHA2-256, each with
    and without NAT-T): ping (56, 1410 bytes with DF, 3000 bytes), ICMP "fragmentation needed"
@@ -27,24 +27,15 @@ import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
 import netns  # noqa: E402
+from checks import check  # noqa: E402
+import checks  # noqa: E402
 from netns import nsx, popen, sh, ns  # noqa: E402
 
 ESPD = os.path.abspath(sys.argv[1])
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORK = tempfile.mkdtemp(prefix="espd-gw-")
-passed = failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"PASS {name}", flush=True)
-    else:
-        failed += 1
-        print(f"FAIL {name} {detail}", flush=True)
 
 
 SUITES = {
@@ -907,8 +898,7 @@ def main():
         hostile_ike_peer()
     finally:
         netns.down()
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return checks.summary()
 
 
 if __name__ == "__main__":

@@ -29,23 +29,14 @@ import time
 import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "gateway"))
+sys.path.insert(0, os.path.join(HERE, "..", "lib"))
 import netns  # noqa: E402
+from checks import check  # noqa: E402
+import checks  # noqa: E402
 from netns import nsx, popen, ns  # noqa: E402
 
 ESPD = os.path.abspath(sys.argv[1])
 WORK = tempfile.mkdtemp(prefix="espd-ike-")
-passed = failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"PASS {name}", flush=True)
-    else:
-        failed += 1
-        print(f"FAIL {name} {detail}", flush=True)
 
 
 def metrics_port(tag):
@@ -557,8 +548,7 @@ def main():
                      [("proposals = aes128-sha256-modp2048", "proposals = aes256-sha512-ecp384")], "No Proposal Match Found by AWS")
     finally:
         netns.down()
-    print(f"{passed} passed, {failed} failed")
-    return 1 if failed else 0
+    return checks.summary()
 
 
 if __name__ == "__main__":

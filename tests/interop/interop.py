@@ -22,6 +22,9 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import checks  # noqa: E402
+from checks import check  # noqa: E402
 from scapy.all import ICMP, IP, UDP, Ether, IPv6, Raw, rdpcap, wrpcap, fragment
 from scapy.layers.ipsec import ESP, SecurityAssociation
 from scapy.layers.inet6 import ICMPv6EchoRequest
@@ -41,19 +44,6 @@ SUITES = [
     ("aes128-cbc", "sha512-256", "AES-CBC", "SHA2-512-256", 16, 64, "AES-CBC [RFC3602]", "HMAC-SHA-512-256 [RFC4868]"),
     ("aes256-cbc", "sha512-256", "AES-CBC", "SHA2-512-256", 32, 64, "AES-CBC [RFC3602]", "HMAC-SHA-512-256 [RFC4868]"),
 ]
-
-passed = 0
-failed = 0
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print(f"PASS {name}")
-    else:
-        failed += 1
-        print(f"FAIL {name} {detail}")
 
 
 def key(n, salt):
@@ -315,5 +305,4 @@ espd_to_scapy_and_tshark()
 fragmentation()
 outer_fragments()
 bad_input()
-print(f"interop: {passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+sys.exit(checks.summary("interop: "))

@@ -41,24 +41,24 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 
 log "cargo clippy -D warnings"
-cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --all-features --quiet -- -D warnings
 
 log "cargo test"
 # As root: also the tests #[ignore]d for needing root (their reason says so).
-cargo test --workspace --quiet -- --include-ignored 2>&1 | grep -v '^$'
+cargo test --workspace --all-features --quiet -- --include-ignored 2>&1 | grep -v '^$'
 
 log "cargo-fuzz targets (${ESPD_FUZZ_SECONDS:-10} s each; nightly toolchain)"
 ./ci/fuzz.sh
 
 log "crypto backends"
-cargo run --quiet -p engine --bin espd -- crypto
+cargo run --quiet -p espd -- crypto
 
 log "IKE: the MODP primes in ike/src/groups.rs are exactly RFC 2409 / RFC 3526's formula"
 python3 tests/ike/modp_primes.py ike/src/groups.rs 2>&1 | grep -v ': True$' || true
 python3 tests/ike/modp_primes.py ike/src/groups.rs 2>/dev/null
 
 log "interop: scapy and tshark against espd pcap"
-cargo build --quiet -p engine --bin espd
+cargo build --quiet -p espd
 python3 tests/interop/interop.py target/debug/espd "$(mktemp -d)" 2>&1 | grep -v -e '^PASS' -e 'WARNING: '
 
 log "export-config: strongSwan loads what espd exports"

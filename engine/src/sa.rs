@@ -1,21 +1,18 @@
-//! Security associations: the static `[[sa]]` file format (a stable contract for rigs and
-//! tests), its validation, and the per-direction runtime state.
+//! Security associations: a validated SA's parameters ([`SaConfig`], built by the daemon's
+//! static-file parser or its IKE shell) and the per-direction runtime state.
 //!
-//! Contract: [`load_sa_file`] / [`parse_sa_toml`] reject a bad file with every error at once,
-//! each naming the file, the SA, the key, the value and what is allowed. An [`OutboundSa`]
+//! Contract: an [`OutboundSa`]
 //! owns its sequence counter and an [`InboundSa`] its replay window: one writer per SA.
 //! Key material is held in `Zeroizing` buffers and never printed by `Debug`.
 
 use crate::counters::Counters;
-use crate::crypto::{Backend, Encryption, EspTransform, Integrity, Suite, new_transform};
+use crate::crypto::{Backend, EspTransform, Suite, new_transform};
 use crate::mtu::{self, OuterFamily};
 use crate::replay::{self, ReplayWindow};
 use aes::Aes128;
 use aes::cipher::{BlockCipherEncrypt, KeyInit, array::Array};
-use serde::Deserialize;
 use std::fmt;
 use std::net::IpAddr;
-use std::path::Path;
 use zeroize::Zeroizing;
 
 /// Direction of an SA.
@@ -142,342 +139,6 @@ impl SaConfig {
     pub fn inner_mtu(&self) -> usize {
         let m = mtu::inner_mtu(self.suite, self.nat_t, self.outer_family());
         self.inner_mtu.map_or(m, |o| o.min(m))
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    #[serde(default)]
-    sa: Vec<RawSa>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSa {
-    name: Option<String>,
-    direction: Option<String>,
-    spi: Option<i64>,
-    encryption: Option<String>,
-    integrity: Option<String>,
-    enc_key: Option<String>,
-    int_key: Option<String>,
-    tunnel_src: Option<String>,
-    tunnel_dst: Option<String>,
-    nat_t: Option<bool>,
-    natt_sport: Option<i64>,
-    natt_dport: Option<i64>,
-    esn: Option<bool>,
-    replay_window: Option<i64>,
-    seq: Option<i64>,
-    df_policy: Option<String>,
-    mss_clamp: Option<bool>,
-    inner_mtu: Option<i64>,
-    soft_seq_percent: Option<i64>,
-}
-
-/// All the errors of one file, one per line.
-#[derive(Debug, thiserror::Error)]
-#[error("{}", .0.join("\n"))]
-pub struct ConfigErrors(pub Vec<String>);
-
-/// Reads and validates a static SA file.
-pub fn load_sa_file(path: &Path) -> Result<Vec<SaConfig>, ConfigErrors> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigErrors(vec![format!("{}: cannot read: {e}", path.display())]))?;
-    parse_sa_toml(&text, &path.display().to_string())
-}
-
-fn hex_key(v: &str) -> Result<Zeroizing<Vec<u8>>, String> {
-    let s: String = v
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != ':')
-        .collect();
-    let s = s.strip_prefix("0x").unwrap_or(&s);
-    hex::decode(s)
-        .map(Zeroizing::new)
-        .map_err(|_| "is not a hex string".to_string())
-}
-
-/// Parses and validates SA TOML text; `origin` names the file in messages.
-pub fn parse_sa_toml(text: &str, origin: &str) -> Result<Vec<SaConfig>, ConfigErrors> {
-    let raw: RawFile =
-        toml::from_str(text).map_err(|e| ConfigErrors(vec![format!("{origin}: {e}")]))?;
-    let mut errs = vec![];
-    let mut out = vec![];
-    if raw.sa.is_empty() {
-        errs.push(format!("{origin}: no [[sa]] tables"));
-    }
-    for (i, r) in raw.sa.into_iter().enumerate() {
-        let label = match &r.name {
-            Some(n) => format!("{origin}: sa[{i}] \"{n}\""),
-            None => format!("{origin}: sa[{i}]"),
-        };
-        let mut e = |key: &str, msg: String| errs.push(format!("{label}: {key}: {msg}"));
-        let name = r.name.clone().unwrap_or_else(|| format!("sa{i}"));
-        let direction = match r.direction.as_deref() {
-            Some("out") => Some(Direction::Out),
-            Some("in") => Some(Direction::In),
-            Some(v) => {
-                e(
-                    "direction",
-                    format!("{v:?} is not allowed; allowed: \"out\", \"in\""),
-                );
-                None
-            }
-            None => {
-                e("direction", "missing; allowed: \"out\", \"in\"".into());
-                None
-            }
-        };
-        let spi = match r.spi {
-            Some(v) if (256..=u32::MAX as i64).contains(&v) => Some(v as u32),
-            Some(v) => {
-                e(
-                    "spi",
-                    format!(
-                        "{v:#x} is out of range; allowed: 0x100..=0xffffffff (1..255 are reserved, RFC 4303 section 2.1)"
-                    ),
-                );
-                None
-            }
-            None => {
-                e("spi", "missing; an integer such as 0x0a0b0c0d".into());
-                None
-            }
-        };
-        let enc = match r.encryption.as_deref().map(str::parse::<Encryption>) {
-            Some(Ok(x)) => Some(x),
-            Some(Err(m)) => {
-                e("encryption", m);
-                None
-            }
-            None => {
-                e(
-                    "encryption",
-                    "missing; allowed: aes128-gcm16, aes256-gcm16, aes128-cbc, aes256-cbc".into(),
-                );
-                None
-            }
-        };
-        let integ = match r.integrity.as_deref().map(str::parse::<Integrity>) {
-            Some(Ok(x)) => Some(x),
-            Some(Err(m)) => {
-                e("integrity", m);
-                None
-            }
-            None => {
-                e(
-                    "integrity",
-                    "missing; allowed: none (GCM), sha1-96, sha256-128, sha384-192, sha512-256"
-                        .into(),
-                );
-                None
-            }
-        };
-        let suite = match (enc, integ) {
-            (Some(a), Some(b)) => match Suite::new(a, b) {
-                Ok(s) => Some(s),
-                Err(m) => {
-                    e("integrity", m);
-                    None
-                }
-            },
-            _ => None,
-        };
-        let enc_key = match r.enc_key.as_deref().map(hex_key) {
-            Some(Ok(k)) => Some(k),
-            Some(Err(m)) => {
-                e("enc_key", m);
-                None
-            }
-            None => {
-                e("enc_key", "missing; hex".into());
-                None
-            }
-        };
-        let int_key = match r.int_key.as_deref().map(hex_key) {
-            Some(Ok(k)) => Some(k),
-            Some(Err(m)) => {
-                e("int_key", m);
-                None
-            }
-            None => Some(Zeroizing::new(vec![])),
-        };
-        if let (Some(s), Some(k)) = (suite, &enc_key)
-            && k.len() != s.enc.enc_key_len()
-        {
-            let what = if s.enc.is_gcm() {
-                "key followed by the 4-byte salt"
-            } else {
-                "the AES key"
-            };
-            e(
-                "enc_key",
-                format!(
-                    "{} bytes is the wrong length for {}; allowed: {} bytes ({what})",
-                    k.len(),
-                    s.enc.name(),
-                    s.enc.enc_key_len()
-                ),
-            );
-        }
-        if let (Some(s), Some(k)) = (suite, &int_key)
-            && k.len() != s.integ.key_len()
-        {
-            let allowed = if s.integ == Integrity::None {
-                "none (GCM takes no int_key)".to_string()
-            } else {
-                format!("{} bytes", s.integ.key_len())
-            };
-            e(
-                "int_key",
-                format!(
-                    "{} bytes is the wrong length for {}; allowed: {allowed}",
-                    k.len(),
-                    s.integ.name()
-                ),
-            );
-        }
-        let mut addr = |key: &str, v: &Option<String>| match v.as_deref().map(str::parse::<IpAddr>)
-        {
-            Some(Ok(a)) => Some(a),
-            Some(Err(_)) => {
-                e(
-                    key,
-                    format!(
-                        "{:?} is not an IPv4 or IPv6 address",
-                        v.as_deref().unwrap_or("")
-                    ),
-                );
-                None
-            }
-            None => {
-                e(key, "missing; an IPv4 or IPv6 address".into());
-                None
-            }
-        };
-        let src = addr("tunnel_src", &r.tunnel_src);
-        let dst = addr("tunnel_dst", &r.tunnel_dst);
-        if let (Some(a), Some(b)) = (src, dst)
-            && a.is_ipv4() != b.is_ipv4()
-        {
-            e(
-                "tunnel_dst",
-                format!("{b} is not the same address family as tunnel_src {a}"),
-            );
-        }
-        let mut port = |key: &str, v: Option<i64>| match v {
-            None => 4500u16,
-            Some(p) if (1..=65535).contains(&p) => p as u16,
-            Some(p) => {
-                e(key, format!("{p} is out of range; allowed: 1..=65535"));
-                4500
-            }
-        };
-        let natt_sport = port("natt_sport", r.natt_sport);
-        let natt_dport = port("natt_dport", r.natt_dport);
-        let esn = r.esn.unwrap_or(false);
-        let replay_window = match r.replay_window {
-            None => replay::DEFAULT_WINDOW,
-            Some(w) if (replay::MIN_WINDOW as i64..=replay::MAX_WINDOW as i64).contains(&w) => {
-                w as u32
-            }
-            Some(w) => {
-                e(
-                    "replay_window",
-                    format!("{w} is out of range; allowed: 64..=2048"),
-                );
-                replay::DEFAULT_WINDOW
-            }
-        };
-        let max_seq: i64 = if esn { i64::MAX } else { u32::MAX as i64 };
-        let seq = match r.seq {
-            None => 1,
-            Some(s) if (1..=max_seq).contains(&s) => s as u64,
-            Some(s) => {
-                e(
-                    "seq",
-                    format!("{s} is out of range; allowed: 1..={max_seq}"),
-                );
-                1
-            }
-        };
-        let df_policy = match r.df_policy.as_deref() {
-            None | Some("clear") => DfPolicy::Clear,
-            Some("honor") => DfPolicy::Honor,
-            Some(v) => {
-                e(
-                    "df_policy",
-                    format!("{v:?} is not allowed; allowed: \"clear\", \"honor\""),
-                );
-                DfPolicy::Clear
-            }
-        };
-        let inner_mtu = match r.inner_mtu {
-            None => None,
-            Some(m) if (1280..=1446).contains(&m) => Some(m as usize),
-            Some(m) => {
-                e(
-                    "inner_mtu",
-                    format!("{m} is out of range; allowed: 1280..=1446 (presets 1399, 1436)"),
-                );
-                None
-            }
-        };
-        let soft_seq_percent = match r.soft_seq_percent {
-            None => 90,
-            Some(p) if (1..=99).contains(&p) => p as u8,
-            Some(p) => {
-                e(
-                    "soft_seq_percent",
-                    format!("{p} is out of range; allowed: 1..=99"),
-                );
-                90
-            }
-        };
-        if let (
-            Some(direction),
-            Some(spi),
-            Some(suite),
-            Some(enc_key),
-            Some(int_key),
-            Some(src),
-            Some(dst),
-        ) = (direction, spi, suite, enc_key, int_key, src, dst)
-        {
-            out.push(SaConfig {
-                name,
-                direction,
-                spi,
-                suite,
-                enc_key,
-                int_key,
-                tunnel_src: src,
-                tunnel_dst: dst,
-                nat_t: r.nat_t.unwrap_or(false),
-                natt_sport,
-                natt_dport,
-                esn,
-                replay_window,
-                seq,
-                df_policy,
-                mss_clamp: r.mss_clamp.unwrap_or(true),
-                inner_mtu,
-                soft_seq_percent,
-            });
-        }
-    }
-    let mut seen = std::collections::HashSet::new();
-    for s in &out {
-        if s.direction == Direction::In && !seen.insert(s.spi) {
-            errs.push(format!("{origin}: sa \"{}\": spi: {:#010x} is used by another \"in\" SA; inbound SPIs must be unique", s.name, s.spi));
-        }
-    }
-    if errs.is_empty() {
-        Ok(out)
-    } else {
-        Err(ConfigErrors(errs))
     }
 }
 
@@ -722,40 +383,50 @@ impl InboundSa {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::{Encryption, Integrity};
     use crate::replay::ReplayWindow;
 
-    const GOOD: &str = r#"
-[[sa]]
-name = "t1-out"
-direction = "out"
-spi = 0x0a0b0c0d
-encryption = "aes128-gcm16"
-integrity = "none"
-enc_key = "000102030405060708090a0b0c0d0e0f10111213"
-tunnel_src = "192.0.2.1"
-tunnel_dst = "192.0.2.2"
-
-[[sa]]
-name = "t1-in"
-direction = "in"
-spi = 0x01020304
-encryption = "aes256-cbc"
-integrity = "sha512-256"
-enc_key = "000102030405060708090a0b0c0d0e0f000102030405060708090a0b0c0d0e0f"
-int_key = "00000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000"
-tunnel_src = "2001:db8::2"
-tunnel_dst = "2001:db8::1"
-nat_t = true
-esn = true
-replay_window = 64
-"#;
+    /// The two SAs of the static-file example (`espd::static_sa`'s tests parse the same text).
+    fn good() -> Vec<SaConfig> {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let out = SaConfig::new(
+            "t1-out",
+            Direction::Out,
+            0x0a0b_0c0d,
+            Suite {
+                enc: Encryption::Aes128Gcm16,
+                integ: Integrity::None,
+            },
+            (0..20).collect(),
+            vec![],
+            ip("192.0.2.1"),
+            ip("192.0.2.2"),
+        );
+        let mut inb = SaConfig::new(
+            "t1-in",
+            Direction::In,
+            0x0102_0304,
+            Suite {
+                enc: Encryption::Aes256Cbc,
+                integ: Integrity::Sha512_256,
+            },
+            (0..16).chain(0..16).collect(),
+            vec![0; 64],
+            ip("2001:db8::2"),
+            ip("2001:db8::1"),
+        );
+        inb.nat_t = true;
+        inb.esn = true;
+        inb.replay_window = 64;
+        vec![out, inb]
+    }
 
     /// A reload that rebuilds an SA with the same keys keeps its sequence counter (so GCM
     /// nonces never repeat) and its replay window; new keys start afresh. A persisted mark
     /// stops the SA (seq_not_persisted) until it is raised.
     #[test]
     fn same_keys_carry_the_sequence_state_over_and_the_mark_stops_the_sa() {
-        let v = parse_sa_toml(GOOD, "good.toml").unwrap();
+        let v = good();
         let mut old = OutboundSa::new(v[0].clone(), Backend::RustCrypto, &[1; 32]).unwrap();
         for _ in 0..10 {
             old.reserve_seq().unwrap();
@@ -806,50 +477,14 @@ replay_window = 64
         }
     }
 
-    /// RFC 4301 section 5.2: an inbound SA delivers only its selectors' addresses (CIDR
-    /// ranges from `Cidr::range`, as the IKE selectors have).
+    /// RFC 4301 section 5.2: an inbound SA delivers only its selectors' addresses
+    /// (inclusive ranges, as an IKE selector or `espd::config::Cidr::range` gives them).
     #[test]
     fn inner_policy_ranges() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(
-            crate::config::Cidr {
-                addr: ip("10.2.0.77"),
-                len: 24
-            }
-            .range(),
-            (ip("10.2.0.0"), ip("10.2.0.255"))
-        );
-        assert_eq!(
-            crate::config::Cidr {
-                addr: ip("10.2.0.77"),
-                len: 0
-            }
-            .range(),
-            (ip("0.0.0.0"), ip("255.255.255.255"))
-        );
-        assert_eq!(
-            crate::config::Cidr {
-                addr: ip("fd00:2::9"),
-                len: 64
-            }
-            .range(),
-            (ip("fd00:2::"), ip("fd00:2::ffff:ffff:ffff:ffff"))
-        );
         let p = InnerPolicy {
-            src: vec![
-                crate::config::Cidr {
-                    addr: ip("10.2.0.0"),
-                    len: 24,
-                }
-                .range(),
-            ],
-            dst: vec![
-                crate::config::Cidr {
-                    addr: ip("10.1.0.0"),
-                    len: 24,
-                }
-                .range(),
-            ],
+            src: vec![(ip("10.2.0.0"), ip("10.2.0.255"))],
+            dst: vec![(ip("10.1.0.0"), ip("10.1.0.255"))],
         };
         assert!(p.allows(ip("10.2.0.2"), ip("10.1.0.2")));
         assert!(!p.allows(ip("10.3.0.2"), ip("10.1.0.2")), "spoofed source");
@@ -858,11 +493,7 @@ replay_window = 64
             "other tunnel's network"
         );
         assert!(!p.allows(ip("fd00:2::2"), ip("10.1.0.2")), "other family");
-        let mut inb = InboundSa::new(
-            parse_sa_toml(GOOD, "g").unwrap()[1].clone(),
-            Backend::RustCrypto,
-        )
-        .unwrap();
+        let mut inb = InboundSa::new(good()[1].clone(), Backend::RustCrypto).unwrap();
         inb.policy = Some(p);
         let mut pkt = crate::pkt::PacketBuf::new();
         let mut b = vec![0u8; 40];
@@ -891,7 +522,7 @@ replay_window = 64
     /// The outer IPv4 ID start is not a byte of the seed (which holds the IV key).
     #[test]
     fn ip_id_seed_is_not_a_key_byte() {
-        let v = parse_sa_toml(GOOD, "good.toml").unwrap();
+        let v = good();
         for k in 0..=255u8 {
             let mut seed = [k; 32];
             seed[31] = k.wrapping_add(1);
@@ -901,61 +532,8 @@ replay_window = 64
     }
 
     #[test]
-    fn parses_good_file() {
-        let v = parse_sa_toml(GOOD, "good.toml").unwrap();
-        assert_eq!(v.len(), 2);
-        assert_eq!(v[0].spi, 0x0a0b0c0d);
-        assert_eq!(v[0].inner_mtu(), 1446);
-        assert_eq!(v[1].replay_window, 64);
-        assert!(
-            !format!("{:?}", v[1]).contains("000102"),
-            "Debug must not print keys"
-        );
-    }
-
-    #[test]
-    fn every_error_named() {
-        let bad = GOOD
-            .replace("aes128-gcm16", "aes128-gcm8")
-            .replace("replay_window = 64", "replay_window = 4096")
-            .replace("\"2001:db8::1\"", "\"192.0.2.9\"");
-        let e = parse_sa_toml(&bad, "bad.toml").unwrap_err().to_string();
-        assert!(
-            e.contains(
-                "bad.toml: sa[0] \"t1-out\": encryption: unknown encryption \"aes128-gcm8\""
-            ),
-            "{e}"
-        );
-        assert!(
-            e.contains("sa[1] \"t1-in\": replay_window: 4096 is out of range; allowed: 64..=2048"),
-            "{e}"
-        );
-        assert!(e.contains("tunnel_dst"), "{e}");
-    }
-
-    #[test]
-    fn key_length_errors() {
-        let bad = GOOD.replace("0c0d0e0f10111213\"", "0c0d0e0f\"");
-        let e = parse_sa_toml(&bad, "f").unwrap_err().to_string();
-        assert!(
-            e.contains("enc_key: 16 bytes is the wrong length for aes128-gcm16; allowed: 20 bytes"),
-            "{e}"
-        );
-        let bad = GOOD.replace("integrity = \"none\"", "integrity = \"sha1-96\"");
-        let e = parse_sa_toml(&bad, "f").unwrap_err().to_string();
-        assert!(e.contains("integrity must be \"none\""), "{e}");
-    }
-
-    #[test]
-    fn unknown_key_rejected() {
-        let bad = GOOD.replace("esn = true", "esn = true\nreplay_windw = 5");
-        let e = parse_sa_toml(&bad, "f").unwrap_err().to_string();
-        assert!(e.contains("replay_windw"), "{e}");
-    }
-
-    #[test]
     fn seq_never_wraps() {
-        let mut cfg = parse_sa_toml(GOOD, "f").unwrap().remove(0);
+        let mut cfg = good().remove(0);
         cfg.seq = u32::MAX as u64 - 1;
         let mut sa = OutboundSa::new(cfg, Backend::RustCrypto, &[7; 32]).unwrap();
         assert!(sa.reserve_seq().is_ok());

@@ -1,13 +1,11 @@
 //! Zero heap allocations per packet in steady state: a counting global allocator around
 //! bursts of encapsulation and decapsulation for every suite on every backend.
 
-mod common;
-
-use common::*;
 use engine::crypto::{Backend, Suite};
 use engine::esp;
 use engine::pkt::PacketBuf;
 use engine::sa::SeqState;
+use engine::testkit::*;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::Ordering;
 

@@ -2,9 +2,6 @@
 //! IPv6 outer, NAT-T, ESN, bursts; fragmentation before encryption; DF policy and ICMP;
 //! MSS clamping; replay and tamper drops with their named counters.
 
-mod common;
-
-use common::*;
 use engine::counters::DropReason;
 use engine::crypto::{Backend, Encryption, Integrity, Suite};
 use engine::esp::{self, Outer};
@@ -12,6 +9,7 @@ use engine::frag::{ReasmLimits, Reassembler};
 use engine::pipeline::{self, OutboundCtx, Protected, Unprotected};
 use engine::pkt::{BufPool, PacketBuf};
 use engine::sa::DfPolicy;
+use engine::testkit::*;
 use engine::wire;
 
 /// The outbound side of a gateway for one test: context, pool, ESP and ICMP outputs.

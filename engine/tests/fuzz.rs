@@ -3,15 +3,13 @@
 //! never panic, and every packet offered to an SA is accounted for: it is either delivered
 //! or counted under exactly one drop reason.
 
-mod common;
-
-use common::*;
 use engine::counters::DropReason;
 use engine::crypto::{Backend, Suite};
 use engine::esp;
 use engine::frag::{self, ReasmLimits, Reassembler};
 use engine::pipeline;
 use engine::pkt::{BufPool, PacketBuf};
+use engine::testkit::*;
 use proptest::prelude::*;
 
 fn mutate(base: &[u8], edits: &[(usize, u8)], cut: usize) -> Vec<u8> {

@@ -4,15 +4,13 @@
 //! replay window; duplication; 100 make-before-break replacements under load; 10,000 SAs
 //! installed, used and deleted while traffic flows.
 
-mod common;
-
-use common::*;
 use engine::counters::DropReason;
 use engine::crypto::{Backend, Encryption, Integrity, Suite};
 use engine::io::{Impair, MemPort, QueuePort, mem_link};
 use engine::pkt::{BufPool, PacketBuf, shared_pool};
 use engine::runtime::{Command, Selector, Worker, WorkerConfig, WorkerHandle};
 use engine::sa::{Direction, InboundSa, OutboundSa};
+use engine::testkit::*;
 use engine::wire;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;

@@ -12,6 +12,7 @@
 
 mod ikebench;
 mod traffic;
+#[cfg(feature = "xdp")]
 mod xdpbench;
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
@@ -423,7 +424,7 @@ fn loopback(c: Common) {
     let metrics_server = c.metrics.as_ref().map(|addr| {
         let hs = handles.clone();
         let snapshot = Arc::new(move || {
-            let mut tunnels: std::collections::BTreeMap<u32, engine::metrics::TunnelSnapshot> =
+            let mut tunnels: std::collections::BTreeMap<u32, telemetry::metrics::TunnelSnapshot> =
                 Default::default();
             for (ha, hb) in &hs {
                 for (t, cnt) in ha.report(true).map(|r| r.per_tunnel).unwrap_or_default() {
@@ -445,9 +446,9 @@ fn loopback(c: Common) {
                     snap
                 })
                 .collect();
-            engine::metrics::render(&snaps)
+            telemetry::metrics::render(&snaps)
         });
-        let srv = engine::metrics::serve(addr, snapshot)
+        let srv = telemetry::metrics::serve(addr, snapshot)
             .unwrap_or_else(|e| fail(format!("--metrics {addr}: {e}")));
         if !c.json {
             eprintln!("metrics on http://{}/metrics", srv.addr);
@@ -843,6 +844,7 @@ fn main() {
                 ikebench::rate(&gs, seconds, json);
             }
         }
+        #[cfg(feature = "xdp")]
         Cmd::XdpGateway {
             packet_size,
             duration,
@@ -879,5 +881,12 @@ fn main() {
             };
             std::process::exit(xdpbench::inner(o));
         }
+        #[cfg(not(feature = "xdp"))]
+        Cmd::XdpGateway { .. } => fail(
+            "perf was built without its `xdp` feature (the XDP program needs clang and libelf): \
+             apt-get install clang libelf-dev, then \
+             cargo run --release -p perf --features xdp -- xdp-gateway"
+                .to_string(),
+        ),
     }
 }

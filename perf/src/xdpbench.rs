@@ -17,9 +17,9 @@
 //! arrives (plain: per-flow sequence numbers give loss and reordering; ESP: the SA's
 //! sequence numbers).
 
-use engine::afxdp::neigh::NeighShared;
-use engine::afxdp::xsk::{FRAME_SIZE, XdpDesc, Xsk, XskConfig};
-use engine::afxdp::{NextHops, XskPort, if_mac};
+use afxdp::neigh::NeighShared;
+use afxdp::xsk::{FRAME_SIZE, XdpDesc, Xsk, XskConfig};
+use afxdp::{NextHops, XskPort, if_mac};
 use engine::crypto::{Backend, Suite};
 use engine::pkt::BufPool;
 use engine::runtime::{Command, Selector, Worker, WorkerConfig};

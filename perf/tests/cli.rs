@@ -204,6 +204,7 @@ fn metrics_are_scraped_during_a_loopback_run() {
 /// The AF_XDP gateway benchmark end to end (root only: namespaces, XDP, AF_XDP). Checks
 /// behaviour, not speed: both modes carried traffic and the JSON has its keys.
 #[test]
+#[cfg(feature = "xdp")]
 #[ignore = "needs root (XDP, AF_XDP, network namespaces); the test command runs it as root"]
 fn xdp_gateway_benchmark_runs() {
     // The effective uid, from /proc (no libc in this test crate).

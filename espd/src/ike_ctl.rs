@@ -9,11 +9,10 @@
 //! crate; this file only moves bytes, keys and commands.
 
 use crate::config::{self, DpdAction, StartupAction, Tunnel};
-use crate::crypto::{Backend, Encryption, Integrity, Suite};
-use crate::metrics::IkeSnapshot;
-use crate::runtime::{Command, WorkerHandle};
-use crate::sa::{Direction, InboundSa, OutboundSa, SaConfig};
 use crate::tunnel_log::PhaseState;
+use engine::crypto::{Backend, Encryption, Integrity, Suite};
+use engine::runtime::{Command, WorkerHandle};
+use engine::sa::{Direction, InboundSa, OutboundSa, SaConfig};
 use ike::dpd::{Action as DpdStep, Dpd};
 use ike::msg::{Header, TrafficSelector};
 use ike::session::{ChildSa, Config as IkeConfig, IkeSa, Output, Phase};
@@ -21,6 +20,7 @@ use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::unix::fs::OpenOptionsExt;
+use telemetry::metrics::IkeSnapshot;
 use zeroize::Zeroizing;
 
 /// One tunnel negotiated by IKE.
@@ -268,7 +268,7 @@ impl IkeCtl {
             for s in t
                 .sas
                 .iter()
-                .filter(|s| s.direction == crate::sa::Direction::In)
+                .filter(|s| s.direction == engine::sa::Direction::In)
             {
                 ctl.spi_set(s.spi, true);
             }
@@ -442,7 +442,7 @@ impl IkeCtl {
             self.responded(i, local, from, sa, out, t.max(now), h, &mut logs);
         }
         // An outbound SA near its sequence-number limit asks for a CHILD_SA rekey now.
-        while let Ok(crate::runtime::Event::SoftLimit { tunnel, .. }) = h.events.try_recv() {
+        while let Ok(engine::runtime::Event::SoftLimit { tunnel, .. }) = h.events.try_recv() {
             if let Some(t) = self.tunnels.iter_mut().find(|t| t.index == tunnel) {
                 t.child_rekey_at = Some(now);
             }
@@ -932,7 +932,7 @@ impl IkeCtl {
             return "CHILD_SA keys rejected by the crypto backend".into();
         };
         // Only what the CHILD_SA's selectors allow comes out of it (RFC 4301 section 5.2).
-        inb.policy = Some(crate::sa::InnerPolicy {
+        inb.policy = Some(engine::sa::InnerPolicy {
             src: vec![(c.remote_ts.start, c.remote_ts.end)],
             dst: vec![(c.local_ts.start, c.local_ts.end)],
         });

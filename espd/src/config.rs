@@ -7,7 +7,8 @@
 //! only randomness is the PSK generated when none is configured; it comes from the caller's
 //! generator (`fill`), so tests are deterministic.
 
-use crate::sa::{self, SaConfig};
+use crate::static_sa;
+use engine::sa::SaConfig;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -1219,7 +1220,7 @@ fn tunnel(
         // Static SAs in the [[sa]] format, nested as [[tunnel.sa]].
         let mut doc = toml::Table::new();
         doc.insert("sa".into(), v.clone());
-        match sa::parse_sa_toml(&toml::to_string(&doc).unwrap_or_default(), &cx.label) {
+        match static_sa::parse_sa_toml(&toml::to_string(&doc).unwrap_or_default(), &cx.label) {
             Ok(v) => sas = v,
             Err(e) => cx.errs.extend(e.0),
         }

@@ -2,14 +2,15 @@
 //! This is an I/O shell: it reads files, takes the OS RNG and the capture timestamps as
 //! `now`, and drives the sans-IO core.
 
-use crate::counters::{Counters, DropReason};
-use crate::crypto::Backend;
-use crate::esp::{self, Outer};
-use crate::frag::{ReasmLimits, Reassembler};
-use crate::pcap;
-use crate::pipeline::{self, OutboundCtx, Protected, Unprotected};
-use crate::pkt::{BufPool, PacketBuf};
-use crate::sa::{self, Direction, InboundSa, OutboundSa, SaConfig};
+use crate::static_sa;
+use engine::counters::{Counters, DropReason};
+use engine::crypto::Backend;
+use engine::esp::{self, Outer};
+use engine::frag::{ReasmLimits, Reassembler};
+use engine::pcap;
+use engine::pipeline::{self, OutboundCtx, Protected, Unprotected};
+use engine::pkt::{BufPool, PacketBuf};
+use engine::sa::{Direction, InboundSa, OutboundSa, SaConfig};
 use std::collections::HashMap;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
@@ -82,7 +83,7 @@ fn os_seed() -> Result<[u8; 32], CliError> {
 }
 
 fn load(path: &Path) -> Result<Vec<SaConfig>, CliError> {
-    sa::load_sa_file(path).map_err(|e| CliError(e.to_string()))
+    static_sa::load_sa_file(path).map_err(|e| CliError(e.to_string()))
 }
 
 fn check_backend(b: Backend) -> Result<(), CliError> {
@@ -356,7 +357,7 @@ pub fn pcap_decrypt(o: &DecryptOpts) -> Result<(), CliError> {
             continue;
         };
         // Trim link padding, then strip the outer headers.
-        if let Some(info) = crate::wire::parse_ip(pkt.bytes()) {
+        if let Some(info) = engine::wire::parse_ip(pkt.bytes()) {
             pkt.truncate(info.total_len);
         }
         pkt.pull_front(esp_off)
@@ -408,7 +409,7 @@ pub fn pcap_decrypt(o: &DecryptOpts) -> Result<(), CliError> {
 
 /// `espd mtu`.
 pub fn mtu_table(json: bool) -> String {
-    let rows = crate::mtu::table();
+    let rows = engine::mtu::table();
     if json {
         return serde_json::to_string_pretty(&rows).expect("plain data");
     }

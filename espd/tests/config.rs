@@ -2,7 +2,7 @@
 //! invalid variants each gets its specific error naming the file, tunnel, option and what is
 //! allowed. Numbers refer to the testable facts of shared/spec/README.md.
 
-use engine::config::{self, Config, DpdAction, IkeVersion, StartupAction};
+use espd::config::{self, Config, DpdAction, IkeVersion, StartupAction};
 
 const BASE: &str = r#"
 [[tunnel]]
@@ -479,4 +479,27 @@ fn gateway_table_errors_name_option_value_and_range() {
         let e = parse(&text).expect_err(to);
         assert!(e.contains(&format!("test.toml: {want}")), "{to}: got\n{e}");
     }
+}
+
+/// A CIDR's address range (the IKE traffic selectors and the static tunnels' inner policy).
+#[test]
+fn cidr_ranges() {
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let c = |a: &str, len| config::Cidr { addr: ip(a), len };
+    assert_eq!(
+        c("10.2.0.77", 24).range(),
+        (ip("10.2.0.0"), ip("10.2.0.255"))
+    );
+    assert_eq!(
+        c("10.2.0.77", 0).range(),
+        (ip("0.0.0.0"), ip("255.255.255.255"))
+    );
+    assert_eq!(
+        c("10.2.0.77", 32).range(),
+        (ip("10.2.0.77"), ip("10.2.0.77"))
+    );
+    assert_eq!(
+        c("fd00:2::9", 64).range(),
+        (ip("fd00:2::"), ip("fd00:2::ffff:ffff:ffff:ffff"))
+    );
 }

@@ -1,12 +1,12 @@
-//! The IKE shell of `espd run` (`engine::ike_ctl`): two instances on loopback addresses with
+//! The IKE shell of `espd run` (`espd::ike_ctl`): two instances on loopback addresses with
 //! real UDP sockets and a fake clock, for each DPD action. Needs root (port 500): the tests
 //! are `#[ignore]`d with that reason, and the test command runs them as root.
 
-use engine::config;
-use engine::ike_ctl::IkeCtl;
 use engine::io::mem_link;
 use engine::pkt::BufPool;
 use engine::runtime::{Worker, WorkerConfig, WorkerHandle};
+use espd::config;
+use espd::ike_ctl::IkeCtl;
 
 fn fill(b: &mut [u8]) {
     for (i, x) in b.iter_mut().enumerate() {

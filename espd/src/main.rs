@@ -2,8 +2,8 @@
 //! `mtu`, `crypto`, `check-config`, `export-config`.
 
 use clap::{Parser, Subcommand};
-use engine::cli::{self, DecryptOpts, EncryptOpts};
 use engine::crypto::Backend;
+use espd::cli::{self, DecryptOpts, EncryptOpts};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -63,7 +63,7 @@ enum Cmd {
         #[arg(long)]
         json: bool,
         /// The control socket (default: the [gateway] control_socket default).
-        #[arg(long, default_value = engine::config::DEFAULT_CONTROL_SOCKET)]
+        #[arg(long, default_value = espd::config::DEFAULT_CONTROL_SOCKET)]
         socket: String,
     },
     /// Ask the running espd to rekey a tunnel's IKE SA or CHILD_SA now (operators, tests).
@@ -74,7 +74,7 @@ enum Cmd {
         #[arg(long, default_value = "child")]
         what: String,
         /// The control socket (default: the [gateway] control_socket default).
-        #[arg(long, default_value = engine::config::DEFAULT_CONTROL_SOCKET)]
+        #[arg(long, default_value = espd::config::DEFAULT_CONTROL_SOCKET)]
         socket: String,
     },
     /// Validate a tunnel configuration: exit 0 with one line per tunnel, or print every error.
@@ -146,9 +146,9 @@ fn run() -> Result<(), cli::CliError> {
         Cmd::Run {
             config,
             export_keys,
-        } => engine::gateway::run(
+        } => espd::gateway::run(
             &config,
-            engine::gateway::RunOpts {
+            espd::gateway::RunOpts {
                 export_keys,
                 stop: None,
             },
@@ -160,7 +160,7 @@ fn run() -> Result<(), cli::CliError> {
                     "show {what:?}: allowed: tunnels, sas, counters"
                 )));
             }
-            let out = engine::gateway::show_client(&socket, &what, json).map_err(cli::CliError)?;
+            let out = espd::gateway::show_client(&socket, &what, json).map_err(cli::CliError)?;
             print!("{out}");
             Ok(())
         }
@@ -174,7 +174,7 @@ fn run() -> Result<(), cli::CliError> {
                     "rekey --what {what:?}: allowed: ike, child"
                 )));
             }
-            let out = engine::gateway::control_request(&socket, &format!("rekey {tunnel} {what}"))
+            let out = espd::gateway::control_request(&socket, &format!("rekey {tunnel} {what}"))
                 .map_err(cli::CliError)?;
             if let Some(e) = out.strip_prefix("error: ") {
                 return Err(cli::CliError(e.trim_end().to_string()));
@@ -235,7 +235,7 @@ fn run() -> Result<(), cli::CliError> {
         }
         Cmd::CheckConfig { file } => {
             let mut fill = |b: &mut [u8]| getrandom::fill(b).expect("OS random generator");
-            match engine::config::load(&file, &mut fill) {
+            match espd::config::load(&file, &mut fill) {
                 Ok(c) => {
                     for l in c.summary() {
                         println!("{l}");
@@ -252,7 +252,7 @@ fn run() -> Result<(), cli::CliError> {
             out,
         } => {
             let mut fill = |b: &mut [u8]| getrandom::fill(b).expect("OS random generator");
-            let cfg = engine::config::load(&file, &mut fill)
+            let cfg = espd::config::load(&file, &mut fill)
                 .map_err(|e| cli::CliError(format!("{} error(s):\n{e}", e.0.len())))?;
             let Some(t) = cfg.tunnels.iter().find(|t| t.name == tunnel) else {
                 let names: Vec<&str> = cfg.tunnels.iter().map(|t| t.name.as_str()).collect();
@@ -263,8 +263,8 @@ fn run() -> Result<(), cli::CliError> {
                 )));
             };
             let text = match peer.as_str() {
-                "strongswan" => engine::export::strongswan(t),
-                "generic" => engine::export::generic(t),
+                "strongswan" => espd::export::strongswan(t),
+                "generic" => espd::export::generic(t),
                 p => {
                     return Err(cli::CliError(format!(
                         "--peer {p:?}: allowed: strongswan, generic"

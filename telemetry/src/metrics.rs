@@ -6,7 +6,7 @@
 //! Contract: [`render`] is a pure function of the snapshot it is given; [`serve`] runs one
 //! thread that answers `GET /metrics` on a local address by calling the snapshot function.
 
-use crate::counters::{Counters, DropReason};
+use engine::counters::{Counters, DropReason};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write;
@@ -60,7 +60,7 @@ fn esc(s: &str) -> String {
 }
 
 /// Writes the `# HELP` and `# TYPE` lines of a metric.
-pub(crate) fn head(o: &mut String, name: &str, kind: &str, help: &str) {
+pub fn head(o: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 

@@ -1,9 +1,12 @@
-//! Helpers shared by the integration tests: SA pairs and inner packets.
-#![allow(dead_code)]
+//! Fixtures shared by the integration tests, the benches, the `perf` rig and the fuzz
+//! targets: SA configs and pairs with patterned keys, and patterned inner packets.
+//!
+//! Contract: for tests and benchmarks only; the helpers panic on misuse instead of
+//! returning errors.
 
-use engine::crypto::{Backend, Suite};
-use engine::sa::{Direction, InboundSa, OutboundSa, SaConfig};
-use engine::wire;
+use crate::crypto::{Backend, Suite};
+use crate::sa::{Direction, InboundSa, OutboundSa, SaConfig};
+use crate::wire;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub fn cfg(suite: Suite, dir: Direction, v6_outer: bool, nat_t: bool, esn: bool) -> SaConfig {
@@ -121,8 +124,8 @@ pub fn tcp_syn4(mss: u16) -> Vec<u8> {
 
 /// Strips the outer IP (and UDP) headers of an ESP packet produced by the engine.
 pub fn esp_part(outer: &[u8]) -> usize {
-    match engine::esp::classify_outer(outer).unwrap() {
-        engine::esp::Outer::Esp { esp_off, .. } => esp_off,
+    match crate::esp::classify_outer(outer).unwrap() {
+        crate::esp::Outer::Esp { esp_off, .. } => esp_off,
         o => panic!("not ESP: {o:?}"),
     }
 }

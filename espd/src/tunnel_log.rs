@@ -7,8 +7,8 @@
 //! Contract: records carry states and the AWS message text only; no field can hold a key or
 //! a PSK. Key export happens only when asked for and is itself logged.
 
-use crate::crypto::{Encryption, Integrity};
-use crate::sa::SaConfig;
+use engine::crypto::{Encryption, Integrity};
+use engine::sa::SaConfig;
 use std::io::Write;
 
 /// IKE phase state as AWS logs it.

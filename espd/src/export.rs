@@ -7,8 +7,8 @@
 //! AWS's file), so callers write it to a file the operator asked for, never to a log.
 
 use crate::config::{DpdAction, IkeVersion, NatT, Tunnel};
-use crate::crypto::{Encryption, Integrity, Suite};
-use crate::mtu::{self, OuterFamily};
+use engine::crypto::{Encryption, Integrity, Suite};
+use engine::mtu::{self, OuterFamily};
 
 /// strongSwan's name of an IKE DH group (RFC 3526 / 5903 / 5114 groups).
 fn dh_name(g: u16) -> &'static str {

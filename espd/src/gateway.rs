@@ -12,24 +12,23 @@
 //!
 //! Threads: one worker per gateway (it owns every SA: one writer per SA), one control
 //! thread (this one: neighbour refresh, retired SAs, signals, reloads, sequence marks), the
-//! IKE thread (`engine::ike_ctl`) and its DH thread (so DH work never delays the rest), a thread per
-//! control-socket or metrics client (bounded: `engine::serve`). Every capability is dropped
-//! before any of them starts (`engine::privs`).
+//! IKE thread (`espd::ike_ctl`) and its DH thread (so DH work never delays the rest), a thread per
+//! control-socket or metrics client (bounded: `telemetry::serve`). Every capability is dropped
+//! before any of them starts (`espd::privs`).
 
-use crate::afxdp::neigh::{NeighShared, Resolver};
-use crate::afxdp::xsk::{self, XskConfig};
-use crate::afxdp::{self, MultiQueuePort, NextHops, PortStats};
 use crate::config::{self, Config, Gateway, Tunnel, XdpMode};
-use crate::counters::{Counters, DropReason};
-use crate::crypto::Backend;
-use crate::frag::ReasmLimits;
-use crate::metrics::{self, TunnelSnapshot};
-use crate::pkt::BufPool;
-use crate::replay::ReplayWindow;
-use crate::runtime::{Command, Selector, Worker, WorkerConfig, WorkerHandle, WorkerReport};
-use crate::sa::{Direction, InboundSa, InnerPolicy, OutboundSa, SaConfig};
 use crate::seqstore::SeqStore;
 use crate::tunnel_log::{self, PhaseState, Record, TunnelLog};
+use afxdp::neigh::{NeighShared, Resolver};
+use afxdp::xsk::{self, XskConfig};
+use afxdp::{self, MultiQueuePort, NextHops, PortStats};
+use engine::counters::{Counters, DropReason};
+use engine::crypto::Backend;
+use engine::frag::ReasmLimits;
+use engine::pkt::BufPool;
+use engine::replay::ReplayWindow;
+use engine::runtime::{Command, Selector, Worker, WorkerConfig, WorkerHandle, WorkerReport};
+use engine::sa::{Direction, InboundSa, InnerPolicy, OutboundSa, SaConfig};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -41,6 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use telemetry::metrics::{self, TunnelSnapshot};
 use xdp_prog::{Role, Steering};
 
 /// Options of `espd run` besides the file.
@@ -260,7 +260,7 @@ fn inner_policy(t: &Tunnel) -> InnerPolicy {
 fn build_sas(t: &Tunnel, backend: Backend) -> Result<(Vec<OutboundSa>, Vec<InboundSa>), Error> {
     let (mut outs, mut ins) = (vec![], vec![]);
     for s in &t.sas {
-        let e = |e: crate::crypto::KeyError| format!("tunnel {:?}: SA {:?}: {e}", t.name, s.name);
+        let e = |e: engine::crypto::KeyError| format!("tunnel {:?}: SA {:?}: {e}", t.name, s.name);
         match s.direction {
             Direction::Out => {
                 outs.push(OutboundSa::new(s.clone(), backend, &os_seed()?).map_err(e)?)
@@ -556,7 +556,7 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             max_per_source: g.reassembly.max_per_source,
         },
     };
-    let pool = BufPool::new(g.frames as usize * 2, crate::pkt::DEFAULT_CAPACITY)
+    let pool = BufPool::new(g.frames as usize * 2, engine::pkt::DEFAULT_CAPACITY)
         .with_max_free(g.pool_max_free);
     let (worker, handle) = Worker::new(wcfg, port_in, port_out, pool);
 
@@ -1055,7 +1055,7 @@ fn render_metrics(sh: &Shared) -> String {
             .unwrap_or_default()
     };
     let head = metrics::head;
-    let sa_l = |s: &crate::runtime::SaReport| {
+    let sa_l = |s: &engine::runtime::SaReport| {
         format!(
             "tunnel=\"{}\",sa=\"{}\",spi=\"{:#010x}\",direction=\"{}\"",
             tname(s.tunnel),
@@ -1065,7 +1065,7 @@ fn render_metrics(sh: &Shared) -> String {
         )
     };
     // One value per SA: (name, type, help, value, only for inbound SAs).
-    type SaValue = fn(&crate::runtime::SaReport) -> u64;
+    type SaValue = fn(&engine::runtime::SaReport) -> u64;
     let per_sa: [(&str, &str, &str, SaValue, bool); 4] = [
         (
             "espd_sa_packets_total",
@@ -1479,8 +1479,8 @@ fn spawn_control(
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     let _ = l.set_nonblocking(true);
-    let limits = crate::serve::Limits::default();
-    let gate = Arc::new(crate::serve::Gate::default());
+    let limits = telemetry::serve::Limits::default();
+    let gate = Arc::new(telemetry::serve::Gate::default());
     std::thread::Builder::new()
         .name("espd-control".into())
         .spawn(move || {

@@ -54,7 +54,7 @@ fn every_sa_file_in_configs_loads() {
         if p.extension().is_some_and(|x| x == "toml")
             && std::fs::read_to_string(&p).unwrap().contains("[[sa]]")
         {
-            engine::sa::load_sa_file(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            espd::static_sa::load_sa_file(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
             n += 1;
         }
     }

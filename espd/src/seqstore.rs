@@ -20,7 +20,7 @@
 //!
 //! A file whose hash does not match (new keys, another SA) is ignored and replaced.
 
-use crate::sa::{Direction, SaConfig};
+use engine::sa::{Direction, SaConfig};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -149,7 +149,7 @@ impl SeqStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crypto::Suite;
+    use engine::crypto::Suite;
 
     fn cfg(dir: Direction, key: u8) -> SaConfig {
         SaConfig::new(

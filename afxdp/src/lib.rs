@@ -13,8 +13,8 @@
 pub mod neigh;
 pub mod xsk;
 
-use crate::io::PacketIo;
-use crate::pkt::{BufPool, PacketBuf};
+use engine::io::PacketIo;
+use engine::pkt::{BufPool, PacketBuf};
 use neigh::{Mac, NeighShared, NeighView};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;

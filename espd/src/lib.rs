@@ -1,0 +1,28 @@
+//! `espd`: the appliance around the data plane.
+//!
+//! - [`gateway`]: `espd run`: the XDP program, AF_XDP ports, pinned workers, the IKE and DH
+//!   threads, SIGHUP reloads, the control socket, metrics and tunnel logs;
+//! - [`ike_ctl`]: the IKE shell: drives `ike`'s sans-IO sessions per tunnel (timers,
+//!   rekeys, DPD) and installs their CHILD_SAs in the workers;
+//! - [`config`]: the tunnel configuration with the AWS option names and its validation;
+//! - [`static_sa`]: the static `[[sa]]` file;
+//! - [`seqstore`]: static SAs' sequence numbers written ahead to the state directory;
+//! - [`export`]: customer-gateway configs (strongSwan, generic);
+//! - [`tunnel_log`]: AWS-format tunnel logs;
+//! - [`privs`]: dropping capabilities, checking file permissions;
+//! - [`cli`]: the offline commands (`espd pcap`, `espd mtu`, `espd crypto`).
+//!
+//! Contract: all I/O of the appliance (sockets, files, threads, clocks, signals) lives here
+//! or in `afxdp`; the protocol cores it drives (`engine`, `ike`) take time and randomness
+//! as parameters.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod cli;
+pub mod config;
+pub mod export;
+pub mod gateway;
+pub mod ike_ctl;
+pub mod privs;
+pub mod seqstore;
+pub mod static_sa;
+pub mod tunnel_log;

@@ -8,9 +8,8 @@ use engine::crypto::{Backend, CryptoOp, EspTransform, Suite};
 use engine::esp;
 use engine::pkt::PacketBuf;
 use engine::replay::ReplayWindow;
-use engine::sa::{Direction, InboundSa, OutboundSa, SaConfig, SeqState};
-use engine::wire;
-use std::net::Ipv4Addr;
+use engine::sa::{Direction, InboundSa, OutboundSa, SeqState};
+use engine::testkit;
 
 /// Packets per burst.
 pub const BURST: usize = 32;
@@ -41,38 +40,6 @@ impl Size {
     }
 }
 
-fn cfg(suite: Suite, dir: Direction) -> SaConfig {
-    SaConfig::new(
-        "bench",
-        dir,
-        0x1234_5678,
-        suite,
-        (0..suite.enc.enc_key_len() as u8).collect(),
-        (0..suite.integ.key_len() as u8).map(|x| x ^ 0xa5).collect(),
-        "192.0.2.1".parse().unwrap(),
-        "192.0.2.2".parse().unwrap(),
-    )
-}
-
-/// An IPv4 UDP packet of `len` bytes.
-pub fn inner_packet(len: usize, id: u16) -> Vec<u8> {
-    let mut p = vec![0u8; len];
-    wire::write_ipv4_header(
-        &mut p,
-        len as u16,
-        id,
-        false,
-        64,
-        wire::proto::UDP,
-        Ipv4Addr::new(10, 0, 0, 1),
-        Ipv4Addr::new(10, 0, 0, 2),
-    );
-    for (i, b) in p[20..].iter_mut().enumerate() {
-        *b = i as u8;
-    }
-    p
-}
-
 /// Everything one benchmark point needs, built once.
 pub struct Fixture {
     pub out: OutboundSa,
@@ -91,20 +58,20 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(suite: Suite, backend: Backend, size: Size) -> Fixture {
-        let mut out = OutboundSa::new(cfg(suite, Direction::Out), backend, &[9; 32]).unwrap();
-        let inb = InboundSa::new(cfg(suite, Direction::In), backend).unwrap();
+        let (mut out, inb) = testkit::pair(suite, backend, false, false, false);
+        let keys = testkit::cfg(suite, Direction::Out, false, false, false);
         let raw = engine::crypto::new_transform(
             backend,
             suite,
-            &cfg(suite, Direction::Out).enc_key,
-            &cfg(suite, Direction::Out).int_key,
+            &keys.enc_key,
+            &keys.int_key,
         )
         .unwrap();
         let inner: Vec<Vec<u8>> = size
             .sizes()
             .iter()
             .enumerate()
-            .map(|(i, &n)| inner_packet(n, i as u16))
+            .map(|(i, &n)| testkit::udp4(n, false, i as u16, 0))
             .collect();
         let mut esp_pkts = vec![];
         let mut raw_plain = vec![];

@@ -37,6 +37,9 @@ if [ "${ESPD_SOAK:-0}" = "1" ]; then
   export ESPD_FUZZ_SECONDS="${ESPD_FUZZ_SECONDS:-600}"
 fi
 
+log "crate layering (cargo tree)"
+./ci/layers.sh
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 

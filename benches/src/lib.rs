@@ -60,13 +60,8 @@ impl Fixture {
     pub fn new(suite: Suite, backend: Backend, size: Size) -> Fixture {
         let (mut out, inb) = testkit::pair(suite, backend, false, false, false);
         let keys = testkit::cfg(suite, Direction::Out, false, false, false);
-        let raw = engine::crypto::new_transform(
-            backend,
-            suite,
-            &keys.enc_key,
-            &keys.int_key,
-        )
-        .unwrap();
+        let raw =
+            engine::crypto::new_transform(backend, suite, &keys.enc_key, &keys.int_key).unwrap();
         let inner: Vec<Vec<u8>> = size
             .sizes()
             .iter()

@@ -294,6 +294,9 @@ fn run() -> Result<(), cli::CliError> {
                 );
             }
             println!("auto -> {}", Backend::fastest().name());
+            if let Some(h) = Backend::upgrade_hint() {
+                println!("note: {h}");
+            }
             Ok(())
         }
     }

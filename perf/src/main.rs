@@ -576,6 +576,7 @@ fn loopback(c: Common) {
         "mode": "loopback",
         "transform": s.suite.to_string(),
         "backend": s.backend.name(),
+        "backend_note": Backend::upgrade_hint(),
         "packet_size": c.packet_size,
         "tunnels": s.tunnels,
         "workers": w,
@@ -748,6 +749,7 @@ fn oneway(c: Common, dir: DirectionArg) {
         "direction": if decrypt {"decrypt"} else {"encrypt"},
         "transform": s.suite.to_string(),
         "backend": s.backend.name(),
+        "backend_note": Backend::upgrade_hint(),
         "packet_size": c.packet_size,
         "tunnels": s.tunnels,
         "workers": 1,
@@ -819,7 +821,15 @@ fn crypto(size: usize, ms: u64, only: Option<String>) {
 }
 
 fn main() {
-    match Cli::parse().cmd {
+    let cmd = Cli::parse().cmd;
+    if !matches!(cmd, Cmd::Ike { .. }) {
+        // First line on stderr (JSON on stdout stays one object): what a fresh machine is
+        // missing for the fastest crypto.
+        if let Some(h) = Backend::upgrade_hint() {
+            eprintln!("note: {h}");
+        }
+    }
+    match cmd {
         Cmd::Loopback(c) => loopback(c),
         Cmd::Oneway { common, direction } => oneway(common, direction),
         Cmd::Crypto { size, ms, only } => crypto(size, ms, only),

@@ -190,11 +190,16 @@ pub fn pcap_encrypt(o: &EncryptOpts) -> Result<(), CliError> {
     let mut sa = OutboundSa::new(cfg, o.backend, &os_seed()?)
         .map_err(|e| CliError(format!("{}: {e}", o.sa_file.display())))?;
     let backend = sa.transform.backend().describe();
-    let mut w = pcap::Writer::new(create(&o.output)?, input.linktype, input.nanos)
-        .map_err(|e| CliError(format!("{}: {e}", o.output.display())))?;
+    let mut w = pcap::Writer::with_format(
+        create(&o.output)?,
+        input.format,
+        input.linktype,
+        input.nanos,
+    )
+    .map_err(|e| CliError(format!("{}: {e}", o.output.display())))?;
     let mut iw = match &o.icmp_out {
         Some(p) => Some(
-            pcap::Writer::new(create(p)?, input.linktype, input.nanos)
+            pcap::Writer::with_format(create(p)?, input.format, input.linktype, input.nanos)
                 .map_err(|e| CliError(format!("{}: {e}", p.display())))?,
         ),
         None => None,
@@ -289,8 +294,13 @@ pub fn pcap_decrypt(o: &DecryptOpts) -> Result<(), CliError> {
     }
     let input = pcap::read(&o.input)?;
     check_linktype(&o.input, input.linktype)?;
-    let mut w = pcap::Writer::new(create(&o.output)?, input.linktype, input.nanos)
-        .map_err(|e| CliError(format!("{}: {e}", o.output.display())))?;
+    let mut w = pcap::Writer::with_format(
+        create(&o.output)?,
+        input.format,
+        input.linktype,
+        input.nanos,
+    )
+    .map_err(|e| CliError(format!("{}: {e}", o.output.display())))?;
     let limits = ReasmLimits {
         timeout: o.reasm_timeout,
         ..Default::default()

@@ -20,7 +20,8 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Encrypt or decrypt packets of a pcap file with static SAs.
+    /// Encrypt or decrypt packets of a pcap or pcapng file with static SAs (the output has
+    /// the input's format).
     Pcap {
         #[command(subcommand)]
         op: PcapOp,

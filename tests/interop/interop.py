@@ -185,6 +185,43 @@ def espd_to_scapy_and_tshark():
                 check(f"espd->tshark {tag}", ok, detail)
 
 
+def pcapng():
+    """pcapng, as Wireshark's own editcap writes it, in both directions: scapy's ESP in a
+    pcapng decrypts and comes back as pcapng that scapy reads; inner packets in a pcapng
+    encrypt to a pcapng that tshark decrypts with every ICV good."""
+    s = SUITES[2]  # AES-128-CBC + HMAC-SHA1-96
+    ek, ik = key(s[4], 7), key(s[5], 8)
+    src, dst = addrs(False)
+    spi = 0x4242
+    d = os.path.join(WORK, "pcapng")
+    os.makedirs(d, exist_ok=True)
+    f = {x: os.path.join(d, x) for x in ("esp.pcap", "esp.pcapng", "inner.pcapng", "in.pcap", "in.pcapng", "esp-out.pcapng", "in.toml", "out.toml")}
+    inner = inner_packets()
+    sa = scapy_sa(s, spi, ek, ik, src, dst, False, False)
+    wrpcap(f["esp.pcap"], [Ether(src="02:00:00:00:00:02", dst="02:00:00:00:00:01") / sa.encrypt(IPv6(p) if p[0] >> 4 == 6 else IP(p), seq_num=k + 1) for k, p in enumerate(inner)])
+    wrpcap(f["in.pcap"], [Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / (IPv6(p) if p[0] >> 4 == 6 else IP(p)) for p in inner])
+    for a, b in (("esp.pcap", "esp.pcapng"), ("in.pcap", "in.pcapng")):
+        subprocess.run(["editcap", "-F", "pcapng", f[a], f[b]], check=True, capture_output=True)
+    with open(f["in.toml"], "w") as fh:
+        fh.write(sa_toml("in", "in", spi, s, ek, ik, dst, src, False))
+    with open(f["out.toml"], "w") as fh:
+        fh.write(sa_toml("out", "out", spi, s, ek, ik, src, dst, False, extra="mss_clamp = false"))
+    magic = lambda path: open(path, "rb").read(4)
+    check("pcapng: editcap wrote pcapng", magic(f["esp.pcapng"]) == b"\x0a\x0d\x0d\x0a")
+    r = run(["pcap", "decrypt", "--sa", f["in.toml"], "--in", f["esp.pcapng"], "--out", f["inner.pcapng"]])
+    got = [inner_of(bytes(x)) for x in rdpcap(f["inner.pcapng"])] if r.returncode == 0 else []
+    check("pcapng: scapy's ESP in a pcapng decrypts; the output is pcapng scapy reads",
+          r.returncode == 0 and got == inner and magic(f["inner.pcapng"]) == b"\x0a\x0d\x0d\x0a", r.stderr + f" got {len(got)} of {len(inner)}")
+    r = run(["pcap", "encrypt", "--sa", f["out.toml"], "--in", f["in.pcapng"], "--out", f["esp-out.pcapng"]])
+    uat = f'"IPv4","{src}","{dst}","{spi:#010x}","{s[6]}","0x{ek.hex()}","{s[7]}","0x{ik.hex()}"'
+    ok, detail = tshark_check(f["esp-out.pcapng"], uat, len(inner)) if r.returncode == 0 else (False, r.stderr)
+    check("pcapng: a pcapng of inner packets encrypts to pcapng; tshark decrypts it, ICV good", ok and magic(f["esp-out.pcapng"]) == b"\x0a\x0d\x0d\x0a", detail)
+    # The timestamps survive: tshark reads the same times from input and output.
+    times = lambda path: subprocess.run(["tshark", "-n", "-r", path, "-T", "fields", "-e", "frame.time_epoch"], capture_output=True, text=True).stdout.split()
+    check("pcapng: timestamps carried from input to output", times(f["in.pcapng"]) == times(f["esp-out.pcapng"])[:len(inner)],
+          f"{times(f['in.pcapng'])[:3]} vs {times(f['esp-out.pcapng'])[:3]}")
+
+
 def fragmentation():
     big = IP(src="198.51.100.1", dst="203.0.113.1", id=99, flags="DF") / UDP(sport=5, dport=6) / Raw(bytes((i * 7) & 0xFF for i in range(2972)))
     assert len(big) == 3000
@@ -302,6 +339,7 @@ def bad_input():
 
 scapy_to_espd()
 espd_to_scapy_and_tshark()
+pcapng()
 fragmentation()
 outer_fragments()
 bad_input()

@@ -17,6 +17,7 @@
 //! before any of them starts (`espd::privs`).
 
 use crate::config::{self, Config, Gateway, Tunnel, XdpMode};
+use crate::diag::{self, Notify};
 use crate::seqstore::SeqStore;
 use crate::tunnel_log::{self, PhaseState, Record, TunnelLog};
 use afxdp::neigh::{NeighShared, Resolver};
@@ -166,16 +167,16 @@ impl SeqMarks {
                             limit: next,
                         });
                     }
-                    Err(e) => eprintln!(
-                        "espd: tunnel {name:?}: cannot persist the sequence mark ({e}); the SA stops at {mark} (seq_not_persisted) until it can"
+                    Err(e) => tracing::error!(
+                        "tunnel {name:?}: cannot persist the sequence mark ({e}); the SA stops at {mark} (seq_not_persisted) until it can"
                     ),
                 }
             } else if write_in && s.seq > *mark {
                 match self.store.store(name, cfg, s.seq) {
                     Ok(()) => *mark = s.seq,
-                    Err(e) => eprintln!(
-                        "espd: tunnel {name:?}: cannot persist the replay window top: {e}"
-                    ),
+                    Err(e) => {
+                        tracing::warn!("tunnel {name:?}: cannot persist the replay window top: {e}")
+                    }
                 }
             }
         }
@@ -370,7 +371,7 @@ impl Logs {
                 Ok(l) => {
                     m.insert(t.name.clone(), l);
                 }
-                Err(e) => eprintln!("espd: tunnel {:?}: log_destination {dest}: {e}", t.name),
+                Err(e) => tracing::error!("tunnel {:?}: log_destination {dest}: {e}", t.name),
             }
         }
         Logs(m)
@@ -456,9 +457,10 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         }
     }
     if g.cores.len() > 1 {
-        eprintln!(
-            "espd: cores {:?}: one worker polls every queue (one writer per SA); using core {}",
-            g.cores, g.cores[0]
+        tracing::warn!(
+            "cores {:?}: one worker polls every queue (one writer per SA); using core {}",
+            g.cores,
+            g.cores[0]
         );
     }
     let mode = xdp_mode(g.xdp_mode);
@@ -633,8 +635,8 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
                 .and_then(|mut f| f.write_all(text.as_bytes()))
                 .map_err(|e| format!("--export-keys {}: {e}", p.display()))?;
         }
-        eprintln!(
-            "espd: WARNING: keys of {} SA(s) exported to {} (--export-keys, for debugging with tshark); SAs negotiated by IKE are appended as they come, IKEv2 keys to {}.ikev2_decryption_table",
+        tracing::warn!(
+            "keys of {} SA(s) exported to {} (--export-keys, for debugging with tshark); SAs negotiated by IKE are appended as they come, IKEv2 keys to {}.ikev2_decryption_table",
             all_sas.len(),
             p.display(),
             p.display()
@@ -680,8 +682,8 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
     // Everything privileged is done (XDP attached, AF_XDP sockets made, UDP 500/4500 and
     // the metrics port bound): no capability is kept, before any other thread starts.
     crate::privs::drop_all().map_err(|e| format!("dropping capabilities: {e}"))?;
-    eprintln!(
-        "espd: capabilities dropped (no_new_privs; effective, permitted, bounding sets empty)"
+    tracing::info!(
+        "capabilities dropped (no_new_privs; effective, permitted, bounding sets empty)"
     );
     let wstop = stop.clone();
     let wthread = std::thread::Builder::new()
@@ -736,8 +738,8 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         }
         None => None,
     };
-    eprintln!(
-        "espd: gateway up: {modes}; {} tunnel(s), backend {}; control socket {}{}",
+    let up = format!(
+        "gateway up: {modes}; {} tunnel(s), backend {}; control socket {}{}",
         cfg.tunnels.len(),
         backend.name(),
         g.control_socket,
@@ -746,6 +748,8 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             .map(|a| format!(", metrics http://{a}/metrics"))
             .unwrap_or_default()
     );
+    tracing::info!("{up}");
+    diag::notify(Notify::Ready(&up));
 
     let (ike_thread, ike_logs) = spawn_ike(ike, shared.clone(), handle.clone(), stop.clone(), t0)?;
     let mut signals = signals;
@@ -754,13 +758,16 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
     while !stop.load(Ordering::Relaxed) {
         for sig in signals.pending() {
             match sig {
-                signal_hook::consts::SIGHUP => match reload(path, &shared, &g, backend, &mut marks)
-                {
-                    Ok(msg) => eprintln!("espd: SIGHUP: {msg}"),
-                    Err(e) => eprintln!(
-                        "espd: SIGHUP: reload failed, the running configuration stays:\n{e}"
-                    ),
-                },
+                signal_hook::consts::SIGHUP => {
+                    diag::notify(Notify::Reloading);
+                    match reload(path, &shared, &g, backend, &mut marks) {
+                        Ok(msg) => tracing::info!("SIGHUP: {msg}"),
+                        Err(e) => tracing::error!(
+                            "SIGHUP: reload failed, the running configuration stays:\n{e}"
+                        ),
+                    }
+                    diag::notify(Notify::Ready("reloaded"));
+                }
                 _ => stop.store(true, Ordering::Relaxed),
             }
         }
@@ -768,7 +775,7 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         while let Ok((idx, st, line)) = ike_logs.try_recv() {
             let metas = shared.tunnels.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(m) = metas.iter().find(|m| m.index == idx) {
-                eprintln!("espd: tunnel {:?}: {line}", m.name);
+                tracing::info!(target: "espd::tunnel", "tunnel {:?}: {line}", m.name);
                 logs.write(m, cfg.allow_short_lifetimes, st, &line);
             }
         }
@@ -788,7 +795,8 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    eprintln!("espd: stopping: detaching XDP and closing sockets");
+    diag::notify(Notify::Stopping);
+    tracing::info!("stopping: detaching XDP and closing sockets");
     if let Some(r) = handle.report(true) {
         marks.advance(&r, &handle, true);
     }

@@ -10,6 +10,7 @@
 //! - [`export`]: customer-gateway configs (strongSwan, generic);
 //! - [`tunnel_log`]: AWS-format tunnel logs;
 //! - [`privs`]: dropping capabilities, checking file permissions;
+//! - [`diag`]: the daemon's own diagnostics (`tracing`) and systemd readiness;
 //! - [`cli`]: the offline commands (`espd pcap`, `espd mtu`, `espd crypto`).
 //!
 //! Contract: all I/O of the appliance (sockets, files, threads, clocks, signals) lives here
@@ -19,6 +20,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod diag;
 pub mod export;
 pub mod gateway;
 pub mod ike_ctl;

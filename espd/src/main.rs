@@ -1,7 +1,7 @@
 //! `espd`: the appliance binary. Commands: `run` (the gateway), `show`, `pcap encrypt|decrypt`,
 //! `mtu`, `crypto`, `check-config`, `export-config`.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use engine::crypto::Backend;
 use espd::cli::{self, DecryptOpts, EncryptOpts};
 use std::path::PathBuf;
@@ -56,6 +56,13 @@ enum Cmd {
         /// Debug only: write every SA's keys in Wireshark's esp_sa format to this file.
         #[arg(long, value_name = "FILE")]
         export_keys: Option<PathBuf>,
+        /// Diagnostics on stderr: text (journald-friendly under systemd) or json.
+        #[arg(long, default_value = "text", value_name = "text|json")]
+        log_format: espd::diag::LogFormat,
+        /// Diagnostics level: error, warn, info, debug, trace (ESPD_LOG overrides, with
+        /// per-module filters such as `espd::ike_ctl=debug`).
+        #[arg(long, default_value = "info", value_name = "LEVEL")]
+        log_level: String,
     },
     /// Ask the running espd for its tunnels, SAs or counters (over its control socket).
     Show {
@@ -78,6 +85,10 @@ enum Cmd {
         #[arg(long, default_value = espd::config::DEFAULT_CONTROL_SOCKET)]
         socket: String,
     },
+    /// Print the espd(1) man page (roff), e.g. `espd man > /usr/share/man/man1/espd.1`.
+    Man,
+    /// Print shell completions: bash, zsh, fish, elvish or powershell.
+    Completions { shell: clap_complete::Shell },
     /// Validate a tunnel configuration: exit 0 with one line per tunnel, or print every error.
     CheckConfig {
         /// The TOML file ([[tunnel]] tables with the AWS option names).
@@ -147,14 +158,31 @@ fn run() -> Result<(), cli::CliError> {
         Cmd::Run {
             config,
             export_keys,
-        } => espd::gateway::run(
-            &config,
-            espd::gateway::RunOpts {
-                export_keys,
-                stop: None,
-            },
-        )
-        .map_err(cli::CliError),
+            log_format,
+            log_level,
+        } => {
+            espd::diag::init(log_format, &log_level).map_err(cli::CliError)?;
+            espd::gateway::run(
+                &config,
+                espd::gateway::RunOpts {
+                    export_keys,
+                    stop: None,
+                },
+            )
+            .map_err(cli::CliError)
+        }
+        Cmd::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Args::command())
+                .render(&mut out)
+                .map_err(|e| cli::CliError(e.to_string()))?;
+            std::io::Write::write_all(&mut std::io::stdout(), &out)
+                .map_err(|e| cli::CliError(e.to_string()))
+        }
+        Cmd::Completions { shell } => {
+            clap_complete::generate(shell, &mut Args::command(), "espd", &mut std::io::stdout());
+            Ok(())
+        }
         Cmd::Show { what, json, socket } => {
             if !["tunnels", "sas", "counters"].contains(&what.as_str()) {
                 return Err(cli::CliError(format!(

@@ -176,3 +176,66 @@ fn rekey_and_show_say_what_is_wrong() {
         "{e}"
     );
 }
+
+/// `espd man` renders the espd(1) page with every subcommand; `espd completions` covers
+/// them too (clap generates both from the same definition as the parser).
+#[test]
+fn man_page_and_completions() {
+    let out = espd().arg("man").output().unwrap();
+    assert!(out.status.success());
+    let man = String::from_utf8(out.stdout).unwrap();
+    assert!(man.contains(".TH espd 1"), "{man}");
+    for sub in [
+        "run",
+        "show",
+        "rekey",
+        "pcap",
+        "mtu",
+        "crypto",
+        "check\\-config",
+        "export\\-config",
+    ] {
+        assert!(man.contains(sub), "man page lacks {sub}");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let out = espd().args(["completions", shell]).output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            out.status.success() && text.contains("export-config"),
+            "{shell}"
+        );
+    }
+    let out = espd().args(["completions", "tcsh"]).output().unwrap();
+    assert!(!out.status.success(), "an unknown shell is refused");
+}
+
+/// The systemd unit in configs/ calls espd with arguments espd accepts: each Exec line, run
+/// with a config path that does not exist, fails on the file (not on its arguments).
+#[test]
+fn systemd_unit_arguments_parse() {
+    let unit = std::fs::read_to_string(root().join("configs/espd.service")).unwrap();
+    assert!(unit.contains("Type=notify"));
+    let mut n = 0;
+    for line in unit.lines() {
+        let Some(cmd) = line
+            .strip_prefix("ExecStart=")
+            .or_else(|| line.strip_prefix("ExecStartPre="))
+        else {
+            continue;
+        };
+        let mut words = cmd.split_whitespace();
+        assert_eq!(words.next(), Some("/usr/local/bin/espd"));
+        let args: Vec<String> = words
+            .map(|w| w.replace("/etc/espd/espd.toml", "/nonexistent/espd.toml"))
+            .collect();
+        let out = espd().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            err.contains("/nonexistent/espd.toml") && !err.contains("Usage:"),
+            "{args:?}: {err}"
+        );
+        n += 1;
+    }
+    assert_eq!(n, 2, "ExecStartPre and ExecStart");
+}

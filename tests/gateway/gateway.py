@@ -113,8 +113,9 @@ ike = false
 
 
 class Gw:
-    def __init__(self, side, s, nat, tag, extra_gateway="", v6=False, text=None):
+    def __init__(self, side, s, nat, tag, extra_gateway="", v6=False, text=None, notify=None):
         self.side = side
+        self.notify = notify
         self.sock = os.path.join(WORK, f"{tag}-g{side}.sock")
         self.cfg = os.path.join(WORK, f"{tag}-g{side}.toml")
         self.keys = os.path.join(WORK, f"{tag}-g{side}.keys")
@@ -128,7 +129,8 @@ class Gw:
         self.start()
 
     def start(self):
-        self.p = popen(f"g{self.side}", f"{ESPD} run --config {self.cfg} --export-keys {self.keys}",
+        env = f"env NOTIFY_SOCKET={self.notify} " if self.notify else ""
+        self.p = popen(f"g{self.side}", f"{env}{ESPD} run --config {self.cfg} --export-keys {self.keys}",
                        stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
         for _ in range(200):
             if os.path.exists(self.sock) and "gateway up" in open(self.log).read():
@@ -489,11 +491,41 @@ def bad_starts():
     check("[bad] unreadable config: clear message, exit 1", r.returncode == 1 and "does-not-exist.toml" in r.stderr, r.stderr)
 
 
+class NotifySocket:
+    """A stand-in for systemd's notification socket (sd_notify(3): datagrams of KEY=VALUE
+    lines on the AF_UNIX socket named by NOTIFY_SOCKET)."""
+
+    def __init__(self, path):
+        import socket as so
+        self.path = path
+        self.s = so.socket(so.AF_UNIX, so.SOCK_DGRAM)
+        self.s.bind(path)
+        self.s.settimeout(0.2)
+        self.got = []
+
+    def drain(self, secs=0.5):
+        end = time.time() + secs
+        while time.time() < end:
+            try:
+                self.got.append(self.s.recv(4096).decode())
+            except OSError:
+                pass
+        return self.got
+
+    def close(self):
+        self.s.close()
+        os.unlink(self.path)
+
+
 def reload_sighup():
     s = SUITES["gcm"]
-    g1, g2 = Gw(1, s, False, "hup"), Gw(2, s, False, "hup")
+    sd = NotifySocket(os.path.join(WORK, "notify.sock"))
+    g1, g2 = Gw(1, s, False, "hup", notify=sd.path), Gw(2, s, False, "hup")
     try:
         check("[hup] gateways up", g1.up() and g2.up())
+        msgs = sd.drain()
+        check("[hup] systemd readiness: READY=1 with the gateway-up status once it forwards",
+              any("READY=1" in m and "STATUS=gateway up" in m for m in msgs), repr(msgs))
         ping("hA", "10.1.0.1", count=1)
         ping("hB", "10.2.0.1", count=1)
         ping("hA", "10.2.0.2", count=2)
@@ -508,6 +540,10 @@ def reload_sighup():
         check("[hup] SIGHUP with unchanged SAs: no ping lost (300/300)", got == 300, out[-200:])
         check("[hup] SIGHUP reports the SAs unchanged", "0 added or replaced, 0 removed, 2 unchanged" in open(g1.log).read(),
               open(g1.log).read()[-400:])
+        msgs = sd.drain()
+        r = [i for i, m in enumerate(msgs) if "RELOADING=1" in m and "MONOTONIC_USEC=" in m]
+        check("[hup] systemd: RELOADING=1 (with MONOTONIC_USEC) then READY=1 around the reload",
+              r and any("READY=1" in m for m in msgs[r[0] + 1:]), repr(msgs))
         # New keys and SPIs on both sides.
         for g in (g1, g2):
             t = open(g.cfg).read().replace("0x1001", "0x1101").replace("0x2001", "0x2101")
@@ -526,9 +562,13 @@ def reload_sighup():
         check("[hup] SIGHUP with a broken file: error logged, the running SAs stay",
               g1.p.poll() is None and "reload failed" in open(g1.log).read() and received(r) == 2,
               open(g1.log).read()[-400:])
+        sd.got.clear()
+        g1.stop()
+        check("[hup] systemd: STOPPING=1 on SIGTERM", any("STOPPING=1" in m for m in sd.drain(0.3)), repr(sd.got))
     finally:
         g1.stop()
         g2.stop()
+        sd.close()
 
 
 HOSTILE = r"""

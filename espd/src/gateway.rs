@@ -1052,7 +1052,8 @@ fn snapshots(sh: &Shared) -> Vec<TunnelSnapshot> {
 /// (packets, bytes, drops by reason, sequence number, replay window) and per worker
 /// (polls, receive-burst occupancy) and per interface (XDP verdicts, port counters).
 fn render_metrics(sh: &Shared) -> String {
-    let mut o = metrics::render(&snapshots(sh));
+    let mut x = metrics::Exposition::default();
+    metrics::register(&mut x, &snapshots(sh));
     let r = reports(sh).unwrap_or_default();
     let metas = sh.tunnels.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let tname = |i: u32| {
@@ -1062,133 +1063,104 @@ fn render_metrics(sh: &Shared) -> String {
             .map(|m| m.name.clone())
             .unwrap_or_default()
     };
-    let head = metrics::head;
-    let sa_l = |s: &engine::runtime::SaReport| {
-        format!(
-            "tunnel=\"{}\",sa=\"{}\",spi=\"{:#010x}\",direction=\"{}\"",
-            tname(s.tunnel),
-            s.name.replace('"', "'"),
-            s.spi,
-            if s.outbound { "out" } else { "in" }
-        )
+    let sa_l = |s: &engine::runtime::SaReport| -> metrics::Labels {
+        vec![
+            ("tunnel", tname(s.tunnel)),
+            ("sa", s.name.clone()),
+            ("spi", format!("{:#010x}", s.spi)),
+            ("direction", (if s.outbound { "out" } else { "in" }).into()),
+        ]
     };
-    // One value per SA: (name, type, help, value, only for inbound SAs).
-    type SaValue = fn(&engine::runtime::SaReport) -> u64;
-    let per_sa: [(&str, &str, &str, SaValue, bool); 4] = [
-        (
-            "espd_sa_packets_total",
-            "counter",
-            "Packets of the SA.",
-            |s| s.counters.packets,
-            false,
-        ),
-        (
-            "espd_sa_inner_bytes_total",
-            "counter",
-            "Inner bytes of the SA.",
-            |s| s.counters.inner_bytes,
-            false,
-        ),
-        (
-            "espd_sa_sequence_number",
-            "gauge",
-            "Outbound: next sequence number; inbound: highest accepted.",
-            |s| s.seq,
-            false,
-        ),
-        (
-            "espd_sa_replay_window",
-            "gauge",
-            "Inbound SA replay window size (packets).",
-            |s| u64::from(s.replay_window),
-            true,
-        ),
-    ];
-    for (name, kind, help, value, inbound_only) in per_sa {
-        head(&mut o, name, kind, help);
-        for s in r.sas.iter().filter(|s| !(inbound_only && s.outbound)) {
-            let _ = writeln!(o, "{name}{{{}}} {}", sa_l(s), value(s));
-        }
-    }
-    head(
-        &mut o,
+    let sas = |inbound_only: bool, f: fn(&engine::runtime::SaReport) -> u64| {
+        r.sas
+            .iter()
+            .filter(|s| !(inbound_only && s.outbound))
+            .map(|s| (sa_l(s), f(s)))
+            .collect::<Vec<_>>()
+    };
+    let gauge = |v: Vec<(metrics::Labels, u64)>| {
+        v.into_iter()
+            .map(|(l, n)| (l, i64::try_from(n).unwrap_or(i64::MAX)))
+            .collect::<Vec<_>>()
+    };
+    x.counter(
+        "espd_sa_packets_total",
+        "Packets of the SA.",
+        sas(false, |s| s.counters.packets),
+    );
+    x.counter(
+        "espd_sa_inner_bytes_total",
+        "Inner bytes of the SA.",
+        sas(false, |s| s.counters.inner_bytes),
+    );
+    x.gauge(
+        "espd_sa_sequence_number",
+        "Outbound: next sequence number; inbound: highest accepted.",
+        gauge(sas(false, |s| s.seq)),
+    );
+    x.gauge(
+        "espd_sa_replay_window",
+        "Inbound SA replay window size (packets).",
+        gauge(sas(true, |s| u64::from(s.replay_window))),
+    );
+    x.counter(
         "espd_sa_drops_total",
-        "counter",
         "Packets of the SA dropped, by reason.",
+        r.sas.iter().flat_map(|s| {
+            DropReason::ALL.iter().filter_map(move |reason| {
+                let v = s.counters.dropped(*reason);
+                (v > 0).then(|| {
+                    let mut l = sa_l(s);
+                    l.push(("reason", reason.name().into()));
+                    (l, v)
+                })
+            })
+        }),
     );
-    for s in &r.sas {
-        for reason in DropReason::ALL {
-            let v = s.counters.dropped(*reason);
-            if v > 0 {
-                let _ = writeln!(
-                    o,
-                    "espd_sa_drops_total{{{},reason=\"{}\"}} {v}",
-                    sa_l(s),
-                    reason.name()
-                );
-            }
-        }
-    }
-    head(
-        &mut o,
+    let worker = || -> metrics::Labels { vec![("worker", r.worker.to_string())] };
+    x.counter(
         "espd_worker_polls_total",
-        "counter",
         "Poll-loop iterations of the worker.",
+        [(worker(), r.polls)],
     );
-    let _ = writeln!(
-        o,
-        "espd_worker_polls_total{{worker=\"{}\"}} {}",
-        r.worker, r.polls
+    x.counter(
+        "espd_worker_pool_grown_total",
+        "Packet buffers allocated because the pool was empty.",
+        [(worker(), r.pool_grown)],
     );
-    for (name, help, v) in [
-        (
-            "espd_worker_pool_grown_total",
-            "Packet buffers allocated because the pool was empty.",
-            r.pool_grown,
-        ),
-        (
-            "espd_worker_pool_freed_total",
-            "Packet buffers freed instead of pooled (free list at its bound, or over-size).",
-            r.pool_freed,
-        ),
-    ] {
-        head(&mut o, name, "counter", help);
-        let _ = writeln!(o, "{name}{{worker=\"{}\"}} {v}", r.worker);
-    }
-    head(
-        &mut o,
+    x.counter(
+        "espd_worker_pool_freed_total",
+        "Packet buffers freed instead of pooled (free list at its bound, or over-size).",
+        [(worker(), r.pool_freed)],
+    );
+    x.counter(
         "espd_worker_bursts_total",
-        "counter",
         "Polls by received burst size: bucket 0 empty, i: [2^(i-1), 2^i).",
+        r.burst_hist.iter().enumerate().map(|(i, v)| {
+            let mut l = worker();
+            l.push(("bucket", i.to_string()));
+            (l, *v)
+        }),
     );
-    for (i, v) in r.burst_hist.iter().enumerate() {
-        let _ = writeln!(
-            o,
-            "espd_worker_bursts_total{{worker=\"{}\",bucket=\"{i}\"}} {v}",
-            r.worker
-        );
-    }
-    head(
-        &mut o,
+    x.counter(
         "espd_xdp_verdicts_total",
-        "counter",
         "Verdicts of the XDP steering program.",
+        sh.steer.iter().enumerate().flat_map(|(i, st)| {
+            xdp_prog::VERDICTS
+                .iter()
+                .zip(st.stats())
+                .map(move |(k, v)| {
+                    (
+                        vec![
+                            ("interface", sh.ifnames[i].clone()),
+                            ("verdict", k.to_string()),
+                        ],
+                        v,
+                    )
+                })
+        }),
     );
-    for (i, st) in sh.steer.iter().enumerate() {
-        for (k, v) in xdp_prog::VERDICTS.iter().zip(st.stats()) {
-            let _ = writeln!(
-                o,
-                "espd_xdp_verdicts_total{{interface=\"{}\",verdict=\"{k}\"}} {v}",
-                sh.ifnames[i]
-            );
-        }
-    }
-    head(
-        &mut o,
-        "espd_port_packets_total",
-        "counter",
-        "AF_XDP port counters, summed over queues.",
-    );
+    let mut ports = vec![];
     for (i, queues) in [&sh.inside, &sh.outside].into_iter().enumerate() {
         let mut sum: BTreeMap<&str, u64> = BTreeMap::new();
         for q in queues.iter() {
@@ -1197,34 +1169,36 @@ fn render_metrics(sh: &Shared) -> String {
             }
         }
         for (k, v) in sum {
-            let _ = writeln!(
-                o,
-                "espd_port_packets_total{{interface=\"{}\",counter=\"{k}\"}} {v}",
-                sh.ifnames[i]
-            );
+            ports.push((
+                vec![
+                    ("interface", sh.ifnames[i].clone()),
+                    ("counter", k.to_string()),
+                ],
+                v,
+            ));
         }
     }
+    x.counter(
+        "espd_port_packets_total",
+        "AF_XDP port counters, summed over queues.",
+        ports,
+    );
     let k = *sh.ike.lock().unwrap_or_else(|e| e.into_inner());
-    head(
-        &mut o,
+    x.counter_one(
         "espd_ike_datagrams_total",
-        "counter",
         "IKE messages received on the IKE sockets.",
+        k.datagrams,
     );
-    let _ = writeln!(o, "espd_ike_datagrams_total {}", k.datagrams);
-    head(
-        &mut o,
+    x.counter(
         "espd_ike_dropped_total",
-        "counter",
         "IKE messages no IKE SA took, by reason.",
+        [
+            ("malformed", k.malformed),
+            ("unknown_spi", k.unknown_spi),
+            ("no_tunnel", k.no_tunnel),
+        ]
+        .map(|(reason, v)| (vec![("reason", reason.to_string())], v)),
     );
-    for (reason, v) in [
-        ("malformed", k.malformed),
-        ("unknown_spi", k.unknown_spi),
-        ("no_tunnel", k.no_tunnel),
-    ] {
-        let _ = writeln!(o, "espd_ike_dropped_total{{reason=\"{reason}\"}} {v}");
-    }
     for (name, help, v) in [
         (
             "espd_ike_cookies_sent_total",
@@ -1242,10 +1216,9 @@ fn render_metrics(sh: &Shared) -> String {
             k.init_deferred,
         ),
     ] {
-        head(&mut o, name, "counter", help);
-        let _ = writeln!(o, "{name} {v}");
+        x.counter_one(name, help, v);
     }
-    o
+    x.text()
 }
 
 fn drops_json(c: &Counters) -> serde_json::Value {

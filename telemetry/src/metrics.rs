@@ -1,5 +1,5 @@
-//! AWS-style tunnel metrics in the Prometheus text format (shared/spec/logs-metrics.md
-//! section 4): `TunnelState` per tunnel and per connection (the mean of its tunnels),
+//! AWS-style tunnel metrics in the OpenMetrics / Prometheus text format, encoded by the
+//! official client crate (`prometheus-client`) (shared/spec/logs-metrics.md section 4): `TunnelState` per tunnel and per connection (the mean of its tunnels),
 //! `TunnelDataIn` (inner bytes after decryption) and `TunnelDataOut` (inner bytes before
 //! encryption), packets, wire bytes and drops by reason; and a minimal HTTP endpoint.
 //!
@@ -7,11 +7,16 @@
 //! thread that answers `GET /metrics` on a local address by calling the snapshot function.
 
 use engine::counters::{Counters, DropReason};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One tunnel's state and counters at one instant.
@@ -53,189 +58,252 @@ pub struct IkeSnapshot {
 /// The states `vpn_tunnel_ike_phase_state` reports, one-hot.
 const PHASE_STATES: [&str; 4] = ["Established", "Rekeying", "Negotiating", "Down"];
 
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
+/// A series' labels, in the order they are printed.
+pub type Labels = Vec<(&'static str, String)>;
 
-/// Writes the `# HELP` and `# TYPE` lines of a metric.
-pub fn head(o: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// Renders the Prometheus text exposition of these tunnels.
-pub fn render(tunnels: &[TunnelSnapshot]) -> String {
-    let mut o = String::new();
-    let l = |t: &TunnelSnapshot| {
-        format!(
-            "vpn_id=\"{}\",tunnel_ip=\"{}\",tunnel=\"{}\"",
-            esc(&t.vpn_id),
-            esc(&t.tunnel_ip),
-            esc(&t.name)
-        )
-    };
-    let mut series = |name: &str, kind: &str, help: &str, f: &dyn Fn(&TunnelSnapshot) -> String| {
-        head(&mut o, name, kind, help);
-        for t in tunnels {
-            let _ = writeln!(o, "{name}{{{}}} {}", l(t), f(t));
-        }
-    };
-    series(
-        "vpn_tunnel_state",
-        "gauge",
-        "AWS TunnelState: 1 = UP, 0 = DOWN.",
-        &|t| (t.up as u8).to_string(),
-    );
-    series(
-        "vpn_tunnel_data_in_bytes_total",
-        "counter",
-        "AWS TunnelDataIn: inner bytes received, after decryption.",
-        &|t| t.inb.inner_bytes.to_string(),
-    );
-    series(
-        "vpn_tunnel_data_out_bytes_total",
-        "counter",
-        "AWS TunnelDataOut: inner bytes sent, before encryption.",
-        &|t| t.out.inner_bytes.to_string(),
-    );
-    series(
-        "vpn_tunnel_packets_in_total",
-        "counter",
-        "Inner packets received from the tunnel.",
-        &|t| t.inb.packets.to_string(),
-    );
-    series(
-        "vpn_tunnel_packets_out_total",
-        "counter",
-        "Inner packets sent into the tunnel.",
-        &|t| t.out.packets.to_string(),
-    );
-    series(
-        "vpn_tunnel_wire_bytes_in_total",
-        "counter",
-        "Outer (ESP) bytes received.",
-        &|t| t.inb.outer_bytes.to_string(),
-    );
-    series(
-        "vpn_tunnel_wire_bytes_out_total",
-        "counter",
-        "Outer (ESP) bytes sent.",
-        &|t| t.out.outer_bytes.to_string(),
-    );
-    series(
-        "vpn_tunnel_nat_t_detected",
-        "gauge",
-        "AWS TunnelCGWNATTDetectionStatus.",
-        &|t| (t.nat_t as u8).to_string(),
-    );
-    series(
-        "vpn_tunnel_dpd_enabled",
-        "gauge",
-        "AWS TunnelDPDEnabled.",
-        &|t| (t.dpd_enabled as u8).to_string(),
-    );
-    series(
-        "vpn_tunnel_mss_clamped_total",
-        "counter",
-        "TCP SYNs whose MSS was lowered.",
-        &|t| (t.out.mss_clamped + t.inb.mss_clamped).to_string(),
-    );
-    series(
-        "vpn_tunnel_frag_before_encrypt_packets_total",
-        "counter",
-        "Inner packets fragmented before encryption.",
-        &|t| t.out.frag_before_encrypt_packets.to_string(),
-    );
-    head(
-        &mut o,
-        "vpn_tunnel_drops_total",
-        "counter",
-        "Packets dropped, by reason.",
-    );
-    for t in tunnels {
-        for r in DropReason::ALL {
-            let n = t.out.dropped(*r) + t.inb.dropped(*r);
-            if n > 0 {
-                let _ = writeln!(
-                    o,
-                    "vpn_tunnel_drops_total{{{},reason=\"{}\"}} {n}",
-                    l(t),
-                    r.name()
-                );
-            }
+/// Label values escaped for the text format (the client crate writes them as given).
+fn escaped(mut l: Labels) -> Labels {
+    for (_, v) in &mut l {
+        if v.contains(['\\', '"', '\n']) {
+            *v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
         }
     }
+    l
+}
+
+/// One scrape: metric families built from a snapshot and encoded by the official Prometheus
+/// client (`prometheus-client`, OpenMetrics text). Counter names are given with their
+/// `_total` suffix, as they appear in the output.
+#[derive(Default)]
+pub struct Exposition {
+    reg: Registry,
+}
+
+impl std::fmt::Debug for Exposition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Exposition")
+    }
+}
+
+impl Exposition {
+    /// A counter family (`name` ends in `_total`).
+    pub fn counter(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (Labels, u64)>,
+    ) {
+        let fam = Family::<Labels, Counter>::default();
+        for (l, v) in samples {
+            fam.get_or_create(&escaped(l)).inc_by(v);
+        }
+        let base = name.strip_suffix("_total").unwrap_or(name);
+        // The client adds the final period of the help text itself.
+        self.reg.register(base, help.trim_end_matches('.'), fam);
+    }
+
+    /// One counter without labels (`name` ends in `_total`).
+    pub fn counter_one(&mut self, name: &str, help: &str, v: u64) {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        let base = name.strip_suffix("_total").unwrap_or(name);
+        self.reg.register(base, help.trim_end_matches('.'), c);
+    }
+
+    /// A gauge family of whole numbers.
+    pub fn gauge(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (Labels, i64)>,
+    ) {
+        let fam = Family::<Labels, Gauge>::default();
+        for (l, v) in samples {
+            fam.get_or_create(&escaped(l)).set(v);
+        }
+        self.reg.register(name, help.trim_end_matches('.'), fam);
+    }
+
+    /// A gauge family of fractions.
+    pub fn gauge_f64(
+        &mut self,
+        name: &str,
+        help: &str,
+        samples: impl IntoIterator<Item = (Labels, f64)>,
+    ) {
+        let fam = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        for (l, v) in samples {
+            fam.get_or_create(&escaped(l)).set(v);
+        }
+        self.reg.register(name, help.trim_end_matches('.'), fam);
+    }
+
+    /// The OpenMetrics text of every family (ends with `# EOF`).
+    pub fn text(&self) -> String {
+        let mut o = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut o, &self.reg);
+        o
+    }
+}
+
+/// The labels every tunnel series carries.
+fn tunnel_labels(t: &TunnelSnapshot) -> Labels {
+    vec![
+        ("vpn_id", t.vpn_id.clone()),
+        ("tunnel_ip", t.tunnel_ip.clone()),
+        ("tunnel", t.name.clone()),
+    ]
+}
+
+fn with(mut l: Labels, extra: &[(&'static str, &str)]) -> Labels {
+    l.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    l
+}
+
+/// Adds the tunnel and connection families of these tunnels.
+pub fn register(x: &mut Exposition, tunnels: &[TunnelSnapshot]) {
+    let per = |f: &dyn Fn(&TunnelSnapshot) -> u64| -> Vec<(Labels, u64)> {
+        tunnels.iter().map(|t| (tunnel_labels(t), f(t))).collect()
+    };
+    let flag = |f: &dyn Fn(&TunnelSnapshot) -> bool| -> Vec<(Labels, i64)> {
+        tunnels
+            .iter()
+            .map(|t| (tunnel_labels(t), i64::from(f(t))))
+            .collect()
+    };
+    x.gauge(
+        "vpn_tunnel_state",
+        "AWS TunnelState: 1 = UP, 0 = DOWN.",
+        flag(&|t| t.up),
+    );
+    type Value<'a> = &'a dyn Fn(&TunnelSnapshot) -> u64;
+    let counters: [(&str, &str, Value); 8] = [
+        (
+            "vpn_tunnel_data_in_bytes_total",
+            "AWS TunnelDataIn: inner bytes received, after decryption.",
+            &|t| t.inb.inner_bytes,
+        ),
+        (
+            "vpn_tunnel_data_out_bytes_total",
+            "AWS TunnelDataOut: inner bytes sent, before encryption.",
+            &|t| t.out.inner_bytes,
+        ),
+        (
+            "vpn_tunnel_packets_in_total",
+            "Inner packets received from the tunnel.",
+            &|t| t.inb.packets,
+        ),
+        (
+            "vpn_tunnel_packets_out_total",
+            "Inner packets sent into the tunnel.",
+            &|t| t.out.packets,
+        ),
+        (
+            "vpn_tunnel_wire_bytes_in_total",
+            "Outer (ESP) bytes received.",
+            &|t| t.inb.outer_bytes,
+        ),
+        (
+            "vpn_tunnel_wire_bytes_out_total",
+            "Outer (ESP) bytes sent.",
+            &|t| t.out.outer_bytes,
+        ),
+        (
+            "vpn_tunnel_mss_clamped_total",
+            "TCP SYNs whose MSS was lowered.",
+            &|t| t.out.mss_clamped + t.inb.mss_clamped,
+        ),
+        (
+            "vpn_tunnel_frag_before_encrypt_packets_total",
+            "Inner packets fragmented before encryption.",
+            &|t| t.out.frag_before_encrypt_packets,
+        ),
+    ];
+    for (name, help, f) in counters {
+        x.counter(name, help, per(f));
+    }
+    x.gauge(
+        "vpn_tunnel_nat_t_detected",
+        "AWS TunnelCGWNATTDetectionStatus.",
+        flag(&|t| t.nat_t),
+    );
+    x.gauge(
+        "vpn_tunnel_dpd_enabled",
+        "AWS TunnelDPDEnabled.",
+        flag(&|t| t.dpd_enabled),
+    );
+    x.counter(
+        "vpn_tunnel_drops_total",
+        "Packets dropped, by reason.",
+        tunnels.iter().flat_map(|t| {
+            DropReason::ALL.iter().filter_map(move |r| {
+                let n = t.out.dropped(*r) + t.inb.dropped(*r);
+                (n > 0).then(|| (with(tunnel_labels(t), &[("reason", r.name())]), n))
+            })
+        }),
+    );
     // IKE: phase states (one-hot), rekeys, collisions, DPD timeouts.
-    let ike: Vec<(String, &IkeSnapshot)> = tunnels
+    let ike: Vec<(Labels, &IkeSnapshot)> = tunnels
         .iter()
-        .filter_map(|t| Some((l(t), t.ike.as_ref()?)))
+        .filter_map(|t| Some((tunnel_labels(t), t.ike.as_ref()?)))
         .collect();
     if !ike.is_empty() {
-        head(
-            &mut o,
+        x.gauge(
             "vpn_tunnel_ike_phase_state",
-            "gauge",
             "IKE phase 1 / phase 2 state as the tunnel log reports it (one-hot).",
+            ike.iter().flat_map(|(l, k)| {
+                [("1", k.phase1), ("2", k.phase2)]
+                    .into_iter()
+                    .flat_map(move |(phase, cur)| {
+                        PHASE_STATES.iter().map(move |st| {
+                            (
+                                with(l.clone(), &[("phase", phase), ("state", st)]),
+                                i64::from(*st == cur),
+                            )
+                        })
+                    })
+            }),
         );
-        for (lab, k) in &ike {
-            for (phase, cur) in [("1", k.phase1), ("2", k.phase2)] {
-                for st in PHASE_STATES {
-                    let _ = writeln!(
-                        o,
-                        "vpn_tunnel_ike_phase_state{{{lab},phase=\"{phase}\",state=\"{st}\"}} {}",
-                        (st == cur) as u8
-                    );
-                }
-            }
-        }
-        head(
-            &mut o,
+        x.counter(
             "vpn_tunnel_rekeys_total",
-            "counter",
             "Rekeys done, by phase and by who started them.",
+            ike.iter().flat_map(|(l, k)| {
+                (0..2).flat_map(move |p| {
+                    (0..2).map(move |w| {
+                        (
+                            with(
+                                l.clone(),
+                                &[
+                                    ("phase", ["1", "2"][p]),
+                                    ("initiator", ["local", "peer"][w]),
+                                ],
+                            ),
+                            k.rekeys[p][w],
+                        )
+                    })
+                })
+            }),
         );
-        for (lab, k) in &ike {
-            for (p, phase) in ["1", "2"].iter().enumerate() {
-                for (w, who) in ["local", "peer"].iter().enumerate() {
-                    let _ = writeln!(
-                        o,
-                        "vpn_tunnel_rekeys_total{{{lab},phase=\"{phase}\",initiator=\"{who}\"}} {}",
-                        k.rekeys[p][w]
-                    );
-                }
-            }
-        }
-        // One counter per tunnel: (name, help, extra labels and value).
-        type One = (
-            &'static str,
-            &'static str,
-            fn(&IkeSnapshot) -> (String, u64),
+        x.counter(
+            "vpn_tunnel_rekey_collisions_total",
+            "Simultaneous rekeys (CHILD_SA and IKE SA).",
+            ike.iter().map(|(l, k)| (l.clone(), k.collisions)),
         );
-        let ones: [One; 3] = [
-            (
-                "vpn_tunnel_rekey_collisions_total",
-                "Simultaneous rekeys (CHILD_SA and IKE SA).",
-                |k| (String::new(), k.collisions),
-            ),
-            (
-                "vpn_tunnel_dpd_timeouts_total",
-                "Peers declared dead by DPD, with the action applied.",
-                |k| (format!(",action=\"{}\"", k.dpd_action), k.dpd_timeouts),
-            ),
-            (
-                "vpn_tunnel_ike_messages_dropped_total",
-                "IKE messages of the tunnel's IKE SAs dropped (bad ICV, malformed, unexpected).",
-                |k| (String::new(), k.messages_dropped),
-            ),
-        ];
-        for (name, help, value) in ones {
-            head(&mut o, name, "counter", help);
-            for (lab, k) in &ike {
-                let (extra, v) = value(k);
-                let _ = writeln!(o, "{name}{{{lab}{extra}}} {v}");
-            }
-        }
+        x.counter(
+            "vpn_tunnel_dpd_timeouts_total",
+            "Peers declared dead by DPD, with the action applied.",
+            ike.iter()
+                .map(|(l, k)| (with(l.clone(), &[("action", k.dpd_action)]), k.dpd_timeouts)),
+        );
+        x.counter(
+            "vpn_tunnel_ike_messages_dropped_total",
+            "IKE messages of the tunnel's IKE SAs dropped (bad ICV, malformed, unexpected).",
+            ike.iter().map(|(l, k)| (l.clone(), k.messages_dropped)),
+        );
     }
     // Connection level: the mean of the tunnel states (0.5 = one of two tunnels up).
     let mut conns: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
@@ -244,22 +312,24 @@ pub fn render(tunnels: &[TunnelSnapshot]) -> String {
         e.0 += t.up as u32;
         e.1 += 1;
     }
-    head(
-        &mut o,
+    x.gauge_f64(
         "vpn_connection_tunnel_state",
-        "gauge",
         "AWS TunnelState per connection: mean of its tunnels.",
+        conns
+            .into_iter()
+            .map(|(c, (up, n))| (vec![("vpn_id", c.to_string())], up as f64 / n as f64)),
     );
-    for (c, (up, n)) in conns {
-        let _ = writeln!(
-            o,
-            "vpn_connection_tunnel_state{{vpn_id=\"{}\"}} {}",
-            esc(c),
-            up as f64 / n as f64
-        );
-    }
-    o
 }
+
+/// Renders the exposition of these tunnels (OpenMetrics text, which Prometheus scrapes).
+pub fn render(tunnels: &[TunnelSnapshot]) -> String {
+    let mut x = Exposition::default();
+    register(&mut x, tunnels);
+    x.text()
+}
+
+/// The Content-Type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// A running metrics endpoint.
 pub struct Server {
@@ -318,7 +388,7 @@ pub fn serve_on(
                 };
                 let _ = write!(
                     c,
-                    "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.0 {status}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
             });
@@ -367,6 +437,15 @@ mod tests {
             !m.contains("vpn_tunnel_ike_phase_state"),
             "static SAs: no IKE series"
         );
+        // OpenMetrics framing from the client crate: one period per help text, counters
+        // typed under their base name, and the final # EOF.
+        assert!(m.contains("# HELP vpn_tunnel_state AWS TunnelState: 1 = UP, 0 = DOWN.\n"));
+        assert!(
+            m.contains("# TYPE vpn_tunnel_data_out_bytes counter\n"),
+            "{m}"
+        );
+        assert!(m.ends_with("# EOF\n"), "{m}");
+        assert!(!m.contains(".."), "{m}");
     }
 
     #[test]
@@ -403,6 +482,28 @@ mod tests {
             assert!(m.contains(&want), "{want}\n{m}");
         }
         assert_eq!(m.matches("vpn_tunnel_ike_phase_state{").count(), 8);
+    }
+
+    #[test]
+    fn unlabelled_counter_has_no_braces() {
+        let mut x = Exposition::default();
+        x.counter_one("espd_things_total", "Things.", 24);
+        let m = x.text();
+        assert!(m.contains("\nespd_things_total 24\n"), "{m}");
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let t = TunnelSnapshot {
+            vpn_id: "v\"1\\\n".into(),
+            name: "t".into(),
+            ..Default::default()
+        };
+        let m = render(&[t]);
+        assert!(
+            m.contains(r#"vpn_tunnel_state{vpn_id="v\"1\\\n",tunnel_ip="",tunnel="t"} 0"#),
+            "{m}"
+        );
     }
 
     #[test]

@@ -9,10 +9,16 @@
 //! with a one-entry cache, no lock on the data path except when a new snapshot is taken.
 
 use crossbeam_queue::ArrayQueue;
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
+use netlink_sys::protocols::NETLINK_ROUTE;
+use netlink_sys::{Socket, SocketAddr as NlAddr};
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -111,102 +117,77 @@ impl NeighView {
     }
 }
 
-const RTM_GETNEIGH: u16 = 30;
-const RTM_NEWNEIGH: u16 = 28;
-const NLM_F_REQUEST: u16 = 1;
-const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_ERROR: u16 = 2;
-const NDA_DST: u16 = 1;
-const NDA_LLADDR: u16 = 2;
-/// NUD states with a usable link-layer address.
+/// NUD states with a usable link-layer address (`NUD_VALID` less `NUD_INCOMPLETE`; a
+/// kernel state is a bit mask, so an entry can carry more than one).
 const NUD_USABLE: u16 = 0x02 /*REACHABLE*/ | 0x04 /*STALE*/ | 0x08 /*DELAY*/ | 0x10 /*PROBE*/ | 0x40 /*NOARP*/ | 0x80 /*PERMANENT*/;
 
-/// Dumps the kernel neighbour table of `ifindex`: usable entries only.
+/// Dumps the kernel neighbour table of `ifindex` (rtnetlink `RTM_GETNEIGH`, encoded and
+/// decoded by `netlink-packet-route`): usable entries only.
 pub fn dump(ifindex: u32) -> io::Result<Map> {
-    // SAFETY: plain socket creation; the result is checked and owned below.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor nobody else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // nlmsghdr (16) + ndmsg (12)
-    let mut req = [0u8; 28];
-    req[0..4].copy_from_slice(&28u32.to_ne_bytes());
-    req[4..6].copy_from_slice(&RTM_GETNEIGH.to_ne_bytes());
-    req[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    req[8..12].copy_from_slice(&1u32.to_ne_bytes());
-    // SAFETY: req is a readable buffer of its length.
-    let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut socket = Socket::new(NETLINK_ROUTE)?;
+    socket.bind_auto()?;
+    socket.connect(&NlAddr::new(0, 0))?;
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_DUMP | NLM_F_REQUEST;
+    header.sequence_number = 1;
+    let mut req = NetlinkMessage::new(
+        header,
+        NetlinkPayload::from(RouteNetlinkMessage::GetNeighbour(
+            NeighbourMessage::default(),
+        )),
+    );
+    req.finalize();
+    let mut out = vec![0u8; req.buffer_len()];
+    req.serialize(&mut out);
+    socket.send(&out, 0)?;
     let mut map = Map::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // SAFETY: buf is writable for its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+        let n = socket.recv(&mut &mut buf[..], 0)?;
+        if n == 0 {
+            return Ok(map);
         }
-        let mut msg = &buf[..n as usize];
-        while msg.len() >= 16 {
-            let len = u32::from_ne_bytes(msg[0..4].try_into().unwrap_or_default()) as usize;
-            let ty = u16::from_ne_bytes([msg[4], msg[5]]);
-            if len < 16 || len > msg.len() {
-                return Ok(map);
-            }
-            match ty {
-                NLMSG_DONE => return Ok(map),
-                NLMSG_ERROR => return Err(io::Error::other("netlink error on RTM_GETNEIGH")),
-                RTM_NEWNEIGH => parse_neigh(&msg[16..len], ifindex, &mut map),
+        let mut msgs = &buf[..n.min(buf.len())];
+        while !msgs.is_empty() {
+            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(msgs)
+                .map_err(|e| io::Error::other(format!("RTM_GETNEIGH reply: {e}")))?;
+            let len = msg.header.length as usize;
+            match msg.payload {
+                NetlinkPayload::Done(_) => return Ok(map),
+                NetlinkPayload::Error(e) => {
+                    return Err(io::Error::other(format!("RTM_GETNEIGH: {e}")));
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)) => {
+                    add_neighbour(&m, ifindex, &mut map)
+                }
                 _ => {}
             }
-            msg = &msg[len.next_multiple_of(4).min(msg.len())..];
+            if len == 0 || len > msgs.len() {
+                return Ok(map);
+            }
+            msgs = &msgs[len.next_multiple_of(4).min(msgs.len())..];
         }
     }
 }
 
-fn parse_neigh(m: &[u8], ifindex: u32, map: &mut Map) {
-    if m.len() < 12 {
-        return;
-    }
-    let ifi = i32::from_ne_bytes(m[4..8].try_into().unwrap_or_default());
-    let state = u16::from_ne_bytes([m[8], m[9]]);
-    if ifi as u32 != ifindex || state & NUD_USABLE == 0 {
+/// Adds one `RTM_NEWNEIGH` entry of `ifindex` to `map` when it is usable and names both an
+/// IP address and an Ethernet address.
+fn add_neighbour(m: &NeighbourMessage, ifindex: u32, map: &mut Map) {
+    if m.header.ifindex != ifindex || u16::from(m.header.state) & NUD_USABLE == 0 {
         return;
     }
     let (mut dst, mut ll) = (None, None);
-    let mut a = &m[12..];
-    while a.len() >= 4 {
-        let len = u16::from_ne_bytes([a[0], a[1]]) as usize;
-        let ty = u16::from_ne_bytes([a[2], a[3]]) & 0x3fff;
-        if len < 4 || len > a.len() {
-            break;
-        }
-        let v = &a[4..len];
-        match (ty, v.len()) {
-            (NDA_DST, 4) => {
-                dst = Some(IpAddr::V4(Ipv4Addr::from(
-                    <[u8; 4]>::try_from(v).unwrap_or_default(),
-                )))
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => {
+                dst = Some(IpAddr::V4(*ip))
             }
-            (NDA_DST, 16) => {
-                dst = Some(IpAddr::V6(Ipv6Addr::from(
-                    <[u8; 16]>::try_from(v).unwrap_or_default(),
-                )))
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(ip)) => {
+                dst = Some(IpAddr::V6(*ip))
             }
-            (NDA_LLADDR, 6) => ll = <[u8; 6]>::try_from(v).ok(),
+            NeighbourAttribute::LinkLayerAddress(mac) => ll = <[u8; 6]>::try_from(&mac[..]).ok(),
             _ => {}
         }
-        a = &a[len.next_multiple_of(4).min(a.len())..];
     }
     if let (Some(d), Some(l)) = (dst, ll) {
         map.insert(d, l);
@@ -277,5 +258,112 @@ fn solicit(ip: IpAddr) {
         .expect("literal");
     if let Ok(s) = UdpSocket::bind(bind) {
         let _ = s.send_to(&[], SocketAddr::new(ip, 9));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_route::neighbour::NeighbourState;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    fn entry(
+        ifindex: u32,
+        state: NeighbourState,
+        ip: NeighbourAddress,
+        mac: &[u8],
+    ) -> NeighbourMessage {
+        let mut m = NeighbourMessage::default();
+        m.header.ifindex = ifindex;
+        m.header.state = state;
+        m.attributes = vec![
+            NeighbourAttribute::Destination(ip),
+            NeighbourAttribute::LinkLayerAddress(mac.to_vec()),
+        ];
+        m
+    }
+
+    /// Usable entries of our interface with an IP and an Ethernet address are kept; other
+    /// interfaces, failed or incomplete entries and non-Ethernet addresses are not.
+    #[test]
+    fn only_usable_entries_of_the_interface() {
+        let mac = [2, 0, 0, 0, 0, 9];
+        let v4 = NeighbourAddress::Inet(Ipv4Addr::new(192, 0, 2, 2));
+        let v6 = NeighbourAddress::Inet6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2));
+        let mut map = Map::new();
+        for m in [
+            entry(3, NeighbourState::Reachable, v4.clone(), &mac),
+            entry(3, NeighbourState::Stale, v6.clone(), &mac),
+            entry(
+                4,
+                NeighbourState::Reachable,
+                NeighbourAddress::Inet(Ipv4Addr::new(192, 0, 2, 4)),
+                &mac,
+            ),
+            entry(
+                3,
+                NeighbourState::Failed,
+                NeighbourAddress::Inet(Ipv4Addr::new(192, 0, 2, 5)),
+                &mac,
+            ),
+            entry(
+                3,
+                NeighbourState::Incomplete,
+                NeighbourAddress::Inet(Ipv4Addr::new(192, 0, 2, 6)),
+                &mac,
+            ),
+            entry(
+                3,
+                NeighbourState::Permanent,
+                NeighbourAddress::Inet(Ipv4Addr::new(192, 0, 2, 7)),
+                &[1, 2, 3, 4],
+            ),
+            // A kernel state is a mask: STALE | PERMANENT still has an address.
+            entry(
+                3,
+                NeighbourState::Other(0x84),
+                NeighbourAddress::Inet(Ipv4Addr::new(192, 0, 2, 8)),
+                &mac,
+            ),
+        ] {
+            add_neighbour(&m, 3, &mut map);
+        }
+        let mut got: Vec<_> = map.keys().map(|k| k.to_string()).collect();
+        got.sort();
+        assert_eq!(got, ["192.0.2.2", "192.0.2.8", "2001:db8::2"]);
+        assert_eq!(map[&IpAddr::from(Ipv4Addr::new(192, 0, 2, 2))], mac);
+    }
+
+    /// A real dump from this host's kernel, checked against iproute2's (`ip neigh show nud
+    /// all dev lo`): the same usable entries of the loopback interface (index 1).
+    #[test]
+    fn dump_of_loopback_matches_iproute2() {
+        let ours: std::collections::BTreeSet<String> = dump(1)
+            .unwrap()
+            .into_iter()
+            .map(|(ip, mac)| format!("{ip} {mac:02x?}"))
+            .collect();
+        let out = std::process::Command::new("ip")
+            .args(["-o", "neigh", "show", "nud", "all", "dev", "lo"])
+            .output()
+            .expect("iproute2's ip (the test command installs it)");
+        let usable = ["REACHABLE", "STALE", "DELAY", "PROBE", "NOARP", "PERMANENT"];
+        let theirs: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| usable.iter().any(|u| l.split_whitespace().any(|w| w == *u)))
+            .filter_map(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                let mac = w
+                    .iter()
+                    .position(|x| *x == "lladdr")
+                    .and_then(|i| w.get(i + 1))?;
+                let bytes: Vec<u8> = mac
+                    .split(':')
+                    .map(|h| u8::from_str_radix(h, 16).ok())
+                    .collect::<Option<_>>()?;
+                (bytes.len() == 6).then(|| format!("{} {bytes:02x?}", w[0]))
+            })
+            .collect();
+        assert_eq!(ours, theirs);
     }
 }

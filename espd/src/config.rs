@@ -8,7 +8,9 @@
 //! generator (`fill`), so tests are deterministic.
 
 use crate::static_sa;
+use engine::crypto::{Encryption, Integrity, Suite};
 use engine::sa::SaConfig;
+use ike::algorithms::{Cipher, Hash};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -514,8 +516,39 @@ fn gateway(t: &toml::Table, origin: &str, errs: &mut Vec<String>) -> Option<Gate
 #[error("{}", .0.join("\n"))]
 pub struct ConfigErrors(pub Vec<String>);
 
-const ENCRYPTION: [&str; 4] = ["AES128", "AES256", "AES128-GCM-16", "AES256-GCM-16"];
-const INTEGRITY: [&str; 4] = ["SHA1", "SHA2-256", "SHA2-384", "SHA2-512"];
+/// The AWS names, from `ike::algorithms` (the one table of them).
+const ENCRYPTION: [&str; 4] = [
+    Cipher::ALL[0].name(),
+    Cipher::ALL[1].name(),
+    Cipher::ALL[2].name(),
+    Cipher::ALL[3].name(),
+];
+const INTEGRITY: [&str; 4] = [
+    Hash::ALL[0].name(),
+    Hash::ALL[1].name(),
+    Hash::ALL[2].name(),
+    Hash::ALL[3].name(),
+];
+
+/// The ESP suite of a CHILD_SA's AWS algorithm names (`None` for names outside the table
+/// or a combination ESP does not have).
+pub fn esp_suite(encryption: &str, integrity: Option<&str>) -> Option<Suite> {
+    let enc = match Cipher::from_name(encryption)? {
+        Cipher::Aes128Cbc => Encryption::Aes128Cbc,
+        Cipher::Aes256Cbc => Encryption::Aes256Cbc,
+        Cipher::Aes128Gcm16 => Encryption::Aes128Gcm16,
+        Cipher::Aes256Gcm16 => Encryption::Aes256Gcm16,
+    };
+    let integ = match integrity.map(Hash::from_name) {
+        None => Integrity::None,
+        Some(None) => return None,
+        Some(Some(Hash::Sha1)) => Integrity::Sha1_96,
+        Some(Some(Hash::Sha2_256)) => Integrity::Sha256_128,
+        Some(Some(Hash::Sha2_384)) => Integrity::Sha384_192,
+        Some(Some(Hash::Sha2_512)) => Integrity::Sha512_256,
+    };
+    Suite::new(enc, integ).ok()
+}
 const DH1: [u16; 12] = [2, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24];
 const DH2: [u16; 13] = [2, 5, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24];
 const RESERVED_INSIDE: [&str; 7] = [
@@ -1010,13 +1043,8 @@ fn tunnel(
             })
             .collect()
     };
-    let enc_alias = [("AES-128", "AES128"), ("AES-256", "AES256")];
-    let int_alias = [
-        ("SHA-1", "SHA1"),
-        ("SHA-256", "SHA2-256"),
-        ("SHA-384", "SHA2-384"),
-        ("SHA-512", "SHA2-512"),
-    ];
+    let enc_alias = Cipher::ALL.map(|c| (c.alias(), c.name()));
+    let int_alias = Hash::ALL.map(|h| (h.alias(), h.name()));
     let phase1_encryption = name_list(&mut cx, t, "phase1_encryption", &ENCRYPTION, &enc_alias);
     let phase2_encryption = name_list(&mut cx, t, "phase2_encryption", &ENCRYPTION, &enc_alias);
     let phase1_integrity = name_list(&mut cx, t, "phase1_integrity", &INTEGRITY, &int_alias);

@@ -6,9 +6,10 @@
 //! Contract: pure functions of a validated [`Tunnel`]; the PSK appears in the output (as in
 //! AWS's file), so callers write it to a file the operator asked for, never to a log.
 
-use crate::config::{DpdAction, IkeVersion, NatT, Tunnel};
+use crate::config::{DpdAction, IkeVersion, NatT, Tunnel, esp_suite};
 use engine::crypto::{Encryption, Integrity, Suite};
 use engine::mtu::{self, OuterFamily};
+use ike::algorithms::{Cipher, Hash};
 
 /// strongSwan's name of an IKE DH group (RFC 3526 / 5903 / 5114 groups).
 fn dh_name(g: u16) -> &'static str {
@@ -30,21 +31,11 @@ fn dh_name(g: u16) -> &'static str {
 }
 
 fn enc_name(e: &str) -> &'static str {
-    match e {
-        "AES128" => "aes128",
-        "AES256" => "aes256",
-        "AES128-GCM-16" => "aes128gcm16",
-        _ => "aes256gcm16",
-    }
+    Cipher::from_name(e).map_or("", Cipher::strongswan)
 }
 
 fn integ_name(i: &str) -> &'static str {
-    match i {
-        "SHA1" => "sha1",
-        "SHA2-256" => "sha256",
-        "SHA2-384" => "sha384",
-        _ => "sha512",
-    }
+    Hash::from_name(i).map_or("", Hash::strongswan)
 }
 
 /// strongSwan proposals for one phase: CBC ciphers with integrity, GCM ciphers separately
@@ -54,12 +45,12 @@ fn proposals(enc: &[String], integ: &[String], groups: &[u16], ike: bool) -> Str
     let mut out = vec![];
     let cbc: Vec<&str> = enc
         .iter()
-        .filter(|e| !e.contains("GCM"))
+        .filter(|e| !Cipher::from_name(e).is_some_and(Cipher::is_aead))
         .map(|e| enc_name(e))
         .collect();
     let gcm: Vec<&str> = enc
         .iter()
-        .filter(|e| e.contains("GCM"))
+        .filter(|e| Cipher::from_name(e).is_some_and(Cipher::is_aead))
         .map(|e| enc_name(e))
         .collect();
     let ints: Vec<&str> = integ.iter().map(|i| integ_name(i)).collect();
@@ -80,28 +71,16 @@ fn proposals(enc: &[String], integ: &[String], groups: &[u16], ike: bool) -> Str
 
 /// The best (lowest-overhead) ESP suite the tunnel allows, for the MTU advice.
 fn best_suite(t: &Tunnel) -> Suite {
-    let enc = |e: &str| match e {
-        "AES128" => Encryption::Aes128Cbc,
-        "AES256" => Encryption::Aes256Cbc,
-        "AES128-GCM-16" => Encryption::Aes128Gcm16,
-        _ => Encryption::Aes256Gcm16,
-    };
-    let integ = |i: &str| match i {
-        "SHA1" => Integrity::Sha1_96,
-        "SHA2-256" => Integrity::Sha256_128,
-        "SHA2-384" => Integrity::Sha384_192,
-        _ => Integrity::Sha512_256,
-    };
     let mut best: Option<(usize, Suite)> = None;
     for e in &t.phase2_encryption {
-        let e = enc(e);
-        let cands: Vec<Suite> = if e.is_gcm() {
-            vec![Suite::new(e, Integrity::None).expect("GCM")]
-        } else {
-            t.phase2_integrity
+        // A validated config names only table entries: every candidate exists.
+        let cands: Vec<Suite> = match esp_suite(e, None) {
+            Some(gcm) => vec![gcm],
+            None => t
+                .phase2_integrity
                 .iter()
-                .map(|i| Suite::new(e, integ(i)).expect("CBC"))
-                .collect()
+                .filter_map(|i| esp_suite(e, Some(i)))
+                .collect(),
         };
         for s in cands {
             let m = mtu::inner_mtu(s, t.nat_t == NatT::Force, OuterFamily::V4);

@@ -10,7 +10,7 @@
 
 use crate::config::{self, DpdAction, StartupAction, Tunnel};
 use crate::tunnel_log::PhaseState;
-use engine::crypto::{Backend, Encryption, Integrity, Suite};
+use engine::crypto::{Backend, Suite};
 use engine::runtime::{Command, WorkerHandle};
 use engine::sa::{Direction, InboundSa, OutboundSa, SaConfig};
 use ike::dpd::{Action as DpdStep, Dpd};
@@ -216,27 +216,7 @@ fn bind(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
 }
 
 fn suite_of(c: &ChildSa) -> Option<Suite> {
-    let enc = match c.encryption.to_ascii_uppercase().as_str() {
-        "AES128" => Encryption::Aes128Cbc,
-        "AES256" => Encryption::Aes256Cbc,
-        "AES128-GCM-16" => Encryption::Aes128Gcm16,
-        "AES256-GCM-16" => Encryption::Aes256Gcm16,
-        _ => return None,
-    };
-    let integ = match c
-        .integrity
-        .as_deref()
-        .map(str::to_ascii_uppercase)
-        .as_deref()
-    {
-        None => Integrity::None,
-        Some("SHA1") => Integrity::Sha1_96,
-        Some("SHA2-256") => Integrity::Sha256_128,
-        Some("SHA2-384") => Integrity::Sha384_192,
-        Some("SHA2-512") => Integrity::Sha512_256,
-        _ => return None,
-    };
-    Suite::new(enc, integ).ok()
+    config::esp_suite(&c.encryption, c.integrity.as_deref())
 }
 
 impl IkeCtl {

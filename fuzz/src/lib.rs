@@ -1,13 +1,18 @@
 //! What the fuzz targets share: a deterministic RNG, an IKE configuration with every AWS
 //! algorithm, and a splitter that turns one fuzz input into several datagrams.
 
+use ike::algorithms::{Cipher, Hash};
 use ike::msg::TrafficSelector;
 pub use ike::seeded::rng;
 use ike::session::Config;
 use zeroize::Zeroizing;
 
-fn names(x: &[&str]) -> Vec<String> {
-    x.iter().map(|s| s.to_string()).collect()
+fn ciphers() -> Vec<String> {
+    Cipher::ALL.iter().map(|c| c.name().to_string()).collect()
+}
+
+fn hashes() -> Vec<String> {
+    Hash::ALL.iter().map(|h| h.name().to_string()).collect()
 }
 
 /// A tunnel's IKE configuration with every AWS algorithm and a cheap DH group first.
@@ -16,11 +21,11 @@ pub fn config(local: &str, peer: &str) -> Config {
         local_addr: local.parse().unwrap(),
         peer_addr: peer.parse().unwrap(),
         psk: Zeroizing::new(b"fuzz.tunnel".to_vec()),
-        p1_enc: names(&["AES128", "AES256", "AES128-GCM-16", "AES256-GCM-16"]),
-        p1_integ: names(&["SHA1", "SHA2-256", "SHA2-384", "SHA2-512"]),
+        p1_enc: ciphers(),
+        p1_integ: hashes(),
         p1_dh: vec![19, 14],
-        p2_enc: names(&["AES128", "AES256", "AES128-GCM-16", "AES256-GCM-16"]),
-        p2_integ: names(&["SHA1", "SHA2-256", "SHA2-384", "SHA2-512"]),
+        p2_enc: ciphers(),
+        p2_integ: hashes(),
         p2_dh: vec![19],
         local_ts: TrafficSelector::any(false),
         remote_ts: TrafficSelector::any(false),

@@ -13,6 +13,7 @@
 //! one process with a fake clock.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod algorithms;
 pub mod cookie;
 pub mod dh;
 pub mod dpd;

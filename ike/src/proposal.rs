@@ -103,8 +103,14 @@ mod tests {
 
     fn defaults() -> (Vec<String>, Vec<String>, Vec<u16>) {
         (
-            v(&["AES128", "AES256", "AES128-GCM-16", "AES256-GCM-16"]),
-            v(&["SHA1", "SHA2-256", "SHA2-384", "SHA2-512"]),
+            crate::algorithms::Cipher::ALL
+                .iter()
+                .map(|c| c.name().to_string())
+                .collect(),
+            crate::algorithms::Hash::ALL
+                .iter()
+                .map(|h| h.name().to_string())
+                .collect(),
             vec![2, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24],
         )
     }

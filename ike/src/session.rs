@@ -14,6 +14,7 @@
 //! line (an IKE_SA_INIT closes the half-open SA, a CHILD_SA or IKE SA rekey keeps the old
 //! SA). CREATE_CHILD_SA rekeys of CHILD and IKE SAs and their collisions run on this state.
 
+use crate::algorithms::{Cipher, Hash};
 use crate::dh::{self, KeyPair};
 use crate::keys::{self, ChildKeys, Encr, IkeKeys, Integ, Prf, SkCipher};
 use crate::msg::{
@@ -255,13 +256,7 @@ impl std::fmt::Debug for IkeSa {
 }
 
 fn enc_transform(name: &str) -> Option<Transform> {
-    let (id, bits) = match name.to_ascii_uppercase().as_str() {
-        "AES128" => (tt::ENCR_AES_CBC, 128),
-        "AES256" => (tt::ENCR_AES_CBC, 256),
-        "AES128-GCM-16" => (tt::ENCR_AES_GCM_16, 128),
-        "AES256-GCM-16" => (tt::ENCR_AES_GCM_16, 256),
-        _ => return None,
-    };
+    let (id, bits) = Cipher::from_name(name)?.transform();
     Some(Transform {
         ttype: tt::ENCR,
         id,
@@ -270,36 +265,19 @@ fn enc_transform(name: &str) -> Option<Transform> {
 }
 
 fn enc_name(t: &Transform) -> Option<&'static str> {
-    Some(match (t.id, t.key_bits?) {
-        (tt::ENCR_AES_CBC, 128) => "AES128",
-        (tt::ENCR_AES_CBC, 256) => "AES256",
-        (tt::ENCR_AES_GCM_16, 128) => "AES128-GCM-16",
-        (tt::ENCR_AES_GCM_16, 256) => "AES256-GCM-16",
-        _ => return None,
-    })
+    Cipher::from_transform(t.id, t.key_bits).map(Cipher::name)
 }
 
 fn integ_of(name: &str) -> Option<(Integ, Prf)> {
-    Some(match name.to_ascii_uppercase().as_str() {
-        "SHA1" | "SHA-1" => (Integ::Sha1_96, Prf::Sha1),
-        "SHA2-256" => (Integ::Sha256_128, Prf::Sha256),
-        "SHA2-384" => (Integ::Sha384_192, Prf::Sha384),
-        "SHA2-512" => (Integ::Sha512_256, Prf::Sha512),
-        _ => return None,
-    })
+    Hash::from_name(name).map(|h| (h.integ(), h.prf()))
 }
 
 fn integ_name(i: Integ) -> &'static str {
-    match i {
-        Integ::Sha1_96 => "SHA1",
-        Integ::Sha256_128 => "SHA2-256",
-        Integ::Sha384_192 => "SHA2-384",
-        Integ::Sha512_256 => "SHA2-512",
-    }
+    Hash::from_integ(i).name()
 }
 
 fn is_gcm(name: &str) -> bool {
-    name.to_ascii_uppercase().contains("GCM")
+    Cipher::from_name(name).is_some_and(Cipher::is_aead)
 }
 
 /// The initiator's SA payload: a proposal of the CBC ciphers with integrity, and one of the
@@ -1594,12 +1572,8 @@ impl IkeSa {
                 "AWS: Traffic Selector: TS_UNACCEPTABLE: the responder's selectors are wider than ours",
             );
         }
-        let enc = match (encr.id(), encr.bits()) {
-            (tt::ENCR_AES_CBC, 128) => "AES128",
-            (tt::ENCR_AES_CBC, _) => "AES256",
-            (_, 128) => "AES128-GCM-16",
-            _ => "AES256-GCM-16",
-        };
+        // `encr` passed the offered-check: one of our ciphers.
+        let enc = Cipher::from_transform(encr.id(), Some(encr.bits())).map_or("", Cipher::name);
         let integ_s = integ.map(integ_name);
         let peer_spi = u32::from_be_bytes(
             p.spi

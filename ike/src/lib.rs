@@ -1,13 +1,20 @@
-//! `ike`: the IKEv2 (and IKEv1 main mode) control plane, built as a sans-IO library (quinn
-//! style: `handle_datagram(now, bytes)`, `handle_timeout(now)`, `poll_transmit()`,
-//! `poll_timeout()`, `poll_event()`) plus a thin thread in `espd`.
+//! `ike`: the IKEv2 control plane (RFC 7296) as a sans-IO library: an [`session::IkeSa`]
+//! takes datagrams, `now` and a random generator in, and gives datagrams, CHILD_SA keys,
+//! state changes and AWS-style log lines out; `espd::ike_ctl` is the thin shell that owns
+//! the sockets and clocks. IKEv1 is not implemented yet (its issue reuses the codec, crypto
+//! and policy modules below).
 //!
-//! The exchanges come with the control-plane issue. What is here already are the AWS rules
-//! the state machine will apply, as pure functions of their inputs (time and randomness are
-//! parameters), tested against the facts of `shared/spec/tunnel-options.md`:
-//! - [`rekey`]: when an SA is rekeyed (lifetime, margin, fuzz);
+//! - [`session`]: one IKE SA, one module per exchange (`ike_sa_init`, `ike_auth`,
+//!   `child_rekey`, `ike_rekey`, `informational`) and what they share (`negotiate`: the
+//!   proposals we build and the choices we accept);
+//! - [`msg`]: the wire codec (header, payloads, SK encryption framing);
+//! - [`keys`], [`dh`], [`groups`]: key derivation, the SK ciphers, Diffie-Hellman;
+//! - [`algorithms`]: the one table of AWS algorithm names;
 //! - [`proposal`]: which algorithms the responder picks (the lowest local value first);
-//! - [`dpd`]: when liveness checks are sent and the peer is declared dead.
+//! - [`rekey`]: when an SA is rekeyed (lifetime, margin, fuzz);
+//! - [`dpd`]: when liveness checks are sent and the peer is declared dead;
+//! - [`cookie`]: stateless COOKIEs under IKE_SA_INIT load;
+//! - [`seeded`]: a deterministic RNG for tests, benches and fuzz targets.
 //!
 //! Nothing here depends on `engine`, so two IKE peers can be tested against each other in
 //! one process with a fake clock.

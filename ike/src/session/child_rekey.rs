@@ -228,21 +228,20 @@ impl IkeSa {
             e.key_len(),
             il,
         );
-        self.children.push((rk.new_in, peer_spi));
-        out.push(Output::ChildUp(Box::new(ChildSa {
-            spi_in: rk.new_in,
-            spi_out: peer_spi,
-            encryption: enc.to_string(),
-            integrity: integ_s.map(str::to_string),
-            enc_in: ck.enc_r,
-            int_in: ck.int_r,
-            enc_out: ck.enc_i,
-            int_out: ck.int_i,
-            local_ts: tsi,
-            remote_ts: tsr,
-            nat_t: self.nat_detected,
-            switch_now: true,
-        })));
+        let up = self.child_up(
+            ck,
+            true,
+            ChildParts {
+                spi_in: rk.new_in,
+                spi_out: peer_spi,
+                encryption: enc,
+                integrity: integ_s,
+                local_ts: tsi,
+                remote_ts: tsr,
+                switch_now: true,
+            },
+        );
+        out.push(up);
         // Collision (section 2.8.1): the SA made with the lowest of the four nonces is
         // redundant; its creator deletes it, the other side deletes the old SA.
         let mut delete = rk.old_in;
@@ -454,7 +453,6 @@ impl IkeSa {
                                 }
                                 r.push(Payload::TsI(vec![ts_remote]));
                                 r.push(Payload::TsR(vec![ts_local]));
-                                self.children.push((new_in, peer_spi));
                                 if self.rekey.as_ref().is_some_and(|rk| rk.old_in == old.0) {
                                     self.peer_rekey = Some(PeerRekey {
                                         old_in: old.0,
@@ -462,20 +460,20 @@ impl IkeSa {
                                         nonces: [ni.clone(), nr.clone()],
                                     });
                                 }
-                                out.push(Output::ChildUp(Box::new(ChildSa {
-                                    spi_in: new_in,
-                                    spi_out: peer_spi,
-                                    encryption: c.enc.clone(),
-                                    integrity: c.integ.clone(),
-                                    enc_in: ck.enc_i,
-                                    int_in: ck.int_i,
-                                    enc_out: ck.enc_r,
-                                    int_out: ck.int_r,
-                                    local_ts: ts_local,
-                                    remote_ts: ts_remote,
-                                    nat_t: self.nat_detected,
-                                    switch_now: false,
-                                })));
+                                let up = self.child_up(
+                                    ck,
+                                    false,
+                                    ChildParts {
+                                        spi_in: new_in,
+                                        spi_out: peer_spi,
+                                        encryption: &c.enc,
+                                        integrity: c.integ.as_deref(),
+                                        local_ts: ts_local,
+                                        remote_ts: ts_remote,
+                                        switch_now: false,
+                                    },
+                                );
+                                out.push(up);
                                 r
                             }
                         }

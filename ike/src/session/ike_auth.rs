@@ -169,21 +169,20 @@ impl IkeSa {
                     )]));
                     inner.push(Payload::TsI(vec![ts_remote]));
                     inner.push(Payload::TsR(vec![ts_local]));
-                    self.children.push((self.child_spi, peer_spi));
-                    out.push(Output::ChildUp(Box::new(ChildSa {
-                        spi_in: self.child_spi,
-                        spi_out: peer_spi,
-                        encryption: c.enc.clone(),
-                        integrity: c.integ.clone(),
-                        enc_in: ck.enc_i,
-                        int_in: ck.int_i,
-                        enc_out: ck.enc_r,
-                        int_out: ck.int_r,
-                        local_ts: ts_local,
-                        remote_ts: ts_remote,
-                        nat_t: self.nat_detected,
-                        switch_now: true,
-                    })));
+                    let up = self.child_up(
+                        ck,
+                        false,
+                        ChildParts {
+                            spi_in: self.child_spi,
+                            spi_out: peer_spi,
+                            encryption: &c.enc,
+                            integrity: c.integ.as_deref(),
+                            local_ts: ts_local,
+                            remote_ts: ts_remote,
+                            switch_now: true,
+                        },
+                    );
+                    out.push(up);
                 }
             }
         }
@@ -270,21 +269,20 @@ impl IkeSa {
                 .unwrap_or([0; 4]),
         );
         if let Some(ck) = self.child_keys(enc, integ_s) {
-            self.children.push((self.child_spi, peer_spi));
-            out.push(Output::ChildUp(Box::new(ChildSa {
-                spi_in: self.child_spi,
-                spi_out: peer_spi,
-                encryption: enc.to_string(),
-                integrity: integ_s.map(str::to_string),
-                enc_in: ck.enc_r,
-                int_in: ck.int_r,
-                enc_out: ck.enc_i,
-                int_out: ck.int_i,
-                local_ts: tsi,
-                remote_ts: tsr,
-                nat_t: self.nat_detected,
-                switch_now: true,
-            })));
+            let up = self.child_up(
+                ck,
+                true,
+                ChildParts {
+                    spi_in: self.child_spi,
+                    spi_out: peer_spi,
+                    encryption: enc,
+                    integrity: integ_s,
+                    local_ts: tsi,
+                    remote_ts: tsr,
+                    switch_now: true,
+                },
+            );
+            out.push(up);
         }
         out
     }

@@ -117,6 +117,17 @@ pub struct ChildSa {
     pub switch_now: bool,
 }
 
+/// The negotiated parts of a new CHILD_SA (everything but its keys and NAT state).
+pub(super) struct ChildParts<'a> {
+    pub spi_in: u32,
+    pub spi_out: u32,
+    pub encryption: &'a str,
+    pub integrity: Option<&'a str>,
+    pub local_ts: TrafficSelector,
+    pub remote_ts: TrafficSelector,
+    pub switch_now: bool,
+}
+
 /// What the caller must do.
 #[derive(Debug)]
 pub enum Output {
@@ -332,6 +343,39 @@ fn nonce(fill: &mut dyn FnMut(&mut [u8])) -> Vec<u8> {
 }
 
 impl IkeSa {
+    /// The one place a CHILD_SA is assembled (IKE_AUTH and CREATE_CHILD_SA, both roles):
+    /// KEYMAT holds the initiator-to-responder keys first (RFC 7296 section 2.17), so the
+    /// side that started the exchange sends with the `_i` half and receives with the `_r`
+    /// half. Records the SA among this IKE SA's children.
+    pub(super) fn child_up(&mut self, ck: ChildKeys, we_initiated: bool, p: ChildParts) -> Output {
+        self.children.push((p.spi_in, p.spi_out));
+        let ChildKeys {
+            enc_i,
+            int_i,
+            enc_r,
+            int_r,
+        } = ck;
+        let ((enc_out, int_out), (enc_in, int_in)) = if we_initiated {
+            ((enc_i, int_i), (enc_r, int_r))
+        } else {
+            ((enc_r, int_r), (enc_i, int_i))
+        };
+        Output::ChildUp(Box::new(ChildSa {
+            spi_in: p.spi_in,
+            spi_out: p.spi_out,
+            encryption: p.encryption.to_string(),
+            integrity: p.integrity.map(str::to_string),
+            enc_in,
+            int_in,
+            enc_out,
+            int_out,
+            local_ts: p.local_ts,
+            remote_ts: p.remote_ts,
+            nat_t: self.nat_detected,
+            switch_now: p.switch_now,
+        }))
+    }
+
     fn new(cfg: Config, initiator: bool, spi_i: u64, spi_r: u64, now: f64) -> IkeSa {
         IkeSa {
             cfg,

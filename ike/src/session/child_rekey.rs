@@ -91,11 +91,9 @@ impl IkeSa {
         now: f64,
         fill: &mut dyn FnMut(&mut [u8]),
     ) -> Vec<Output> {
-        let Some(ps) = self.decrypt(raw, m) else {
+        let Some(ps) = self.accept_response(raw, m, now) else {
             return vec![];
         };
-        self.pending = None;
-        self.last_rx = now;
         let id = m.header.msg_id;
         let mut out = vec![Output::Log(format!(
             "AWS tunnel processed response (id={id}) for CREATE_CHILD_SA"
@@ -310,12 +308,10 @@ impl IkeSa {
         now: f64,
         fill: &mut dyn FnMut(&mut [u8]),
     ) -> Vec<Output> {
-        let Some(ps) = self.decrypt(raw, m) else {
+        let Some(ps) = self.accept_request(raw, m, now) else {
             return vec![];
         };
-        self.last_rx = now;
         let id = m.header.msg_id;
-        self.next_peer_id = id + 1;
         let mut out = vec![Output::Log(format!(
             "AWS tunnel processed request (id={id}) for CREATE_CHILD_SA"
         ))];

@@ -66,12 +66,10 @@ impl IkeSa {
         now: f64,
         fill: &mut dyn FnMut(&mut [u8]),
     ) -> Vec<Output> {
-        let Some(ps) = self.decrypt(raw, m) else {
+        let Some(ps) = self.accept_request(raw, m, now) else {
             return vec![];
         };
-        self.last_rx = now;
         let id = m.header.msg_id;
-        self.next_peer_id = id + 1;
         if !self.verify_auth(&ps, true) {
             let bytes = sealed!(
                 self,
@@ -198,11 +196,9 @@ impl IkeSa {
     }
 
     pub(super) fn on_auth_response(&mut self, raw: &[u8], m: &Message, now: f64) -> Vec<Output> {
-        let Some(ps) = self.decrypt(raw, m) else {
+        let Some(ps) = self.accept_response(raw, m, now) else {
             return vec![];
         };
-        self.pending = None;
-        self.last_rx = now;
         if msg::find_notify(&ps, notify::AUTHENTICATION_FAILED).is_some() {
             return self.close(format!(
                 "AWS tunnel detected a pre-shared key mismatch with cgw: {} (AUTHENTICATION_FAILED received)",

@@ -11,12 +11,10 @@ impl IkeSa {
         now: f64,
         fill: &mut dyn FnMut(&mut [u8]),
     ) -> Vec<Output> {
-        let Some(ps) = self.decrypt(raw, m) else {
+        let Some(ps) = self.accept_request(raw, m, now) else {
             return vec![];
         };
-        self.last_rx = now;
         let id = m.header.msg_id;
-        self.next_peer_id = id + 1;
         let mut out = vec![];
         let mut reply = vec![];
         let mut closing = false;

@@ -343,6 +343,34 @@ fn nonce(fill: &mut dyn FnMut(&mut [u8])) -> Vec<u8> {
 }
 
 impl IkeSa {
+    /// An authenticated response to our outstanding request: decrypted and verified (else
+    /// dropped and counted by `decrypt`), the request no longer pending, the peer heard from.
+    pub(super) fn accept_response(
+        &mut self,
+        raw: &[u8],
+        m: &Message,
+        now: f64,
+    ) -> Option<Vec<Payload>> {
+        let ps = self.decrypt(raw, m)?;
+        self.pending = None;
+        self.last_rx = now;
+        Some(ps)
+    }
+
+    /// An authenticated request from the peer: decrypted and verified, the peer heard from,
+    /// its next message ID the one after this.
+    pub(super) fn accept_request(
+        &mut self,
+        raw: &[u8],
+        m: &Message,
+        now: f64,
+    ) -> Option<Vec<Payload>> {
+        let ps = self.decrypt(raw, m)?;
+        self.last_rx = now;
+        self.next_peer_id = m.header.msg_id + 1;
+        Some(ps)
+    }
+
     /// The one place a CHILD_SA is assembled (IKE_AUTH and CREATE_CHILD_SA, both roles):
     /// KEYMAT holds the initiator-to-responder keys first (RFC 7296 section 2.17), so the
     /// side that started the exchange sends with the `_i` half and receives with the `_r`

@@ -58,24 +58,19 @@ pub fn classify_outer(pkt: &[u8]) -> Result<Outer, DropReason> {
     let l4 = &pkt[ip.hdr_len..ip.total_len];
     match ip.proto {
         proto::ESP => {
-            if l4.len() < ESP_HDR {
-                return Err(DropReason::Malformed);
-            }
+            let esp = wire::Esp::new(l4).ok_or(DropReason::Malformed)?;
             Ok(Outer::Esp {
                 esp_off: ip.hdr_len,
-                spi: wire::be32(l4, 0),
+                spi: esp.spi(),
                 src: ip.src,
                 dst: ip.dst,
                 udp: None,
             })
         }
         proto::UDP => {
-            if l4.len() < UDP_HDR {
-                return Err(DropReason::Malformed);
-            }
-            let sport = wire::be16(l4, 0);
-            let dport = wire::be16(l4, 2);
-            let ulen = wire::be16(l4, 4) as usize;
+            let udp = wire::Udp::new(l4).ok_or(DropReason::Malformed)?;
+            let (sport, dport) = (udp.src_port(), udp.dst_port());
+            let ulen = usize::from(udp.len());
             if ulen < UDP_HDR || ulen > l4.len() {
                 return Err(DropReason::Malformed);
             }
@@ -92,12 +87,10 @@ pub fn classify_outer(pkt: &[u8]) -> Result<Outer, DropReason> {
             if payload.len() >= 4 && payload[..4] == [0, 0, 0, 0] {
                 return Ok(Outer::Ike);
             }
-            if payload.len() < ESP_HDR {
-                return Err(DropReason::Malformed);
-            }
+            let esp = wire::Esp::new(payload).ok_or(DropReason::Malformed)?;
             Ok(Outer::Esp {
                 esp_off: ip.hdr_len + UDP_HDR,
-                spi: wire::be32(payload, 0),
+                spi: esp.spi(),
                 src: ip.src,
                 dst: ip.dst,
                 udp: Some((sport, dport)),
@@ -143,8 +136,9 @@ fn prepare(sa: &mut OutboundSa, pkt: &mut PacketBuf) -> Result<Prepared, DropRea
     b[t + pad] = pad as u8;
     b[t + pad + 1] = nh;
     let b = pkt.push_front(ESP_HDR + iv_len).expect("headroom checked");
-    wire::put32(b, 0, sa.cfg.spi);
-    wire::put32(b, 4, seq as u32);
+    if let Some(mut h) = wire::Esp::new(&mut *b) {
+        h.set_header(sa.cfg.spi, seq as u32);
+    }
     if suite.enc.is_gcm() {
         // RFC 4106 section 3.1: the explicit IV must not repeat under a key; the 64-bit
         // sequence number never does.
@@ -297,7 +291,8 @@ fn pre_open(sa: &InboundSa, esp: &[u8]) -> Result<u64, DropReason> {
     if !suite.enc.is_gcm() && !ct.is_multiple_of(16) {
         return Err(DropReason::Malformed);
     }
-    sa.replay.check(wire::be32(esp, 4)).map_err(|e| match e {
+    let seq = wire::Esp::new(esp).ok_or(DropReason::Malformed)?.seq();
+    sa.replay.check(seq).map_err(|e| match e {
         crate::replay::ReplayError::Replayed => DropReason::Replay,
         crate::replay::ReplayError::TooOld => DropReason::TooOld,
     })

@@ -8,7 +8,7 @@
 
 use crate::counters::DropReason;
 use crate::pkt::{BufPool, PacketBuf};
-use crate::wire::{self, IPV4_HDR, IPV6_HDR, proto};
+use crate::wire::{self, IPV4_HDR, IPV6_HDR, Icmp, Ipv4, Ipv6, Ipv6Frag, proto};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -28,9 +28,8 @@ pub fn fragment_ipv4(
     }
     let hl = ip.hdr_len;
     let payload = &pkt[hl..ip.total_len];
-    let frag_field = wire::be16(pkt, 6);
-    let orig_off = ((frag_field & 0x1fff) as usize) * 8;
-    let orig_mf = frag_field & 0x2000 != 0;
+    let hdr = Ipv4::new(pkt).ok_or(DropReason::Malformed)?;
+    let (orig_off, orig_mf) = (hdr.frag_offset(), hdr.more_frags());
     // Options copied into later fragments (copy flag = bit 7 of the type).
     let mut copied = [0u8; 40];
     let mut clen = 0;
@@ -79,14 +78,13 @@ pub fn fragment_ipv4(
             for x in &mut f[IPV4_HDR + clen..h] {
                 *x = 0; // end-of-options padding
             }
-            f[0] = 0x40 | (h / 4) as u8;
         }
         f[h..].copy_from_slice(&payload[off..off + take]);
-        wire::put16(f, 2, (h + take) as u16);
-        let mf = !last || orig_mf;
-        let fo = ((orig_off + off) / 8) as u16;
-        wire::put16(f, 6, fo | if mf { 0x2000 } else { 0 }); // DF cleared
-        wire::ipv4_fix_checksum(f);
+        let mut v = Ipv4::new(&mut *f).ok_or(DropReason::TooBig)?;
+        v.set_header_len(h);
+        v.set_total_len((h + take) as u16);
+        v.set_frag(!last || orig_mf, orig_off + off); // DF cleared
+        v.fill_checksum();
         out.push(b);
         n += 1;
         off += take;
@@ -138,7 +136,7 @@ fn may_answer(orig: &[u8], ip: &wire::IpInfo) -> bool {
         return false;
     }
     if ip.version == 4 {
-        if wire::be16(orig, 6) & 0x1fff != 0 {
+        if Ipv4::new(orig).is_some_and(|h| h.frag_offset() != 0) {
             return false;
         }
         // ICMP errors: destination unreachable, source quench, redirect, time exceeded,
@@ -172,15 +170,10 @@ fn icmpv4_error(
     out.clear();
     let b = out.push_back(total).ok_or(DropReason::TooBig)?;
     wire::write_ipv4_header(b, total as u16, 0, false, 64, proto::ICMP, src, dst);
-    let icmp = &mut b[IPV4_HDR..];
-    icmp[0] = kind;
-    icmp[1] = code;
-    icmp[2] = 0;
-    icmp[3] = 0;
-    wire::put32(icmp, 4, word);
-    icmp[8..].copy_from_slice(&orig[..quote]);
-    let c = wire::checksum(icmp);
-    wire::put16(icmp, 2, c);
+    b[IPV4_HDR + 8..].copy_from_slice(&orig[..quote]);
+    let mut icmp = Icmp::new(&mut b[IPV4_HDR..]).ok_or(DropReason::TooBig)?;
+    icmp.set_header(kind, code, word);
+    icmp.fill_checksum();
     Ok(())
 }
 
@@ -207,18 +200,15 @@ fn icmpv6_error(
     out.clear();
     let b = out.push_back(total).ok_or(DropReason::TooBig)?;
     wire::write_ipv6_header(b, (8 + quote) as u16, proto::ICMPV6, 64, src, dst);
-    {
-        let icmp = &mut b[IPV6_HDR..];
-        icmp[0] = kind;
-        icmp[1] = code;
-        icmp[2] = 0;
-        icmp[3] = 0;
-        wire::put32(icmp, 4, word);
-        icmp[8..].copy_from_slice(&orig[..quote]);
-    }
-    let acc = wire::pseudo_sum(&b[8..24], &b[24..40], proto::ICMPV6, 8 + quote);
-    let c = wire::csum_fold(wire::csum_add(acc, &b[IPV6_HDR..]));
-    wire::put16(b, IPV6_HDR + 2, c);
+    b[IPV6_HDR + 8..].copy_from_slice(&orig[..quote]);
+    let pseudo = {
+        let v6 = Ipv6::new(&*b).ok_or(DropReason::TooBig)?;
+        let (s, d) = v6.addr_bytes();
+        wire::pseudo_sum(s, d, proto::ICMPV6, 8 + quote)
+    };
+    let mut icmp = Icmp::new(&mut b[IPV6_HDR..]).ok_or(DropReason::TooBig)?;
+    icmp.set_header(kind, code, word);
+    icmp.fill_checksum_v6(pseudo);
     Ok(())
 }
 
@@ -373,16 +363,16 @@ struct Frag<'a> {
 fn parse_frag(pkt: &[u8]) -> Result<Frag<'_>, DropReason> {
     let ip = wire::parse_ip(pkt).ok_or(DropReason::Malformed)?;
     if ip.version == 4 {
-        let f = wire::be16(pkt, 6);
+        let h = Ipv4::new(pkt).ok_or(DropReason::Malformed)?;
         return Ok(Frag {
             key: Key {
                 src: ip.src,
                 dst: ip.dst,
-                id: wire::be16(pkt, 4) as u32,
+                id: u32::from(h.ident()),
                 proto: ip.proto,
             },
-            off: ((f & 0x1fff) as usize) * 8,
-            more: f & 0x2000 != 0,
+            off: h.frag_offset(),
+            more: h.more_frags(),
             data: &pkt[ip.hdr_len..ip.total_len],
             header: &pkt[..ip.hdr_len],
             nh_pos: 9,
@@ -400,21 +390,20 @@ fn parse_frag(pkt: &[u8]) -> Result<Frag<'_>, DropReason> {
                 if off + 8 > total {
                     return Err(DropReason::Malformed);
                 }
-                let fo = wire::be16(pkt, off + 2);
-                let id = wire::be32(pkt, off + 4);
+                let fh = Ipv6Frag::new(&pkt[off..total]).ok_or(DropReason::Malformed)?;
                 return Ok(Frag {
                     key: Key {
                         src: ip.src,
                         dst: ip.dst,
-                        id,
+                        id: fh.ident(),
                         proto: 0,
                     },
-                    off: (fo >> 3) as usize * 8,
-                    more: fo & 1 != 0,
+                    off: fh.offset(),
+                    more: fh.more(),
                     data: &pkt[off + 8..total],
                     header: &pkt[..off],
                     nh_pos,
-                    next: pkt[off],
+                    next: fh.next_header(),
                 });
             }
             0 | 43 | 60 => {
@@ -593,11 +582,13 @@ impl Reassembler {
         b[..d.header.len()].copy_from_slice(&d.header);
         b[d.header.len()..].copy_from_slice(&d.payload);
         if b[0] >> 4 == 4 {
-            wire::put16(b, 2, total as u16);
-            wire::put16(b, 6, 0);
-            wire::ipv4_fix_checksum(b);
-        } else {
-            wire::put16(b, 4, (total - IPV6_HDR) as u16);
+            if let Some(mut v) = Ipv4::new(&mut *b) {
+                v.set_total_len(total as u16);
+                v.set_frag(false, 0);
+                v.fill_checksum();
+            }
+        } else if let Some(mut v) = Ipv6::new(&mut *b) {
+            v.set_payload_len((total - IPV6_HDR) as u16);
         }
         self.stats.reassembled += 1;
         Ok(true)

@@ -133,7 +133,7 @@ pub fn protect(
             |orig, b| frag::icmpv6_packet_too_big(orig, mtu as u32, src, b),
         );
     }
-    let df = wire::be16(pkt.bytes(), 6) & 0x4000 != 0;
+    let df = wire::Ipv4::new(pkt.bytes()).is_some_and(|h| h.dont_frag());
     if df && sa.cfg.df_policy == DfPolicy::Honor {
         let src = icmp_source_v4(ctx, sa, ip.dst);
         return icmp_reply(

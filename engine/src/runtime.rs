@@ -147,8 +147,8 @@ impl Lpm {
     #[inline]
     fn lookup(&self, pkt: &[u8]) -> Option<usize> {
         match pkt.first()? >> 4 {
-            4 if pkt.len() >= 20 => {
-                let a = wire::be32(pkt, 16);
+            4 => {
+                let a = u32::from(wire::Ipv4::new(pkt)?.dst());
                 self.v4
                     .iter()
                     .find_map(|(l, m)| m.get(&mask4(a, *l)).copied())

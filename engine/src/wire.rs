@@ -1,5 +1,6 @@
 //! Zero-copy checked views and helpers for the headers the data plane touches: IPv4, IPv6,
-//! UDP, TCP (MSS option) and the Internet checksum (RFC 1071).
+//! UDP, ESP, ICMP ([`Ipv4`], [`Ipv6`], [`Udp`], [`Esp`], [`Icmp`], [`Ipv6Frag`]: fields by
+//! name, length checked once), TCP (MSS option) and the Internet checksum (RFC 1071).
 //!
 //! Contract: every function here is bounds-checked and returns `None`/`Err` on short or
 //! inconsistent input; nothing panics on any byte string. No allocation, no I/O.
@@ -18,6 +19,9 @@ pub mod proto {
     pub const ICMPV6: u8 = 58;
     pub const NO_NEXT: u8 = 59;
 }
+
+mod views;
+pub use views::{Esp, Icmp, Ipv4, Ipv6, Ipv6Frag, Udp};
 
 /// The NAT-T port (RFC 3948).
 pub const NATT_PORT: u16 = 4500;
@@ -113,44 +117,36 @@ pub fn parse_ip(pkt: &[u8]) -> Option<IpInfo> {
     let v = *pkt.first()? >> 4;
     match v {
         4 => {
-            if pkt.len() < IPV4_HDR {
-                return None;
-            }
-            let ihl = ((pkt[0] & 0x0f) as usize) * 4;
-            let total = be16(pkt, 2) as usize;
+            let h = Ipv4::new(pkt)?;
+            let (ihl, total) = (h.header_len(), usize::from(h.total_len()));
             if ihl < IPV4_HDR || total < ihl || total > pkt.len() {
                 return None;
             }
-            let frag = be16(pkt, 6);
             Some(IpInfo {
                 version: 4,
                 hdr_len: ihl,
                 total_len: total,
-                proto: pkt[9],
-                is_fragment: frag & 0x3fff != 0,
-                src: IpAddr::V4(Ipv4Addr::new(pkt[12], pkt[13], pkt[14], pkt[15])),
-                dst: IpAddr::V4(Ipv4Addr::new(pkt[16], pkt[17], pkt[18], pkt[19])),
+                proto: h.protocol(),
+                is_fragment: h.is_fragment(),
+                src: IpAddr::V4(h.src()),
+                dst: IpAddr::V4(h.dst()),
             })
         }
         6 => {
-            if pkt.len() < IPV6_HDR {
-                return None;
-            }
-            let total = IPV6_HDR + be16(pkt, 4) as usize;
+            let h = Ipv6::new(pkt)?;
+            let total = IPV6_HDR + usize::from(h.payload_len());
             if total > pkt.len() {
                 return None;
             }
             let (proto, hdr_len, is_fragment) = walk_ipv6_ext(pkt, total)?;
-            let src: [u8; 16] = pkt[8..24].try_into().ok()?;
-            let dst: [u8; 16] = pkt[24..40].try_into().ok()?;
             Some(IpInfo {
                 version: 6,
                 hdr_len,
                 total_len: total,
                 proto,
                 is_fragment,
-                src: IpAddr::V6(Ipv6Addr::from(src)),
-                dst: IpAddr::V6(Ipv6Addr::from(dst)),
+                src: IpAddr::V6(h.src()),
+                dst: IpAddr::V6(h.dst()),
             })
         }
         _ => None,

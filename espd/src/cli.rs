@@ -113,6 +113,15 @@ fn create(path: &Path) -> Result<BufWriter<std::fs::File>, CliError> {
         .map_err(|e| CliError(format!("{}: cannot create: {e}", path.display())))
 }
 
+/// A capture file at `path` in the input's format, link type and timestamp unit.
+fn writer_like(
+    input: &pcap::Pcap,
+    path: &Path,
+) -> Result<pcap::Writer<BufWriter<std::fs::File>>, CliError> {
+    pcap::Writer::with_format(create(path)?, input.format, input.linktype, input.nanos)
+        .map_err(|e| CliError(format!("{}: {e}", path.display())))
+}
+
 fn summary_line(cfg: &SaConfig, backend: &str, c: &Counters) -> String {
     format!(
         "sa \"{}\" {} spi {:#010x} {}{} [{}]: packets {} inner_bytes {} outer_bytes {} fragmented {} ({} fragments) mss_clamped {} reassembled {} icmp_sent {} {}",
@@ -190,18 +199,9 @@ pub fn pcap_encrypt(o: &EncryptOpts) -> Result<(), CliError> {
     let mut sa = OutboundSa::new(cfg, o.backend, &os_seed()?)
         .map_err(|e| CliError(format!("{}: {e}", o.sa_file.display())))?;
     let backend = sa.transform.backend().describe();
-    let mut w = pcap::Writer::with_format(
-        create(&o.output)?,
-        input.format,
-        input.linktype,
-        input.nanos,
-    )
-    .map_err(|e| CliError(format!("{}: {e}", o.output.display())))?;
+    let mut w = writer_like(&input, &o.output)?;
     let mut iw = match &o.icmp_out {
-        Some(p) => Some(
-            pcap::Writer::with_format(create(p)?, input.format, input.linktype, input.nanos)
-                .map_err(|e| CliError(format!("{}: {e}", p.display())))?,
-        ),
+        Some(p) => Some(writer_like(&input, p)?),
         None => None,
     };
     let mut pool = BufPool::new(64, 2048);
@@ -294,13 +294,7 @@ pub fn pcap_decrypt(o: &DecryptOpts) -> Result<(), CliError> {
     }
     let input = pcap::read(&o.input)?;
     check_linktype(&o.input, input.linktype)?;
-    let mut w = pcap::Writer::with_format(
-        create(&o.output)?,
-        input.format,
-        input.linktype,
-        input.nanos,
-    )
-    .map_err(|e| CliError(format!("{}: {e}", o.output.display())))?;
+    let mut w = writer_like(&input, &o.output)?;
     let limits = ReasmLimits {
         timeout: o.reasm_timeout,
         ..Default::default()

@@ -6,6 +6,10 @@
 //! - `perf oneway --direction encrypt|decrypt`: one worker, prebuilt packets replayed from
 //!   memory with one copy per packet into a pool buffer (as a NIC would), output dropped.
 //! - `perf crypto`: the raw seal/open rate of every transform and backend.
+//! - `perf ike`: IKE SAs established per second, or N tunnels rekeyed over simulated hours.
+//! - `perf xdp-gateway` (cargo feature `xdp`, root): the gateway on AF_XDP over veth pairs
+//!   against a plain AF_XDP forwarder. Off by default, so the main job builds without clang
+//!   or libelf.
 //!
 //! Each run measures the raw crypto of its transform in the same process first, as the
 //! baseline, and reports the ratio.

@@ -760,13 +760,19 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             match sig {
                 signal_hook::consts::SIGHUP => {
                     diag::notify(Notify::Reloading);
-                    match reload(path, &shared, &g, backend, &mut marks) {
-                        Ok(msg) => tracing::info!("SIGHUP: {msg}"),
-                        Err(e) => tracing::error!(
-                            "SIGHUP: reload failed, the running configuration stays:\n{e}"
-                        ),
-                    }
-                    diag::notify(Notify::Ready("reloaded"));
+                    let status = match reload(path, &shared, &g, backend, &mut marks) {
+                        Ok(msg) => {
+                            tracing::info!("SIGHUP: {msg}");
+                            "reloaded"
+                        }
+                        Err(e) => {
+                            tracing::error!(
+                                "SIGHUP: reload failed, the running configuration stays:\n{e}"
+                            );
+                            "reload failed; the running configuration stays"
+                        }
+                    };
+                    diag::notify(Notify::Ready(status));
                 }
                 _ => stop.store(true, Ordering::Relaxed),
             }

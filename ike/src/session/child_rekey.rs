@@ -214,7 +214,7 @@ impl IkeSa {
         let (Some(s), Some(k)) = (self.suite, self.keys.as_ref()) else {
             return out;
         };
-        let e = enc_transform(enc).and_then(|t| Encr::from_transform(t.id, t.key_bits));
+        let e = Cipher::from_name(enc).map(Cipher::encr);
         let il = integ.map_or(0, |i| i.key_len());
         let Some(e) = e else { return out };
         let ck = keys::child_keys(
@@ -406,8 +406,7 @@ impl IkeSa {
                                 notify_only(notify::INVALID_SYNTAX, vec![])
                             } else {
                                 let new_in = self.new_spi(fill);
-                                let e = enc_transform(&c.enc)
-                                    .and_then(|t| Encr::from_transform(t.id, t.key_bits));
+                                let e = Cipher::from_name(&c.enc).map(Cipher::encr);
                                 let il = c
                                     .integ
                                     .as_deref()

@@ -45,7 +45,7 @@ impl IkeSa {
     }
 
     pub(super) fn child_keys(&self, enc: &str, integ: Option<&str>) -> Option<ChildKeys> {
-        let e = enc_transform(enc).and_then(|t| Encr::from_transform(t.id, t.key_bits))?;
+        let e = Cipher::from_name(enc).map(Cipher::encr)?;
         let il = integ.and_then(integ_of).map_or(0, |(i, _)| i.key_len());
         let s = self.suite?;
         Some(keys::child_keys(

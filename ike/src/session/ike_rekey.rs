@@ -245,8 +245,7 @@ impl IkeSa {
                         .and_then(|b| b.try_into().ok())
                         .map(u64::from_be_bytes)
                         .unwrap_or(0);
-                    let encr =
-                        enc_transform(&c.enc).and_then(|t| Encr::from_transform(t.id, t.key_bits));
+                    let encr = Cipher::from_name(&c.enc).map(Cipher::encr);
                     let integ = c.integ.as_deref().and_then(integ_of).map(|x| x.0);
                     match (KeyPair::generate(g, fill), encr, c.prf) {
                         (Ok(kp), Some(encr), Some(prf)) => match kp.shared(&data) {

@@ -196,8 +196,7 @@ impl IkeSa {
         let Some(prf) = c.prf else {
             return (None, vec![]);
         };
-        let Some(encr) = enc_transform(&c.enc).and_then(|t| Encr::from_transform(t.id, t.key_bits))
-        else {
+        let Some(encr) = Cipher::from_name(&c.enc).map(Cipher::encr) else {
             return (None, vec![]);
         };
         let integ = c.integ.as_deref().and_then(integ_of).map(|x| x.0);

@@ -216,6 +216,9 @@ struct Shared {
     ike: Mutex<crate::ike_ctl::IkeCounters>,
     /// Rekeys asked for over the control socket: (tunnel index, IKE SA rather than CHILD_SA).
     rekeys: Mutex<Vec<(u32, bool)>>,
+    /// What the metrics endpoint and the control socket did with their clients.
+    metrics_clients: Arc<telemetry::http::ClientStats>,
+    control_clients: Arc<telemetry::serve::Gate>,
 }
 
 fn now_ms() -> u64 {
@@ -707,6 +710,8 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         modes: modes.clone(),
         ike: Mutex::new(Default::default()),
         rekeys: Mutex::new(vec![]),
+        metrics_clients: Arc::default(),
+        control_clients: Arc::default(),
     });
     let mut logs = Logs::open(&cfg);
     for m in shared
@@ -732,8 +737,13 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         Some(l) => {
             let s = shared.clone();
             Some(
-                metrics::serve_on(l, Arc::new(move || render_metrics(&s)))
-                    .map_err(|e| format!("{origin}: [gateway]: metrics_listen: {e}"))?,
+                telemetry::http::serve_on(
+                    l,
+                    telemetry::serve::Limits::default(),
+                    shared.metrics_clients.clone(),
+                    Arc::new(move || render_metrics(&s)),
+                )
+                .map_err(|e| format!("{origin}: [gateway]: metrics_listen: {e}"))?,
             )
         }
         None => None,
@@ -1224,6 +1234,27 @@ fn render_metrics(sh: &Shared) -> String {
     ] {
         x.counter_one(name, help, v);
     }
+    let (m, c) = (&sh.metrics_clients, &sh.control_clients);
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    x.counter(
+        "espd_local_clients_total",
+        "Clients of the metrics endpoint and the control socket, by outcome (every client dropped is counted).",
+        [
+            ("metrics", "served", n(&m.served)),
+            ("metrics", "evicted", n(&m.evicted)),
+            ("metrics", "bad_request", n(&m.bad_requests)),
+            ("metrics", "timed_out", n(&m.timed_out)),
+            ("control", "refused", n(&c.refused)),
+            ("control", "evicted", n(&c.evicted)),
+            ("control", "bad_request", n(&c.bad_requests)),
+        ]
+        .map(|(server, outcome, v)| {
+            (
+                vec![("server", server.to_string()), ("outcome", outcome.to_string())],
+                v,
+            )
+        }),
+    );
     x.text()
 }
 
@@ -1467,7 +1498,7 @@ fn spawn_control(
 ) -> std::thread::JoinHandle<()> {
     let _ = l.set_nonblocking(true);
     let limits = telemetry::serve::Limits::default();
-    let gate = Arc::new(telemetry::serve::Gate::default());
+    let gate = sh.control_clients.clone();
     std::thread::Builder::new()
         .name("espd-control".into())
         .spawn(move || {

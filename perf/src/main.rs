@@ -452,7 +452,7 @@ fn loopback(c: Common) {
                 .collect();
             telemetry::metrics::render(&snaps)
         });
-        let srv = telemetry::metrics::serve(addr, snapshot)
+        let srv = telemetry::http::serve(addr, telemetry::serve::Limits::default(), snapshot)
             .unwrap_or_else(|e| fail(format!("--metrics {addr}: {e}")));
         if !c.json {
             eprintln!("metrics on http://{}/metrics", srv.addr);

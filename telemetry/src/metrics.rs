@@ -1,10 +1,9 @@
 //! AWS-style tunnel metrics in the OpenMetrics / Prometheus text format, encoded by the
 //! official client crate (`prometheus-client`) (shared/spec/logs-metrics.md section 4): `TunnelState` per tunnel and per connection (the mean of its tunnels),
 //! `TunnelDataIn` (inner bytes after decryption) and `TunnelDataOut` (inner bytes before
-//! encryption), packets, wire bytes and drops by reason; and a minimal HTTP endpoint.
+//! encryption), packets, wire bytes and drops by reason. [`crate::http`] serves it.
 //!
-//! Contract: [`render`] is a pure function of the snapshot it is given; [`serve`] runs one
-//! thread that answers `GET /metrics` on a local address by calling the snapshot function.
+//! Contract: [`render`] is a pure function of the snapshot it is given.
 
 use engine::counters::{Counters, DropReason};
 use prometheus_client::encoding::text::encode;
@@ -13,11 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// One tunnel's state and counters at one instant.
 #[derive(Clone, Debug, Default)]
@@ -328,78 +323,7 @@ pub fn render(tunnels: &[TunnelSnapshot]) -> String {
     x.text()
 }
 
-/// The Content-Type of [`render`]'s text.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-
-/// A running metrics endpoint.
-pub struct Server {
-    pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop.
-        let _ = std::net::TcpStream::connect(self.addr);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Serves `GET /metrics` on `addr` (e.g. `127.0.0.1:9100`; port 0 picks one) with the text
-/// `snapshot` returns; other paths get 404.
-pub fn serve(
-    addr: &str,
-    snapshot: Arc<dyn Fn() -> String + Send + Sync>,
-) -> std::io::Result<Server> {
-    serve_on(TcpListener::bind(addr)?, snapshot)
-}
-
-/// [`serve`] on a listener bound already (`espd run` binds before it drops privileges).
-pub fn serve_on(
-    listener: TcpListener,
-    snapshot: Arc<dyn Fn() -> String + Send + Sync>,
-) -> std::io::Result<Server> {
-    let addr = listener.local_addr()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let st = stop.clone();
-    let limits = crate::serve::Limits::default();
-    let gate = Arc::new(crate::serve::Gate::default());
-    let thread = std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        for conn in listener.incoming() {
-            if st.load(Ordering::Relaxed) {
-                break;
-            }
-            let Ok(c) = conn else { continue };
-            // Each client on its own thread, bounded in number, size and time: a slow or
-            // stuck client cannot delay a scrape.
-            let snapshot = snapshot.clone();
-            let end_of_head = |b: &[u8]| {
-                b.windows(4).any(|w| w == b"\r\n\r\n") || b.windows(2).any(|w| w == b"\n\n")
-            };
-            gate.serve(c, limits, end_of_head, move |mut c, req| {
-                let (status, body) = if req.starts_with(b"GET /metrics") {
-                    ("200 OK", snapshot())
-                } else {
-                    ("404 Not Found", "not found: try /metrics\n".to_string())
-                };
-                let _ = write!(
-                    c,
-                    "HTTP/1.0 {status}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
-    })?;
-    Ok(Server {
-        addr,
-        stop,
-        thread: Some(thread),
-    })
-}
+pub use crate::http::CONTENT_TYPE;
 
 #[cfg(test)]
 mod tests {
@@ -503,19 +427,6 @@ mod tests {
         assert!(
             m.contains(r#"vpn_tunnel_state{vpn_id="v\"1\\\n",tunnel_ip="",tunnel="t"} 0"#),
             "{m}"
-        );
-    }
-
-    #[test]
-    fn serves_http() {
-        let s = serve("127.0.0.1:0", Arc::new(|| "x 1\n".to_string())).unwrap();
-        let mut c = std::net::TcpStream::connect(s.addr).unwrap();
-        write!(c, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
-        let mut r = String::new();
-        std::io::Read::read_to_string(&mut c, &mut r).unwrap();
-        assert!(
-            r.starts_with("HTTP/1.0 200 OK") && r.ends_with("x 1\n"),
-            "{r}"
         );
     }
 }

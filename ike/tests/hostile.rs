@@ -10,8 +10,8 @@ mod common;
 
 use common::*;
 use ike::keys::{Encr, Integ, SkCipher};
-use ike::msg::{self, Message, Payload, ProposalWire, Transform, ptype, transform as tt};
-use ike::session::{Config, IkeSa, Output, State};
+use ike::msg::{self, Message, Payload, ProposalWire, Transform, exchange, ptype, transform as tt};
+use ike::session::{Config, IkeSa, Output, Phase, State};
 
 /// One rewrite of the chosen proposal(s) of a response.
 type Rewrite = (&'static str, fn(&mut Vec<ProposalWire>));
@@ -145,6 +145,16 @@ fn responder_cipher(b: &IkeSa) -> SkCipher {
 
 /// Opens an SK message, lets `f` change its inner payloads and seals it again.
 fn reseal(raw: &[u8], c: &SkCipher, f: impl FnOnce(&mut Vec<Payload>)) -> Vec<u8> {
+    reseal_with(raw, c, |_| {}, f)
+}
+
+/// [`reseal`], letting `fh` change the header first (it is authenticated too).
+fn reseal_with(
+    raw: &[u8],
+    c: &SkCipher,
+    fh: impl FnOnce(&mut msg::Header),
+    f: impl FnOnce(&mut Vec<Payload>),
+) -> Vec<u8> {
     let m = Message::parse(raw).unwrap();
     let Some(Payload::Sk { first, body }) = m.payloads.last() else {
         panic!("not an SK message");
@@ -156,6 +166,7 @@ fn reseal(raw: &[u8], c: &SkCipher, f: impl FnOnce(&mut Vec<Payload>)) -> Vec<u8
     let first = msg::encode_chain(&ps, &mut plain);
     let body_len = c.body_len(plain.len());
     let mut h = m.header;
+    fh(&mut h);
     h.next = ptype::SK;
     h.length = (msg::Header::LEN + 4 + body_len) as u32;
     let mut out = Message {
@@ -352,4 +363,45 @@ fn an_empty_sa_payload_is_malformed_and_dropped() {
     assert!(a.handle(&m.encode(), 0.0, &mut ra).is_empty());
     assert_eq!((a.state, a.dropped), (State::InitSent, 1));
     assert_eq!(sends(&a.handle_timeout(1.5)).len(), 1, "retransmitted");
+}
+
+/// A response whose exchange type is not our outstanding request's (a liveness check
+/// answered as CREATE_CHILD_SA, a CHILD_SA rekey answered as INFORMATIONAL) is dropped and
+/// counted; the request stays outstanding and the genuine response still completes it.
+#[test]
+fn a_response_of_another_exchange_is_dropped_and_the_request_stays() {
+    let (ca, cb) = configs(vec![]);
+    let mut run = establish(ca, cb);
+    let (a, b) = (&mut run.a, run.b.as_mut().unwrap());
+    let c = responder_cipher(b);
+    let req = sends(&a.send_dpd(1.0, &mut rng(1))).remove(0);
+    let resp = sends(&b.handle(&req, 1.0, &mut rng(2))).remove(0);
+    let bad = reseal_with(
+        &resp,
+        &c,
+        |h| h.exchange = exchange::CREATE_CHILD_SA,
+        |_| {},
+    );
+    let dropped = a.dropped;
+    assert!(a.handle(&bad, 1.1, &mut rng(3)).is_empty());
+    assert_eq!(a.dropped, dropped + 1);
+    assert!(
+        a.poll_timeout().is_some(),
+        "the liveness check is still outstanding"
+    );
+    assert!(a.handle(&resp, 1.2, &mut rng(4)).is_empty());
+    assert_eq!(a.poll_timeout(), None);
+    let old = a.children();
+    let req = sends(&a.rekey_child(old[0], None, 2.0, &mut rng(5))).remove(0);
+    let resp = sends(&b.handle(&req, 2.0, &mut rng(6))).remove(0);
+    let bad = reseal_with(&resp, &c, |h| h.exchange = exchange::INFORMATIONAL, |_| {});
+    assert!(a.handle(&bad, 2.1, &mut rng(7)).is_empty());
+    assert_eq!(a.dropped, dropped + 2);
+    assert_eq!(
+        a.phases().1,
+        Phase::Rekeying,
+        "the rekey is still outstanding"
+    );
+    let out = a.handle(&resp, 2.2, &mut rng(8));
+    assert_eq!(childs(out).len(), 1, "the genuine response completes it");
 }

@@ -14,7 +14,7 @@ impl IkeSa {
         now: f64,
         fill: &mut dyn FnMut(&mut [u8]),
     ) -> Vec<Output> {
-        if self.state != State::Established || self.pending.is_some() {
+        if self.state != State::Established || self.request.is_some() {
             return vec![];
         }
         if !self.children.iter().any(|c| c.0 == old_in) {
@@ -68,8 +68,7 @@ impl IkeSa {
             self,
             self.encrypted(exchange::CREATE_CHILD_SA, id, false, &inner, fill)
         );
-        self.rekey = Some(Rekey {
-            id,
+        let task = Task::RekeyChild(Rekey {
             old_in,
             new_in,
             ni,
@@ -80,7 +79,7 @@ impl IkeSa {
             Output::Log(format!(
                 "AWS tunnel is sending request (id={id}) for CREATE_CHILD_SA"
             )),
-            self.send_request(id, bytes, now),
+            self.send_request(id, bytes, task, now),
         ]
     }
 
@@ -91,14 +90,14 @@ impl IkeSa {
         now: f64,
         fill: &mut dyn FnMut(&mut [u8]),
     ) -> Vec<Output> {
-        let Some(ps) = self.accept_response(raw, m, now) else {
+        let Some((ps, task)) = self.accept_response(raw, m, now) else {
             return vec![];
         };
         let id = m.header.msg_id;
         let mut out = vec![Output::Log(format!(
             "AWS tunnel processed response (id={id}) for CREATE_CHILD_SA"
         ))];
-        let Some(rk) = self.rekey.take().filter(|r| r.id == id) else {
+        let Task::RekeyChild(rk) = task else {
             return out;
         };
         if let Some(Payload::Notify { data, .. }) =
@@ -275,7 +274,7 @@ impl IkeSa {
         now: f64,
         fill: &mut dyn FnMut(&mut [u8]),
     ) -> Vec<Output> {
-        if self.pending.is_some() {
+        if self.request.is_some() {
             return vec![];
         }
         let Some(k) = self.children.iter().position(|c| c.0 == spi_in) else {
@@ -297,8 +296,7 @@ impl IkeSa {
                 fill,
             )
         );
-        self.deleting = Some(spi_in);
-        vec![self.send_request(id, bytes, now)]
+        vec![self.send_request(id, bytes, Task::DeleteChild { spi_in }, now)]
     }
 
     pub(super) fn on_rekey_request(
@@ -448,7 +446,9 @@ impl IkeSa {
                                 }
                                 r.push(Payload::TsI(vec![ts_remote]));
                                 r.push(Payload::TsR(vec![ts_local]));
-                                if self.rekey.as_ref().is_some_and(|rk| rk.old_in == old.0) {
+                                if let Some(Task::RekeyChild(rk)) = self.task()
+                                    && rk.old_in == old.0
+                                {
                                     self.peer_rekey = Some(PeerRekey {
                                         old_in: old.0,
                                         new_in,

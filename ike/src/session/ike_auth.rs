@@ -196,7 +196,7 @@ impl IkeSa {
     }
 
     pub(super) fn on_auth_response(&mut self, raw: &[u8], m: &Message, now: f64) -> Vec<Output> {
-        let Some(ps) = self.accept_response(raw, m, now) else {
+        let Some((ps, _)) = self.accept_response(raw, m, now) else {
             return vec![];
         };
         if msg::find_notify(&ps, notify::AUTHENTICATION_FAILED).is_some() {

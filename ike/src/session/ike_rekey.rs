@@ -6,7 +6,7 @@ use super::*;
 impl IkeSa {
     /// Starts an IKE SA rekey (CREATE_CHILD_SA with an IKE proposal, section 1.3.2).
     pub fn rekey_ike(&mut self, now: f64, fill: &mut dyn FnMut(&mut [u8])) -> Vec<Output> {
-        if self.state != State::Established || self.pending.is_some() {
+        if self.state != State::Established || self.request.is_some() {
             return vec![];
         }
         let group = self.suite.map(|s| s.dh).unwrap_or(14);
@@ -39,8 +39,7 @@ impl IkeSa {
             self,
             self.encrypted(exchange::CREATE_CHILD_SA, id, false, &inner, fill)
         );
-        self.ike_rekey = Some(IkeRekey {
-            id,
+        let task = Task::RekeyIke(IkeRekey {
             spi: new_spi,
             ni,
             kp,
@@ -50,7 +49,7 @@ impl IkeSa {
             Output::Log(format!(
                 "AWS tunnel is sending request (id={id}) for CREATE_CHILD_SA (IKE SA rekey)"
             )),
-            self.send_request(id, bytes, now),
+            self.send_request(id, bytes, task, now),
         ]
     }
 
@@ -119,7 +118,6 @@ impl IkeSa {
         self.verified += old.verified;
         self.last_rx = self.last_rx.max(old.last_rx);
         old.retiring = true;
-        old.ike_rekey = None;
         old.peer_ike_new = None;
         let mut out = vec![];
         if delete_old {
@@ -150,7 +148,7 @@ impl IkeSa {
         fill: &mut dyn FnMut(&mut [u8]),
     ) -> Vec<Output> {
         let (id, bytes) = sealed!(self, self.ike_delete_request(fill));
-        vec![self.send_request(id, bytes, now)]
+        vec![self.send_request(id, bytes, Task::DeleteIke, now)]
     }
 
     /// The next request of this IKE SA: INFORMATIONAL { D(IKE) } (message id, datagram).
@@ -172,7 +170,10 @@ impl IkeSa {
 
     /// Whether one of our CHILD_SA exchanges (rekey or delete) is outstanding.
     pub(super) fn child_exchange_outstanding(&self) -> bool {
-        self.pending.is_some() && (self.rekey.is_some() || self.deleting.is_some())
+        matches!(
+            self.task(),
+            Some(Task::RekeyChild(_) | Task::DeleteChild { .. })
+        )
     }
 
     /// A replaced IKE SA is asked to create or rekey an SA (section 2.25.2: the SA is being
@@ -291,7 +292,7 @@ impl IkeSa {
             "AWS tunnel is sending response (id={id}) for CREATE_CHILD_SA (IKE SA rekey)"
         )));
         if let Some(new) = made {
-            if self.ike_rekey.is_some() {
+            if matches!(self.task(), Some(Task::RekeyIke(_))) {
                 // Both sides rekey the IKE SA at once (section 2.8.2): which new SA survives
                 // is decided by the nonces once our own exchange ends.
                 out.push(Output::Log(
@@ -313,14 +314,14 @@ impl IkeSa {
         now: f64,
         fill: &mut dyn FnMut(&mut [u8]),
     ) -> Vec<Output> {
-        let Some(ps) = self.accept_response(raw, m, now) else {
+        let Some((ps, task)) = self.accept_response(raw, m, now) else {
             return vec![];
         };
         let id = m.header.msg_id;
         let mut out = vec![Output::Log(format!(
             "AWS tunnel processed response (id={id}) for CREATE_CHILD_SA (IKE SA rekey)"
         ))];
-        let Some(rk) = self.ike_rekey.take() else {
+        let Task::RekeyIke(rk) = task else {
             return out;
         };
         let mine = self.ike_rekey_result(&ps, &rk, now);

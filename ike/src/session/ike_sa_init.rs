@@ -84,7 +84,7 @@ impl IkeSa {
         self.first_msg = bytes.clone();
         self.dh = Some(kp);
         self.next_req_id = 1;
-        Ok(vec![self.send_request(0, bytes, now)])
+        Ok(vec![self.send_request(0, bytes, Task::IkeSaInit, now)])
     }
 
     /// The SA payload of our IKE_SA_INIT request (and what its response must choose from).
@@ -264,7 +264,7 @@ impl IkeSa {
             let g = data.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]]));
             match g.filter(|g| self.cfg.p1_dh.contains(g)) {
                 Some(g) => {
-                    self.pending = None;
+                    self.request = None;
                     let mut out = vec![Output::Log(format!(
                         "IKE_SA_INIT: the peer asked for DH group {g} (INVALID_KE_PAYLOAD): retrying"
                     ))];
@@ -282,7 +282,7 @@ impl IkeSa {
             && self.cookie.is_none()
         {
             self.cookie = Some(data.clone());
-            self.pending = None;
+            self.request = None;
             let g = self.dh.as_ref().map_or(0, |k| k.group);
             return self.send_init(g, now, fill).unwrap_or_default();
         }
@@ -332,7 +332,7 @@ impl IkeSa {
         ));
         self.peer_first = raw.to_vec();
         self.detect_nat(&m.payloads, self.spi_i, self.spi_r);
-        self.pending = None;
+        self.request = None;
         self.last_rx = now;
         // IKE_AUTH request.
         self.child_spi = self.new_spi(fill);
@@ -372,6 +372,6 @@ impl IkeSa {
             self.encrypted(exchange::IKE_AUTH, id, false, &inner, fill)
         );
         self.state = State::AuthSent;
-        vec![self.send_request(id, bytes, now)]
+        vec![self.send_request(id, bytes, Task::IkeAuth, now)]
     }
 }

@@ -38,7 +38,9 @@ impl IkeSa {
                         let out_spi = u32::from_be_bytes(v);
                         if let Some(k) = self.children.iter().position(|c| c.1 == out_spi) {
                             let (spi_in, _) = self.children.remove(k);
-                            if self.rekey.as_ref().is_some_and(|r| r.old_in == spi_in) {
+                            if let Some(Task::RekeyChild(r)) = self.task()
+                                && r.old_in == spi_in
+                            {
                                 out.push(Output::Log(
                                     "AWS tunnel detected a (CHILD_REKEY) collision as CHILD_DELETE"
                                         .into(),
@@ -62,12 +64,11 @@ impl IkeSa {
             self.encrypted(exchange::INFORMATIONAL, id, true, &reply, fill)
         );
         out.insert(0, self.send_response(id, bytes));
-        if closing && self.ike_rekey.is_some() {
+        if closing && matches!(self.task(), Some(Task::RekeyIke(_))) {
             // Section 2.25.2: a DELETE of the IKE SA we are rekeying is answered as usual
             // and our rekey forgotten. If we answered the peer's own rekey meanwhile, the
             // peer finished it without noticing ours (section 2.8.2): its new SA lives on.
-            self.ike_rekey = None;
-            self.pending = None;
+            self.request = None;
             if let Some(theirs) = self.peer_ike_new.take() {
                 out.push(Output::Log(
                     "IKE SA rekey collision: the peer finished its rekey first and deleted the old IKE SA; ours is dropped"
@@ -88,7 +89,7 @@ impl IkeSa {
 
     /// Sends a liveness check (empty INFORMATIONAL request, section 1.4).
     pub fn send_dpd(&mut self, now: f64, fill: &mut dyn FnMut(&mut [u8])) -> Vec<Output> {
-        if self.state != State::Established || self.pending.is_some() {
+        if self.state != State::Established || self.request.is_some() {
             return vec![];
         }
         let id = self.next_req_id;
@@ -97,7 +98,7 @@ impl IkeSa {
             self,
             self.encrypted(exchange::INFORMATIONAL, id, false, &[], fill)
         );
-        vec![self.send_request(id, bytes, now)]
+        vec![self.send_request(id, bytes, Task::Liveness, now)]
     }
 
     /// Deletes the IKE SA (and with it its CHILD_SAs).

@@ -15,7 +15,10 @@
 //! SA). CREATE_CHILD_SA rekeys of CHILD and IKE SAs and their collisions run on this state.
 //!
 //! Layout (strongSwan's task-per-exchange shape): this module holds the SA's state, the
-//! dispatch of incoming messages ([`IkeSa::handle`]), sealing and retransmission; each
+//! dispatch of incoming messages ([`IkeSa::handle`]), sealing and retransmission. Our one
+//! outstanding request carries the exchange it belongs to as a `Task` (IKE_SA_INIT,
+//! IKE_AUTH, liveness, CHILD_SA rekey or delete, IKE SA rekey or delete), so a response is
+//! dispatched by what we asked, and one of another exchange type is dropped. Each
 //! exchange is a module of its own ([`ike_sa_init`], [`ike_auth`], [`child_rekey`],
 //! [`ike_rekey`], [`informational`]), and [`negotiate`] holds what they share about
 //! proposals and selectors.
@@ -147,10 +150,53 @@ pub enum Output {
     ChildDown { spi_in: u32 },
 }
 
+/// Our outstanding request (we keep a window of one, RFC 7296 section 2.3): the datagram,
+/// its retransmission state, and the exchange it belongs to.
+#[derive(Debug)]
+struct Request {
+    id: u32,
+    bytes: Vec<u8>,
+    /// Sends so far, and when the next retransmission is due.
+    sends: u32,
+    due: f64,
+    task: Task,
+}
+
+/// The exchange our outstanding request belongs to (strongSwan's active task), with what
+/// its response is checked against.
+#[derive(Debug)]
+enum Task {
+    /// IKE_SA_INIT (section 1.2).
+    IkeSaInit,
+    /// IKE_AUTH (section 1.2).
+    IkeAuth,
+    /// An empty INFORMATIONAL (liveness check, section 1.4).
+    Liveness,
+    /// INFORMATIONAL { D(IKE) } of this IKE SA (a replaced SA's DELETE).
+    DeleteIke,
+    /// CREATE_CHILD_SA rekeying a CHILD_SA (section 1.3.3).
+    RekeyChild(Rekey),
+    /// INFORMATIONAL { D(ESP) } of the CHILD_SA with this inbound SPI (section 1.4.1).
+    DeleteChild { spi_in: u32 },
+    /// CREATE_CHILD_SA rekeying this IKE SA (section 1.3.2).
+    RekeyIke(IkeRekey),
+}
+
+impl Task {
+    /// The exchange, for log lines.
+    fn exchange(&self) -> &'static str {
+        match self {
+            Task::IkeSaInit => "IKE_SA_INIT",
+            Task::IkeAuth => "IKE_AUTH",
+            Task::RekeyChild(_) | Task::RekeyIke(_) => "CREATE_CHILD_SA",
+            Task::Liveness | Task::DeleteIke | Task::DeleteChild { .. } => "INFORMATIONAL",
+        }
+    }
+}
+
 /// A CREATE_CHILD_SA we started (section 1.3.3) and its outcome.
 #[derive(Debug)]
 struct Rekey {
-    id: u32,
     /// Our inbound SPI of the CHILD_SA being rekeyed, and of the new one.
     old_in: u32,
     new_in: u32,
@@ -171,7 +217,6 @@ struct PeerRekey {
 /// An IKE SA rekey we started (section 1.3.2).
 #[derive(Debug)]
 struct IkeRekey {
-    id: u32,
     /// Our SPI of the new IKE SA.
     spi: u64,
     ni: Vec<u8>,
@@ -223,19 +268,14 @@ pub struct IkeSa {
     /// Next message ID we send a request with / expect a request with.
     next_req_id: u32,
     next_peer_id: u32,
-    /// Outstanding request: (id, bytes, sends so far, next retransmission time).
-    pending: Option<(u32, Vec<u8>, u32, f64)>,
+    /// Our one outstanding request and the exchange it belongs to.
+    request: Option<Request>,
     /// Last response sent (id, bytes), for duplicate requests.
     last_resp: Option<(u32, Vec<u8>)>,
     child_spi: u32,
     /// Live CHILD_SAs: (our inbound SPI, our outbound SPI).
     children: Vec<(u32, u32)>,
-    rekey: Option<Rekey>,
     peer_rekey: Option<PeerRekey>,
-    /// Our inbound SPI whose DELETE exchange is outstanding.
-    deleting: Option<u32>,
-    /// Our outstanding IKE SA rekey.
-    ike_rekey: Option<IkeRekey>,
     /// IKE SAs this one replaced (the old one, a redundant one after a collision), each kept
     /// until the given time, and while its own request is outstanding, to answer or finish its
     /// DELETE (or replay a lost response).
@@ -345,16 +385,22 @@ fn nonce(fill: &mut dyn FnMut(&mut [u8])) -> Vec<u8> {
 impl IkeSa {
     /// An authenticated response to our outstanding request: decrypted and verified (else
     /// dropped and counted by `decrypt`), the request no longer pending, the peer heard from.
-    pub(super) fn accept_response(
+    /// Returns the payloads and the exchange the request belonged to.
+    fn accept_response(
         &mut self,
         raw: &[u8],
         m: &Message,
         now: f64,
-    ) -> Option<Vec<Payload>> {
+    ) -> Option<(Vec<Payload>, Task)> {
         let ps = self.decrypt(raw, m)?;
-        self.pending = None;
+        let task = self.request.take()?.task;
         self.last_rx = now;
-        Some(ps)
+        Some((ps, task))
+    }
+
+    /// The exchange of our outstanding request, if any.
+    fn task(&self) -> Option<&Task> {
+        self.request.as_ref().map(|r| &r.task)
     }
 
     /// An authenticated request from the peer: decrypted and verified, the peer heard from,
@@ -425,14 +471,11 @@ impl IkeSa {
             cookie: None,
             next_req_id: 0,
             next_peer_id: 0,
-            pending: None,
+            request: None,
             last_resp: None,
             child_spi: 0,
             children: vec![],
-            rekey: None,
             peer_rekey: None,
-            deleting: None,
-            ike_rekey: None,
             retired: vec![],
             retiring: false,
             peer_ike_new: None,
@@ -488,8 +531,14 @@ impl IkeSa {
         }
     }
 
-    fn send_request(&mut self, id: u32, bytes: Vec<u8>, now: f64) -> Output {
-        self.pending = Some((id, bytes.clone(), 1, now + self.cfg.retransmit_base_s));
+    fn send_request(&mut self, id: u32, bytes: Vec<u8>, task: Task, now: f64) -> Output {
+        self.request = Some(Request {
+            id,
+            bytes: bytes.clone(),
+            sends: 1,
+            due: now + self.cfg.retransmit_base_s,
+            task,
+        });
         Output::Send {
             data: bytes,
             nat_t: self.nat_detected,
@@ -611,35 +660,29 @@ impl IkeSa {
         }
         // Responses to our request.
         if h.is_response() {
-            match &self.pending {
-                Some((id, ..)) if *id == h.msg_id => {}
-                _ => {
-                    self.dropped += 1;
-                    return vec![];
-                }
-            }
-            let out = match (self.state, h.exchange) {
-                (State::InitSent, exchange::IKE_SA_INIT) => {
+            let Some(req) = self.request.as_ref().filter(|r| r.id == h.msg_id) else {
+                self.dropped += 1;
+                return vec![];
+            };
+            let out = match (self.state, h.exchange, &req.task) {
+                (State::InitSent, exchange::IKE_SA_INIT, Task::IkeSaInit) => {
                     self.on_init_response(raw, &m, now, fill)
                 }
-                (State::AuthSent, exchange::IKE_AUTH) => self.on_auth_response(raw, &m, now),
-                (State::Established, exchange::INFORMATIONAL) => match self.decrypt(raw, &m) {
-                    Some(_) => {
-                        self.pending = None;
-                        self.last_rx = now;
-                        match self.deleting.take() {
-                            Some(spi_in) => vec![Output::ChildDown { spi_in }],
-                            None => vec![],
-                        }
-                    }
-                    None => vec![],
+                (State::AuthSent, exchange::IKE_AUTH, Task::IkeAuth) => {
+                    self.on_auth_response(raw, &m, now)
+                }
+                (
+                    State::Established,
+                    exchange::INFORMATIONAL,
+                    Task::Liveness | Task::DeleteIke | Task::DeleteChild { .. },
+                ) => match self.accept_response(raw, &m, now) {
+                    Some((_, Task::DeleteChild { spi_in })) => vec![Output::ChildDown { spi_in }],
+                    _ => vec![],
                 },
-                (State::Established, exchange::CREATE_CHILD_SA)
-                    if self.ike_rekey.as_ref().is_some_and(|r| r.id == h.msg_id) =>
-                {
+                (State::Established, exchange::CREATE_CHILD_SA, Task::RekeyIke(_)) => {
                     self.on_ike_rekey_response(raw, &m, now, fill)
                 }
-                (State::Established, exchange::CREATE_CHILD_SA) => {
+                (State::Established, exchange::CREATE_CHILD_SA, Task::RekeyChild(_)) => {
                     self.on_rekey_response(raw, &m, now, fill)
                 }
                 _ => {
@@ -700,18 +743,18 @@ impl IkeSa {
 
     fn close(&mut self, why: String) -> Vec<Output> {
         self.state = State::Closed;
-        self.pending = None;
+        self.request = None;
         vec![Output::Log(why.clone()), Output::Closed(why)]
     }
 
     /// When `handle_timeout` must run next (None: nothing pending): our outstanding
     /// request, a replaced IKE SA's request, or the end of a replaced IKE SA's stay.
     pub fn poll_timeout(&self) -> Option<f64> {
-        let own = self.pending.as_ref().map(|p| p.3);
+        let own = self.request.as_ref().map(|r| r.due);
         let retired = self
             .retired
             .iter()
-            .map(|(o, until)| o.pending.as_ref().map_or(*until, |p| p.3))
+            .map(|(o, until)| o.request.as_ref().map_or(*until, |r| r.due))
             .min_by(f64::total_cmp);
         match (own, retired) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -732,31 +775,31 @@ impl IkeSa {
             );
         }
         self.retired
-            .retain(|(o, until)| o.pending.is_some() || now < *until);
+            .retain(|(o, until)| o.request.is_some() || now < *until);
         out.extend(self.retransmit(now));
         out
     }
 
     fn retransmit(&mut self, now: f64) -> Vec<Output> {
-        let Some((id, bytes, sends, due)) = self.pending.take() else {
+        let Some(r) = self.request.as_mut() else {
             return vec![];
         };
-        if now < due {
-            self.pending = Some((id, bytes, sends, due));
+        if now < r.due {
             return vec![];
         }
-        if sends > self.cfg.retransmits {
-            let what = match self.state {
-                State::InitSent => "IKE_SA_INIT",
-                State::AuthSent => "IKE_AUTH",
-                _ => "request",
-            };
-            return self.close(format!("{what} timed out after {} retransmits", sends - 1));
+        if r.sends > self.cfg.retransmits {
+            let why = format!(
+                "{} timed out after {} retransmits (request id={})",
+                r.task.exchange(),
+                r.sends - 1,
+                r.id
+            );
+            return self.close(why);
         }
-        let next = now + self.cfg.retransmit_base_s * f64::from(1u32 << sends.min(16));
-        self.pending = Some((id, bytes.clone(), sends + 1, next));
+        r.due = now + self.cfg.retransmit_base_s * f64::from(1u32 << r.sends.min(16));
+        r.sends += 1;
         vec![Output::Send {
-            data: bytes,
+            data: r.bytes.clone(),
             nat_t: self.nat_detected,
         }]
     }
@@ -767,7 +810,10 @@ impl IkeSa {
     pub fn phases(&self) -> (Phase, Phase) {
         let p1 = match self.state {
             State::InitSent | State::AuthSent | State::InitDone => Phase::Negotiating,
-            State::Established if self.ike_rekey.is_some() || self.peer_ike_new.is_some() => {
+            State::Established
+                if matches!(self.task(), Some(Task::RekeyIke(_)))
+                    || self.peer_ike_new.is_some() =>
+            {
                 Phase::Rekeying
             }
             State::Established => Phase::Established,
@@ -776,7 +822,7 @@ impl IkeSa {
         let p2 = match (self.children.len(), p1) {
             (0, Phase::Negotiating) => Phase::Negotiating,
             (0, _) | (_, Phase::Down) => Phase::Down,
-            (n, _) if n > 1 || self.rekey.is_some() => Phase::Rekeying,
+            (n, _) if n > 1 || matches!(self.task(), Some(Task::RekeyChild(_))) => Phase::Rekeying,
             _ => Phase::Established,
         };
         (p1, p2)

@@ -1,5 +1,5 @@
 //! Zero-copy checked views and helpers for the headers the data plane touches: IPv4, IPv6,
-//! UDP, ESP, ICMP ([`Ipv4`], [`Ipv6`], [`Udp`], [`Esp`], [`Icmp`], [`Ipv6Frag`]: fields by
+//! UDP, TCP, ESP, ICMP ([`Ipv4`], [`Ipv6`], [`Udp`], [`Tcp`], [`Esp`], [`Icmp`], [`Ipv6Frag`]: fields by
 //! name, length checked once), TCP (MSS option) and the Internet checksum (RFC 1071).
 //!
 //! Contract: every function here is bounds-checked and returns `None`/`Err` on short or
@@ -21,7 +21,7 @@ pub mod proto {
 }
 
 mod views;
-pub use views::{Esp, Icmp, Ipv4, Ipv6, Ipv6Frag, Udp};
+pub use views::{Esp, Icmp, Ipv4, Ipv6, Ipv6Frag, Tcp, Udp};
 
 /// The NAT-T port (RFC 3948).
 pub const NATT_PORT: u16 = 4500;
@@ -200,23 +200,25 @@ pub enum Hop {
 /// router forwarding it does. None when it is not a whole IP header.
 pub fn decrement_ttl(pkt: &mut [u8]) -> Option<Hop> {
     match pkt.first()? >> 4 {
-        4 if pkt.len() >= IPV4_HDR => {
-            let ttl = pkt[8];
-            if ttl <= 1 {
-                return Some(Hop::Expired);
+        4 => {
+            let mut h = views::Ipv4::new(pkt)?;
+            match h.ttl() {
+                0 | 1 => Some(Hop::Expired),
+                ttl => {
+                    h.set_ttl(ttl - 1);
+                    Some(Hop::Forwarded)
+                }
             }
-            let old = be16(pkt, 8);
-            pkt[8] = ttl - 1;
-            let c = csum_update16(be16(pkt, 10), old, be16(pkt, 8));
-            put16(pkt, 10, c);
-            Some(Hop::Forwarded)
         }
-        6 if pkt.len() >= 40 => {
-            if pkt[7] <= 1 {
-                return Some(Hop::Expired);
+        6 => {
+            let mut h = views::Ipv6::new(pkt)?;
+            match h.hop_limit() {
+                0 | 1 => Some(Hop::Expired),
+                hop => {
+                    h.set_hop_limit(hop - 1);
+                    Some(Hop::Forwarded)
+                }
             }
-            pkt[7] -= 1;
-            Some(Hop::Forwarded)
         }
         _ => None,
     }
@@ -341,47 +343,30 @@ pub fn clamp_mss(pkt: &mut [u8], max_mss: u16) -> MssClamp {
     if ip.proto != proto::TCP || ip.is_fragment {
         return MssClamp::NotApplicable;
     }
-    let t = ip.hdr_len;
-    if ip.total_len < t + 20 {
+    let Some(mut tcp) = views::Tcp::new(&mut pkt[ip.hdr_len..ip.total_len]) else {
+        return MssClamp::NotApplicable;
+    };
+    let hlen = tcp.header_len();
+    if tcp.flags() & views::TCP_SYN == 0
+        || hlen < views::TCP_HDR
+        || hlen > ip.total_len - ip.hdr_len
+    {
         return MssClamp::NotApplicable;
     }
-    let flags = pkt[t + 13];
-    if flags & 0x02 == 0 {
+    // MSS: kind 2, length 4 (RFC 9293 section 3.2).
+    let Some((at, old)) = tcp
+        .options()
+        .find_map(|(at, kind, v)| (kind == 2 && v.len() == 2).then(|| (at, be16(v, 0))))
+    else {
         return MssClamp::NotApplicable;
+    };
+    if old <= max_mss {
+        return MssClamp::Unchanged;
     }
-    let doff = ((pkt[t + 12] >> 4) as usize) * 4;
-    if doff < 20 || t + doff > ip.total_len {
-        return MssClamp::NotApplicable;
-    }
-    let mut o = t + 20;
-    let end = t + doff;
-    while o < end {
-        match pkt[o] {
-            0 => break,
-            1 => o += 1,
-            kind => {
-                if o + 1 >= end {
-                    break;
-                }
-                let len = pkt[o + 1] as usize;
-                if len < 2 || o + len > end {
-                    break;
-                }
-                if kind == 2 && len == 4 {
-                    let old = be16(pkt, o + 2);
-                    if old <= max_mss {
-                        return MssClamp::Unchanged;
-                    }
-                    put16(pkt, o + 2, max_mss);
-                    let c = be16(pkt, t + 16);
-                    put16(pkt, t + 16, csum_update16(c, old, max_mss));
-                    return MssClamp::Clamped(old, max_mss);
-                }
-                o += len;
-            }
-        }
-    }
-    MssClamp::NotApplicable
+    tcp.set_u16_at(at + 2, max_mss);
+    let c = csum_update16(tcp.checksum(), old, max_mss);
+    tcp.set_checksum(c);
+    MssClamp::Clamped(old, max_mss)
 }
 
 /// Computes the TCP or UDP checksum of a (non-fragmented) IPv4/IPv6 packet from scratch and
@@ -403,6 +388,23 @@ pub fn l4_checksum_ok(pkt: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mss_clamp_needs_a_syn_and_a_data_offset_inside_the_packet() {
+        let syn = crate::testkit::tcp_syn4(1460);
+        let mut p = syn.clone();
+        assert_eq!(clamp_mss(&mut p, 1360), MssClamp::Clamped(1460, 1360));
+        assert!(l4_checksum_ok(&p));
+        assert_eq!(clamp_mss(&mut p, 1400), MssClamp::Unchanged);
+        let mut ack = syn.clone();
+        ack[33] = 0x10;
+        assert_eq!(clamp_mss(&mut ack, 1360), MssClamp::NotApplicable);
+        let mut long = syn.clone();
+        long[32] = 7 << 4; // 28 bytes of TCP header in a 24-byte segment
+        let before = long.clone();
+        assert_eq!(clamp_mss(&mut long, 1360), MssClamp::NotApplicable);
+        assert_eq!(long, before);
+    }
 
     #[test]
     fn rfc1071_example() {

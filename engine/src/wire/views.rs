@@ -9,6 +9,9 @@
 //! accessor panics, whatever the bytes say (an IPv4 IHL beyond the buffer is clamped).
 
 use super::{IPV4_HDR, IPV6_HDR, UDP_HDR, checksum, csum_add, csum_fold};
+
+/// The fixed TCP header.
+pub const TCP_HDR: usize = 20;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 #[inline]
@@ -109,6 +112,16 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4<T> {
         let v = ((offset / 8) as u16 & 0x1fff) | if more { MF } else { 0 };
         set16(self.m(), 6, v)
     }
+    /// Sets the TTL, updating the header checksum incrementally
+    /// (RFC 1624; the TTL shares its 16-bit word with the protocol).
+    #[inline]
+    pub fn set_ttl(&mut self, new: u8) {
+        let word = get16(self.b(), 8);
+        let m = self.m();
+        m[8] = new;
+        let c = super::csum_update16(get16(m, 10), word, get16(m, 8));
+        set16(m, 10, c);
+    }
     /// Sets version 4 and the header length in bytes (a multiple of 4, 20..=60).
     #[inline]
     pub fn set_header_len(&mut self, len: usize) {
@@ -176,6 +189,10 @@ impl<T: AsRef<[u8]>> Ipv6<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv6<T> {
     #[inline]
+    pub fn set_hop_limit(&mut self, v: u8) {
+        self.0.as_mut()[7] = v;
+    }
+    #[inline]
     pub fn set_payload_len(&mut self, v: u16) {
         set16(self.0.as_mut(), 4, v)
     }
@@ -236,6 +253,73 @@ impl<T: AsRef<[u8]>> Udp<T> {
     #[inline]
     pub fn is_empty(&self) -> bool {
         false
+    }
+}
+
+/// A TCP header (RFC 9293 section 3.1): the fixed 20 bytes, and the options up to the data
+/// offset when the buffer holds them.
+#[derive(Debug)]
+pub struct Tcp<T>(T);
+
+/// TCP SYN flag.
+pub const TCP_SYN: u8 = 0x02;
+
+impl<T: AsRef<[u8]>> Tcp<T> {
+    /// A view over `b` (at least the 20-byte fixed header).
+    #[inline]
+    pub fn new(b: T) -> Option<Self> {
+        (b.as_ref().len() >= TCP_HDR).then_some(Tcp(b))
+    }
+    #[inline]
+    pub fn flags(&self) -> u8 {
+        self.0.as_ref()[13]
+    }
+    /// Header length in bytes as the data offset says (20..=60 in a valid header).
+    #[inline]
+    pub fn header_len(&self) -> usize {
+        usize::from(self.0.as_ref()[12] >> 4) * 4
+    }
+    #[inline]
+    pub fn checksum(&self) -> u16 {
+        get16(self.0.as_ref(), 16)
+    }
+    /// The options: (offset of the option's kind byte, kind, its bytes after kind and
+    /// length). Stops at end-of-list, and at the first option that runs past the header
+    /// (malformed options end the walk; they never panic).
+    pub fn options(&self) -> impl Iterator<Item = (usize, u8, &[u8])> {
+        let b = self.0.as_ref();
+        let end = self.header_len().min(b.len());
+        let mut o = TCP_HDR;
+        std::iter::from_fn(move || {
+            while o < end {
+                match b[o] {
+                    0 => return None,
+                    1 => o += 1,
+                    kind => {
+                        let len = usize::from(*b.get(o + 1)?);
+                        if len < 2 || o + len > end {
+                            return None;
+                        }
+                        let at = o;
+                        o += len;
+                        return Some((at, kind, &b[at + 2..at + len]));
+                    }
+                }
+            }
+            None
+        })
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Tcp<T> {
+    #[inline]
+    pub fn set_checksum(&mut self, v: u16) {
+        set16(self.0.as_mut(), 16, v)
+    }
+    /// Writes a 16-bit value at `at` within the header (an option's field).
+    #[inline]
+    pub fn set_u16_at(&mut self, at: usize, v: u16) {
+        set16(self.0.as_mut(), at, v)
     }
 }
 
@@ -318,6 +402,41 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmp<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A SYN's options as Linux sends them (MSS, SACK permitted, timestamps, NOP, window
+    /// scale) are walked in order; malformed lengths end the walk without a panic.
+    #[test]
+    fn tcp_options_walk_stops_at_malformed_ones() {
+        let mut h = vec![0u8; 40];
+        h[12] = 10 << 4;
+        h[13] = TCP_SYN;
+        h[20..40].copy_from_slice(&[
+            2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+        ]);
+        let t = Tcp::new(&h[..]).unwrap();
+        let kinds: Vec<(usize, u8, usize)> =
+            t.options().map(|(at, k, v)| (at, k, v.len())).collect();
+        assert_eq!(kinds, [(20, 2, 2), (24, 4, 0), (26, 8, 8), (37, 3, 1)]);
+        let walk = |b: &[u8]| -> Vec<u8> { Tcp::new(b).unwrap().options().map(|o| o.1).collect() };
+        let mut b = h.clone();
+        b[25] = 0; // SACK permitted with length 0
+        assert_eq!(walk(&b), [2]);
+        b[25] = 40; // ... with a length past the header
+        assert_eq!(walk(&b), [2]);
+        b[12] = 6 << 4; // a 24-byte header ending in NOPs and a kind with no length byte
+        b[20..24].copy_from_slice(&[1, 1, 1, 9]);
+        assert_eq!(walk(&b), [0u8; 0]);
+        b[20] = 0; // end of list first
+        b[21..24].copy_from_slice(&[2, 4, 5]);
+        assert_eq!(walk(&b), [0u8; 0]);
+        // A data offset past the buffer: only the bytes there are walked.
+        let t = Tcp::new(&h[..30]).unwrap();
+        assert_eq!(t.options().count(), 2);
+        let mut short = h.clone();
+        short[12] = 4 << 4;
+        assert_eq!(Tcp::new(&short[..]).unwrap().options().count(), 0);
+        assert!(Tcp::new(&h[..19]).is_none());
+    }
 
     #[test]
     fn short_buffers_have_no_view() {

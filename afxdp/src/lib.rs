@@ -10,6 +10,7 @@
 //! frame or too big for a frame is dropped and counted. Half the UMEM's frames receive, half
 //! transmit. No allocation and no syscall per packet.
 
+pub mod link;
 pub mod neigh;
 pub mod xsk;
 

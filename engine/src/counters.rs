@@ -69,6 +69,9 @@ pub struct Counters {
     pub nat_keepalives: u64,
     pub ike_passed: u64,
     pub soft_limit_events: u64,
+    /// TCP/UDP checksums finished on the inside path (left for the NIC by a veth or tap
+    /// sender: `wire::complete_checksum`).
+    pub checksums_completed: u64,
 }
 
 impl Counters {
@@ -99,6 +102,7 @@ impl Counters {
         self.nat_keepalives += o.nat_keepalives;
         self.ike_passed += o.ike_passed;
         self.soft_limit_events += o.soft_limit_events;
+        self.checksums_completed += o.checksums_completed;
     }
     /// `drops: replay=2 icv_failure=1` (only non-zero reasons), or `drops: 0`.
     pub fn drops_summary(&self) -> String {

@@ -331,6 +331,9 @@ pub struct WorkerConfig {
     /// answer ICMP Time Exceeded when it runs out (`espd run`); off for the loopback rig,
     /// whose sinks check packets byte for byte.
     pub decrement_ttl: bool,
+    /// Finish TCP/UDP checksums that inside senders left for the NIC (veth and tap pass
+    /// CHECKSUM_PARTIAL packets as they are; see `wire::complete_checksum`).
+    pub complete_checksums: bool,
 }
 
 impl Default for WorkerConfig {
@@ -343,6 +346,7 @@ impl Default for WorkerConfig {
             idle_sleep_us: 0,
             reassemble_inner: true,
             decrement_ttl: false,
+            complete_checksums: false,
         }
     }
 }
@@ -869,6 +873,12 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
                 continue;
             };
             p.truncate(ip.total_len);
+            if self.cfg.complete_checksums
+                && matches!(ip.proto, wire::proto::TCP | wire::proto::UDP)
+                && wire::complete_checksum(p.bytes_mut()) == wire::Completion::Completed
+            {
+                self.counters.checksums_completed += 1;
+            }
             let mut p = if self.cfg.decrement_ttl {
                 match pipeline::forward_hop(
                     sa,

@@ -369,6 +369,59 @@ pub fn clamp_mss(pkt: &mut [u8], max_mss: u16) -> MssClamp {
     MssClamp::Clamped(old, max_mss)
 }
 
+/// What [`complete_checksum`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Completion {
+    /// Not a whole TCP or UDP packet, an IPv4 UDP packet without a checksum, or a checksum
+    /// that is not a partial one (valid, or wrong: left for the receiver to judge).
+    Untouched,
+    /// The field held the folded pseudo-header sum and the packet did not verify: the
+    /// checksum was finished.
+    Completed,
+}
+
+/// Finishes a TCP or UDP checksum a sender left for the NIC to fill in (Linux
+/// `CHECKSUM_PARTIAL`, what veth and tap hand over: the field holds the folded
+/// pseudo-header sum, not complemented; RFC 1071 arithmetic). Only such a field is
+/// touched, and only when the packet does not verify already; any other checksum, right or
+/// wrong, is left alone, so a packet corrupted on the wire is not made to look good.
+pub fn complete_checksum(pkt: &mut [u8]) -> Completion {
+    let Some(ip) = parse_ip(pkt) else {
+        return Completion::Untouched;
+    };
+    let field = match ip.proto {
+        proto::TCP => 16,
+        proto::UDP => 6,
+        _ => return Completion::Untouched,
+    };
+    let l4_len = ip.total_len - ip.hdr_len;
+    if ip.is_fragment || l4_len < field + 2 || pkt.len() < ip.total_len {
+        return Completion::Untouched;
+    }
+    let (s, d) = match ip.version {
+        4 => (12..16, 16..20),
+        _ => (8..24, 24..40),
+    };
+    let pseudo = pseudo_sum(&pkt[s], &pkt[d], ip.proto, l4_len);
+    let l4 = &mut pkt[ip.hdr_len..ip.total_len];
+    let have = be16(l4, field);
+    // The folded pseudo-header sum, in ones' complement (0 and 0xffff are the same value).
+    let norm = |v: u16| if v == 0xffff { 0 } else { v };
+    if (ip.proto == proto::UDP && ip.version == 4 && have == 0)
+        || norm(have) != norm(!csum_fold(pseudo))
+        || csum_fold(csum_add(pseudo, l4)) == 0
+    {
+        return Completion::Untouched;
+    }
+    // The field already carries the pseudo-header: sum the segment as it is.
+    let mut c = csum_fold(csum_add(0, l4));
+    if ip.proto == proto::UDP && c == 0 {
+        c = 0xffff; // RFC 768: a computed zero is sent as all ones
+    }
+    put16(l4, field, c);
+    Completion::Completed
+}
+
 /// Computes the TCP or UDP checksum of a (non-fragmented) IPv4/IPv6 packet from scratch and
 /// returns whether it verifies. Used by tests and by the reassembly path's sanity checks.
 pub fn l4_checksum_ok(pkt: &[u8]) -> bool {
@@ -388,6 +441,55 @@ pub fn l4_checksum_ok(pkt: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A segment whose checksum field holds the folded pseudo-header sum (as veth hands
+    /// over CHECKSUM_PARTIAL packets) gets the checksum its sender would have computed; a
+    /// valid or a corrupted checksum is left alone, IPv4 and IPv6, TCP and UDP.
+    #[test]
+    fn partial_checksums_are_completed_and_others_left_alone() {
+        let v4 = crate::testkit::tcp_syn4(1460);
+        let mut udp6 = vec![0u8; 40 + 8 + 33];
+        write_ipv6_header(
+            &mut udp6,
+            41,
+            proto::UDP,
+            64,
+            "fd00:1::2".parse().unwrap(),
+            "fd00:2::2".parse().unwrap(),
+        );
+        put16(&mut udp6, 40, 5000);
+        put16(&mut udp6, 42, 53);
+        put16(&mut udp6, 44, 41);
+        for (i, b) in udp6[48..].iter_mut().enumerate() {
+            *b = i as u8 * 7;
+        }
+        udp6_fix_checksum(&mut udp6, 40);
+        for (good, l4, field) in [(v4, 20, 16), (udp6, 40, 6)] {
+            assert!(l4_checksum_ok(&good));
+            let mut p = good.clone();
+            assert_eq!(complete_checksum(&mut p), Completion::Untouched);
+            assert_eq!(p, good, "a valid checksum is left alone");
+            let ip = parse_ip(&p).unwrap();
+            let (s, d) = if ip.version == 4 {
+                (12..16, 16..20)
+            } else {
+                (8..24, 24..40)
+            };
+            let partial = !csum_fold(pseudo_sum(&p[s], &p[d], ip.proto, p.len() - l4));
+            put16(&mut p, l4 + field, partial);
+            assert!(!l4_checksum_ok(&p));
+            assert_eq!(complete_checksum(&mut p), Completion::Completed);
+            assert_eq!(p, good, "completed to what the sender would have sent");
+            let mut bad = good.clone();
+            put16(&mut bad, l4 + field, partial ^ 0x0100);
+            let before = bad.clone();
+            assert_eq!(complete_checksum(&mut bad), Completion::Untouched);
+            assert_eq!(bad, before, "a corrupted checksum is not made good");
+        }
+        let mut short = crate::testkit::tcp_syn4(1460);
+        short.truncate(30);
+        assert_eq!(complete_checksum(&mut short), Completion::Untouched);
+    }
 
     #[test]
     fn mss_clamp_needs_a_syn_and_a_data_offset_inside_the_packet() {

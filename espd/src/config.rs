@@ -233,6 +233,16 @@ pub enum XdpMode {
     Auto,
 }
 
+/// `complete_checksums`: whether the inside path finishes TCP/UDP checksums that senders
+/// left for the NIC (CHECKSUM_PARTIAL from a veth or tap).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChecksumMode {
+    /// On when the inside interface is a veth or tun/tap, off for a physical NIC.
+    Auto,
+    On,
+    Off,
+}
+
 /// The `[gateway]` table: how `espd run` attaches to the machine.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Gateway {
@@ -274,6 +284,8 @@ pub struct Gateway {
     pub seq_persist_step: u64,
     /// `ike_*` bounds of unauthenticated IKE state.
     pub ike_limits: crate::ike_ctl::IkeLimits,
+    /// Finish partial TCP/UDP checksums of inside senders.
+    pub complete_checksums: ChecksumMode,
 }
 
 /// `reassembly_*` options of `[gateway]`.
@@ -315,6 +327,7 @@ pub const GATEWAY_KEYS: &[&str] = &[
     "ike_half_open_cookie",
     "ike_half_open_per_source",
     "ike_half_open_per_tunnel",
+    "complete_checksums",
 ];
 
 /// Default control socket path.
@@ -446,7 +459,19 @@ fn gateway(t: &toml::Table, origin: &str, errs: &mut Vec<String>) -> Option<Gate
         1 << 20,
         " buffers",
     ) as usize;
+    let complete_checksums = choice(
+        &mut cx,
+        t,
+        "complete_checksums",
+        ChecksumMode::Auto,
+        &[
+            ("auto", ChecksumMode::Auto),
+            ("on", ChecksumMode::On),
+            ("off", ChecksumMode::Off),
+        ],
+    );
     Some(Gateway {
+        complete_checksums,
         inside_interface,
         outside_interface,
         cores,

@@ -529,12 +529,35 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             "copy mode"
         }
     };
+    // veth and tap senders leave TCP/UDP checksums for the NIC to finish (CHECKSUM_PARTIAL)
+    // and AF_XDP hands us their bytes as they are: finish them on the way into the tunnel.
+    let in_kind = afxdp::link::kind(ifi_in).unwrap_or_else(|e| {
+        tracing::warn!(
+            "inside_interface {}: link kind unknown: {e}",
+            g.inside_interface
+        );
+        None
+    });
+    let complete_checksums = match g.complete_checksums {
+        config::ChecksumMode::On => true,
+        config::ChecksumMode::Off => false,
+        config::ChecksumMode::Auto => afxdp::link::passes_partial_checksums(in_kind.as_deref()),
+    };
     let modes = format!(
-        "inside {} (XDP {}, AF_XDP {}, {} queue(s)), outside {} (XDP {}, AF_XDP {}, {} queue(s))",
+        "inside {} ({}XDP {}, AF_XDP {}, {} queue(s){}), outside {} (XDP {}, AF_XDP {}, {} queue(s))",
         g.inside_interface,
+        in_kind
+            .as_deref()
+            .map(|k| format!("{k}, "))
+            .unwrap_or_default(),
         steer_in.mode_name(),
         copy(&port_in),
         q_in,
+        if complete_checksums {
+            ", partial checksums completed"
+        } else {
+            ""
+        },
         g.outside_interface,
         steer_out.mode_name(),
         copy(&port_out),
@@ -552,6 +575,7 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         idle_sleep_us: g.idle_sleep_us,
         reassemble_inner: false,
         decrement_ttl: true,
+        complete_checksums,
         reassembly: ReasmLimits {
             max_datagrams: g.reassembly.max_datagrams,
             max_bytes: g.reassembly.max_bytes,
@@ -1432,6 +1456,7 @@ fn show(sh: &Shared, what: &str, json: bool) -> String {
                     "nat_keepalives": total.nat_keepalives, "ike_passed": total.ike_passed,
                     "reassembled": total.reassembled, "icmp_sent": total.icmp_sent,
                     "mss_clamped": total.mss_clamped,
+                    "checksums_completed": total.checksums_completed,
                     "frag_before_encrypt_fragments": total.frag_before_encrypt_fragments,
                     "pool_free": r.pool_free, "pool_grown": r.pool_grown,
                     "pool_freed": r.pool_freed,

@@ -435,6 +435,7 @@ fn gateway_table_defaults_and_values() {
         (4096, 64, 0, true, true)
     );
     assert_eq!(g.backend, "auto");
+    assert_eq!(g.complete_checksums, config::ChecksumMode::Auto);
     assert!(g.metrics_listen.is_none() && g.inside_next_hop.is_none());
     // Without the table a file is still a valid tunnel config (check-config, export-config).
     assert!(parse(&BASE.replace("#T1", "")).unwrap().gateway.is_none());
@@ -460,6 +461,7 @@ fn gateway_table_errors_name_option_value_and_range() {
         ("cores = [1]", "cores = [1]\nbackend = \"openssl\""),
         ("cores = [1]", "cores = [1]\ninside_next_hop = \"10.0.0\""),
         ("cores = [1]", "cores = [1]\nqueues = 4"),
+        ("cores = [1]", "cores = [1]\ncomplete_checksums = \"yes\""),
     ];
     let want = [
         "[gateway]: xdp_mode: \"turbo\" is not allowed; allowed: \"native\", \"generic\", \"auto\"",
@@ -473,6 +475,7 @@ fn gateway_table_errors_name_option_value_and_range() {
         "[gateway]: backend: \"openssl\" is not allowed; allowed: \"auto\", \"ipsec-mb\", \"rustcrypto\"",
         "[gateway]: inside_next_hop: \"10.0.0\" is not an IP address",
         "[gateway]: queues: unknown option; allowed: inside_interface",
+        "[gateway]: complete_checksums: \"yes\" is not allowed; allowed: \"auto\", \"on\", \"off\"",
     ];
     for ((from, to), want) in cases.iter().zip(want) {
         let text = format!("{}\n{}", GATEWAY.replace(from, to), BASE.replace("#T1", ""));

@@ -312,6 +312,9 @@ def two_gateways(sname, nat):
         c = g1.show("counters")
         check(f"[{tag}] MSS of the TCP SYN clamped on the way in", c.get("worker", {}).get("mss_clamped", 0) >= 1,
               json.dumps(c.get("worker")))
+        check(f"[{tag}] host offloads on: the partial TCP/UDP checksums of the veth host were completed and counted",
+              c.get("worker", {}).get("checksums_completed", 0) >= 200
+              and "partial checksums completed" in c.get("modes", ""), json.dumps(c.get("worker")) + c.get("modes", ""))
         sas = g1.show("sas").get("sas", [])
         out = next((x for x in sas if x["direction"] == "out"), {})
         # The one drop: the second 1500-byte DF ping was refused by host A itself after the

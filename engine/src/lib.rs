@@ -18,6 +18,8 @@
 //! - [`counters`]: named drop reasons and counters;
 //! - [`pkt`]: packet buffers with head/tailroom and a pool;
 //! - [`runtime`]: the pinned poll-mode worker, its SA tables and commands;
+//! - [`handoff`]: the rings that carry a packet to the worker owning its SA;
+//! - [`workers`]: a set of workers driven as one (SA ownership, command fan-out);
 //! - [`io`]: the worker's I/O trait, the in-memory link and pcap-file ports;
 //! - [`pcap`]: capture files;
 //! - [`testkit`]: fixtures (SA pairs, patterned packets) for tests, benches and the rig.
@@ -27,6 +29,7 @@ pub mod counters;
 pub mod crypto;
 pub mod esp;
 pub mod frag;
+pub mod handoff;
 pub mod io;
 pub mod mtu;
 pub mod pcap;
@@ -37,3 +40,4 @@ pub mod runtime;
 pub mod sa;
 pub mod testkit;
 pub mod wire;
+pub mod workers;

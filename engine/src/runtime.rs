@@ -23,6 +23,7 @@
 use crate::counters::{Counters, DropReason};
 use crate::esp::{self, Outer};
 use crate::frag::{ReasmLimits, Reassembler};
+use crate::handoff::{Mesh, Path};
 use crate::io::PacketIo;
 use crate::pipeline::{self, OutboundCtx, Unprotected};
 use crate::pkt::{BufPool, PacketBuf};
@@ -201,6 +202,16 @@ pub enum Command {
         per_tunnel: bool,
         reply: Sender<WorkerReport>,
     },
+    /// Tells a worker that another worker (`owner`) holds this tunnel's outbound SA: its
+    /// routes (and `selectors`, as `SetOutbound` makes them) hand packets to the owner.
+    RemoteOutbound {
+        tunnel: u32,
+        owner: usize,
+        selectors: Vec<Selector>,
+    },
+    /// Tells a worker that another worker (`owner`) holds the inbound SA with this SPI:
+    /// ESP with it is handed over.
+    RemoteInbound { tunnel: u32, spi: u32, owner: usize },
     /// Ends the poll loop.
     Stop,
 }
@@ -226,6 +237,12 @@ impl std::fmt::Debug for Command {
             Command::ResetReplay { spi } => write!(f, "ResetReplay({spi:?})"),
             Command::Barrier(_) => f.write_str("Barrier"),
             Command::Report { .. } => f.write_str("Report"),
+            Command::RemoteOutbound { tunnel, owner, .. } => {
+                write!(f, "RemoteOutbound({tunnel}, worker {owner})")
+            }
+            Command::RemoteInbound { tunnel, spi, owner } => {
+                write!(f, "RemoteInbound({tunnel}, spi {spi:#x}, worker {owner})")
+            }
             Command::Stop => f.write_str("Stop"),
         }
     }
@@ -256,6 +273,16 @@ pub struct TunnelCounters {
 #[derive(Clone, Debug, Default)]
 pub struct WorkerReport {
     pub worker: usize,
+    /// The CPU it is pinned to.
+    pub core: Option<usize>,
+    /// Packets received from the inside and the outside port.
+    pub rx_in: u64,
+    pub rx_out: u64,
+    /// Packets handed to the worker owning their SA, taken from other workers, and dropped
+    /// because the ring to the owner was full (also counted as `handoff_full`).
+    pub handoff_out: u64,
+    pub handoff_in: u64,
+    pub handoff_drops: u64,
     /// Everything: worker-level drops plus every SA's counters (live and retired).
     pub total: Counters,
     pub tx_out: u64,
@@ -272,6 +299,43 @@ pub struct WorkerReport {
     pub per_tunnel: Vec<(u32, TunnelCounters)>,
     /// Live SAs (when per-tunnel detail was asked for).
     pub sas: Vec<SaReport>,
+}
+
+impl WorkerReport {
+    /// Adds another worker's report into this one (counters summed, per-tunnel counters
+    /// merged, SAs listed together; `worker` and `core` stay this one's).
+    pub fn merge(&mut self, o: &WorkerReport) {
+        let r = self;
+        r.total.merge(&o.total);
+        r.tx_out += o.tx_out;
+        r.tx_in += o.tx_in;
+        r.rx_in += o.rx_in;
+        r.rx_out += o.rx_out;
+        r.handoff_out += o.handoff_out;
+        r.handoff_in += o.handoff_in;
+        r.handoff_drops += o.handoff_drops;
+        r.outbound_sas += o.outbound_sas;
+        r.inbound_sas += o.inbound_sas;
+        for (a, b) in r.burst_hist.iter_mut().zip(o.burst_hist) {
+            *a += b;
+        }
+        r.polls += o.polls;
+        r.pool_grown += o.pool_grown;
+        r.pool_free += o.pool_free;
+        r.pool_freed += o.pool_freed;
+        for (t, c) in &o.per_tunnel {
+            match r.per_tunnel.iter_mut().find(|(x, _)| x == t) {
+                Some((_, mine)) => {
+                    mine.out.merge(&c.out);
+                    mine.inb.merge(&c.inb);
+                }
+                None => r.per_tunnel.push((*t, c.clone())),
+            }
+        }
+        r.per_tunnel.sort_by_key(|(t, _)| *t);
+        r.sas.extend(o.sas.iter().cloned());
+        r.sas.sort_by_key(|s| (s.tunnel, !s.outbound, s.spi));
+    }
 }
 
 /// One live SA's state and counters.
@@ -302,8 +366,17 @@ struct Route {
     tunnels: Vec<u32>,
     /// The tunnel that created the route with `SetOutbound` (removed with it), if any.
     owner: Option<u32>,
-    /// Outbound slot of the first tunnel that is UP (recomputed on every table change).
-    active: Option<usize>,
+    /// Where the first tunnel that is UP is encrypted (recomputed on every table change).
+    active: Option<Target>,
+}
+
+/// Who encrypts a route's packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    /// This worker, with the SA in this outbound slot.
+    Local(usize),
+    /// The worker with this id (the tunnel's owner): hand the packet over.
+    Remote(usize),
 }
 
 struct InSlot {
@@ -389,6 +462,17 @@ pub struct Worker<I: PacketIo, O: PacketIo> {
     /// IKE and other non-ESP packets from the outside, for the control thread.
     pub to_control: Option<Arc<crossbeam_queue::ArrayQueue<PacketBuf>>>,
     stopped: bool,
+    /// The rings to and from the other workers (None: the only worker).
+    mesh: Option<Mesh>,
+    /// Tunnels whose outbound SA another worker holds: tunnel -> owner.
+    remote_out: IntMap<u32, usize>,
+    /// Inbound SAs another worker holds: SPI -> (tunnel, owner).
+    remote_in: IntMap<u32, (u32, usize)>,
+    rx_in: u64,
+    rx_out: u64,
+    handoff_out: u64,
+    handoff_in: u64,
+    handoff_drops: u64,
 }
 
 /// The channels the control thread keeps for one worker.
@@ -468,6 +552,14 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
             icmp: Vec::with_capacity(16),
             to_control: None,
             stopped: false,
+            mesh: None,
+            remote_out: IntMap::default(),
+            remote_in: IntMap::default(),
+            rx_in: 0,
+            rx_out: 0,
+            handoff_out: 0,
+            handoff_in: 0,
+            handoff_drops: 0,
         };
         (
             w,
@@ -477,6 +569,29 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
                 events: erx,
             },
         )
+    }
+
+    /// Joins the worker to a mesh of workers (before it runs): packets of SAs another worker
+    /// holds are handed to it, and theirs come here.
+    pub fn set_mesh(&mut self, mesh: Mesh) {
+        self.mesh = Some(mesh);
+    }
+
+    /// Hands a packet to the worker that owns its SA; a full ring drops it, counted.
+    #[inline]
+    fn hand_over(&mut self, owner: usize, path: Path, p: PacketBuf) {
+        let r = match &self.mesh {
+            Some(m) => m.push(owner, path, p),
+            None => Err(p),
+        };
+        match r {
+            Ok(()) => self.handoff_out += 1,
+            Err(p) => {
+                self.handoff_drops += 1;
+                self.counters.drop(DropReason::HandoffFull);
+                self.pool.put(p);
+            }
+        }
     }
 
     fn retire_out(&mut self, slot: usize) {
@@ -535,14 +650,19 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
                         .get(t)
                         .copied()
                         .filter(|s| self.outs[*s].is_some())
+                        .map(Target::Local)
+                        .or_else(|| self.remote_out.get(t).map(|w| Target::Remote(*w)))
                 });
         }
     }
 
-    /// The tunnel a route currently sends on (for tests and `show`).
+    /// The tunnel a route currently sends on, when this worker encrypts it (for tests and
+    /// `show`).
     pub fn route_of(&self, pkt: &[u8]) -> Option<u32> {
         let r = self.sel.lookup(pkt)?;
-        let slot = self.routes[r].as_ref()?.active?;
+        let Target::Local(slot) = self.routes[r].as_ref()?.active? else {
+            return None;
+        };
         self.outs[slot].as_ref().map(|s| s.tunnel)
     }
 
@@ -648,11 +768,31 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
                 if let Some(&slot) = self.spi_map.get(&spi) {
                     self.retire_in(slot);
                 }
+                self.remote_in.remove(&spi);
+            }
+            Command::RemoteOutbound {
+                tunnel,
+                owner,
+                selectors,
+            } => {
+                self.remote_out.insert(tunnel, owner);
+                if !selectors.is_empty() {
+                    let r = self.add_route(vec![tunnel], Some(tunnel));
+                    for s in selectors {
+                        self.sel.insert(s, r);
+                    }
+                }
+                self.resolve_routes();
+            }
+            Command::RemoteInbound { tunnel, spi, owner } => {
+                self.remote_in.insert(spi, (tunnel, owner));
             }
             Command::DelTunnel { tunnel } => {
                 if let Some(slot) = self.tunnel_out.remove(&tunnel) {
                     self.retire_out(slot);
                 }
+                self.remote_out.remove(&tunnel);
+                self.remote_in.retain(|_, (t, _)| *t != tunnel);
                 // Routes the tunnel created go with it; shared routes keep it in their
                 // preference list (it is preferred again when it comes back).
                 for r in 0..self.routes.len() {
@@ -762,6 +902,12 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
         }
         WorkerReport {
             worker: self.cfg.id,
+            core: self.cfg.core,
+            rx_in: self.rx_in,
+            rx_out: self.rx_out,
+            handoff_out: self.handoff_out,
+            handoff_in: self.handoff_in,
+            handoff_drops: self.handoff_drops,
             total,
             tx_out: self.tx_out_total,
             tx_in: self.tx_in_total,
@@ -838,22 +984,44 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
             return 0;
         }
         let n = self.inside.rx_burst(&mut self.pool, &mut self.rx, burst);
+        self.rx_in += n as u64;
+        // Packets other workers received for tunnels this one holds come after ours.
+        let local = self.rx.len();
+        let handed = match &self.mesh {
+            Some(m) => m.pull(Path::Encrypt, &mut self.rx, burst),
+            None => 0,
+        };
+        self.handoff_in += handed as u64;
         let mut run_slot = usize::MAX;
         let mut rx = std::mem::take(&mut self.rx);
-        for mut p in rx.drain(..) {
-            let Some(slot) = self
+        for (i, mut p) in rx.drain(..).enumerate() {
+            let slot = match self
                 .sel
                 .lookup(p.bytes())
                 .and_then(|r| self.routes[r].as_ref()?.active)
-            else {
-                let r = if wire::parse_ip(p.bytes()).is_some() {
-                    DropReason::NoSa
-                } else {
-                    DropReason::NotIp
-                };
-                self.counters.drop(r);
-                self.pool.put(p);
-                continue;
+            {
+                Some(Target::Local(slot)) => slot,
+                Some(Target::Remote(owner)) if i < local => {
+                    self.hand_over(owner, Path::Encrypt, p);
+                    continue;
+                }
+                // Handed here, and routed to another worker again: the tables changed in
+                // between (never handed twice).
+                Some(Target::Remote(_)) => {
+                    self.counters.drop(DropReason::NoSa);
+                    self.pool.put(p);
+                    continue;
+                }
+                None => {
+                    let r = if wire::parse_ip(p.bytes()).is_some() {
+                        DropReason::NoSa
+                    } else {
+                        DropReason::NotIp
+                    };
+                    self.counters.drop(r);
+                    self.pool.put(p);
+                    continue;
+                }
             };
             if slot != run_slot {
                 if run_slot != usize::MAX {
@@ -945,7 +1113,7 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
         if !self.icmp.is_empty() {
             self.tx_in_total += self.inside.tx_burst(&mut self.pool, &mut self.icmp) as u64;
         }
-        n
+        n + handed
     }
 
     #[inline]
@@ -996,14 +1164,23 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
     /// One burst from the outside port: classify, look the SA up by SPI, decrypt runs of the
     /// same SA as one crypto burst, reassemble, send inside.
     fn poll_outside(&mut self, now: f64) -> usize {
-        let burst = self.cfg.burst.min(self.inside.tx_room());
+        // Room for a burst of ours and, in a mesh, one handed over.
+        let room = self.inside.tx_room() / if self.mesh.is_some() { 2 } else { 1 };
+        let burst = self.cfg.burst.min(room);
         if burst == 0 {
             return 0;
         }
         let n = self.outside.rx_burst(&mut self.pool, &mut self.rx, burst);
+        self.rx_out += n as u64;
+        let local = self.rx.len();
+        let handed = match &self.mesh {
+            Some(m) => m.pull(Path::Decrypt, &mut self.rx, burst),
+            None => 0,
+        };
+        self.handoff_in += handed as u64;
         let mut run_slot = usize::MAX;
         let mut rx = std::mem::take(&mut self.rx);
-        for mut p in rx.drain(..) {
+        for (i, mut p) in rx.drain(..).enumerate() {
             let mut class = esp::classify_outer(p.bytes());
             if class == Ok(Outer::Fragment) {
                 let mut whole = PacketBuf::with_capacity(0);
@@ -1050,6 +1227,12 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
                 }
             };
             let Some(slot) = self.in_slot(spi) else {
+                if i < local
+                    && let Some(&(_, owner)) = self.remote_in.get(&spi)
+                {
+                    self.hand_over(owner, Path::Decrypt, p);
+                    continue;
+                }
                 self.counters.drop(DropReason::UnknownSpi);
                 self.pool.put(p);
                 continue;
@@ -1077,7 +1260,7 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
         if !self.tx.is_empty() {
             self.tx_in_total += self.inside.tx_burst(&mut self.pool, &mut self.tx) as u64;
         }
-        n
+        n + handed
     }
 
     /// One iteration of the poll loop: commands, a burst each way, timers. Returns the number

@@ -375,6 +375,8 @@ impl PacketIo for XskPort {
 /// queue's socket.
 pub struct MultiQueuePort {
     pub ports: Vec<XskPort>,
+    /// The queue of each port.
+    queues: Vec<u32>,
     next: usize,
 }
 
@@ -394,15 +396,46 @@ impl MultiQueuePort {
         hops: NextHops,
         neigh: Arc<NeighShared>,
     ) -> std::io::Result<MultiQueuePort> {
-        let ports = (0..queues.max(1))
-            .map(|q| XskPort::open(ifname, ifindex, q, cfg, hops, neigh.clone()))
+        let all: Vec<u32> = (0..queues.max(1)).collect();
+        Self::open_queues(ifname, ifindex, &all, cfg, hops, neigh)
+    }
+
+    /// Opens one socket per queue of `queues` (one worker's share of the interface);
+    /// transmits on the first.
+    pub fn open_queues(
+        ifname: &str,
+        ifindex: u32,
+        queues: &[u32],
+        cfg: XskConfig,
+        hops: NextHops,
+        neigh: Arc<NeighShared>,
+    ) -> std::io::Result<MultiQueuePort> {
+        if queues.is_empty() {
+            return Err(std::io::Error::other(format!("{ifname}: no queue to open")));
+        }
+        let ports = queues
+            .iter()
+            .map(|&q| XskPort::open(ifname, ifindex, q, cfg, hops, neigh.clone()))
             .collect::<std::io::Result<Vec<_>>>()?;
-        Ok(MultiQueuePort { ports, next: 0 })
+        Ok(MultiQueuePort {
+            ports,
+            queues: queues.to_vec(),
+            next: 0,
+        })
     }
 
     /// (queue, socket fd) of every queue.
     pub fn fds(&self) -> Vec<(u32, std::os::fd::RawFd)> {
-        (0u32..).zip(self.ports.iter().map(|p| p.fd())).collect()
+        self.queues
+            .iter()
+            .copied()
+            .zip(self.ports.iter().map(|p| p.fd()))
+            .collect()
+    }
+
+    /// The queues this port polls.
+    pub fn queues(&self) -> &[u32] {
+        &self.queues
     }
 
     pub fn zero_copy(&self) -> bool {

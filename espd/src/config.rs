@@ -286,6 +286,8 @@ pub struct Gateway {
     pub ike_limits: crate::ike_ctl::IkeLimits,
     /// Finish partial TCP/UDP checksums of inside senders.
     pub complete_checksums: ChecksumMode,
+    /// Packets per handoff ring between two workers (one per ordered pair and direction).
+    pub handoff_ring: usize,
 }
 
 /// `reassembly_*` options of `[gateway]`.
@@ -328,6 +330,7 @@ pub const GATEWAY_KEYS: &[&str] = &[
     "ike_half_open_per_source",
     "ike_half_open_per_tunnel",
     "complete_checksums",
+    "handoff_ring",
 ];
 
 /// Default control socket path.
@@ -470,8 +473,10 @@ fn gateway(t: &toml::Table, origin: &str, errs: &mut Vec<String>) -> Option<Gate
             ("off", ChecksumMode::Off),
         ],
     );
+    let handoff_ring = int(&mut cx, t, "handoff_ring", 1024, 64, 65536, " packets") as usize;
     Some(Gateway {
         complete_checksums,
+        handoff_ring,
         inside_interface,
         outside_interface,
         cores,

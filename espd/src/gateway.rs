@@ -28,8 +28,9 @@ use engine::crypto::Backend;
 use engine::frag::ReasmLimits;
 use engine::pkt::BufPool;
 use engine::replay::ReplayWindow;
-use engine::runtime::{Command, Selector, Worker, WorkerConfig, WorkerHandle, WorkerReport};
+use engine::runtime::{Command, Selector, Worker, WorkerConfig, WorkerReport};
 use engine::sa::{Direction, InboundSa, InnerPolicy, OutboundSa, SaConfig};
+use engine::workers::WorkerSet;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -130,7 +131,7 @@ impl SeqMarks {
 
     /// Raises the marks of outbound SAs that have used half their reservation (written,
     /// then the worker is told), and writes moved inbound tops once a second.
-    fn advance(&mut self, r: &WorkerReport, handle: &WorkerHandle, force: bool) {
+    fn advance(&mut self, r: &WorkerReport, handle: &WorkerSet, force: bool) {
         let write_in = force || self.last_in_write.elapsed() >= Duration::from_secs(1);
         if write_in {
             self.last_in_write = Instant::now();
@@ -201,7 +202,7 @@ struct TunnelMeta {
 }
 
 struct Shared {
-    handle: WorkerHandle,
+    handle: WorkerSet,
     tunnels: Mutex<Vec<TunnelMeta>>,
     /// Per-queue counters of each interface.
     inside: Vec<Arc<PortStats>>,
@@ -459,13 +460,28 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             ));
         }
     }
-    if g.cores.len() > 1 {
+    // One worker per core, each with a share of both interfaces' queues (queue q -> worker
+    // q % n): a worker needs a queue on each side to send there, so there are at most as
+    // many workers as the smaller interface has queues.
+    let nworkers = g
+        .cores
+        .len()
+        .min(q_in.max(1) as usize)
+        .min(q_out.max(1) as usize);
+    if nworkers < g.cores.len() {
         tracing::warn!(
-            "cores {:?}: one worker polls every queue (one writer per SA); using core {}",
+            "cores {:?}: {} worker(s), one per queue of the interface with fewer queues ({} inside, {} outside); add queues (ethtool -L IFACE combined N) to use every core",
             g.cores,
-            g.cores[0]
+            nworkers,
+            q_in,
+            q_out
         );
     }
+    let share = |q: u32, w: usize| -> Vec<u32> {
+        (0..q.max(1))
+            .filter(|x| *x as usize % nworkers == w)
+            .collect()
+    };
     let mode = xdp_mode(g.xdp_mode);
     let steer_out = Arc::new(
         Steering::attach(&g.outside_interface, Role::Outside, mode)
@@ -494,36 +510,46 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
     };
     let neigh_in = NeighShared::new();
     let neigh_out = NeighShared::new();
-    let port_in = MultiQueuePort::open(
-        &g.inside_interface,
-        ifi_in,
-        q_in,
-        xcfg,
-        hops(g.inside_next_hop),
-        neigh_in.clone(),
-    )
-    .map_err(|e| if_err("inside_interface", &e))?;
-    let port_out = MultiQueuePort::open(
-        &g.outside_interface,
-        ifi_out,
-        q_out,
-        xcfg,
-        hops(g.outside_next_hop),
-        neigh_out.clone(),
-    )
-    .map_err(|e| if_err("outside_interface", &e))?;
-    for (q, fd) in port_in.fds() {
-        steer_in
-            .add_socket(q, fd)
-            .map_err(|e| if_err("inside_interface", &e))?;
+    let mut ports = vec![];
+    for w in 0..nworkers {
+        let port_in = MultiQueuePort::open_queues(
+            &g.inside_interface,
+            ifi_in,
+            &share(q_in, w),
+            xcfg,
+            hops(g.inside_next_hop),
+            neigh_in.clone(),
+        )
+        .map_err(|e| if_err("inside_interface", &e))?;
+        let port_out = MultiQueuePort::open_queues(
+            &g.outside_interface,
+            ifi_out,
+            &share(q_out, w),
+            xcfg,
+            hops(g.outside_next_hop),
+            neigh_out.clone(),
+        )
+        .map_err(|e| if_err("outside_interface", &e))?;
+        for (q, fd) in port_in.fds() {
+            steer_in
+                .add_socket(q, fd)
+                .map_err(|e| if_err("inside_interface", &e))?;
+        }
+        for (q, fd) in port_out.fds() {
+            steer_out
+                .add_socket(q, fd)
+                .map_err(|e| if_err("outside_interface", &e))?;
+        }
+        ports.push((port_in, port_out));
     }
-    for (q, fd) in port_out.fds() {
-        steer_out
-            .add_socket(q, fd)
-            .map_err(|e| if_err("outside_interface", &e))?;
-    }
-    let copy = |p: &MultiQueuePort| {
-        if p.zero_copy() {
+    let copy = |inside: bool| {
+        if ports.iter().all(|p| {
+            if inside {
+                p.0.zero_copy()
+            } else {
+                p.1.zero_copy()
+            }
+        }) {
             "zero-copy"
         } else {
             "copy mode"
@@ -551,7 +577,7 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             .map(|k| format!("{k}, "))
             .unwrap_or_default(),
         steer_in.mode_name(),
-        copy(&port_in),
+        copy(true),
         q_in,
         if complete_checksums {
             ", partial checksums completed"
@@ -560,13 +586,31 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         },
         g.outside_interface,
         steer_out.mode_name(),
-        copy(&port_out),
+        copy(false),
         q_out
     );
-    let (stats_in, stats_out) = (port_in.stats(), port_out.stats());
+    let modes = format!(
+        "{modes}; {nworkers} worker(s) on cores {:?}",
+        &g.cores[..nworkers]
+    );
+    // Per-queue counters and sockets in queue order (each worker holds a share).
+    let by_queue = |inside: bool| {
+        let mut v: Vec<(u32, Arc<PortStats>, i32)> = vec![];
+        for (pi, po) in &ports {
+            let p = if inside { pi } else { po };
+            for ((q, fd), st) in p.fds().into_iter().zip(p.stats()) {
+                v.push((q, st, fd));
+            }
+        }
+        v.sort_by_key(|x| x.0);
+        v
+    };
+    let (qs_in, qs_out) = (by_queue(true), by_queue(false));
+    let stats_in: Vec<Arc<PortStats>> = qs_in.iter().map(|x| x.1.clone()).collect();
+    let stats_out: Vec<Arc<PortStats>> = qs_out.iter().map(|x| x.1.clone()).collect();
     let fds = [
-        port_in.fds().into_iter().map(|(_, f)| f).collect(),
-        port_out.fds().into_iter().map(|(_, f)| f).collect(),
+        qs_in.iter().map(|x| x.2).collect(),
+        qs_out.iter().map(|x| x.2).collect(),
     ];
     let wcfg = WorkerConfig {
         id: 0,
@@ -585,9 +629,33 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             max_per_source: g.reassembly.max_per_source,
         },
     };
-    let pool = BufPool::new(g.frames as usize * 2, engine::pkt::DEFAULT_CAPACITY)
-        .with_max_free(g.pool_max_free);
-    let (worker, handle) = Worker::new(wcfg, port_in, port_out, pool);
+    // One pool behind the workers' local free lists: a buffer handed to another worker is
+    // freed there and comes back through it (no allocation in steady state).
+    let shared_bufs = engine::pkt::shared_pool(
+        g.frames as usize * 2 * nworkers,
+        engine::pkt::DEFAULT_CAPACITY,
+    );
+    let mut meshes = engine::handoff::mesh(nworkers, g.handoff_ring).into_iter();
+    let mut workers = vec![];
+    let mut handles = vec![];
+    for (w, (port_in, port_out)) in ports.into_iter().enumerate() {
+        let pool = BufPool::with_shared(shared_bufs.clone(), engine::pkt::DEFAULT_CAPACITY)
+            .with_max_free(g.pool_max_free);
+        let cfg = WorkerConfig {
+            id: w,
+            core: Some(g.cores[w]),
+            ..wcfg.clone()
+        };
+        let (mut worker, h) = Worker::new(cfg, port_in, port_out, pool);
+        if nworkers > 1
+            && let Some(m) = meshes.next()
+        {
+            worker.set_mesh(m);
+        }
+        workers.push(worker);
+        handles.push(h);
+    }
+    let handle = WorkerSet::new(handles);
 
     // Install the SAs and routes before the worker starts polling.
     let mut metas = vec![];
@@ -712,14 +780,19 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
     tracing::info!(
         "capabilities dropped (no_new_privs; effective, permitted, bounding sets empty)"
     );
-    let wstop = stop.clone();
-    let wthread = std::thread::Builder::new()
-        .name("espd-worker-0".into())
-        .spawn(move || {
-            let w = worker.run(wstop);
-            drop(w);
-        })
-        .map_err(|e| format!("starting the worker: {e}"))?;
+    let mut wthreads = vec![];
+    for (i, worker) in workers.into_iter().enumerate() {
+        let wstop = stop.clone();
+        wthreads.push(
+            std::thread::Builder::new()
+                .name(format!("espd-worker-{i}"))
+                .spawn(move || {
+                    let w = worker.run(wstop);
+                    drop(w);
+                })
+                .map_err(|e| format!("starting worker {i}: {e}"))?,
+        );
+    }
     handle.barrier();
 
     let shared = Arc::new(Shared {
@@ -848,7 +921,9 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         }
     }
     handle.send(Command::Stop);
-    let _ = wthread.join();
+    for t in wthreads {
+        let _ = t.join();
+    }
     let _ = ctl_thread.join();
     for m in shared
         .tunnels
@@ -888,7 +963,7 @@ fn hops(h: Option<IpAddr>) -> NextHops {
 fn spawn_ike(
     mut ike: crate::ike_ctl::IkeCtl,
     sh: Arc<Shared>,
-    handle: WorkerHandle,
+    handle: WorkerSet,
     stop: Arc<AtomicBool>,
     t0: Instant,
 ) -> Result<
@@ -1061,6 +1136,30 @@ fn reports(sh: &Shared) -> Option<WorkerReport> {
     sh.handle.report(true)
 }
 
+/// Each worker's own counters (no per-SA detail), in worker order.
+fn worker_reports(sh: &Shared) -> Vec<WorkerReport> {
+    sh.handle.reports(false).into_iter().flatten().collect()
+}
+
+/// One worker's line in `show counters --json` (`workers` array).
+fn worker_json(w: &WorkerReport) -> serde_json::Value {
+    json!({
+        "worker": w.worker,
+        "core": w.core,
+        "rx_packets": w.rx_in + w.rx_out,
+        "tx_packets": w.tx_in + w.tx_out,
+        "rx_inside": w.rx_in, "rx_outside": w.rx_out,
+        "tx_inside": w.tx_in, "tx_outside": w.tx_out,
+        "handoff_out": w.handoff_out,
+        "handoff_in": w.handoff_in,
+        "handoff_drops": w.handoff_drops,
+        "outbound_sas": w.outbound_sas, "inbound_sas": w.inbound_sas,
+        "polls": w.polls,
+        "checksums_completed": w.total.checksums_completed,
+        "drops": drops_json(&w.total),
+    })
+}
+
 fn snapshots(sh: &Shared) -> Vec<TunnelSnapshot> {
     let r = reports(sh).unwrap_or_default();
     let metas = sh.tunnels.lock().unwrap_or_else(|e| e.into_inner());
@@ -1157,29 +1256,99 @@ fn render_metrics(sh: &Shared) -> String {
             })
         }),
     );
-    let worker = || -> metrics::Labels { vec![("worker", r.worker.to_string())] };
+    let ws = worker_reports(sh);
+    let per_worker = |f: fn(&WorkerReport) -> u64| {
+        ws.iter()
+            .map(|w| (vec![("worker", w.worker.to_string())], f(w)))
+            .collect::<Vec<_>>()
+    };
     x.counter(
         "espd_worker_polls_total",
         "Poll-loop iterations of the worker.",
-        [(worker(), r.polls)],
+        per_worker(|w| w.polls),
     );
     x.counter(
         "espd_worker_pool_grown_total",
         "Packet buffers allocated because the pool was empty.",
-        [(worker(), r.pool_grown)],
+        per_worker(|w| w.pool_grown),
     );
     x.counter(
         "espd_worker_pool_freed_total",
         "Packet buffers freed instead of pooled (free list at its bound, or over-size).",
-        [(worker(), r.pool_freed)],
+        per_worker(|w| w.pool_freed),
+    );
+    x.counter(
+        "espd_worker_checksums_completed_total",
+        "Partial TCP/UDP checksums of inside senders the worker finished.",
+        per_worker(|w| w.total.checksums_completed),
+    );
+    x.counter(
+        "espd_worker_packets_total",
+        "Packets the worker received from and sent to its queues, by side and direction.",
+        ws.iter().flat_map(|w| {
+            [
+                ("inside", "rx", w.rx_in),
+                ("outside", "rx", w.rx_out),
+                ("inside", "tx", w.tx_in),
+                ("outside", "tx", w.tx_out),
+            ]
+            .map(|(side, dir, v)| {
+                (
+                    vec![
+                        ("worker", w.worker.to_string()),
+                        ("side", side.to_string()),
+                        ("direction", dir.to_string()),
+                    ],
+                    v,
+                )
+            })
+        }),
+    );
+    x.counter(
+        "espd_worker_handoff_total",
+        "Packets handed to the worker owning their SA (out), taken from other workers (in), and dropped because the ring to the owner was full (dropped).",
+        ws.iter().flat_map(|w| {
+            [
+                ("out", w.handoff_out),
+                ("in", w.handoff_in),
+                ("dropped", w.handoff_drops),
+            ]
+            .map(|(k, v)| {
+                (
+                    vec![("worker", w.worker.to_string()), ("kind", k.to_string())],
+                    v,
+                )
+            })
+        }),
+    );
+    x.counter(
+        "espd_worker_drops_total",
+        "Packets the worker dropped (its own and its SAs'), by reason.",
+        ws.iter().flat_map(|w| {
+            DropReason::ALL.iter().filter_map(move |reason| {
+                let v = w.total.dropped(*reason);
+                (v > 0).then(|| {
+                    (
+                        vec![
+                            ("worker", w.worker.to_string()),
+                            ("reason", reason.name().to_string()),
+                        ],
+                        v,
+                    )
+                })
+            })
+        }),
     );
     x.counter(
         "espd_worker_bursts_total",
         "Polls by received burst size: bucket 0 empty, i: [2^(i-1), 2^i).",
-        r.burst_hist.iter().enumerate().map(|(i, v)| {
-            let mut l = worker();
-            l.push(("bucket", i.to_string()));
-            (l, *v)
+        ws.iter().flat_map(|w| {
+            w.burst_hist.iter().enumerate().map(|(i, v)| {
+                (
+                    vec![("worker", w.worker.to_string()), ("bucket", i.to_string())],
+                    *v,
+                )
+            })
         }),
     );
     x.counter(
@@ -1448,6 +1617,7 @@ fn show(sh: &Shared, what: &str, json: bool) -> String {
             let v = json!({
                 "uptime_s": sh.started.elapsed().as_secs_f64(),
                 "modes": sh.modes,
+                "workers": worker_reports(sh).iter().map(worker_json).collect::<Vec<_>>(),
                 "worker": {
                     "packets": total.packets, "drops": drops_json(total),
                     "tx_outside": r.tx_out, "tx_inside": r.tx_in,

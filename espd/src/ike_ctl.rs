@@ -11,8 +11,9 @@
 use crate::config::{self, DpdAction, StartupAction, Tunnel};
 use crate::tunnel_log::PhaseState;
 use engine::crypto::{Backend, Suite};
-use engine::runtime::{Command, WorkerHandle};
+use engine::runtime::Command;
 use engine::sa::{Direction, InboundSa, OutboundSa, SaConfig};
+use engine::workers::WorkerSet;
 use ike::dpd::{Action as DpdStep, Dpd};
 use ike::msg::{Header, TrafficSelector};
 use ike::session::{ChildSa, Config as IkeConfig, IkeSa, Output, Phase};
@@ -409,7 +410,7 @@ impl IkeCtl {
     }
 
     /// Reads every waiting datagram, runs the timers; returns log lines.
-    pub fn poll(&mut self, now: f64, h: &WorkerHandle) -> Vec<LogLine> {
+    pub fn poll(&mut self, now: f64, h: &WorkerSet) -> Vec<LogLine> {
         let mut logs = vec![];
         self.poll_started = std::time::Instant::now();
         // Answers the DH threads finished since the last poll.
@@ -422,7 +423,7 @@ impl IkeCtl {
             self.responded(i, local, from, sa, out, t.max(now), h, &mut logs);
         }
         // An outbound SA near its sequence-number limit asks for a CHILD_SA rekey now.
-        while let Ok(engine::runtime::Event::SoftLimit { tunnel, .. }) = h.events.try_recv() {
+        while let Some(engine::runtime::Event::SoftLimit { tunnel, .. }) = h.try_event() {
             if let Some(t) = self.tunnels.iter_mut().find(|t| t.index == tunnel) {
                 t.child_rekey_at = Some(now);
             }
@@ -470,7 +471,7 @@ impl IkeCtl {
         from: SocketAddr,
         data: &[u8],
         now: f64,
-        h: &WorkerHandle,
+        h: &WorkerSet,
         logs: &mut Vec<LogLine>,
     ) {
         self.counters.datagrams += 1;
@@ -637,7 +638,7 @@ impl IkeCtl {
         sa: Option<IkeSa>,
         out: Vec<Output>,
         now: f64,
-        h: &WorkerHandle,
+        h: &WorkerSet,
         logs: &mut Vec<LogLine>,
     ) {
         if let Some(mut sa) = sa {
@@ -737,7 +738,7 @@ impl IkeCtl {
         i: usize,
         out: Vec<Output>,
         now: f64,
-        h: &WorkerHandle,
+        h: &WorkerSet,
         logs: &mut Vec<LogLine>,
     ) {
         for o in out {
@@ -828,7 +829,7 @@ impl IkeCtl {
             .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
     }
 
-    fn switch_out(&mut self, i: usize, h: &WorkerHandle) {
+    fn switch_out(&mut self, i: usize, h: &WorkerSet) {
         if let Some((sa, _)) = self.tunnels[i].pending_out.take() {
             h.send(Command::SetOutbound {
                 tunnel: self.tunnels[i].index,
@@ -838,7 +839,7 @@ impl IkeCtl {
         }
     }
 
-    fn install(&mut self, i: usize, c: &ChildSa, h: &WorkerHandle, now: f64) -> String {
+    fn install(&mut self, i: usize, c: &ChildSa, h: &WorkerSet, now: f64) -> String {
         let t = &self.tunnels[i];
         let Some(suite) = suite_of(c) else {
             return format!("CHILD_SA with an unsupported transform {}", c.encryption);
@@ -955,7 +956,7 @@ impl IkeCtl {
         )
     }
 
-    fn teardown(&mut self, i: usize, h: &WorkerHandle) {
+    fn teardown(&mut self, i: usize, h: &WorkerSet) {
         for spi in std::mem::take(&mut self.tunnels[i].installed) {
             self.spi_set(spi, false);
             self.tunnels[i].installed.push(spi);
@@ -972,7 +973,7 @@ impl IkeCtl {
         t.ike_rekey_at = None;
     }
 
-    fn timers(&mut self, i: usize, now: f64, h: &WorkerHandle, logs: &mut Vec<LogLine>) {
+    fn timers(&mut self, i: usize, now: f64, h: &WorkerSet, logs: &mut Vec<LogLine>) {
         let idx = self.tunnels[i].index;
         // Startup action `start` (and `restart` after DPD): initiate, retry until it works.
         if let Some(at) = self.tunnels[i].next_start

@@ -4,7 +4,8 @@
 
 use engine::io::mem_link;
 use engine::pkt::BufPool;
-use engine::runtime::{Worker, WorkerConfig, WorkerHandle};
+use engine::runtime::{Worker, WorkerConfig};
+use engine::workers::WorkerSet;
 use espd::config;
 use espd::ike_ctl::IkeCtl;
 
@@ -59,12 +60,10 @@ fn indexed(c: &config::Config) -> Vec<(u32, &config::Tunnel)> {
 }
 
 /// A worker handle whose commands are queued (the worker is kept, not run).
-fn handle() -> (
-    Worker<engine::io::MemPort, engine::io::MemPort>,
-    WorkerHandle,
-) {
+fn handle() -> (Worker<engine::io::MemPort, engine::io::MemPort>, WorkerSet) {
     let (a, b) = mem_link(16, Default::default());
-    Worker::new(WorkerConfig::default(), a, b, BufPool::new(16, 2048))
+    let (w, h) = Worker::new(WorkerConfig::default(), a, b, BufPool::new(16, 2048));
+    (w, WorkerSet::new(vec![h]))
 }
 
 struct Run {

@@ -1,6 +1,7 @@
 //! `espd run`: the gateway. An XDP program on each interface steers ESP (outside) and
-//! tunnel-bound traffic (inside) to AF_XDP sockets polled by a pinned worker; everything
-//! else (ARP, ND, IKE, SSH, traffic for the gateway) stays with the kernel.
+//! tunnel-bound traffic (inside) to the AF_XDP socket of the receiving queue, polled by the
+//! pinned worker that holds that queue; everything else (ARP, ND, IKE, SSH, traffic for the
+//! gateway) stays with the kernel.
 //!
 //! Contract: [`run`] validates everything before it touches the machine (config, control
 //! socket, interfaces, queues, keys), so a bad start leaves nothing behind; once up it
@@ -10,8 +11,12 @@
 //! windows, so their traffic is not disturbed); any other change needs a restart and is
 //! reported. The control socket answers `espd show`.
 //!
-//! Threads: one worker per gateway (it owns every SA: one writer per SA), one control
-//! thread (this one: neighbour refresh, retired SAs, signals, reloads, sequence marks), the
+//! Threads: one pinned worker per entry of `cores` (at most one per queue of the interface
+//! with fewer queues; queue q belongs to worker q % n on both interfaces). Tunnel t's SAs
+//! belong to worker t % n (`engine::workers`): a worker that receives a packet of another
+//! worker's SA hands it over through a ring (`engine::handoff`), so each SA has one writer.
+//! One control thread (this one: neighbour refresh, retired SAs, signals, reloads, sequence
+//! marks), the
 //! IKE thread (`espd::ike_ctl`) and its DH thread (so DH work never delays the rest), a thread per
 //! control-socket or metrics client (bounded: `telemetry::serve`). Every capability is dropped
 //! before any of them starts (`espd::privs`).

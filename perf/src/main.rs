@@ -102,6 +102,10 @@ enum Cmd {
         common: Common,
         #[arg(long, value_enum, default_value = "encrypt")]
         direction: DirectionArg,
+        /// Distinct prebuilt packets replayed (the working set: match another harness's,
+        /// e.g. DPDK ipsec-secgw's mbuf pool), 1..=1048576.
+        #[arg(long, default_value_t = 16384)]
+        packets: usize,
     },
     /// Gateway forwarding rate on AF_XDP over veth (root): ESP vs a plain AF_XDP forwarder,
     /// same run, same veth pairs, as a ratio.
@@ -655,7 +659,10 @@ fn loopback(c: Common) {
     }
 }
 
-fn oneway(c: Common, dir: DirectionArg) {
+fn oneway(c: Common, dir: DirectionArg, packets: usize) {
+    if !(1..=1 << 20).contains(&packets) {
+        fail(format!("--packets {packets}: allowed: 1..=1048576"));
+    }
     let s = setup(&c);
     let decrypt = matches!(dir, DirectionArg::Decrypt);
     let base = baseline_mpps(&s, decrypt);
@@ -663,7 +670,7 @@ fn oneway(c: Common, dir: DirectionArg) {
     let pat = traffic::pattern();
     // Prebuilt packets: inner packets round-robin over the tunnels (encrypt), or the ESP of
     // those packets (decrypt, replay window reset at each pass).
-    let n_pkts = 16384usize.max(s.tunnels as usize);
+    let n_pkts = packets.max(s.tunnels as usize);
     let mut outs = vec![];
     let mut ins = vec![];
     for t in 0..s.tunnels {
@@ -757,6 +764,7 @@ fn oneway(c: Common, dir: DirectionArg) {
         "packet_size": c.packet_size,
         "tunnels": s.tunnels,
         "workers": 1,
+        "working_set_packets": n_pkts,
         "duration_s": elapsed,
         "tx_packets": rx,
         "rx_packets": rx,
@@ -773,11 +781,12 @@ fn oneway(c: Common, dir: DirectionArg) {
         println!("{v}");
     } else {
         println!(
-            "oneway {} {} {} bytes x {} tunnel(s), 1 core, backend {}: {:.3} Mpps, {:.2} Gbps inner; raw crypto {:.3} Mpps; ratio {:.0}%; drops {drops}",
+            "oneway {} {} {} bytes x {} tunnel(s), {} distinct packets, 1 core, backend {}: {:.3} Mpps, {:.2} Gbps inner; raw crypto {:.3} Mpps; ratio {:.0}%; drops {drops}",
             if decrypt { "decrypt" } else { "encrypt" },
             s.suite,
             c.packet_size,
             s.tunnels,
+            n_pkts,
             s.backend.name(),
             mpps,
             v["gbps_inner"].as_f64().unwrap_or(0.0),
@@ -835,7 +844,11 @@ fn main() {
     }
     match cmd {
         Cmd::Loopback(c) => loopback(c),
-        Cmd::Oneway { common, direction } => oneway(common, direction),
+        Cmd::Oneway {
+            common,
+            direction,
+            packets,
+        } => oneway(common, direction, packets),
         Cmd::Crypto { size, ms, only } => crypto(size, ms, only),
         Cmd::Ike {
             groups,

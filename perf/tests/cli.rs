@@ -96,13 +96,21 @@ fn oneway_both_directions() {
             "512",
             "--tunnels",
             "10",
+            "--packets",
+            "1000",
         ]);
         for k in KEYS {
             assert!(v.get(k).is_some(), "missing key {k}");
         }
         assert!(v["mpps"].as_f64().unwrap() > 0.0);
         assert_eq!(v["drops"], 0, "{v}");
+        assert_eq!(v["working_set_packets"], 1000, "{v}");
     }
+    let out = Command::new(env!("CARGO_BIN_EXE_perf"))
+        .args(["oneway", "--packets", "0"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--packets 0: allowed: 1..=1048576"));
 }
 
 #[test]

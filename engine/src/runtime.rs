@@ -83,6 +83,9 @@ impl Selector {
 struct Lpm {
     v4: Vec<(u8, IntMap<u32, usize>)>,
     v6: Vec<(u8, IntMap<u128, usize>)>,
+    /// The last IPv4 destination looked up and its route (bursts of a flow repeat it);
+    /// cleared on every change of the table.
+    last4: Option<(u32, Option<usize>)>,
 }
 
 fn mask4(a: u32, len: u8) -> u32 {
@@ -102,6 +105,7 @@ fn mask6(a: u128, len: u8) -> u128 {
 
 impl Lpm {
     fn insert(&mut self, s: Selector, slot: usize) {
+        self.last4 = None;
         match s.addr {
             IpAddr::V4(a) => {
                 let len = s.prefix.min(32);
@@ -136,6 +140,7 @@ impl Lpm {
         }
     }
     fn remove_target(&mut self, slot: usize) {
+        self.last4 = None;
         for (_, m) in &mut self.v4 {
             m.retain(|_, s| *s != slot);
         }
@@ -144,6 +149,25 @@ impl Lpm {
         }
         self.v4.retain(|(_, m)| !m.is_empty());
         self.v6.retain(|(_, m)| !m.is_empty());
+    }
+    /// [`Lpm::lookup`] with the one-entry cache of the last IPv4 destination.
+    #[inline]
+    fn lookup_cached(&mut self, pkt: &[u8]) -> Option<usize> {
+        if pkt.first()? >> 4 == 4 {
+            let a = u32::from(wire::Ipv4::new(pkt)?.dst());
+            if let Some((k, r)) = self.last4
+                && k == a
+            {
+                return r;
+            }
+            let r = self
+                .v4
+                .iter()
+                .find_map(|(l, m)| m.get(&mask4(a, *l)).copied());
+            self.last4 = Some((a, r));
+            return r;
+        }
+        self.lookup(pkt)
     }
     #[inline]
     fn lookup(&self, pkt: &[u8]) -> Option<usize> {
@@ -997,7 +1021,7 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
         for (i, mut p) in rx.drain(..).enumerate() {
             let slot = match self
                 .sel
-                .lookup(p.bytes())
+                .lookup_cached(p.bytes())
                 .and_then(|r| self.routes[r].as_ref()?.active)
             {
                 Some(Target::Local(slot)) => slot,

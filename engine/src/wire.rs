@@ -254,8 +254,13 @@ pub fn ipv4_fix_checksum(hdr: &mut [u8]) {
     put16(hdr, 10, c);
 }
 
-/// Writes a 20-byte IPv4 header (no options) into `h`.
+/// Writes a 20-byte IPv4 header (no options) into `h`, checksum included.
+///
+/// The checksum is summed from the field values, not read back from `h`: reading bytes
+/// just written one by one stalls the CPU's store-to-load forwarding (it showed up as 10%
+/// of the 64-byte encrypt path), and the header is written with one 20-byte copy.
 #[allow(clippy::too_many_arguments)]
+#[inline]
 pub fn write_ipv4_header(
     h: &mut [u8],
     total_len: u16,
@@ -266,18 +271,31 @@ pub fn write_ipv4_header(
     src: Ipv4Addr,
     dst: Ipv4Addr,
 ) {
-    h[0] = 0x45;
-    h[1] = 0;
-    put16(h, 2, total_len);
-    put16(h, 4, id);
-    put16(h, 6, if df { 0x4000 } else { 0 });
-    h[8] = ttl;
-    h[9] = proto;
-    h[10] = 0;
-    h[11] = 0;
-    h[12..16].copy_from_slice(&src.octets());
-    h[16..20].copy_from_slice(&dst.octets());
-    ipv4_fix_checksum(h);
+    let flags: u16 = if df { 0x4000 } else { 0 };
+    let (s, d) = (u32::from(src), u32::from(dst));
+    let mut acc: u32 = 0x4500
+        + u32::from(total_len)
+        + u32::from(id)
+        + u32::from(flags)
+        + ((u32::from(ttl) << 8) | u32::from(proto))
+        + (s >> 16)
+        + (s & 0xffff)
+        + (d >> 16)
+        + (d & 0xffff);
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    let c = !(acc as u16);
+    let mut b = [0u8; IPV4_HDR];
+    b[0] = 0x45;
+    b[2..4].copy_from_slice(&total_len.to_be_bytes());
+    b[4..6].copy_from_slice(&id.to_be_bytes());
+    b[6..8].copy_from_slice(&flags.to_be_bytes());
+    b[8] = ttl;
+    b[9] = proto;
+    b[10..12].copy_from_slice(&c.to_be_bytes());
+    b[12..16].copy_from_slice(&src.octets());
+    b[16..20].copy_from_slice(&dst.octets());
+    h[..IPV4_HDR].copy_from_slice(&b);
 }
 
 /// Writes a 40-byte IPv6 header into `h`.
@@ -513,6 +531,57 @@ mod tests {
         // RFC 1071 section 3 example bytes: 00 01 f2 03 f4 f5 f6 f7 sum to 0xddf2 -> ~ = 0x220d.
         let d = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
         assert_eq!(checksum(&d), !0xddf2);
+    }
+
+    /// The checksum summed from the field values equals RFC 1071 over the written bytes,
+    /// for extreme and pseudo-random fields (the fold runs twice for all-ones addresses).
+    #[test]
+    fn ipv4_header_checksum_from_fields_equals_the_sum_over_bytes() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut cases = vec![
+            (0xffff, 0xffff, true, 255, 255, u32::MAX, u32::MAX),
+            (20, 0, false, 0, 0, 0, 0),
+        ];
+        for _ in 0..2000 {
+            let r = next();
+            cases.push((
+                r as u16,
+                (r >> 16) as u16,
+                r & 1 == 0,
+                (r >> 32) as u8,
+                (r >> 40) as u8,
+                next() as u32,
+                next() as u32,
+            ));
+        }
+        for (len, id, df, ttl, p, src, dst) in cases {
+            let mut h = [0xaau8; 24];
+            write_ipv4_header(&mut h, len, id, df, ttl, p, src.into(), dst.into());
+            assert_eq!(
+                checksum(&h[..20]),
+                0,
+                "{len} {id} {df} {ttl} {p} {src:x} {dst:x}"
+            );
+            assert_eq!(h[20..], [0xaa; 4], "nothing written past the header");
+            let v = Ipv4::new(&h[..]).unwrap();
+            assert_eq!(
+                (
+                    v.total_len(),
+                    v.ident(),
+                    v.dont_frag(),
+                    v.ttl(),
+                    v.protocol()
+                ),
+                (len, id, df, ttl, p)
+            );
+            assert_eq!((u32::from(v.src()), u32::from(v.dst())), (src, dst));
+        }
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub enum Outer {
 }
 
 /// Classifies an outer IP packet (starting at the IP header).
+#[inline]
 pub fn classify_outer(pkt: &[u8]) -> Result<Outer, DropReason> {
     let ip = wire::parse_ip(pkt).ok_or(
         if pkt.first().map(|b| b >> 4) == Some(4) || pkt.first().map(|b| b >> 4) == Some(6) {

@@ -113,6 +113,7 @@ pub struct IpInfo {
 /// Parses and checks an IPv4 or IPv6 header at the start of `pkt`. Returns `None` when the
 /// buffer is shorter than the header claims, the version is unknown or fields are inconsistent.
 /// The IPv4 header checksum is not verified here (see [`ipv4_header_ok`]).
+#[inline(always)]
 pub fn parse_ip(pkt: &[u8]) -> Option<IpInfo> {
     let v = *pkt.first()? >> 4;
     match v {

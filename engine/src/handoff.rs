@@ -3,16 +3,24 @@
 //! can only redirect to the socket of the receiving queue, so a worker that receives a
 //! packet of an SA another worker owns passes it to that owner here.
 //!
-//! Contract: between every ordered pair of workers there are two bounded rings, one per
-//! path (packets from the inside to encrypt, packets from the outside to decrypt); each has
-//! exactly one producer (the sender) and one consumer (the owner), so ordering within a
-//! ring is kept. A push to a full ring fails and the caller drops and counts the packet:
-//! memory stays bounded whatever the traffic. Buffers travel with their packets and return
-//! to the shared pool from whichever worker frees them.
+//! Contract: between every ordered pair of workers there is one lane per path (packets from
+//! the inside to encrypt, packets from the outside to decrypt). A lane carries **batches**
+//! (up to [`BATCH`] packets, like VPP's handoff frames): the sender stages packets per owner
+//! during a burst and publishes each batch with one ring operation in [`Mesh::flush`], so
+//! the cache lines the two cores share move once per batch, not once per packet. Each lane
+//! has exactly one producer and one consumer, so order within a lane is kept. Its capacity
+//! is bounded; [`Mesh::room`] says how many packets fit, so the sender takes no more from
+//! its port than it can hand over, and a batch that still does not fit comes back from
+//! `flush` to be dropped and counted. Emptied batch vectors go back to their sender on a
+//! second ring, so there is no allocation in steady state. Buffers travel with their
+//! packets and return to the shared pool from whichever worker frees them.
 
 use crate::pkt::PacketBuf;
 use crossbeam_queue::ArrayQueue;
 use std::sync::Arc;
+
+/// Packets per batch.
+pub const BATCH: usize = 64;
 
 /// Which way a handed-off packet goes at its owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,16 +31,35 @@ pub enum Path {
     Decrypt = 1,
 }
 
-/// A one-producer, one-consumer ring of packets.
-pub type Ring = Arc<ArrayQueue<PacketBuf>>;
+/// One direction of one worker pair on one path: full batches one way, empty vectors back.
+#[derive(Debug, Clone)]
+struct Lane {
+    full: Arc<ArrayQueue<Vec<PacketBuf>>>,
+    empty: Arc<ArrayQueue<Vec<PacketBuf>>>,
+}
 
-/// One worker's ends of the rings: `to[w][path]` toward worker `w` (None for itself) and
-/// `from[path]` every ring that ends here.
+impl Lane {
+    fn new(batches: usize) -> Lane {
+        Lane {
+            full: Arc::new(ArrayQueue::new(batches)),
+            empty: Arc::new(ArrayQueue::new(batches + 2)),
+        }
+    }
+}
+
+/// A lane toward another worker and the packets staged for it.
+type Outgoing = (Lane, Vec<PacketBuf>);
+
+/// One worker's ends of the lanes, and its staged batches.
 #[derive(Debug)]
 pub struct Mesh {
     pub me: usize,
-    pub to: Vec<Option<[Ring; 2]>>,
-    pub from: [Vec<Ring>; 2],
+    /// `to[w][path]`: toward worker `w` (None for itself), with the batch being staged.
+    to: Vec<Option<[Outgoing; 2]>>,
+    /// Every lane that ends here, per path.
+    from: [Vec<Lane>; 2],
+    /// Batches taken but not all handed to the caller yet (a caller's `max` cut one).
+    rest: [Vec<PacketBuf>; 2],
 }
 
 impl Mesh {
@@ -41,29 +68,86 @@ impl Mesh {
         self.to.len()
     }
 
-    /// Hands `p` to worker `owner` on `path`; gives the packet back when the ring is full
-    /// (or `owner` is this worker or out of range).
+    /// Stages `p` for worker `owner` on `path` (published by [`Mesh::flush`]). Gives the
+    /// packet back when `owner` is this worker or out of range.
     #[inline]
-    pub fn push(&self, owner: usize, path: Path, p: PacketBuf) -> Result<(), PacketBuf> {
-        match self.to.get(owner) {
-            Some(Some(r)) => r[path as usize].push(p),
-            _ => Err(p),
+    pub fn push(&mut self, owner: usize, path: Path, p: PacketBuf) -> Result<(), PacketBuf> {
+        let Some(Some(lanes)) = self.to.get_mut(owner) else {
+            return Err(p);
+        };
+        let (lane, stage) = &mut lanes[path as usize];
+        if stage.capacity() == 0 {
+            *stage = lane
+                .empty
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(BATCH));
         }
+        stage.push(p);
+        Ok(())
+    }
+
+    /// Publishes every staged batch (one ring operation per [`BATCH`] packets). Packets that
+    /// do not fit (the owner's lane is full) are moved to `dropped`.
+    #[inline]
+    pub fn flush(&mut self, dropped: &mut Vec<PacketBuf>) {
+        for (lane, stage) in self.to.iter_mut().flatten().flat_map(|l| l.iter_mut()) {
+            while !stage.is_empty() {
+                let mut batch = if stage.len() <= BATCH {
+                    std::mem::take(stage)
+                } else {
+                    let mut b = lane
+                        .empty
+                        .pop()
+                        .unwrap_or_else(|| Vec::with_capacity(BATCH));
+                    b.extend(stage.drain(..BATCH));
+                    b
+                };
+                if let Err(b) = lane.full.push(std::mem::take(&mut batch)) {
+                    batch = b;
+                    dropped.append(&mut batch);
+                    let _ = lane.empty.push(batch);
+                }
+            }
+        }
+    }
+
+    /// How many packets this worker can still hand to every other worker on `path`: the
+    /// free batches of its fullest lane.
+    #[inline]
+    pub fn room(&self, path: Path) -> usize {
+        self.to
+            .iter()
+            .flatten()
+            .map(|l| {
+                let (lane, stage) = &l[path as usize];
+                ((lane.full.capacity() - lane.full.len()) * BATCH).saturating_sub(stage.len())
+            })
+            .min()
+            .unwrap_or(usize::MAX)
     }
 
     /// Moves up to `max` handed-off packets of `path` into `out`, taking from each sender in
     /// turn. Returns how many.
     #[inline]
-    pub fn pull(&self, path: Path, out: &mut Vec<PacketBuf>, max: usize) -> usize {
+    pub fn pull(&mut self, path: Path, out: &mut Vec<PacketBuf>, max: usize) -> usize {
+        let p = path as usize;
         let mut n = 0;
-        for r in &self.from[path as usize] {
+        let take = |b: &mut Vec<PacketBuf>, out: &mut Vec<PacketBuf>, n: &mut usize| {
+            let k = b.len().min(max - *n);
+            out.extend(b.drain(..k));
+            *n += k;
+        };
+        take(&mut self.rest[p], out, &mut n);
+        for lane in &self.from[p] {
             while n < max {
-                match r.pop() {
-                    Some(p) => {
-                        out.push(p);
-                        n += 1;
-                    }
-                    None => break,
+                let Some(mut b) = lane.full.pop() else { break };
+                take(&mut b, out, &mut n);
+                if b.is_empty() {
+                    let _ = lane.empty.push(b);
+                } else {
+                    // Keep the tail for the next call; the vector goes back once emptied.
+                    self.rest[p].append(&mut b);
+                    let _ = lane.empty.push(b);
                 }
             }
         }
@@ -71,25 +155,38 @@ impl Mesh {
     }
 }
 
-/// The meshes of `n` workers, `capacity` packets per ring.
+/// The meshes of `n` workers, lanes of about `capacity` packets (whole batches, at least
+/// two).
 pub fn mesh(n: usize, capacity: usize) -> Vec<Mesh> {
-    let ring = || Arc::new(ArrayQueue::new(capacity.max(1)));
-    // rings[from][to], both paths.
-    let rings: Vec<Vec<[Ring; 2]>> = (0..n)
-        .map(|_| (0..n).map(|_| [ring(), ring()]).collect())
+    let batches = capacity.div_ceil(BATCH).max(2);
+    // lanes[from][to][path]
+    let lanes: Vec<Vec<[Lane; 2]>> = (0..n)
+        .map(|_| {
+            (0..n)
+                .map(|_| [Lane::new(batches), Lane::new(batches)])
+                .collect()
+        })
         .collect();
     (0..n)
         .map(|me| Mesh {
             me,
             to: (0..n)
-                .map(|w| (w != me).then(|| rings[me][w].clone()))
+                .map(|w| {
+                    (w != me).then(|| {
+                        [
+                            (lanes[me][w][0].clone(), Vec::new()),
+                            (lanes[me][w][1].clone(), Vec::new()),
+                        ]
+                    })
+                })
                 .collect(),
             from: [0, 1].map(|path| {
                 (0..n)
                     .filter(|&w| w != me)
-                    .map(|w| rings[w][me][path].clone())
+                    .map(|w| lanes[w][me][path].clone())
                     .collect()
             }),
+            rest: [Vec::new(), Vec::new()],
         })
         .collect()
 }
@@ -102,9 +199,14 @@ mod tests {
         PacketBuf::from_slice(&[b])
     }
 
+    fn bytes(v: &[PacketBuf]) -> Vec<u8> {
+        v.iter().map(|p| p.bytes()[0]).collect()
+    }
+
     #[test]
-    fn rings_connect_each_pair_per_path_keep_order_and_are_bounded() {
-        let m = mesh(3, 2);
+    fn lanes_connect_each_pair_per_path_keep_order_and_are_bounded() {
+        let mut m = mesh(3, 2 * BATCH);
+        let mut dropped = vec![];
         assert!(
             m[0].push(0, Path::Encrypt, pkt(0)).is_err(),
             "not to itself"
@@ -113,19 +215,48 @@ mod tests {
             m[0].push(7, Path::Encrypt, pkt(0)).is_err(),
             "no such worker"
         );
+        assert_eq!(m[0].room(Path::Encrypt), 2 * BATCH);
         m[0].push(2, Path::Encrypt, pkt(1)).unwrap();
         m[0].push(2, Path::Encrypt, pkt(2)).unwrap();
-        assert!(m[0].push(2, Path::Encrypt, pkt(3)).is_err(), "full at 2");
+        assert_eq!(
+            m[0].room(Path::Encrypt),
+            2 * BATCH - 2,
+            "staged packets count"
+        );
+        let mut got = vec![];
+        assert_eq!(
+            m[2].pull(Path::Encrypt, &mut got, 8),
+            0,
+            "nothing before the flush"
+        );
+        m[0].flush(&mut dropped);
         m[1].push(2, Path::Encrypt, pkt(4)).unwrap();
         m[1].push(2, Path::Decrypt, pkt(5)).unwrap();
-        let mut got = vec![];
+        m[1].flush(&mut dropped);
         assert_eq!(m[2].pull(Path::Decrypt, &mut got, 8), 1);
-        assert_eq!(got[0].bytes(), [5]);
+        assert_eq!(bytes(&got), [5]);
         got.clear();
-        assert_eq!(m[2].pull(Path::Encrypt, &mut got, 2), 2);
-        assert_eq!(m[2].pull(Path::Encrypt, &mut got, 8), 1);
-        let order: Vec<u8> = got.iter().map(|p| p.bytes()[0]).collect();
-        assert_eq!(order, [1, 2, 4]);
+        assert_eq!(m[2].pull(Path::Encrypt, &mut got, 1), 1, "max cuts a batch");
+        assert_eq!(
+            m[2].pull(Path::Encrypt, &mut got, 8),
+            2,
+            "its tail comes next"
+        );
+        assert_eq!(bytes(&got), [1, 2, 4]);
         assert_eq!(m[0].pull(Path::Encrypt, &mut got, 8), 0);
+        // Two batches fit in a lane; a third comes back to be dropped and counted.
+        for k in 0..3 * BATCH {
+            m[0].push(1, Path::Encrypt, pkt(k as u8)).unwrap();
+        }
+        m[0].flush(&mut dropped);
+        assert_eq!(dropped.len(), BATCH);
+        assert_eq!(m[0].room(Path::Encrypt), 0);
+        got.clear();
+        assert_eq!(m[1].pull(Path::Encrypt, &mut got, 1000), 2 * BATCH);
+        assert_eq!(
+            bytes(&got),
+            (0..2 * BATCH).map(|k| k as u8).collect::<Vec<_>>()
+        );
+        assert_eq!(m[0].room(Path::Encrypt), 2 * BATCH);
     }
 }

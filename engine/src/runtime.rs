@@ -488,6 +488,8 @@ pub struct Worker<I: PacketIo, O: PacketIo> {
     stopped: bool,
     /// The rings to and from the other workers (None: the only worker).
     mesh: Option<Mesh>,
+    /// Scratch for packets a handoff lane refused.
+    handoff_refused: Vec<PacketBuf>,
     /// Tunnels whose outbound SA another worker holds: tunnel -> owner.
     remote_out: IntMap<u32, usize>,
     /// Inbound SAs another worker holds: SPI -> (tunnel, owner).
@@ -577,6 +579,7 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
             to_control: None,
             stopped: false,
             mesh: None,
+            handoff_refused: Vec::with_capacity(256),
             remote_out: IntMap::default(),
             remote_in: IntMap::default(),
             rx_in: 0,
@@ -601,21 +604,36 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
         self.mesh = Some(mesh);
     }
 
-    /// Hands a packet to the worker that owns its SA; a full ring drops it, counted.
+    /// Stages a packet for the worker that owns its SA (published by `flush_handoffs`).
     #[inline]
     fn hand_over(&mut self, owner: usize, path: Path, p: PacketBuf) {
-        let r = match &self.mesh {
+        let r = match &mut self.mesh {
             Some(m) => m.push(owner, path, p),
             None => Err(p),
         };
         match r {
             Ok(()) => self.handoff_out += 1,
             Err(p) => {
-                self.handoff_drops += 1;
-                self.counters.drop(DropReason::HandoffFull);
+                self.counters.drop(DropReason::NoSa);
                 self.pool.put(p);
             }
         }
+    }
+
+    /// Publishes the staged handoff batches; what the owners' full lanes refuse is dropped
+    /// and counted.
+    #[inline]
+    fn flush_handoffs(&mut self) {
+        let Some(m) = &mut self.mesh else { return };
+        let mut dropped = std::mem::take(&mut self.handoff_refused);
+        m.flush(&mut dropped);
+        for p in dropped.drain(..) {
+            self.handoff_out -= 1;
+            self.handoff_drops += 1;
+            self.counters.drop(DropReason::HandoffFull);
+            self.pool.put(p);
+        }
+        self.handoff_refused = dropped;
     }
 
     fn retire_out(&mut self, slot: usize) {
@@ -1007,11 +1025,18 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
         if burst == 0 {
             return 0;
         }
-        let n = self.inside.rx_burst(&mut self.pool, &mut self.rx, burst);
+        // Backpressure: take from the port only what the rings to the other workers can
+        // still hold, so a congested owner slows its feeders (their receive rings fill and
+        // the NIC counts the drops) instead of them spending cycles to receive and drop.
+        let take = match &self.mesh {
+            Some(m) => burst.min(m.room(Path::Encrypt)),
+            None => burst,
+        };
+        let n = self.inside.rx_burst(&mut self.pool, &mut self.rx, take);
         self.rx_in += n as u64;
         // Packets other workers received for tunnels this one holds come after ours.
         let local = self.rx.len();
-        let handed = match &self.mesh {
+        let handed = match &mut self.mesh {
             Some(m) => m.pull(Path::Encrypt, &mut self.rx, burst),
             None => 0,
         };
@@ -1128,6 +1153,7 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
             self.run.push(p);
         }
         self.rx = rx;
+        self.flush_handoffs();
         if run_slot != usize::MAX {
             self.flush_out_run(run_slot);
         }
@@ -1194,10 +1220,14 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
         if burst == 0 {
             return 0;
         }
-        let n = self.outside.rx_burst(&mut self.pool, &mut self.rx, burst);
+        let take = match &self.mesh {
+            Some(m) => burst.min(m.room(Path::Decrypt)),
+            None => burst,
+        };
+        let n = self.outside.rx_burst(&mut self.pool, &mut self.rx, take);
         self.rx_out += n as u64;
         let local = self.rx.len();
-        let handed = match &self.mesh {
+        let handed = match &mut self.mesh {
             Some(m) => m.pull(Path::Decrypt, &mut self.rx, burst),
             None => 0,
         };
@@ -1278,6 +1308,7 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
             self.run.push(p);
         }
         self.rx = rx;
+        self.flush_handoffs();
         if run_slot != usize::MAX {
             self.flush_in_run(run_slot, now);
         }

@@ -84,6 +84,12 @@ struct Common {
     /// Keep serving metrics this many seconds after the traffic stopped.
     #[arg(long, default_value_t = 0.0)]
     metrics_linger: f64,
+    /// Every packet takes the handoff ring on the encrypting side, as when RSS puts a
+    /// tunnel's packets on another worker's queue. loopback: worker i's generator makes the
+    /// packets of the tunnels worker i+1 owns (needs --workers 2 or more); oneway (encrypt):
+    /// worker 0 replays and hands everything to worker 1, which encrypts.
+    #[arg(long)]
+    handoff: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -354,8 +360,12 @@ fn cores() -> usize {
 
 fn loopback(c: Common) {
     let s = setup(&c);
-    let base = baseline_mpps(&s, false);
     let w = s.workers;
+    if c.handoff && w < 2 {
+        fail("--handoff needs --workers 2 or more (one worker has no one to hand to)".into());
+    }
+    let base = baseline_mpps(&s, false);
+    let mut meshes_a = engine::handoff::mesh(w, 1024).into_iter();
     let ncpu = cores();
     let epoch = Instant::now();
     let mut handles: Vec<(WorkerHandle, WorkerHandle)> = vec![];
@@ -369,7 +379,11 @@ fn loopback(c: Common) {
     let mut workers_a = vec![];
     let mut workers_b = vec![];
     for i in 0..w {
-        let owned: Vec<u32> = (0..s.tunnels).filter(|t| *t as usize % w == i).collect();
+        // Worker i's generator: its own tunnels, or (--handoff) those of worker i+1.
+        let feeds = if c.handoff { (i + 1) % w } else { i };
+        let owned: Vec<u32> = (0..s.tunnels)
+            .filter(|t| *t as usize % w == feeds)
+            .collect();
         let rate = c.rate.map(|r| r / w as f64);
         let g = Generator::new(owned, s.size, rate, epoch);
         gen_go.push(g.go.clone());
@@ -399,11 +413,16 @@ fn loopback(c: Common) {
         );
         a.set_epoch(epoch);
         b.set_epoch(epoch);
+        if let Some(m) = meshes_a.next().filter(|_| c.handoff) {
+            a.set_mesh(m);
+        }
         handles.push((ha, hb));
         workers_a.push(a);
         workers_b.push(b);
     }
-    // Install the SAs (on the owner worker of each tunnel), then start.
+    // Install the SAs (on the owner worker of each tunnel: t % w, as `WorkerSet` does;
+    // with --handoff the other encrypting workers learn who owns each tunnel), then start.
+    let set_a = engine::workers::WorkerSet::new(handles.iter().map(|h| h.0.clone()).collect());
     for t in 0..s.tunnels {
         let (o, i) = sa_pair(&s, &c, t);
         let (ha, hb) = &handles[t as usize % w];
@@ -411,11 +430,16 @@ fn loopback(c: Common) {
             tunnel: t,
             sa: Box::new(i),
         });
-        ha.send(Command::SetOutbound {
+        let out = Command::SetOutbound {
             tunnel: t,
             sa: Box::new(o),
             selectors: vec![Selector::host(IpAddr::V4(tunnel_dst(t)))],
-        });
+        };
+        if c.handoff {
+            set_a.send(out);
+        } else {
+            ha.send(out);
+        }
     }
     for a in workers_a.drain(..) {
         let st = stop.clone();
@@ -580,8 +604,15 @@ fn loopback(c: Common) {
         .map(|r| r.tx_in as f64 / elapsed / 1e6)
         .collect();
     let ratio = mpps / (base * w as f64);
+    let handed: u64 = reports_a.iter().map(|r| r.handoff_out).sum();
+    let handoff_drops: u64 = reports_a.iter().map(|r| r.handoff_drops).sum();
+    let encrypted: u64 = reports_a.iter().map(|r| r.total.packets).sum();
     let v = serde_json::json!({
         "mode": "loopback",
+        "handoff": c.handoff,
+        "handoff_packets": handed,
+        "handoff_drops": handoff_drops,
+        "handoff_share": if encrypted > 0 { handed as f64 / encrypted as f64 } else { 0.0 },
         "transform": s.suite.to_string(),
         "backend": s.backend.name(),
         "backend_note": Backend::upgrade_hint(),
@@ -624,6 +655,12 @@ fn loopback(c: Common) {
             v["gbps_wire"].as_f64().unwrap_or(0.0),
             elapsed
         );
+        if c.handoff {
+            println!(
+                "  handoff: {handed} packets ({:.0}% of those encrypted), {handoff_drops} dropped (ring full)",
+                100.0 * v["handoff_share"].as_f64().unwrap_or(0.0)
+            );
+        }
         println!(
             "  per core: encrypt {:?} Mpps, decrypt {:?} Mpps",
             per_core_a
@@ -665,6 +702,9 @@ fn oneway(c: Common, dir: DirectionArg, packets: usize) {
     }
     let s = setup(&c);
     let decrypt = matches!(dir, DirectionArg::Decrypt);
+    if c.handoff && decrypt {
+        fail("oneway --handoff: encrypt only (a replayed capture's replay-window reset cannot wait for the ring to drain)".into());
+    }
     let base = baseline_mpps(&s, decrypt);
     let sizes = traffic::size_pattern(s.size);
     let pat = traffic::pattern();
@@ -722,6 +762,46 @@ fn oneway(c: Common, dir: DirectionArg, packets: usize) {
         }
         let st = stop.clone();
         (go, std::thread::spawn(move || drop(wk.run(st))), h)
+    } else if c.handoff {
+        // Worker 0 replays the packets and hands every one to worker 1, which holds the
+        // SAs (tunnel ids 2t+1: owner 1 in a set of two) and encrypts to the counted port.
+        let replay = Replay::new(pkts, None);
+        let go = replay.go.clone();
+        let mut meshes = engine::handoff::mesh(2, 1024).into_iter();
+        let (mut w0, h0) = Worker::new(
+            wc.clone(),
+            replay,
+            Null::default(),
+            BufPool::with_shared(shared.clone(), 2048),
+        );
+        let (mut w1, h1) = Worker::new(
+            WorkerConfig {
+                id: 1,
+                core: Some(1 % cores()),
+                ..wc
+            },
+            Null::default(),
+            null,
+            BufPool::with_shared(shared, 2048),
+        );
+        w0.set_mesh(meshes.next().expect("two meshes"));
+        w1.set_mesh(meshes.next().expect("two meshes"));
+        let set = engine::workers::WorkerSet::new(vec![h0, h1.clone()]);
+        for (t, o) in outs.into_iter().enumerate() {
+            set.send(Command::SetOutbound {
+                tunnel: 2 * t as u32 + 1,
+                sa: Box::new(o),
+                selectors: vec![Selector::host(IpAddr::V4(tunnel_dst(t as u32)))],
+            });
+        }
+        let (st0, st1) = (stop.clone(), stop.clone());
+        let t0 = std::thread::spawn(move || drop(w0.run(st0)));
+        let t1 = std::thread::spawn(move || {
+            drop(w1.run(st1));
+            let _ = t0.join();
+        });
+        set.barrier();
+        (go, t1, h1)
     } else {
         let replay = Replay::new(pkts, None);
         let go = replay.go.clone();
@@ -763,7 +843,9 @@ fn oneway(c: Common, dir: DirectionArg, packets: usize) {
         "backend_note": Backend::upgrade_hint(),
         "packet_size": c.packet_size,
         "tunnels": s.tunnels,
-        "workers": 1,
+        "workers": if c.handoff { 2 } else { 1 },
+        "handoff": c.handoff,
+        "handoff_packets": r.handoff_in,
         "working_set_packets": n_pkts,
         "duration_s": elapsed,
         "tx_packets": rx,
@@ -781,12 +863,18 @@ fn oneway(c: Common, dir: DirectionArg, packets: usize) {
         println!("{v}");
     } else {
         println!(
-            "oneway {} {} {} bytes x {} tunnel(s), {} distinct packets, 1 core, backend {}: {:.3} Mpps, {:.2} Gbps inner; raw crypto {:.3} Mpps; ratio {:.0}%; drops {drops}",
+            "oneway {}{} {} {} bytes x {} tunnel(s), {} distinct packets, {} core(s), backend {}: {:.3} Mpps, {:.2} Gbps inner; raw crypto {:.3} Mpps; ratio {:.0}%; drops {drops}",
             if decrypt { "decrypt" } else { "encrypt" },
+            if c.handoff {
+                " (received by worker 0, handed to worker 1 which encrypts)"
+            } else {
+                ""
+            },
             s.suite,
             c.packet_size,
             s.tunnels,
             n_pkts,
+            if c.handoff { 2 } else { 1 },
             s.backend.name(),
             mpps,
             v["gbps_inner"].as_f64().unwrap_or(0.0),

@@ -113,6 +113,53 @@ fn oneway_both_directions() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--packets 0: allowed: 1..=1048576"));
 }
 
+/// --handoff: every packet crosses the handoff lanes on the encrypting side, nothing is
+/// lost; one worker has no one to hand to.
+#[test]
+fn handoff_runs_count_what_crossed() {
+    let v = perf(&[
+        "loopback",
+        "--workers",
+        "2",
+        "--tunnels",
+        "4",
+        "--handoff",
+        "--duration",
+        "0.5",
+        "--json",
+        "--packet-size",
+        "256",
+    ]);
+    assert_eq!(v["handoff"], true, "{v}");
+    assert_eq!(v["drops"], 0, "{v}");
+    assert_eq!(v["lost"], 0, "{v}");
+    assert!(v["handoff_packets"].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        (v["handoff_share"].as_f64().unwrap() - 1.0).abs() < 1e-9,
+        "{v}"
+    );
+    let v = perf(&[
+        "oneway",
+        "--handoff",
+        "--duration",
+        "0.3",
+        "--json",
+        "--packet-size",
+        "256",
+    ]);
+    assert_eq!(
+        (v["workers"].as_u64(), v["drops"].as_u64()),
+        (Some(2), Some(0)),
+        "{v}"
+    );
+    assert!(v["handoff_packets"].as_u64().unwrap() > 0, "{v}");
+    let out = Command::new(env!("CARGO_BIN_EXE_perf"))
+        .args(["loopback", "--handoff"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--handoff needs --workers 2 or more"));
+}
+
 #[test]
 fn bad_flags_are_named() {
     let out = Command::new(env!("CARGO_BIN_EXE_perf"))

@@ -42,7 +42,7 @@ reasons! {
     TtlExceeded => "ttl_exceeded", "Inner TTL / hop limit ran out at this hop (forwarding gateway; ICMP Time Exceeded sent).";
     IcmpRateLimited => "icmp_rate_limited", "An ICMP error that would have been sent was rate limited.";
     CryptoError => "crypto_error", "The crypto backend reported an error.";
-    HandoffFull => "handoff_full", "The ring to the worker owning the packet's SA was full.";
+    HandoffFull => "handoff_full", "The handoff lane to the worker owning the packet's SA was full.";
 }
 
 impl fmt::Display for DropReason {

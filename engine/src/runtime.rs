@@ -2,11 +2,12 @@
 //! outside (ESP) port in bursts, running the sans-IO ESP core on its own SAs.
 //!
 //! Design (see README, "Runtime"):
-//! - **One writer per SA by steering.** Each tunnel is owned by exactly one worker; flows are
-//!   steered to it (inside: by tunnel, as RSS does per flow; outside: by SPI, as the XDP
-//!   program does per SPI), so a worker's SA tables hold only its own SAs and the sequence
-//!   counter and replay window of an SA are touched by one thread only. A packet whose SPI
-//!   is not in the worker's table is counted `unknown_spi`.
+//! - **One writer per SA.** Each tunnel is owned by exactly one worker (`workers`): its
+//!   SAs live only in that worker's tables, so the sequence counter and replay window of an
+//!   SA are touched by one thread only. Another worker that receives a packet of such a
+//!   tunnel (inside: by route; outside: by SPI, from `RemoteOutbound` / `RemoteInbound`)
+//!   hands it to the owner in batches (`handoff`), within the same poll, never twice. A
+//!   packet whose SPI no worker holds is counted `unknown_spi`.
 //! - **Tables without locks.** A worker's tables (outbound: longest-prefix match of the inner
 //!   destination -> slot; inbound: SPI -> slot, with a last-SPI cache) are read and written by
 //!   that worker only. The control thread changes them with [`Command`]s over a channel; the

@@ -621,6 +621,34 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
         }
     }
 
+    /// Fills `self.rx` with up to `burst` packets from the port of `path` (inside for
+    /// Encrypt, outside for Decrypt), then up to `burst` that other workers handed over on
+    /// it, after ours. Returns (received, handed over).
+    #[inline]
+    fn receive(&mut self, path: Path, burst: usize) -> (usize, usize) {
+        // Backpressure: take from the port only what the lanes to the other workers can
+        // still hold, so a congested owner slows its feeders (their receive rings fill and
+        // the NIC counts the drops) instead of them spending cycles to receive and drop.
+        let take = match &self.mesh {
+            Some(m) => burst.min(m.room(path)),
+            None => burst,
+        };
+        let n = match path {
+            Path::Encrypt => self.inside.rx_burst(&mut self.pool, &mut self.rx, take),
+            Path::Decrypt => self.outside.rx_burst(&mut self.pool, &mut self.rx, take),
+        };
+        match path {
+            Path::Encrypt => self.rx_in += n as u64,
+            Path::Decrypt => self.rx_out += n as u64,
+        }
+        let handed = match &mut self.mesh {
+            Some(m) => m.pull(path, &mut self.rx, burst),
+            None => 0,
+        };
+        self.handoff_in += handed as u64;
+        (n, handed)
+    }
+
     /// Publishes the staged handoff batches; what the owners' full lanes refuse is dropped
     /// and counted.
     #[inline]
@@ -1026,22 +1054,8 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
         if burst == 0 {
             return 0;
         }
-        // Backpressure: take from the port only what the rings to the other workers can
-        // still hold, so a congested owner slows its feeders (their receive rings fill and
-        // the NIC counts the drops) instead of them spending cycles to receive and drop.
-        let take = match &self.mesh {
-            Some(m) => burst.min(m.room(Path::Encrypt)),
-            None => burst,
-        };
-        let n = self.inside.rx_burst(&mut self.pool, &mut self.rx, take);
-        self.rx_in += n as u64;
-        // Packets other workers received for tunnels this one holds come after ours.
-        let local = self.rx.len();
-        let handed = match &mut self.mesh {
-            Some(m) => m.pull(Path::Encrypt, &mut self.rx, burst),
-            None => 0,
-        };
-        self.handoff_in += handed as u64;
+        let (n, handed) = self.receive(Path::Encrypt, burst);
+        let local = n;
         let mut run_slot = usize::MAX;
         let mut rx = std::mem::take(&mut self.rx);
         for (i, mut p) in rx.drain(..).enumerate() {
@@ -1221,18 +1235,8 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
         if burst == 0 {
             return 0;
         }
-        let take = match &self.mesh {
-            Some(m) => burst.min(m.room(Path::Decrypt)),
-            None => burst,
-        };
-        let n = self.outside.rx_burst(&mut self.pool, &mut self.rx, take);
-        self.rx_out += n as u64;
-        let local = self.rx.len();
-        let handed = match &mut self.mesh {
-            Some(m) => m.pull(Path::Decrypt, &mut self.rx, burst),
-            None => 0,
-        };
-        self.handoff_in += handed as u64;
+        let (n, handed) = self.receive(Path::Decrypt, burst);
+        let local = n;
         let mut run_slot = usize::MAX;
         let mut rx = std::mem::take(&mut self.rx);
         for (i, mut p) in rx.drain(..).enumerate() {

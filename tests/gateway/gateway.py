@@ -247,6 +247,27 @@ def xdp_attached(nsname, dev):
     return "xdp" in nsx(nsname, f"ip link show {dev}").stdout
 
 
+def stop_with_capture(g1, g2, dump):
+    """Stops both gateways (returns their exit codes), then the tcpdump of the outer side."""
+    codes = (g1.stop(), g2.stop())
+    time.sleep(0.3)
+    dump.send_signal(signal.SIGINT)
+    try:
+        dump.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        dump.kill()
+    return codes
+
+
+def exported_keys(*gws):
+    """The esp_sa lines the gateways exported (--export-keys), each once, for tshark."""
+    uats = []
+    for g in gws:
+        if os.path.exists(g.keys):
+            uats += [l for l in open(g.keys).read().splitlines() if l.strip()]
+    return list(dict.fromkeys(uats))
+
+
 def two_gateways(sname, nat):
     s = SUITES[sname]
     tag = f"{sname}-{'natt' if nat else 'esp'}"
@@ -340,13 +361,7 @@ def two_gateways(sname, nat):
               received(r) == 0 and "time to live exceeded" in r.stdout.lower() and "ttl=63" in r2.stdout
               and out.get("drops", {}).get("ttl_exceeded") == 1, r.stdout[-300:] + r2.stdout[-300:] + json.dumps(out))
     finally:
-        codes = (g1.stop(), g2.stop())
-        time.sleep(0.3)
-        dump.send_signal(signal.SIGINT)
-        try:
-            dump.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            dump.kill()
+        codes = stop_with_capture(g1, g2, dump)
     check(f"[{tag}] SIGTERM: both exit 0", codes == (0, 0), f"{codes} {open(g1.log).read()[-500:]}")
     recs = [json.loads(l) for l in open(g1.tunnel_log) if l.strip()] if os.path.exists(g1.tunnel_log) else []
     check(f"[{tag}] AWS-format tunnel log: UP at start, DOWN at stop, no key material",
@@ -355,11 +370,7 @@ def two_gateways(sname, nat):
           and key(s["ek"], 1).hex() not in open(g1.tunnel_log).read(), json.dumps(recs))
     check(f"[{tag}] XDP detached after exit",
           not any(xdp_attached(n, d) for n, d in (("g1", "g1i"), ("g1", "g1o"), ("g2", "g2i"), ("g2", "g2o"))))
-    uats = []
-    for g in (g1, g2):
-        if os.path.exists(g.keys):
-            uats += [l for l in open(g.keys).read().splitlines() if l.strip()]
-    esp, good, echoes, err = tshark_decrypt(cap, list(dict.fromkeys(uats)))
+    esp, good, echoes, err = tshark_decrypt(cap, exported_keys(g1, g2))
     check(f"[{tag}] tshark decrypts the captured ESP: ICV good for every packet",
           esp > 100 and good == esp, f"{good}/{esp} {err}")
     check(f"[{tag}] tshark finds the inner echo requests A->B", echoes >= 5, str(echoes))
@@ -396,19 +407,9 @@ def two_gateways_v6():
               and c.get("inside", {}).get("xdp", {}).get("xsk_inside", 0) > 0
               and c.get("worker", {}).get("icmp_sent", 0) >= 1, json.dumps(c)[:1200])
     finally:
-        codes = (g1.stop(), g2.stop())
-        time.sleep(0.3)
-        dump.send_signal(signal.SIGINT)
-        try:
-            dump.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            dump.kill()
+        codes = stop_with_capture(g1, g2, dump)
     check(f"[{tag}] SIGTERM: both exit 0", codes == (0, 0))
-    uats = []
-    for g in (g1, g2):
-        if os.path.exists(g.keys):
-            uats += [l for l in open(g.keys).read().splitlines() if l.strip()]
-    esp, good, echoes, err = tshark_decrypt(cap, list(dict.fromkeys(uats)),
+    esp, good, echoes, err = tshark_decrypt(cap, exported_keys(g1, g2),
                                             "icmpv6.type == 128 && ipv6.src == fd00:1::2")
     check(f"[{tag}] tshark decrypts the IPv6 ESP: ICV good for every packet, inner echo requests found",
           esp > 10 and good == esp and echoes >= 5, f"{good}/{esp} echoes {echoes} {err}")
@@ -1036,19 +1037,9 @@ def two_workers():
               sent == "4000" and got == "4000" and spis == ["0x00001002", "0x00002001"],
               f"sent {sent} got {got} spis {spis} " + open(g1.log).read()[-300:] + open(g2.log).read()[-300:])
     finally:
-        codes = (g1.stop(), g2.stop())
-        time.sleep(0.3)
-        dump.send_signal(signal.SIGINT)
-        try:
-            dump.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            dump.kill()
+        codes = stop_with_capture(g1, g2, dump)
     check("[workers] SIGTERM: both exit 0", codes == (0, 0), f"{codes} {open(g1.log).read()[-500:]}")
-    uats = []
-    for g in (g1, g2):
-        if os.path.exists(g.keys):
-            uats += [l for l in open(g.keys).read().splitlines() if l.strip()]
-    esp, good, echoes, err = tshark_decrypt(cap, list(dict.fromkeys(uats)))
+    esp, good, echoes, err = tshark_decrypt(cap, exported_keys(g1, g2))
     check("[workers] tshark decrypts the captured ESP of both workers: ICV good for every packet",
           esp > 1000 and good == esp, f"{good}/{esp} {err}")
 

@@ -15,6 +15,7 @@
 //! baseline, and reports the ratio.
 
 mod ikebench;
+mod secgw;
 mod traffic;
 #[cfg(feature = "xdp")]
 mod xdpbench;
@@ -112,6 +113,10 @@ enum Cmd {
         /// e.g. DPDK ipsec-secgw's mbuf pool), 1..=1048576.
         #[arg(long, default_value_t = 16384)]
         packets: usize,
+        /// Also write the working set and a matching DPDK `ipsec-secgw` configuration into
+        /// this directory (packets.pcap, secgw.cfg, secgw-cpu.cfg), for perf/secgw/compare.sh.
+        #[arg(long)]
+        export_secgw: Option<std::path::PathBuf>,
     },
     /// Gateway forwarding rate on AF_XDP over veth (root): ESP vs a plain AF_XDP forwarder,
     /// same run, same veth pairs, as a ratio.
@@ -129,6 +134,10 @@ enum Cmd {
         /// native | generic | auto
         #[arg(long, default_value = "generic")]
         xdp_mode: String,
+        /// Gateway workers, one per veth queue (1..=64); with 2 or more every tunnel's
+        /// packets arrive on every queue and the handoff carries the share of the others.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
         #[arg(long)]
         json: bool,
     },
@@ -230,6 +239,24 @@ fn setup(c: &Common) -> Setup {
     }
 }
 
+/// SPI of tunnel `t` (both directions: the benchmark's two gateways share one SA pair).
+fn tunnel_spi(t: u32) -> u32 {
+    0x1000_0000 + t
+}
+
+/// Synthetic encryption and integrity keys of tunnel `t`, distinct per tunnel.
+fn tunnel_keys(s: &Setup, t: u32) -> (Vec<u8>, Vec<u8>) {
+    let key = |n: usize, salt: u8| -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31) ^ salt ^ (t as u8) ^ ((t >> 8) as u8))
+            .collect()
+    };
+    (
+        key(s.suite.enc.enc_key_len(), 0x11),
+        key(s.suite.integ.key_len(), 0x22),
+    )
+}
+
 /// SA pair of tunnel `t`: distinct SPI and keys per tunnel.
 fn sa_pair(s: &Setup, c: &Common, t: u32) -> (OutboundSa, InboundSa) {
     let (src, dst): (IpAddr, IpAddr) = if c.ipv6_outer {
@@ -240,18 +267,14 @@ fn sa_pair(s: &Setup, c: &Common, t: u32) -> (OutboundSa, InboundSa) {
     } else {
         ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap())
     };
-    let key = |n: usize, salt: u8| -> Vec<u8> {
-        (0..n)
-            .map(|i| (i as u8).wrapping_mul(31) ^ salt ^ (t as u8) ^ ((t >> 8) as u8))
-            .collect()
-    };
+    let (enc_key, auth_key) = tunnel_keys(s, t);
     let mut cfg = SaConfig::new(
         format!("t{t}"),
         Direction::Out,
-        0x1000_0000 + t,
+        tunnel_spi(t),
         s.suite,
-        key(s.suite.enc.enc_key_len(), 0x11),
-        key(s.suite.integ.key_len(), 0x22),
+        enc_key,
+        auth_key,
         src,
         dst,
     );
@@ -696,7 +719,7 @@ fn loopback(c: Common) {
     }
 }
 
-fn oneway(c: Common, dir: DirectionArg, packets: usize) {
+fn oneway(c: Common, dir: DirectionArg, packets: usize, export_secgw: Option<std::path::PathBuf>) {
     if !(1..=1 << 20).contains(&packets) {
         fail(format!("--packets {packets}: allowed: 1..=1048576"));
     }
@@ -727,6 +750,26 @@ fn oneway(c: Common, dir: DirectionArg, packets: usize) {
             engine::esp::encapsulate(&mut outs[t as usize], &mut b).expect("prebuild");
         }
         pkts.push(b.bytes().to_vec());
+    }
+    if let Some(dir) = &export_secgw {
+        if c.nat_t || c.ipv6_outer {
+            fail("--export-secgw: plain ESP over IPv4 only (no --nat-t, no --ipv6-outer)".into());
+        }
+        let sas: Vec<secgw::SecgwSa> = (0..s.tunnels)
+            .map(|t| {
+                let (enc_key, auth_key) = tunnel_keys(&s, t);
+                secgw::SecgwSa {
+                    spi: tunnel_spi(t),
+                    enc_key,
+                    auth_key,
+                    outer_src: std::net::Ipv4Addr::new(192, 0, 2, 1),
+                    outer_dst: std::net::Ipv4Addr::new(192, 0, 2, 2),
+                    inner_dst: tunnel_dst(t),
+                }
+            })
+            .collect();
+        secgw::export(dir, s.suite, &sas, decrypt, &pkts)
+            .unwrap_or_else(|e| fail(format!("--export-secgw: {e}")));
     }
     let stop = Arc::new(AtomicBool::new(false));
     let null = Null::default();
@@ -936,7 +979,8 @@ fn main() {
             common,
             direction,
             packets,
-        } => oneway(common, direction, packets),
+            export_secgw,
+        } => oneway(common, direction, packets, export_secgw),
         Cmd::Crypto { size, ms, only } => crypto(size, ms, only),
         Cmd::Ike {
             groups,
@@ -966,8 +1010,12 @@ fn main() {
             transform,
             backend,
             xdp_mode,
+            workers,
             json,
         } => {
+            if !(1..=64).contains(&workers) {
+                fail(format!("--workers {workers}: allowed: 1..=64"));
+            }
             if std::env::var_os("PERF_XDP_INSIDE").is_none() {
                 let args: Vec<String> = std::env::args().skip(1).collect();
                 std::process::exit(xdpbench::outer(&args));
@@ -993,6 +1041,7 @@ fn main() {
                 mode: xdp_mode
                     .parse()
                     .unwrap_or_else(|e: String| fail(format!("--xdp-mode {e}"))),
+                workers,
             };
             std::process::exit(xdpbench::inner(o));
         }

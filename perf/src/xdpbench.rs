@@ -44,6 +44,10 @@ pub struct Opts {
     pub backend: Backend,
     pub json: bool,
     pub mode: Mode,
+    /// Gateway workers (1: on core 1; more: worker w on core w mod the cores, queue w of
+    /// each veth, the tunnels' packets spread over every queue so that handoff carries its
+    /// share).
+    pub workers: usize,
 }
 
 fn sh(args: &[&str]) -> Result<(), String> {
@@ -69,6 +73,18 @@ pub fn outer(args: &[String]) -> i32 {
         return 2;
     }
     let ns = format!("pxb{}", std::process::id());
+    // Queues per veth: one per gateway worker (`--workers N` or `--workers=N`).
+    let queues = args
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| {
+            a.strip_prefix("--workers=")
+                .or_else(|| (a == "--workers").then(|| args.get(i + 1).map(String::as_str))?)
+        })
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .clamp(1, 64)
+        .to_string();
     let cleanup = || {
         let _ = sh(&["ip", "netns", "del", &ns]);
     };
@@ -76,7 +92,25 @@ pub fn outer(args: &[String]) -> i32 {
         sh(&["ip", "netns", "add", &ns])?;
         for (a, b) in [("xgi", "xwi"), ("xwo", "xgo")] {
             sh(&[
-                "ip", "-n", &ns, "link", "add", a, "type", "veth", "peer", "name", b,
+                "ip",
+                "-n",
+                &ns,
+                "link",
+                "add",
+                a,
+                "numtxqueues",
+                &queues,
+                "numrxqueues",
+                &queues,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                b,
+                "numtxqueues",
+                &queues,
+                "numrxqueues",
+                &queues,
             ])?;
         }
         for d in ["lo", "xgi", "xwi", "xwo", "xgo"] {
@@ -107,8 +141,9 @@ pub fn outer(args: &[String]) -> i32 {
     }
 }
 
-/// Builds the UDP frame of `flow` (sequence number patched per send).
-fn frame(size: usize, flow: u32, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+/// Builds the UDP frame of `flow` to tunnel `tunnel`'s inside host 198.18.2.(1 + tunnel)
+/// (sequence number patched per send).
+fn frame(size: usize, flow: u32, tunnel: u8, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
     let ip_len = size.clamp(48, 1500);
     let mut f = vec![0u8; 14 + ip_len];
     f[0..6].copy_from_slice(&dst_mac);
@@ -121,7 +156,7 @@ fn frame(size: usize, flow: u32, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> 
     ip[8] = 64;
     ip[9] = 17;
     ip[12..16].copy_from_slice(&[198, 18, 1, 1]);
-    ip[16..20].copy_from_slice(&[198, 18, 2, 1]);
+    ip[16..20].copy_from_slice(&[198, 18, 2, 1 + tunnel]);
     engine::wire::ipv4_fix_checksum(&mut ip[..20]);
     let udp_len = ip_len - 20;
     ip[20..22].copy_from_slice(&((1024 + flow) as u16).to_be_bytes());
@@ -143,17 +178,26 @@ struct GenStats {
     max_esp_seq: u64,
 }
 
-/// Generator + sink on one core for `secs`: sends as fast as the TX ring takes, counts what
-/// the sink sees after a one-second warm-up (rates over the measured window).
+/// Generator + sink on one core for `secs`: sends as fast as the TX rings take, counts what
+/// the sinks see after a one-second warm-up (rates over the measured window). Flow f goes
+/// out on generator socket f mod the sockets (a veth delivers on the RX queue of the TX
+/// queue it was sent on, so that is the RX queue it arrives on, as RSS would spread
+/// flows); every sink socket is drained.
 fn generate(
-    gen_xsk: &mut Xsk,
-    sink: &mut Xsk,
+    gens: &mut [Xsk],
+    sinks: &mut [Xsk],
     frames: &[Vec<u8>],
     secs: f64,
     esp: bool,
 ) -> (GenStats, f64) {
-    let n_frames = gen_xsk.frames as u64;
-    let mut free: Vec<u64> = (0..n_frames).map(|i| i * FRAME_SIZE as u64).collect();
+    let mut free: Vec<Vec<u64>> = gens
+        .iter()
+        .map(|g| {
+            (0..g.frames as u64)
+                .map(|i| i * FRAME_SIZE as u64)
+                .collect()
+        })
+        .collect();
     let mut done = Vec::with_capacity(4096);
     let mut descs = Vec::with_capacity(BATCH);
     let mut rx = Vec::with_capacity(BATCH);
@@ -171,7 +215,8 @@ fn generate(
     let t0 = Instant::now();
     let mut measuring = false;
     let (mut sent0, mut rx0, mut tm) = (0u64, 0u64, t0);
-    let mut flow = 0usize;
+    let ng = gens.len();
+    let mut flow = vec![0usize; ng];
     loop {
         let el = t0.elapsed();
         if !measuring && el >= warm {
@@ -183,60 +228,68 @@ fn generate(
         if el.as_secs_f64() >= secs {
             break;
         }
-        done.clear();
-        gen_xsk.complete(&mut done);
-        free.extend_from_slice(&done);
-        let room = gen_xsk.tx_free(BATCH as u32) as usize;
-        descs.clear();
-        for _ in 0..room.min(BATCH) {
-            let Some(a) = free.pop() else { break };
-            let f = &frames[flow];
-            let buf = gen_xsk.frame_mut(a);
-            buf[..f.len()].copy_from_slice(f);
-            seq[flow] += 1;
-            buf[SEQ_OFF..SEQ_OFF + 8].copy_from_slice(&seq[flow].to_be_bytes());
-            descs.push(XdpDesc {
-                addr: a,
-                len: f.len() as u32,
-                options: 0,
-            });
-            flow = (flow + 1) % frames.len();
-        }
-        if !descs.is_empty() {
-            gen_xsk.send(&descs);
-            st.sent += descs.len() as u64;
-        }
-        for _ in 0..2 {
-            rx.clear();
-            let n = sink.recv(&mut rx, BATCH);
-            for d in &rx {
-                let b = sink.frame(d.addr, d.len as usize);
-                if esp {
-                    // Outer IPv4 (20) + ESP: SPI (4), sequence number (4).
-                    if b.len() >= 14 + 28 {
-                        let s = u32::from_be_bytes(b[38..42].try_into().unwrap_or_default());
-                        st.max_esp_seq = st.max_esp_seq.max(u64::from(s));
-                    }
-                } else if b.len() >= SEQ_OFF + 8 {
-                    let fl = u32::from_be_bytes(b[42..46].try_into().unwrap_or_default()) as usize;
-                    let s =
-                        u64::from_be_bytes(b[SEQ_OFF..SEQ_OFF + 8].try_into().unwrap_or_default());
-                    if let Some(nx) = next_seen.get_mut(fl) {
-                        if s > *nx + 1 {
-                            st.lost += s - *nx - 1;
-                        } else if s <= *nx {
-                            st.reordered += 1;
-                        }
-                        *nx = (*nx).max(s);
-                    }
-                }
-                refill.push(d.addr);
+        for (q, gen_xsk) in gens.iter_mut().enumerate() {
+            done.clear();
+            gen_xsk.complete(&mut done);
+            free[q].extend_from_slice(&done);
+            let room = gen_xsk.tx_free(BATCH as u32) as usize;
+            descs.clear();
+            for _ in 0..room.min(BATCH) {
+                let Some(a) = free[q].pop() else { break };
+                // This socket's flows: q, q + ng, q + 2 ng, ...
+                let fl = flow[q] * ng + q;
+                let f = &frames[fl];
+                let buf = gen_xsk.frame_mut(a);
+                buf[..f.len()].copy_from_slice(f);
+                seq[fl] += 1;
+                buf[SEQ_OFF..SEQ_OFF + 8].copy_from_slice(&seq[fl].to_be_bytes());
+                descs.push(XdpDesc {
+                    addr: a,
+                    len: f.len() as u32,
+                    options: 0,
+                });
+                flow[q] = (flow[q] + 1) % (frames.len() / ng);
             }
-            st.received += n as u64;
-            sink.fill(&refill);
-            refill.clear();
-            if n == 0 {
-                break;
+            if !descs.is_empty() {
+                gen_xsk.send(&descs);
+                st.sent += descs.len() as u64;
+            }
+        }
+        for sink in sinks.iter_mut() {
+            for _ in 0..2 {
+                rx.clear();
+                let n = sink.recv(&mut rx, BATCH);
+                for d in &rx {
+                    let b = sink.frame(d.addr, d.len as usize);
+                    if esp {
+                        // Outer IPv4 (20) + ESP: SPI (4), sequence number (4).
+                        if b.len() >= 14 + 28 {
+                            let s = u32::from_be_bytes(b[38..42].try_into().unwrap_or_default());
+                            st.max_esp_seq = st.max_esp_seq.max(u64::from(s));
+                        }
+                    } else if b.len() >= SEQ_OFF + 8 {
+                        let fl =
+                            u32::from_be_bytes(b[42..46].try_into().unwrap_or_default()) as usize;
+                        let s = u64::from_be_bytes(
+                            b[SEQ_OFF..SEQ_OFF + 8].try_into().unwrap_or_default(),
+                        );
+                        if let Some(nx) = next_seen.get_mut(fl) {
+                            if s > *nx + 1 {
+                                st.lost += s - *nx - 1;
+                            } else if s <= *nx {
+                                st.reordered += 1;
+                            }
+                            *nx = (*nx).max(s);
+                        }
+                    }
+                    refill.push(d.addr);
+                }
+                st.received += n as u64;
+                sink.fill(&refill);
+                refill.clear();
+                if n == 0 {
+                    break;
+                }
             }
         }
     }
@@ -244,15 +297,19 @@ fn generate(
     // Drain what is still in flight.
     let end = Instant::now();
     while end.elapsed() < Duration::from_millis(300) {
-        rx.clear();
-        let n = sink.recv(&mut rx, BATCH);
-        for d in &rx {
-            refill.push(d.addr);
+        let mut got = 0;
+        for sink in sinks.iter_mut() {
+            rx.clear();
+            let n = sink.recv(&mut rx, BATCH);
+            for d in &rx {
+                refill.push(d.addr);
+            }
+            sink.fill(&refill);
+            refill.clear();
+            got += n;
         }
-        sink.fill(&refill);
-        refill.clear();
-        st.received += n as u64;
-        if n == 0 {
+        st.received += got as u64;
+        if got == 0 {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -261,18 +318,31 @@ fn generate(
     (st, measured / window)
 }
 
-fn open_sink(mode: Mode) -> Result<(Steering, Xsk), String> {
+fn open_sink(mode: Mode, queues: usize) -> Result<(Steering, Vec<Xsk>), String> {
     let ifi = xdp_prog::ifindex("xgo").map_err(|e| e.to_string())?;
     let st = Steering::attach("xgo", Role::Inside, mode).map_err(|e| e.to_string())?;
     st.add_selector("0.0.0.0".parse().expect("literal"), 0)
         .map_err(|e| e.to_string())?;
-    let mut x = Xsk::open(ifi, 0, XskConfig::default()).map_err(|e| format!("xgo: {e}"))?;
-    let all: Vec<u64> = (0..x.frames as u64)
-        .map(|i| i * FRAME_SIZE as u64)
-        .collect();
-    x.fill(&all);
-    st.add_socket(0, x.fd()).map_err(|e| e.to_string())?;
-    Ok((st, x))
+    let mut v = vec![];
+    for q in 0..queues as u32 {
+        let mut x =
+            Xsk::open(ifi, q, XskConfig::default()).map_err(|e| format!("xgo queue {q}: {e}"))?;
+        let all: Vec<u64> = (0..x.frames as u64)
+            .map(|i| i * FRAME_SIZE as u64)
+            .collect();
+        x.fill(&all);
+        st.add_socket(q, x.fd()).map_err(|e| e.to_string())?;
+        v.push(x);
+    }
+    Ok((st, v))
+}
+
+/// Generator sockets on queues 0..n of xgi.
+fn open_gens(queues: usize) -> Result<Vec<Xsk>, String> {
+    let ifi = xdp_prog::ifindex("xgi").map_err(|e| e.to_string())?;
+    (0..queues as u32)
+        .map(|q| Xsk::open(ifi, q, XskConfig::default()).map_err(|e| format!("xgi queue {q}: {e}")))
+        .collect()
 }
 
 /// The plain forwarder: xwi -> copy + MAC rewrite -> xwo, until `stop`.
@@ -358,10 +428,12 @@ struct RunResult {
     received: u64,
     lost: u64,
     reordered: u64,
+    /// Packets the owner worker took from another worker's ring, over all received.
+    handoff_share: f64,
 }
 
 fn run_plain(o: &Opts, size: usize) -> Result<RunResult, String> {
-    let (_sink_st, mut sink) = open_sink(o.mode)?;
+    let (_sink_st, mut sinks) = open_sink(o.mode, 1)?;
     let wi_st = Steering::attach("xwi", Role::Inside, o.mode).map_err(|e| e.to_string())?;
     wi_st
         .add_selector("0.0.0.0".parse().expect("literal"), 0)
@@ -379,20 +451,17 @@ fn run_plain(o: &Opts, size: usize) -> Result<RunResult, String> {
         XskConfig::default(),
     )
     .map_err(|e| format!("xwo: {e}"))?;
-    let mut gen_x = Xsk::open(
-        xdp_prog::ifindex("xgi").map_err(|e| e.to_string())?,
-        0,
-        XskConfig::default(),
-    )
-    .map_err(|e| format!("xgi: {e}"))?;
+    let mut gens = open_gens(1)?;
     let (go_mac, wo_mac, wi_mac, gi_mac) = macs()?;
     let stop = Arc::new(AtomicBool::new(false));
     let fwd = Arc::new(AtomicU64::new(0));
     let (s2, f2) = (stop.clone(), fwd.clone());
     let t = std::thread::spawn(move || plain_forwarder(wi, wo, go_mac, wo_mac, s2, f2));
     core_affinity_set(0);
-    let frames: Vec<Vec<u8>> = (0..FLOWS).map(|f| frame(size, f, wi_mac, gi_mac)).collect();
-    let (st, mpps) = generate(&mut gen_x, &mut sink, &frames, o.duration, false);
+    let frames: Vec<Vec<u8>> = (0..FLOWS)
+        .map(|f| frame(size, f, 0, wi_mac, gi_mac))
+        .collect();
+    let (st, mpps) = generate(&mut gens, &mut sinks, &frames, o.duration, false);
     stop.store(true, Ordering::Relaxed);
     let _ = t.join();
     Ok(RunResult {
@@ -403,6 +472,7 @@ fn run_plain(o: &Opts, size: usize) -> Result<RunResult, String> {
         // counts the gaps, which excludes only the tail still in flight at the end).
         lost: st.sent.saturating_sub(st.received).max(st.lost),
         reordered: st.reordered,
+        handoff_share: 0.0,
     })
 }
 
@@ -415,7 +485,8 @@ fn macs() -> Result<(Mac, Mac, Mac, Mac), String> {
 }
 
 fn run_esp(o: &Opts, size: usize) -> Result<RunResult, String> {
-    let (_sink_st, mut sink) = open_sink(o.mode)?;
+    let n = o.workers;
+    let (_sink_st, mut sinks) = open_sink(o.mode, n)?;
     let wi_st = Steering::attach("xwi", Role::Inside, o.mode).map_err(|e| e.to_string())?;
     let wo_st = Steering::attach("xwo", Role::Outside, o.mode).map_err(|e| e.to_string())?;
     wi_st
@@ -427,86 +498,111 @@ fn run_esp(o: &Opts, size: usize) -> Result<RunResult, String> {
     let peer: IpAddr = "198.19.0.2".parse().expect("literal");
     n_out.insert(peer, go_mac);
     let xc = XskConfig::default();
-    let pin = XskPort::open(
-        "xwi",
-        xdp_prog::ifindex("xwi").map_err(|e| e.to_string())?,
-        0,
-        xc,
-        NextHops::default(),
-        n_in,
-    )
-    .map_err(|e| format!("xwi: {e}"))?;
-    let pout = XskPort::open(
-        "xwo",
-        xdp_prog::ifindex("xwo").map_err(|e| e.to_string())?,
-        0,
-        xc,
-        NextHops::default(),
-        n_out,
-    )
-    .map_err(|e| format!("xwo: {e}"))?;
-    wi_st.add_socket(0, pin.fd()).map_err(|e| e.to_string())?;
-    wo_st.add_socket(0, pout.fd()).map_err(|e| e.to_string())?;
-    let mut gen_x = Xsk::open(xdp_prog::ifindex("xgi").map_err(|e| e.to_string())?, 0, xc)
-        .map_err(|e| format!("xgi: {e}"))?;
-    let mut cfg = SaConfig::new(
-        "bench",
-        Direction::Out,
-        0x4242,
-        o.suite,
-        vec![7; o.suite.enc.enc_key_len()],
-        vec![9; o.suite.integ.key_len()],
-        "198.19.0.1".parse().expect("literal"),
-        peer,
-    );
-    cfg.mss_clamp = false;
-    let sa = OutboundSa::new(cfg, o.backend, &[5; 32]).map_err(|e| e.to_string())?;
-    let wc = WorkerConfig {
-        id: 0,
-        core: Some(1),
-        burst: 64,
-        // As `espd run`: forward inner fragments, lower the inner TTL.
-        reassemble_inner: false,
-        decrement_ttl: true,
-        ..Default::default()
-    };
-    let (w, h) = Worker::new(
-        wc,
-        pin,
-        pout,
-        BufPool::new(8192, engine::pkt::DEFAULT_CAPACITY),
-    );
-    h.send(Command::SetOutbound {
-        tunnel: 1,
-        sa: Box::new(sa),
-        selectors: vec![Selector {
-            addr: "0.0.0.0".parse().expect("literal"),
-            prefix: 0,
-        }],
-    });
+    let ifi = |d: &str| xdp_prog::ifindex(d).map_err(|e| e.to_string());
+    let (ifi_wi, ifi_wo) = (ifi("xwi")?, ifi("xwo")?);
+    let mut gens = open_gens(n)?;
+    // One worker per queue (as `espd run`: one pool behind them, a handoff mesh when there
+    // are several); tunnel t belongs to worker t mod n.
+    let shared = engine::pkt::shared_pool(8192 * n, engine::pkt::DEFAULT_CAPACITY);
+    let mut meshes = engine::handoff::mesh(n, 1024).into_iter();
+    let mut workers = vec![];
+    let mut handles = vec![];
+    for w in 0..n {
+        let q = w as u32;
+        let pin = XskPort::open("xwi", ifi_wi, q, xc, NextHops::default(), n_in.clone())
+            .map_err(|e| format!("xwi queue {q}: {e}"))?;
+        let pout = XskPort::open("xwo", ifi_wo, q, xc, NextHops::default(), n_out.clone())
+            .map_err(|e| format!("xwo queue {q}: {e}"))?;
+        wi_st.add_socket(q, pin.fd()).map_err(|e| e.to_string())?;
+        wo_st.add_socket(q, pout.fd()).map_err(|e| e.to_string())?;
+        let wc = WorkerConfig {
+            id: w,
+            // One worker: core 1 (the generator has core 0). More: core w mod the cores,
+            // so worker 0 shares core 0 with the generator on a 2-core machine.
+            core: Some(if n == 1 { 1 } else { w % cores() }),
+            burst: 64,
+            // As `espd run`: forward inner fragments, lower the inner TTL.
+            reassemble_inner: false,
+            decrement_ttl: true,
+            ..Default::default()
+        };
+        let pool = BufPool::with_shared(shared.clone(), engine::pkt::DEFAULT_CAPACITY);
+        let (mut wk, h) = Worker::new(wc, pin, pout, pool);
+        if n > 1
+            && let Some(m) = meshes.next()
+        {
+            wk.set_mesh(m);
+        }
+        workers.push(wk);
+        handles.push(h);
+    }
+    let set = engine::workers::WorkerSet::new(handles);
+    for t in 0..n {
+        let mut cfg = SaConfig::new(
+            format!("bench{t}"),
+            Direction::Out,
+            0x4242 + t as u32,
+            o.suite,
+            vec![7; o.suite.enc.enc_key_len()],
+            vec![9; o.suite.integ.key_len()],
+            "198.19.0.1".parse().expect("literal"),
+            peer,
+        );
+        cfg.mss_clamp = false;
+        let sa = OutboundSa::new(cfg, o.backend, &[5; 32]).map_err(|e| e.to_string())?;
+        set.send(Command::SetOutbound {
+            tunnel: t as u32,
+            sa: Box::new(sa),
+            selectors: vec![Selector {
+                addr: IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 2, 1 + t as u8)),
+                prefix: 32,
+            }],
+        });
+    }
     let stop = Arc::new(AtomicBool::new(false));
-    let s2 = stop.clone();
-    let t = std::thread::spawn(move || {
-        let w = w.run(s2);
-        drop(w);
-    });
-    h.barrier();
+    let threads: Vec<_> = workers
+        .into_iter()
+        .map(|w| {
+            let s2 = stop.clone();
+            std::thread::spawn(move || drop(w.run(s2)))
+        })
+        .collect();
+    set.barrier();
     core_affinity_set(0);
-    let frames: Vec<Vec<u8>> = (0..FLOWS).map(|f| frame(size, f, wi_mac, gi_mac)).collect();
-    let (st, mpps) = generate(&mut gen_x, &mut sink, &frames, o.duration, true);
-    let rep = h.report(false);
+    // Flow f leaves on generator queue f mod n and goes to tunnel (f / n) mod n: every
+    // tunnel's packets arrive on every queue, as RSS spreads them.
+    let frames: Vec<Vec<u8>> = (0..FLOWS)
+        .map(|f| frame(size, f, ((f as usize / n) % n) as u8, wi_mac, gi_mac))
+        .collect();
+    let (st, mpps) = generate(&mut gens, &mut sinks, &frames, o.duration, true);
+    let rep = set.report(false);
     stop.store(true, Ordering::Relaxed);
-    let _ = t.join();
-    let drops = rep.map(|r| r.total.total_drops()).unwrap_or(0);
+    for t in threads {
+        let _ = t.join();
+    }
+    let (drops, handoff_share) = rep
+        .map(|r| {
+            let rx = (r.rx_in + r.rx_out).max(1);
+            (r.total.total_drops(), r.handoff_in as f64 / rx as f64)
+        })
+        .unwrap_or((0, 0.0));
     Ok(RunResult {
         mpps: mpps / 1e6,
         sent: st.sent,
         received: st.received,
         // Sent but never seen by the sink, wherever it was lost (XDP->socket ring full,
-        // worker drop, TX ring); `drops` is the worker's own share.
+        // worker drop, handoff ring full, TX ring); `drops` is the workers' own share.
         lost: st.sent.saturating_sub(st.received).max(drops),
         reordered: 0,
+        handoff_share,
     })
+}
+
+/// Online CPUs (not this thread's affinity: the generator pins itself to core 0).
+fn cores() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
 }
 
 /// Runs inside the namespace: both modes for every size, prints the table or JSON.
@@ -548,6 +644,7 @@ pub fn inner(o: Opts) -> i32 {
                     "plain_mpps": p.mpps, "esp_mpps": e.mpps, "ratio": e.mpps / p.mpps,
                     "plain": {"sent": p.sent, "received": p.received, "lost": p.lost, "reordered": p.reordered},
                     "esp": {"sent": e.sent, "received": e.received, "lost": e.lost},
+                    "workers": o.workers, "handoff_share": e.handoff_share,
                 })
             })
             .collect();
@@ -557,7 +654,16 @@ pub fn inner(o: Opts) -> i32 {
         );
     } else {
         println!(
-            "AF_XDP over veth (copy mode), generator+sink on core 0, forwarder on core 1, {} s per run, best of 2",
+            "AF_XDP over veth (copy mode), generator+sink on core 0, {}, {} s per run, best of 2",
+            if o.workers == 1 {
+                "plain forwarder and gateway worker on core 1".to_string()
+            } else {
+                format!(
+                    "plain forwarder on core 1, {} gateway workers on cores 0..{} (queue w -> worker w; every tunnel's packets on every queue)",
+                    o.workers,
+                    o.workers.min(cores()) - 1
+                )
+            },
             o.duration
         );
         println!(
@@ -566,14 +672,19 @@ pub fn inner(o: Opts) -> i32 {
         );
         for (size, p, e) in &rows {
             println!(
-                "{:>6} {:>12.3} {:>12.3} {:>7.0}%   {} (plain lost {}, ESP lost {})",
+                "{:>6} {:>12.3} {:>12.3} {:>7.0}%   {} (plain lost {}, ESP lost {}{})",
                 size,
                 p.mpps,
                 e.mpps,
                 100.0 * e.mpps / p.mpps,
                 o.suite,
                 p.lost,
-                e.lost
+                e.lost,
+                if o.workers > 1 {
+                    format!(", handed over {:.0}%", 100.0 * e.handoff_share)
+                } else {
+                    String::new()
+                }
             );
         }
     }

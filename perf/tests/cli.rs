@@ -296,6 +296,25 @@ fn xdp_gateway_benchmark_runs() {
     assert!(r["plain"]["received"].as_u64().unwrap() > 1000, "{v}");
     assert!(r["esp"]["received"].as_u64().unwrap() > 1000, "{v}");
     assert!(r["ratio"].as_f64().unwrap() > 0.0, "{v}");
+    assert_eq!(r["workers"], 1, "{v}");
+    assert_eq!(r["handoff_share"].as_f64(), Some(0.0), "{v}");
+    // Two workers on two-queue veths: each tunnel's packets arrive on both queues, so about
+    // half of what the workers receive is handed to the owner, and ESP still comes out.
+    let v = perf(&[
+        "xdp-gateway",
+        "--packet-size",
+        "64",
+        "--duration",
+        "1",
+        "--workers",
+        "2",
+        "--json",
+    ]);
+    let r = &v["xdp_gateway"][0];
+    assert_eq!(r["workers"], 2, "{v}");
+    assert!(r["esp"]["received"].as_u64().unwrap() > 1000, "{v}");
+    let share = r["handoff_share"].as_f64().unwrap();
+    assert!((0.3..=0.7).contains(&share), "handoff share {share}: {v}");
 }
 
 /// `perf ike`: the rate run and the scale run report their keys and did real work.

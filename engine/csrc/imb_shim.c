@@ -13,18 +13,26 @@
 #include <string.h>
 #include <intel-ipsec-mb.h>
 
-void *espd_imb_mgr_new(void)
+/* sse = 0: the library's pick for this CPU (init_mb_mgr_auto); 1: the SSE manager, which
+ * uses the SHA extensions when the CPU has them (the library's SSE "type 2"). */
+void *espd_imb_mgr_new(int sse)
 {
     IMB_MGR *m = alloc_mb_mgr(0);
     if (m == NULL)
         return NULL;
-    init_mb_mgr_auto(m, NULL);
+    if (sse)
+        init_mb_mgr_sse(m);
+    else
+        init_mb_mgr_auto(m, NULL);
     if (imb_get_errno(m) != 0) {
         free_mb_mgr(m);
         return NULL;
     }
     return m;
 }
+
+/* The CPU features the manager detected (IMB_FEATURE_*). */
+uint64_t espd_imb_mgr_features(void *m) { return ((IMB_MGR *)m)->features; }
 
 void espd_imb_mgr_free(void *m) { free_mb_mgr((IMB_MGR *)m); }
 

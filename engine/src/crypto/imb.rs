@@ -3,6 +3,15 @@
 //! AES-CBC + HMAC uses the job manager, so a burst of packets of one SA is encrypted and
 //! hashed multi-buffer (AVX-512 lanes).
 //!
+//! Two managers per thread: the library's pick for the CPU (`init_mb_mgr_auto`), and, for
+//! HMAC-SHA1 and HMAC-SHA-256 on a CPU with the SHA extensions (SHA-NI) where that pick is
+//! not AVX-512, the SSE manager. The library's AVX2 manager only uses SHA-NI on CPUs that
+//! also have GFNI ("AVX2 type 2"), so on AMD Zen 2/3 it hashes with 8-lane AVX2 code; its
+//! SSE manager hashes with SHA-NI. Measured on a Zen 3 EPYC (`perf crypto`, one core):
+//! CBC+SHA1-96 at 64 bytes 4.7 -> 5.9 Mpps seal and 5.1 -> 6.2 open; CBC+SHA256-128 at
+//! 1400 bytes 0.77 -> 1.09 seal and 0.80 -> 1.33 open; SHA-384/512 and GCM stay on the
+//! library's pick (no SHA-NI for them; VAES for GCM).
+//!
 //! This is the crypto FFI module: the only `unsafe` of the crypto layer lives here. Each
 //! thread gets its own `IMB_MGR` (the library's managers are not thread-safe); expanded keys
 //! are immutable after creation and shared between threads.
@@ -25,7 +34,8 @@ struct CbcOp {
 }
 
 unsafe extern "C" {
-    fn espd_imb_mgr_new() -> *mut c_void;
+    fn espd_imb_mgr_new(sse: c_int) -> *mut c_void;
+    fn espd_imb_mgr_features(m: *mut c_void) -> u64;
     fn espd_imb_mgr_free(m: *mut c_void);
     fn espd_imb_mgr_arch(m: *mut c_void) -> c_int;
     fn espd_imb_version() -> *const c_char;
@@ -89,24 +99,63 @@ impl Drop for Mgr {
     }
 }
 
+/// Which of a thread's two managers.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// `init_mb_mgr_auto`.
+    Auto = 0,
+    /// `init_mb_mgr_sse` (SHA-NI hashing where the CPU has it).
+    Sse = 1,
+}
+
 thread_local! {
-    static MGR: RefCell<Option<Mgr>> = const { RefCell::new(None) };
+    static MGR: RefCell<[Option<Mgr>; 2]> = const { RefCell::new([None, None]) };
 }
 
 /// Runs `f` with this thread's manager, creating it on first use. Returns `None` when the
 /// library cannot initialise on this CPU.
 fn with_mgr<R>(f: impl FnOnce(*mut c_void) -> R) -> Option<R> {
+    with_kind(Kind::Auto, f)
+}
+
+fn with_kind<R>(kind: Kind, f: impl FnOnce(*mut c_void) -> R) -> Option<R> {
     MGR.with(|cell| {
-        let mut slot = cell.borrow_mut();
+        let mut slots = cell.borrow_mut();
+        let slot = &mut slots[kind as usize];
         if slot.is_none() {
             // SAFETY: plain constructor; NULL is handled.
-            let p = unsafe { espd_imb_mgr_new() };
+            let p = unsafe { espd_imb_mgr_new((kind == Kind::Sse) as c_int) };
             if p.is_null() {
                 return None;
             }
             *slot = Some(Mgr(p));
         }
         slot.as_ref().map(|m| f(m.0))
+    })
+}
+
+/// IMB_FEATURE_SHANI of intel-ipsec-mb.h.
+const FEATURE_SHANI: u64 = 1;
+/// IMB_ARCH_AVX512.
+const ARCH_AVX512: c_int = 5;
+
+/// Whether HMAC-SHA1/SHA-256 bursts go to the SSE manager (SHA-NI present, the library's
+/// pick not AVX-512). Decided once per process; `ESPD_IMB_HMAC=auto` keeps them on the
+/// library's pick and `ESPD_IMB_HMAC=sse` forces the SSE manager (to compare on a machine).
+fn sha_ni_for_hmac() -> bool {
+    static PICK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PICK.get_or_init(|| {
+        match std::env::var("ESPD_IMB_HMAC").as_deref() {
+            Ok("auto") => return false,
+            Ok("sse") => return with_kind(Kind::Sse, |_| ()).is_some(),
+            _ => {}
+        }
+        // SAFETY: the manager pointer is valid for the duration of the closure.
+        with_mgr(|m| unsafe {
+            espd_imb_mgr_features(m) & FEATURE_SHANI != 0 && espd_imb_mgr_arch(m) != ARCH_AVX512
+        })
+        .unwrap_or(false)
+            && with_kind(Kind::Sse, |_| ()).is_some()
     })
 }
 
@@ -131,7 +180,11 @@ pub fn describe() -> String {
         5 => "AVX512",
         _ => "none",
     };
-    format!("ipsec-mb {v} ({a})")
+    if sha_ni_for_hmac() {
+        format!("ipsec-mb {v} ({a}; SSE with SHA-NI for HMAC-SHA1/SHA-256)")
+    } else {
+        format!("ipsec-mb {v} ({a})")
+    }
 }
 
 pub(super) fn new(
@@ -181,7 +234,12 @@ pub(super) fn new(
         if key.is_null() {
             return Err(KeyError::Backend);
         }
-        Ok(Box::new(ImbCbc { suite, key }))
+        let kind = if matches!(alg, 1 | 256) && sha_ni_for_hmac() {
+            Kind::Sse
+        } else {
+            Kind::Auto
+        };
+        Ok(Box::new(ImbCbc { suite, key, kind }))
     }
 }
 
@@ -300,6 +358,8 @@ impl EspTransform for ImbGcm {
 struct ImbCbc {
     suite: Suite,
     key: *mut c_void,
+    /// The manager its bursts run on (the key data is the same for both).
+    kind: Kind,
 }
 
 // SAFETY: the key structure (AES schedules and HMAC pad states) is immutable after creation.
@@ -381,7 +441,19 @@ impl ImbCbc {
         }
         if k > 0 {
             let jp = jobs.as_mut_ptr();
-            with_mgr(|m| {
+            // HMAC-SHA1 sealing of large packets: the library's AVX2 manager (8-lane AES-CBC
+            // encryption) edges out SHA-NI hashing from 1 KB up (Zen 3, `perf crypto`:
+            // 1400 bytes 1.07 vs 0.98 Mpps; 900 bytes 1.47 vs 1.54).
+            let kind = if self.kind == Kind::Sse
+                && encrypt
+                && icv == 12
+                && jobs[..k].iter().map(|j| j.cipher_len).sum::<u64>() >= 1024 * k as u64
+            {
+                Kind::Auto
+            } else {
+                self.kind
+            };
+            with_kind(kind, |m| {
                 // SAFETY: each job points into a distinct packet buffer borrowed mutably for
                 // this call, with offsets/lengths checked above, and into `got` for the tag.
                 unsafe { espd_imb_cbc_burst(m, self.key, encrypt as c_int, jp, k as c_int) }
@@ -435,7 +507,7 @@ impl EspTransform for ImbCbc {
         };
         let n = out.len().min(full);
         // SAFETY: data and out are valid slices; the library writes n <= out.len() bytes.
-        let rc = with_mgr(|m| unsafe {
+        let rc = with_kind(self.kind, |m| unsafe {
             espd_imb_hmac(
                 m,
                 self.key,

@@ -288,6 +288,9 @@ pub struct Gateway {
     pub complete_checksums: ChecksumMode,
     /// Packets per handoff ring between two workers (one per ordered pair and direction).
     pub handoff_ring: usize,
+    /// Explicit queue map: entry i lists the RX queues worker i (on `cores[i]`) polls, on
+    /// both interfaces. None: queue q goes to worker q mod the number of workers.
+    pub worker_queues: Option<Vec<Vec<u32>>>,
 }
 
 /// `reassembly_*` options of `[gateway]`.
@@ -331,10 +334,70 @@ pub const GATEWAY_KEYS: &[&str] = &[
     "ike_half_open_per_tunnel",
     "complete_checksums",
     "handoff_ring",
+    "worker_queues",
 ];
 
 /// Default control socket path.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/espd.sock";
+
+/// `worker_queues`: one non-empty list of distinct RX queue numbers (0..=63) per entry of
+/// `cores`, no queue in two lists. Whether every queue of each interface is covered is
+/// checked at start, when the interfaces' queue counts are known.
+fn queue_map(cx: &mut Ctx, v: &toml::Value, workers: usize) -> Option<Vec<Vec<u32>>> {
+    const KEY: &str = "worker_queues";
+    let Some(lists) = v.as_array() else {
+        cx.err(
+            KEY,
+            format!("{v} is not a list of queue lists, e.g. [[0, 2], [1, 3]]"),
+        );
+        return None;
+    };
+    if lists.len() != workers {
+        cx.err(
+            KEY,
+            format!(
+                "{v} has {} list(s); allowed: one per entry of cores ({workers})",
+                lists.len()
+            ),
+        );
+        return None;
+    }
+    let mut map = vec![];
+    let mut seen = std::collections::BTreeSet::new();
+    for (w, l) in lists.iter().enumerate() {
+        let Some(qs) = l.as_array().filter(|a| !a.is_empty()) else {
+            cx.err(
+                KEY,
+                format!("entry {w} ({l}) is not a non-empty list of queue numbers"),
+            );
+            return None;
+        };
+        let mut v = vec![];
+        for q in qs {
+            match q.as_integer() {
+                Some(n) if (0..64).contains(&n) => {
+                    if !seen.insert(n as u32) {
+                        cx.err(
+                            KEY,
+                            format!("queue {n} is given to two workers; allowed: one"),
+                        );
+                        return None;
+                    }
+                    v.push(n as u32);
+                }
+                _ => {
+                    cx.err(
+                        KEY,
+                        format!("entry {w}: {q} is not a queue number; allowed: 0..=63"),
+                    );
+                    return None;
+                }
+            }
+        }
+        map.push(v);
+    }
+    Some(map)
+}
 
 fn gateway(t: &toml::Table, origin: &str, errs: &mut Vec<String>) -> Option<Gateway> {
     let mut cx = Ctx {
@@ -474,9 +537,13 @@ fn gateway(t: &toml::Table, origin: &str, errs: &mut Vec<String>) -> Option<Gate
         ],
     );
     let handoff_ring = int(&mut cx, t, "handoff_ring", 1024, 64, 65536, " packets") as usize;
+    let worker_queues = t
+        .get("worker_queues")
+        .and_then(|v| queue_map(&mut cx, v, cores.len()));
     Some(Gateway {
         complete_checksums,
         handoff_ring,
+        worker_queues,
         inside_interface,
         outside_interface,
         cores,

@@ -341,6 +341,34 @@ fn group_id(name: &str) -> Option<u32> {
         })
 }
 
+/// Checks an explicit `worker_queues` map against the interfaces' RX queue counts: every
+/// queue of each interface has a worker (a queue without one would have no socket, and its
+/// packets would go to the kernel), and every worker has a queue on each interface (it
+/// sends there). Queue numbers beyond an interface's count are allowed (the other
+/// interface may have more queues).
+fn check_queue_map(map: &[Vec<u32>], ifaces: &[(&str, &str, u32)]) -> Result<(), String> {
+    for (key, name, q) in ifaces {
+        let q = (*q).max(1);
+        for n in 0..q {
+            if !map.iter().any(|l| l.contains(&n)) {
+                return Err(format!(
+                    "queue {n} of {key} {name:?} ({q} RX queues) has no worker; list every queue 0..={}",
+                    q - 1
+                ));
+            }
+        }
+        for (w, l) in map.iter().enumerate() {
+            if !l.iter().any(|x| *x < q) {
+                return Err(format!(
+                    "worker {w} ({l:?}) has no queue of {key} {name:?} ({q} RX queues: 0..={})",
+                    q - 1
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn xdp_mode(m: XdpMode) -> xdp_prog::Mode {
     match m {
         XdpMode::Native => xdp_prog::Mode::Native,
@@ -465,14 +493,30 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             ));
         }
     }
-    // One worker per core, each with a share of both interfaces' queues (queue q -> worker
-    // q % n): a worker needs a queue on each side to send there, so there are at most as
-    // many workers as the smaller interface has queues.
-    let nworkers = g
-        .cores
-        .len()
-        .min(q_in.max(1) as usize)
-        .min(q_out.max(1) as usize);
+    // One worker per core, each with a share of both interfaces' queues: queue q -> worker
+    // q % n, or the explicit `worker_queues` map. A worker needs a queue on each side to
+    // send there, so without a map there are at most as many workers as the smaller
+    // interface has queues.
+    let (nworkers, map) = match &g.worker_queues {
+        Some(m) => {
+            check_queue_map(
+                m,
+                &[
+                    ("inside_interface", &g.inside_interface, q_in),
+                    ("outside_interface", &g.outside_interface, q_out),
+                ],
+            )
+            .map_err(|e| format!("{origin}: [gateway]: worker_queues: {e}"))?;
+            (m.len(), Some(m.clone()))
+        }
+        None => (
+            g.cores
+                .len()
+                .min(q_in.max(1) as usize)
+                .min(q_out.max(1) as usize),
+            None,
+        ),
+    };
     if nworkers < g.cores.len() {
         tracing::warn!(
             "cores {:?}: {} worker(s), one per queue of the interface with fewer queues ({} inside, {} outside); add queues (ethtool -L IFACE combined N) to use every core",
@@ -483,9 +527,12 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         );
     }
     let share = |q: u32, w: usize| -> Vec<u32> {
-        (0..q.max(1))
-            .filter(|x| *x as usize % nworkers == w)
-            .collect()
+        match &map {
+            Some(m) => m[w].iter().copied().filter(|x| *x < q.max(1)).collect(),
+            None => (0..q.max(1))
+                .filter(|x| *x as usize % nworkers == w)
+                .collect(),
+        }
     };
     let mode = xdp_mode(g.xdp_mode);
     let steer_out = Arc::new(
@@ -595,8 +642,12 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         q_out
     );
     let modes = format!(
-        "{modes}; {nworkers} worker(s) on cores {:?}",
-        &g.cores[..nworkers]
+        "{modes}; {nworkers} worker(s) on cores {:?}{}",
+        &g.cores[..nworkers],
+        match &map {
+            Some(m) => format!(", worker_queues {m:?}"),
+            None => String::new(),
+        }
     );
     // Per-queue counters and sockets in queue order (each worker holds a share).
     let by_queue = |inside: bool| {
@@ -1750,4 +1801,31 @@ pub fn control_request(socket: &str, line: &str) -> Result<String, Error> {
     std::io::Read::read_to_string(&mut c, &mut s)
         .map_err(|e| format!("control socket {socket}: {e}"))?;
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_queue_map;
+
+    #[test]
+    fn a_queue_map_covers_every_queue_and_gives_each_worker_both_sides() {
+        let ifs = |a, b| {
+            [
+                ("inside_interface", "in0", a),
+                ("outside_interface", "out0", b),
+            ]
+        };
+        let m = vec![vec![0, 2], vec![1, 3]];
+        assert_eq!(check_queue_map(&m, &ifs(4, 4)), Ok(()));
+        // Queues past one interface's count serve the other one.
+        assert_eq!(check_queue_map(&m, &ifs(4, 2)), Ok(()));
+        assert_eq!(
+            check_queue_map(&m, &ifs(5, 4)).unwrap_err(),
+            "queue 4 of inside_interface \"in0\" (5 RX queues) has no worker; list every queue 0..=4"
+        );
+        assert_eq!(
+            check_queue_map(&[vec![0], vec![1, 2]], &ifs(3, 1)).unwrap_err(),
+            "worker 1 ([1, 2]) has no queue of outside_interface \"out0\" (1 RX queues: 0..=0)"
+        );
+    }
 }

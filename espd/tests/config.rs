@@ -437,6 +437,20 @@ fn gateway_table_defaults_and_values() {
     assert_eq!(g.backend, "auto");
     assert_eq!(g.complete_checksums, config::ChecksumMode::Auto);
     assert!(g.metrics_listen.is_none() && g.inside_next_hop.is_none());
+    assert!(g.worker_queues.is_none());
+    let m = parse(&format!(
+        "{}\n{}",
+        GATEWAY.replace(
+            "cores = [1]",
+            "cores = [1, 0]\nworker_queues = [[0, 2], [1, 3]]"
+        ),
+        BASE.replace("#T1", "")
+    ))
+    .unwrap();
+    assert_eq!(
+        m.gateway.expect("gateway").worker_queues,
+        Some(vec![vec![0, 2], vec![1, 3]])
+    );
     // Without the table a file is still a valid tunnel config (check-config, export-config).
     assert!(parse(&BASE.replace("#T1", "")).unwrap().gateway.is_none());
 }
@@ -462,6 +476,14 @@ fn gateway_table_errors_name_option_value_and_range() {
         ("cores = [1]", "cores = [1]\ninside_next_hop = \"10.0.0\""),
         ("cores = [1]", "cores = [1]\nqueues = 4"),
         ("cores = [1]", "cores = [1]\ncomplete_checksums = \"yes\""),
+        ("cores = [1]", "cores = [1, 2]\nworker_queues = [[0]]"),
+        (
+            "cores = [1]",
+            "cores = [1, 2]\nworker_queues = [[0, 1], [1]]",
+        ),
+        ("cores = [1]", "cores = [1, 2]\nworker_queues = [[0], [64]]"),
+        ("cores = [1]", "cores = [1, 2]\nworker_queues = [[0], []]"),
+        ("cores = [1]", "cores = [1]\nworker_queues = 3"),
     ];
     let want = [
         "[gateway]: xdp_mode: \"turbo\" is not allowed; allowed: \"native\", \"generic\", \"auto\"",
@@ -476,6 +498,11 @@ fn gateway_table_errors_name_option_value_and_range() {
         "[gateway]: inside_next_hop: \"10.0.0\" is not an IP address",
         "[gateway]: queues: unknown option; allowed: inside_interface",
         "[gateway]: complete_checksums: \"yes\" is not allowed; allowed: \"auto\", \"on\", \"off\"",
+        "[gateway]: worker_queues: [[0]] has 1 list(s); allowed: one per entry of cores (2)",
+        "[gateway]: worker_queues: queue 1 is given to two workers; allowed: one",
+        "[gateway]: worker_queues: entry 1: 64 is not a queue number; allowed: 0..=63",
+        "[gateway]: worker_queues: entry 1 ([]) is not a non-empty list of queue numbers",
+        "[gateway]: worker_queues: 3 is not a list of queue lists, e.g. [[0, 2], [1, 3]]",
     ];
     for ((from, to), want) in cases.iter().zip(want) {
         let text = format!("{}\n{}", GATEWAY.replace(from, to), BASE.replace("#T1", ""));

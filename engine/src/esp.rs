@@ -118,29 +118,26 @@ fn prepare(sa: &mut OutboundSa, pkt: &mut PacketBuf) -> Result<Prepared, DropRea
         Some(6) => proto::IPV6,
         _ => return Err(DropReason::NotIp),
     };
-    let suite = sa.cfg.suite;
-    let block = suite.block();
-    let ct_len = (inner_len + 2).div_ceil(block) * block;
+    let l = &sa.layout;
+    let (block, icv, iv_len) = (l.block, l.icv, l.iv);
+    // block is 4 or 16: a mask instead of a division.
+    let ct_len = (inner_len + 2 + block - 1) & !(block - 1);
     let pad = ct_len - inner_len - 2;
-    let icv = suite.icv_len();
-    let iv_len = suite.iv_len();
-    let outer = sa.cfg.outer_family().header_len() + if sa.cfg.nat_t { UDP_HDR } else { 0 };
-    if pkt.tailroom() < pad + 2 + icv || pkt.headroom() < ESP_HDR + iv_len + outer {
+    if pkt.tailroom() < pad + 2 + icv || pkt.headroom() < ESP_HDR + iv_len + l.outer {
         return Err(DropReason::TooBig);
     }
+    let gcm = l.gcm;
     let (seq, st) = sa.reserve_seq()?;
     let b = pkt.push_back(pad + 2 + icv).expect("tailroom checked");
-    let t = inner_len;
-    for i in 0..pad {
-        b[t + i] = (i + 1) as u8; // RFC 4303 section 2.4: 1, 2, 3, ...
-    }
-    b[t + pad] = pad as u8;
-    b[t + pad + 1] = nh;
+    let t = &mut b[inner_len..inner_len + pad + 2];
+    // RFC 4303 section 2.4: padding bytes 1, 2, 3, ..., then pad length and next header.
+    t[..pad].copy_from_slice(&PAD[..pad]);
+    t[pad] = pad as u8;
+    t[pad + 1] = nh;
     let b = pkt.push_front(ESP_HDR + iv_len).expect("headroom checked");
-    if let Some(mut h) = wire::Esp::new(&mut *b) {
-        h.set_header(sa.cfg.spi, seq as u32);
-    }
-    if suite.enc.is_gcm() {
+    b[0..4].copy_from_slice(&sa.cfg.spi.to_be_bytes());
+    b[4..8].copy_from_slice(&(seq as u32).to_be_bytes());
+    if gcm {
         // RFC 4106 section 3.1: the explicit IV must not repeat under a key; the 64-bit
         // sequence number never does.
         b[8..16].copy_from_slice(&seq.to_be_bytes());
@@ -153,28 +150,35 @@ fn prepare(sa: &mut OutboundSa, pkt: &mut PacketBuf) -> Result<Prepared, DropRea
     })
 }
 
-/// Phase 3: prepends UDP (NAT-T) and the outer IP header to a sealed ESP packet.
+/// Padding bytes of RFC 4303 section 2.4 (at most 15 with AES-CBC, 3 with GCM).
+const PAD: [u8; 16] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+
+/// Phase 3: prepends UDP (NAT-T) and the outer IP header to a sealed ESP packet. IPv4: the
+/// SA's header template, with length, identification and the checksum (the template's
+/// precomputed sum plus those two words, RFC 1071) filled in.
 #[inline]
 fn finish(sa: &mut OutboundSa, pkt: &mut PacketBuf) {
     let esp_len = pkt.len();
     let nat = sa.cfg.nat_t;
+    if let Some(h) = &sa.layout.v4 {
+        let hl = sa.layout.outer;
+        let b = pkt.push_front(hl).expect("headroom checked in prepare");
+        b[..hl].copy_from_slice(&h[..hl]);
+        sa.ip_id = sa.ip_id.wrapping_add(1);
+        let total = (hl + esp_len) as u16;
+        wire::put16(b, 2, total);
+        wire::put16(b, 4, sa.ip_id);
+        let mut acc = sa.layout.v4_sum + u32::from(total) + u32::from(sa.ip_id);
+        acc = (acc & 0xffff) + (acc >> 16);
+        acc = (acc & 0xffff) + (acc >> 16);
+        wire::put16(b, 10, !(acc as u16));
+        if nat {
+            wire::put16(b, IPV4_HDR + 4, (UDP_HDR + esp_len) as u16);
+        }
+        return;
+    }
     let (src, dst) = (sa.cfg.tunnel_src, sa.cfg.tunnel_dst);
     match (src, dst) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let hl = IPV4_HDR + if nat { UDP_HDR } else { 0 };
-            let b = pkt.push_front(hl).expect("headroom checked in prepare");
-            sa.ip_id = sa.ip_id.wrapping_add(1);
-            let p = if nat { proto::UDP } else { proto::ESP };
-            wire::write_ipv4_header(b, (hl + esp_len) as u16, sa.ip_id, true, 64, p, s, d);
-            if nat {
-                wire::write_udp_header(
-                    &mut b[IPV4_HDR..],
-                    sa.cfg.natt_sport,
-                    sa.cfg.natt_dport,
-                    (UDP_HDR + esp_len) as u16,
-                );
-            }
-        }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let hl = IPV6_HDR + if nat { UDP_HDR } else { 0 };
             let b = pkt.push_front(hl).expect("headroom checked in prepare");
@@ -190,7 +194,7 @@ fn finish(sa: &mut OutboundSa, pkt: &mut PacketBuf) {
                 wire::udp6_fix_checksum(b, IPV6_HDR);
             }
         }
-        _ => unreachable!("SA validation requires one address family"),
+        _ => unreachable!("SA validation requires one address family; IPv4 has a template"),
     }
 }
 

@@ -198,6 +198,64 @@ pub struct OutboundSa {
     pub(crate) ip_id: u16,
     pub inner_mtu: usize,
     pub counters: Counters,
+    /// What every packet shares, computed once from `cfg` (whose suite, addresses and
+    /// ports are fixed for the SA's life).
+    pub(crate) layout: Layout,
+}
+
+/// Per-SA constants of encapsulation, so the per-packet path reads fields instead of
+/// matching on the suite and address family, and copies a prebuilt outer header (VPP and
+/// DPDK lib/ipsec keep the same template per SA).
+#[derive(Clone, Debug)]
+pub(crate) struct Layout {
+    /// Ciphertext alignment (4 for GCM, 16 for CBC), ICV and IV lengths.
+    pub block: usize,
+    pub icv: usize,
+    pub iv: usize,
+    pub gcm: bool,
+    /// Outer header bytes in front of ESP: IP, plus UDP under NAT-T.
+    pub outer: usize,
+    /// IPv4 outer: IP header (+ UDP) with total length, identification, header checksum
+    /// and UDP length zero; `v4_sum` is the ones' complement sum (unfolded) of the IP
+    /// header's other 16-bit words.
+    pub v4: Option<[u8; 28]>,
+    pub v4_sum: u32,
+}
+
+impl Layout {
+    pub(crate) fn new(cfg: &SaConfig) -> Self {
+        let nat = if cfg.nat_t { crate::wire::UDP_HDR } else { 0 };
+        let outer = cfg.outer_family().header_len() + nat;
+        let (mut v4, mut v4_sum) = (None, 0);
+        if let (IpAddr::V4(src), IpAddr::V4(dst)) = (cfg.tunnel_src, cfg.tunnel_dst) {
+            let mut h = [0u8; 28];
+            let proto = if cfg.nat_t {
+                crate::wire::proto::UDP
+            } else {
+                crate::wire::proto::ESP
+            };
+            // Don't Fragment: fragmentation happens before encryption (mtu.md).
+            crate::wire::write_ipv4_header(&mut h, 0, 0, true, 64, proto, src, dst);
+            h[10..12].fill(0);
+            if cfg.nat_t {
+                crate::wire::write_udp_header(&mut h[20..], cfg.natt_sport, cfg.natt_dport, 0);
+            }
+            v4_sum = h[..20]
+                .chunks_exact(2)
+                .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+                .sum();
+            v4 = Some(h);
+        }
+        Layout {
+            block: cfg.suite.block(),
+            icv: cfg.suite.icv_len(),
+            iv: cfg.suite.iv_len(),
+            gcm: cfg.suite.enc.is_gcm(),
+            outer,
+            v4,
+            v4_sum,
+        }
+    }
 }
 
 impl fmt::Debug for OutboundSa {
@@ -229,6 +287,7 @@ impl OutboundSa {
             ip_id: iv.id_seed(),
             iv,
             inner_mtu: cfg.inner_mtu(),
+            layout: Layout::new(&cfg),
             transform,
             cfg,
             counters: Counters::default(),

@@ -6,8 +6,11 @@ set (packets.pcap) and a matching ipsec-secgw configuration (same SPI, keys, add
 rounds alternate: perf oneway (ours, with its raw-crypto baseline) and ipsec-secgw in each
 of its configurations, every one pinned to the same core and replaying the same packets from
 memory (net_pcap infinite_rx copies each packet into an mbuf, as perf's replay port copies
-it into a pool buffer), output to a null sink. Medians over the rounds; the ratio is ours
-over the best ipsec-secgw configuration.
+it into a pool buffer), output to a null sink. Medians over the rounds. The ratio is ours
+over the best ipsec-secgw configuration of the same round (the runs of a round are seconds
+apart, so a shared machine's slow and fast periods cancel better than across rounds), the
+median of the rounds' ratios; `ratio_min` is the worst round. Only one comparison runs at
+a time (a lock), and nothing else should run on core 0 meanwhile.
 
 ipsec-secgw configurations measured:
   lib-cpu     librte_ipsec (-l), SA type cpu-crypto (synchronous ipsec-mb call)
@@ -26,6 +29,7 @@ checksum offload, which the pcap PMD lacks; nothing in it reads the flags), rese
 """
 
 import argparse
+import fcntl
 import glob
 import json
 import os
@@ -149,6 +153,11 @@ def main():
         install()
     if not os.path.exists(SECGW):
         sys.exit(f"compare.py: {SECGW} not built: run perf/secgw/compare.py --install (root)")
+    lock = open(os.path.join(OUT, ".lock"), "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        sys.exit("compare.py: another comparison is running (it would share core 0)")
     hugepages()
     run(["cargo", "build", "--release", "-q", "-p", "perf"], cwd=ROOT)
     perf = os.path.join(ROOT, "target", "release", "perf")
@@ -172,6 +181,7 @@ def main():
                         dp[name].append(secgw(d, transform, extra, cfg, a.duration, CORE))
                 med = {k: statistics.median(v) for k, v in dp.items()}
                 best = max(med, key=med.get)
+                ratios = [ms[r] / max(dp[c][r] for c in dp) for r in range(a.rounds)]
                 bypass = None
                 if direction == "encrypt":
                     cfg = open(os.path.join(d, "secgw.cfg")).read()
@@ -184,7 +194,8 @@ def main():
                     "ours_mpps": statistics.median(ms), "ours_runs": ms,
                     "raw_crypto_mpps": statistics.median(base),
                     "secgw_mpps": med, "secgw_runs": dp, "secgw_best": best,
-                    "ratio": statistics.median(ms) / med[best],
+                    "ratio": statistics.median(ratios),
+                    "ratio_min": min(ratios),
                     "secgw_bypass_mpps": bypass,
                 }
                 results.append(row)
@@ -193,7 +204,8 @@ def main():
                           f"{row['ours_mpps']:6.3f} Mpps (raw crypto {row['raw_crypto_mpps']:6.3f})"
                           f"  ipsec-secgw " + " ".join(f"{k} {v:6.3f}" for k, v in med.items())
                           + (f" (bypass {bypass:6.3f})" if bypass else "")
-                          + f"  ratio {row['ratio']:.2f}", flush=True)
+                          + f"  ratio {row['ratio']:.2f} (worst round {row['ratio_min']:.2f})",
+                          flush=True)
     shutil.rmtree(work)
     summary = {"machine": model, "avx512": "avx512f" in flags, "vaes": "vaes" in flags,
                "rounds": a.rounds, "duration_s": a.duration, "core": CORE,
@@ -203,7 +215,8 @@ def main():
     else:
         print(f"machine: {model}; AVX-512 {'yes' if summary['avx512'] else 'no'}, "
               f"VAES {'yes' if summary['vaes'] else 'no'}; {a.rounds} rounds of "
-              f"{a.duration} s, medians; ratio = ours / best ipsec-secgw configuration")
+              f"{a.duration} s, medians; ratio = ours / best ipsec-secgw configuration of the "
+              "same round, median over rounds")
 
 
 if __name__ == "__main__":

@@ -330,3 +330,100 @@ fn ike_benchmark_runs() {
     assert!((20 * 24..=20 * 27).contains(&c), "{v}");
     assert_eq!(v["ike_rekeys"], 60, "{v}");
 }
+
+/// `oneway --export-secgw`: the pcap holds the replayed working set behind Ethernet
+/// headers, and the configuration ipsec-secgw gets names the keys those packets were made
+/// with: every exported ESP packet opens with an SA built from the `sa in` line's key.
+#[test]
+fn export_secgw_writes_packets_and_a_config_that_matches_them() {
+    use engine::crypto::{Backend, Encryption, Integrity, Suite};
+    use engine::pkt::PacketBuf;
+    use engine::sa::{Direction, InboundSa, SaConfig};
+    let dir = std::env::temp_dir().join(format!("perf-secgw-{}", std::process::id()));
+    for (transform, suite, words) in [
+        (
+            "aes128-gcm16",
+            Suite::new(Encryption::Aes128Gcm16, Integrity::None).unwrap(),
+            ["aead_key", ""],
+        ),
+        (
+            "aes128-cbc+sha1-96",
+            Suite::new(Encryption::Aes128Cbc, Integrity::Sha1_96).unwrap(),
+            ["cipher_key", "auth_key"],
+        ),
+    ] {
+        let v = perf(&[
+            "oneway",
+            "--transform",
+            transform,
+            "--direction",
+            "decrypt",
+            "--packet-size",
+            "64",
+            "--packets",
+            "8",
+            "--duration",
+            "0.2",
+            "--export-secgw",
+            dir.to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(v["working_set_packets"], 8, "{v}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("secgw.args")).unwrap(),
+            "-p 0x3 -u 0x1\n"
+        );
+        for (file, ty) in [("secgw.cfg", "no-offload"), ("secgw-cpu.cfg", "cpu-crypto")] {
+            let cfg = std::fs::read_to_string(dir.join(file)).unwrap();
+            let sa_in = cfg
+                .lines()
+                .find(|l| l.starts_with("sa in 268435456 "))
+                .unwrap_or_else(|| panic!("{cfg}"));
+            assert!(
+                sa_in.ends_with(&format!(
+                    "mode ipv4-tunnel src 192.0.2.1 dst 192.0.2.2 type {ty}"
+                )),
+                "{sa_in}"
+            );
+            assert!(
+                cfg.contains("sp ipv4 in esp protect 268435456 pri 1 dst 16.0.0.0/32"),
+                "{cfg}"
+            );
+            assert!(cfg.contains("rt ipv4 dst 16.0.0.0/32 port 1"), "{cfg}");
+            assert!(cfg.contains("rt ipv4 dst 192.0.2.2/32 port 1"), "{cfg}");
+            let key = |word: &str| -> Vec<u8> {
+                if word.is_empty() {
+                    return vec![];
+                }
+                let t: Vec<&str> = sa_in.split_whitespace().collect();
+                let i = t.iter().position(|w| *w == word).unwrap();
+                t[i + 1]
+                    .split(':')
+                    .map(|h| u8::from_str_radix(h, 16).unwrap())
+                    .collect()
+            };
+            let cap = engine::pcap::read(&dir.join("packets.pcap")).unwrap();
+            assert_eq!(cap.linktype, engine::pcap::LINKTYPE_ETHERNET);
+            assert_eq!(cap.records.len(), 8);
+            let cfg = SaConfig::new(
+                "check",
+                Direction::In,
+                0x1000_0000,
+                suite,
+                key(words[0]),
+                key(words[1]),
+                "192.0.2.1".parse().unwrap(),
+                "192.0.2.2".parse().unwrap(),
+            );
+            let mut sa = InboundSa::new(cfg, Backend::RustCrypto).unwrap();
+            for r in &cap.records {
+                assert_eq!(&r.data[12..14], &[0x08, 0x00]);
+                assert_eq!(r.data[14 + 9], 50, "IPv4 carrying ESP");
+                let mut p = PacketBuf::new();
+                p.set(&r.data[14 + 20..]).unwrap();
+                engine::esp::decapsulate(&mut sa, &mut p).expect("opens with the exported key");
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -1422,6 +1422,31 @@ impl Config {
         }
     }
 
+    /// What is valid for AWS but will not work as the user may expect here, one line each
+    /// (`espd check-config` prints them on stderr, `espd run` logs them): today, a tunnel
+    /// that allows only IKEv1 and has no static SAs (espd speaks IKEv2 only, so such a
+    /// tunnel gets no IKE at all and carries nothing).
+    pub fn warnings(&self) -> Vec<String> {
+        self.tunnels
+            .iter()
+            .filter(|t| t.sas.is_empty() && !t.ike_versions.contains(&IkeVersion::V2))
+            .map(|t| {
+                let names: Vec<&str> = t
+                    .ike_versions
+                    .iter()
+                    .map(|v| match v {
+                        IkeVersion::V1 => "ikev1",
+                        IkeVersion::V2 => "ikev2",
+                    })
+                    .collect();
+                format!(
+                    "tunnel {:?}: ike_versions {names:?}: espd does not speak IKEv1 yet, so this tunnel gets no IKE and carries no traffic; allow \"ikev2\" or give it static SAs",
+                    t.name
+                )
+            })
+            .collect()
+    }
+
     /// One line per tunnel for `espd check-config` (no secrets).
     pub fn summary(&self) -> Vec<String> {
         self.tunnels

@@ -439,6 +439,9 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
     }
     let cfg = load_config(path)?;
     let origin = path.display().to_string();
+    for w in cfg.warnings() {
+        tracing::warn!("{origin}: {w}");
+    }
     let g: Gateway = cfg.gateway.clone().ok_or_else(|| {
         format!(
             "{origin}: espd run needs a [gateway] table (inside_interface, outside_interface, cores, xdp_mode)"

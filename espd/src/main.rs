@@ -269,6 +269,9 @@ fn run() -> Result<(), cli::CliError> {
                     for l in c.summary() {
                         println!("{l}");
                     }
+                    for w in c.warnings() {
+                        eprintln!("warning: {w}");
+                    }
                     Ok(())
                 }
                 Err(e) => Err(cli::CliError(format!("{} error(s):\n{e}", e.0.len()))),

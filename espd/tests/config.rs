@@ -533,3 +533,25 @@ fn cidr_ranges() {
         (ip("fd00:2::"), ip("fd00:2::ffff:ffff:ffff:ffff"))
     );
 }
+
+/// A tunnel that allows only IKEv1 is valid for AWS, but espd has no IKEv1 yet: the load
+/// succeeds and says so (check-config on stderr, `espd run` in its log) instead of the
+/// tunnel silently getting no IKE. Static SAs or IKEv2 in the list silence it.
+#[test]
+fn an_ikev1_only_tunnel_without_static_sas_is_loaded_with_a_warning() {
+    let c = with("ike_versions = [\"ikev1\"]").unwrap();
+    let w = c.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("tunnel \"t1\": ike_versions [\"ikev1\"]: espd does not speak IKEv1 yet"),
+        "{}",
+        w[0]
+    );
+    assert!(with("").unwrap().warnings().is_empty());
+    assert!(
+        with("ike_versions = [\"ikev1\", \"ikev2\"]")
+            .unwrap()
+            .warnings()
+            .is_empty()
+    );
+}

@@ -135,8 +135,9 @@ fn prepare(sa: &mut OutboundSa, pkt: &mut PacketBuf) -> Result<Prepared, DropRea
     t[pad] = pad as u8;
     t[pad + 1] = nh;
     let b = pkt.push_front(ESP_HDR + iv_len).expect("headroom checked");
-    b[0..4].copy_from_slice(&sa.cfg.spi.to_be_bytes());
-    b[4..8].copy_from_slice(&(seq as u32).to_be_bytes());
+    if let Some(mut h) = wire::Esp::new(&mut *b) {
+        h.set_header(sa.cfg.spi, seq as u32);
+    }
     if gcm {
         // RFC 4106 section 3.1: the explicit IV must not repeat under a key; the 64-bit
         // sequence number never does.

@@ -114,7 +114,7 @@ enum Cmd {
         #[arg(long, default_value_t = 16384)]
         packets: usize,
         /// Also write the working set and a matching DPDK `ipsec-secgw` configuration into
-        /// this directory (packets.pcap, secgw.cfg, secgw-cpu.cfg), for perf/secgw/compare.sh.
+        /// this directory (packets.pcap, secgw.cfg, secgw-cpu.cfg), for perf/secgw/compare.py.
         #[arg(long)]
         export_secgw: Option<std::path::PathBuf>,
     },
@@ -239,6 +239,12 @@ fn setup(c: &Common) -> Setup {
     }
 }
 
+/// Tunnel endpoints of the benchmark's SAs (IPv4 outer): the encrypting gateway, its peer.
+const OUTER_V4: (std::net::Ipv4Addr, std::net::Ipv4Addr) = (
+    std::net::Ipv4Addr::new(192, 0, 2, 1),
+    std::net::Ipv4Addr::new(192, 0, 2, 2),
+);
+
 /// SPI of tunnel `t` (both directions: the benchmark's two gateways share one SA pair).
 fn tunnel_spi(t: u32) -> u32 {
     0x1000_0000 + t
@@ -265,7 +271,7 @@ fn sa_pair(s: &Setup, c: &Common, t: u32) -> (OutboundSa, InboundSa) {
             "2001:db8::b".parse().unwrap(),
         )
     } else {
-        ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap())
+        (IpAddr::V4(OUTER_V4.0), IpAddr::V4(OUTER_V4.1))
     };
     let (enc_key, auth_key) = tunnel_keys(s, t);
     let mut cfg = SaConfig::new(
@@ -762,8 +768,8 @@ fn oneway(c: Common, dir: DirectionArg, packets: usize, export_secgw: Option<std
                     spi: tunnel_spi(t),
                     enc_key,
                     auth_key,
-                    outer_src: std::net::Ipv4Addr::new(192, 0, 2, 1),
-                    outer_dst: std::net::Ipv4Addr::new(192, 0, 2, 2),
+                    outer_src: OUTER_V4.0,
+                    outer_dst: OUTER_V4.1,
                     inner_dst: tunnel_dst(t),
                 }
             })

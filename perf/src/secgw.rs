@@ -2,7 +2,7 @@
 //! the packets it replays (`packets.pcap`, Ethernet frames, for the `net_pcap` PMD's
 //! `infinite_rx`) and an `ipsec-secgw` configuration (SP, SA and route rules) with the same
 //! SPIs, keys and addresses, so both engines encrypt or decrypt the same bytes.
-//! `perf/secgw/compare.sh` runs both on one core and prints the ratio.
+//! `perf/secgw/compare.py` runs both on one core and prints the ratio.
 //!
 //! Ports: 0 is the replayed pcap, 1 a `net_null` sink. In ipsec-secgw's words an
 //! *unprotected* port faces the network ESP travels on: packets received there are decrypted,
@@ -120,32 +120,26 @@ pub fn export(
     decrypt: bool,
     pkts: &[Vec<u8>],
 ) -> Result<(), String> {
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let at = |p: &Path| {
+        let p = p.display().to_string();
+        move |e: std::io::Error| format!("{p}: {e}")
+    };
+    std::fs::create_dir_all(dir).map_err(at(dir))?;
     let path = dir.join("packets.pcap");
-    let f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut w = Writer::new(BufWriter::new(f), LINKTYPE_ETHERNET, false)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let f = std::fs::File::create(&path).map_err(at(&path))?;
+    let mut w = Writer::new(BufWriter::new(f), LINKTYPE_ETHERNET, false).map_err(at(&path))?;
     // Destination 02:00:00:00:00:01 (the port), source 02:00:00:00:00:02, IPv4.
     let eth = [2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
     for p in pkts {
-        w.write(0, 0, &eth, p)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        w.write(0, 0, &eth, p).map_err(at(&path))?;
     }
-    w.finish().map_err(|e| format!("{}: {e}", path.display()))?;
+    w.finish().map_err(at(&path))?;
     let args = dir.join("secgw.args");
-    std::fs::write(
-        &args,
-        if decrypt {
-            "-p 0x3 -u 0x1\n"
-        } else {
-            "-p 0x3 -u 0x2\n"
-        },
-    )
-    .map_err(|e| format!("{}: {e}", args.display()))?;
+    let mask = if decrypt { "0x1" } else { "0x2" };
+    std::fs::write(&args, format!("-p 0x3 -u {mask}\n")).map_err(at(&args))?;
     for (name, ty) in [("secgw.cfg", "no-offload"), ("secgw-cpu.cfg", "cpu-crypto")] {
         let p = dir.join(name);
-        std::fs::write(&p, config(suite, sas, decrypt, ty))
-            .map_err(|e| format!("{}: {e}", p.display()))?;
+        std::fs::write(&p, config(suite, sas, decrypt, ty)).map_err(at(&p))?;
     }
     Ok(())
 }

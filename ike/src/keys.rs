@@ -484,7 +484,12 @@ fn blocks(buf: &[u8]) -> Result<Vec<aes::Block>, SkError> {
         .collect()
 }
 
-fn cbc_encrypt(bits: u16, key: &[u8], iv: &[u8; 16], buf: &mut [u8]) -> Result<(), SkError> {
+pub(crate) fn cbc_encrypt(
+    bits: u16,
+    key: &[u8],
+    iv: &[u8; 16],
+    buf: &mut [u8],
+) -> Result<(), SkError> {
     let mut bl = blocks(buf)?;
     let bad_key = |_| SkError::KeyLength(Encr::AesCbc(bits));
     if bits == 128 {
@@ -502,7 +507,12 @@ fn cbc_encrypt(bits: u16, key: &[u8], iv: &[u8; 16], buf: &mut [u8]) -> Result<(
     Ok(())
 }
 
-fn cbc_decrypt(bits: u16, key: &[u8], iv: &[u8; 16], buf: &mut [u8]) -> Result<(), SkError> {
+pub(crate) fn cbc_decrypt(
+    bits: u16,
+    key: &[u8],
+    iv: &[u8; 16],
+    buf: &mut [u8],
+) -> Result<(), SkError> {
     let mut bl = blocks(buf)?;
     let bad_key = |_| SkError::KeyLength(Encr::AesCbc(bits));
     if bits == 128 {

@@ -31,3 +31,4 @@ pub mod proposal;
 pub mod rekey;
 pub mod seeded;
 pub mod session;
+pub mod v1;

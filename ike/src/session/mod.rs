@@ -118,6 +118,9 @@ pub struct ChildSa {
     /// for the responder of a rekey: the initiator may not have installed its new inbound SA
     /// yet, so keep sending with the old SA until its DELETE arrives (RFC 7296 section 2.8).
     pub switch_now: bool,
+    /// The SA's lifetime when the negotiation set one shorter than configured (IKEv1:
+    /// the peer's proposal or RESPONDER-LIFETIME); None: the configured phase 2 lifetime.
+    pub lifetime_s: Option<u32>,
 }
 
 /// The negotiated parts of a new CHILD_SA (everything but its keys and NAT state).
@@ -447,6 +450,7 @@ impl IkeSa {
             remote_ts: p.remote_ts,
             nat_t: self.nat_detected,
             switch_now: p.switch_now,
+            lifetime_s: None,
         }))
     }
 

@@ -1225,6 +1225,19 @@ fn tunnel(
             );
         }
     }
+    // IKEv1 protects its own messages with AES-CBC only (RFC 2409 has no AES-GCM): a
+    // tunnel that allows only IKEv1 needs a CBC cipher in phase 1.
+    if ike_versions == [IkeVersion::V1]
+        && !phase1_encryption.is_empty()
+        && phase1_encryption.iter().all(|e| e.contains("GCM"))
+    {
+        cx.err(
+            "phase1_encryption",
+            format!(
+                "{phase1_encryption:?} with ike_versions = [\"ikev1\"]: IKEv1 needs AES128 or AES256 (AES-GCM is IKEv2 only)"
+            ),
+        );
+    }
     let (pre_shared_key, psk_generated) = match string(&mut cx, t, "pre_shared_key") {
         Some(p) => {
             if let Err(m) = check_psk(p) {
@@ -1423,25 +1436,21 @@ impl Config {
     }
 
     /// What is valid for AWS but will not work as the user may expect here, one line each
-    /// (`espd check-config` prints them on stderr, `espd run` logs them): today, a tunnel
-    /// that allows only IKEv1 and has no static SAs (espd speaks IKEv2 only, so such a
-    /// tunnel gets no IKE at all and carries nothing).
+    /// (`espd check-config` prints them on stderr, `espd run` logs them): a tunnel that
+    /// allows IKEv1 (besides IKEv2) with only AES-GCM in phase 1, which IKEv1 peers cannot
+    /// use (they get NO-PROPOSAL-CHOSEN).
     pub fn warnings(&self) -> Vec<String> {
         self.tunnels
             .iter()
-            .filter(|t| t.sas.is_empty() && !t.ike_versions.contains(&IkeVersion::V2))
+            .filter(|t| {
+                t.sas.is_empty()
+                    && t.ike_versions.contains(&IkeVersion::V1)
+                    && t.phase1_encryption.iter().all(|e| e.contains("GCM"))
+            })
             .map(|t| {
-                let names: Vec<&str> = t
-                    .ike_versions
-                    .iter()
-                    .map(|v| match v {
-                        IkeVersion::V1 => "ikev1",
-                        IkeVersion::V2 => "ikev2",
-                    })
-                    .collect();
                 format!(
-                    "tunnel {:?}: ike_versions {names:?}: espd does not speak IKEv1 yet, so this tunnel gets no IKE and carries no traffic; allow \"ikev2\" or give it static SAs",
-                    t.name
+                    "tunnel {:?}: phase1_encryption {:?}: IKEv1 peers get NO-PROPOSAL-CHOSEN (IKEv1 needs AES128 or AES256); IKEv2 peers are not affected",
+                    t.name, t.phase1_encryption
                 )
             })
             .collect()

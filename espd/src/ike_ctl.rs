@@ -1,5 +1,5 @@
 //! The IKE shell of `espd run`: UDP sockets on 500 and 4500 of each tunnel's outside
-//! address (the XDP program passes IKE to the kernel), one `ike::session::IkeSa` per tunnel,
+//! address (the XDP program passes IKE to the kernel), one `ike::any::Sa` (IKEv2 or IKEv1) per tunnel,
 //! CHILD_SAs installed into the worker (inbound first, then outbound: make-before-break),
 //! DPD with the tunnel's action, startup action `add` (wait) or `start` (initiate, retry).
 //!
@@ -14,9 +14,11 @@ use engine::crypto::{Backend, Suite};
 use engine::runtime::Command;
 use engine::sa::{Direction, InboundSa, OutboundSa, SaConfig};
 use engine::workers::WorkerSet;
+use ike::any::Sa;
 use ike::dpd::{Action as DpdStep, Dpd};
 use ike::msg::{Header, TrafficSelector};
-use ike::session::{ChildSa, Config as IkeConfig, IkeSa, Output, Phase};
+use ike::session::{ChildSa, Config as IkeConfig, Output, Phase};
+use ike::v1::Lifetimes;
 use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -35,7 +37,13 @@ struct TunnelIke {
     dpd_action: DpdAction,
     dpd_timeout: u32,
     replay_window: u32,
-    sa: Option<IkeSa>,
+    sa: Option<Sa>,
+    /// IKE versions the tunnel allows (`ike_versions`): it answers either, and initiates
+    /// with IKEv2 unless only IKEv1 is allowed.
+    v1: bool,
+    v2: bool,
+    /// Messages of a version the tunnel does not allow were seen (logged once).
+    other_version_logged: bool,
     /// The peer's port we talk to (500, or its NAT-T port after floating).
     peer_port: u16,
     dpd: Option<Dpd>,
@@ -68,7 +76,7 @@ struct TunnelIke {
     /// where their IKE_SA_INIT came from. One replaces `sa` only once it authenticates, so
     /// a spoofed IKE_SA_INIT cannot take a live or half-open SA down; at most
     /// `IkeLimits::half_open_per_tunnel`, the oldest evicted first.
-    pending: Vec<(IkeSa, SocketAddr)>,
+    pending: Vec<(Sa, SocketAddr)>,
     /// When the current CHILD_SA was made (hard lifetime) and the last NAT keepalive sent.
     child_since: f64,
     last_keepalive: f64,
@@ -137,12 +145,13 @@ struct DhJob {
     local: IpAddr,
     from: SocketAddr,
     cfg: IkeConfig,
+    life: Lifetimes,
     data: Vec<u8>,
     now: f64,
 }
 
 /// What a DH thread made of a request: (tunnel, local address, source, SA, outputs, now).
-type DhDone = (usize, IpAddr, SocketAddr, Option<IkeSa>, Vec<Output>, f64);
+type DhDone = (usize, IpAddr, SocketAddr, Option<Sa>, Vec<Output>, f64);
 
 /// The DH threads' queues.
 struct DhPool {
@@ -221,7 +230,7 @@ fn suite_of(c: &ChildSa) -> Option<Suite> {
 }
 
 impl IkeCtl {
-    /// Sets up IKE for every tunnel that has no static SAs and allows IKEv2. Fails when a
+    /// Sets up IKE for every tunnel that has no static SAs. Fails when a
     /// socket cannot be bound (another IKE daemon on the address, or the address is not
     /// configured on this machine).
     pub fn new(
@@ -253,7 +262,7 @@ impl IkeCtl {
             {
                 ctl.spi_set(s.spi, true);
             }
-            if !t.sas.is_empty() || !t.ike_versions.contains(&config::IkeVersion::V2) {
+            if !t.sas.is_empty() {
                 continue;
             }
             if let std::collections::hash_map::Entry::Vacant(e) = ctl.socks.entry(t.outside_ip) {
@@ -294,6 +303,9 @@ impl IkeCtl {
                 dpd_timeout: t.dpd_timeout_s,
                 replay_window: t.replay_window_size,
                 sa: None,
+                v1: t.ike_versions.contains(&config::IkeVersion::V1),
+                v2: t.ike_versions.contains(&config::IkeVersion::V2),
+                other_version_logged: false,
                 peer_port: 500,
                 dpd: None,
                 installed: vec![],
@@ -367,7 +379,7 @@ impl IkeCtl {
                     collisions: t.collisions,
                     dpd_timeouts: t.dpd_timeouts,
                     messages_dropped: t.ike_dropped,
-                    spis: t.sa.as_ref().map(|s| (s.spi_i, s.spi_r)),
+                    spis: t.sa.as_ref().map(Sa::spis),
                     dpd_action: match t.dpd_action {
                         DpdAction::Clear => "clear",
                         DpdAction::None => "none",
@@ -475,7 +487,7 @@ impl IkeCtl {
         logs: &mut Vec<LogLine>,
     ) {
         self.counters.datagrams += 1;
-        let Ok(hdr) = Header::parse(data) else {
+        let Some(hdr) = ike::any::peek(data) else {
             self.counters.malformed += 1;
             return;
         };
@@ -490,14 +502,28 @@ impl IkeCtl {
         if let Some((i, k)) = pending {
             let (mut p, _) = self.tunnels[i].pending.remove(k);
             let out = p.handle(data, now, &mut fill);
-            match p.state {
+            match p.state() {
                 ike::session::State::Established => {
                     // The peer authenticated (a first SA, or a re-establishment with
                     // INITIAL_CONTACT): the new IKE SA takes over, and only now does the
                     // tunnel learn where the peer is; the old SA's inbound SAs go once the
                     // new CHILD_SA is installed.
                     let t = &mut self.tunnels[i];
-                    let old = t.sa.replace(p).map(|o| o.children()).unwrap_or_default();
+                    let old = match t.sa.take() {
+                        Some(o) => {
+                            let v1_rekey = o.version() == 1
+                                && p.version() == 1
+                                && o.state() == ike::session::State::Established;
+                            let stale = p.take_over(o, now);
+                            if v1_rekey && stale.is_empty() {
+                                // The peer's IKEv1 phase 1 rekey (a new main mode).
+                                t.rekeys[0][1] += 1;
+                            }
+                            stale
+                        }
+                        None => vec![],
+                    };
+                    t.sa = Some(p);
                     t.peer_port = from.port();
                     if t.peer.is_none() {
                         t.cfg.peer_addr = from.ip();
@@ -534,18 +560,58 @@ impl IkeCtl {
         let i = match i {
             Some(i) => i,
             None => {
-                if hdr.spi_r != 0 || hdr.is_response() {
+                if hdr.spi_r != 0 || hdr.response {
                     self.counters.unknown_spi += 1;
                     return;
                 }
-                let Some(i) = self
-                    .tunnels
-                    .iter()
-                    .position(|t| t.outside == local && t.peer.is_none_or(|p| p == from.ip()))
-                else {
+                let for_us =
+                    |t: &TunnelIke| t.outside == local && t.peer.is_none_or(|p| p == from.ip());
+                let allows = |t: &TunnelIke| if hdr.major == 1 { t.v1 } else { t.v2 };
+                let Some(i) = self.tunnels.iter().position(|t| for_us(t) && allows(t)) else {
                     self.counters.no_tunnel += 1;
+                    // A tunnel of this peer that does not allow the version: said once.
+                    if let Some(k) = self
+                        .tunnels
+                        .iter()
+                        .position(|t| for_us(t) && !t.other_version_logged)
+                    {
+                        self.tunnels[k].other_version_logged = true;
+                        let line = format!(
+                            "engine: IKEv{} from {} ignored: ike_versions does not allow it",
+                            hdr.major,
+                            from.ip()
+                        );
+                        logs.push((
+                            self.tunnels[k].index,
+                            self.states(k, self.tunnels[k].up),
+                            line,
+                        ));
+                    }
                     return;
                 };
+                let life = Lifetimes {
+                    phase1_s: self.tunnels[i].p1_life,
+                    phase2_s: self.tunnels[i].p2_life,
+                };
+                if hdr.major == 1 {
+                    // IKEv1 main mode message 1 costs no DH (message 3 does, once the peer
+                    // has shown it receives our answers); one source holds few half-open SAs.
+                    let from_source = self
+                        .tunnels
+                        .iter()
+                        .flat_map(|t| &t.pending)
+                        .filter(|(_, a)| a.ip() == from.ip())
+                        .count();
+                    if from_source >= self.limits.half_open_per_source {
+                        self.counters.init_deferred += 1;
+                        return;
+                    }
+                    let mut cfg = self.tunnels[i].cfg.clone();
+                    cfg.peer_addr = from.ip();
+                    let (sa, out) = Sa::respond(cfg, life, data, now, &mut fill);
+                    self.responded(i, local, from, sa, out, now, h, logs);
+                    return;
+                }
                 // Under a flood of IKE_SA_INIT, no DH and no state before a valid cookie.
                 self.init_times.push_back(now);
                 while self.init_times.front().is_some_and(|t| now - t > 1.0) {
@@ -590,6 +656,7 @@ impl IkeCtl {
                         local,
                         from,
                         cfg,
+                        life,
                         data: data.to_vec(),
                         now,
                     };
@@ -602,7 +669,7 @@ impl IkeCtl {
                     self.counters.init_deferred += 1;
                     return;
                 }
-                let (sa, out) = IkeSa::respond(cfg, data, now, &mut fill);
+                let (sa, out) = Sa::respond(cfg, life, data, now, &mut fill);
                 self.responded(i, local, from, sa, out, now, h, logs);
                 return;
             }
@@ -610,12 +677,12 @@ impl IkeCtl {
         let Some(sa) = self.tunnels[i].sa.as_mut() else {
             return;
         };
-        let v0 = sa.verified;
+        let v0 = sa.verified();
         let out = sa.handle(data, now, &mut fill);
         // Only a message that authenticated on an established SA moves what we know of the
         // peer: its port (a NAT-T float) and its liveness (DPD). A datagram with the right
         // SPIs but no valid ICV (anyone on the path can copy SPIs) changes nothing.
-        if sa.verified > v0 && sa.state == ike::session::State::Established {
+        if sa.verified() > v0 && sa.state() == ike::session::State::Established {
             let t = &mut self.tunnels[i];
             t.peer_port = from.port();
             if let Some(d) = t.dpd.as_mut() {
@@ -635,7 +702,7 @@ impl IkeCtl {
         i: usize,
         local: IpAddr,
         from: SocketAddr,
-        sa: Option<IkeSa>,
+        sa: Option<Sa>,
         out: Vec<Output>,
         now: f64,
         h: &WorkerSet,
@@ -668,7 +735,7 @@ impl IkeCtl {
                 .name(format!("espd-dh-{k}"))
                 .spawn(move || {
                     for j in rx {
-                        let (sa, out) = IkeSa::respond(j.cfg, &j.data, j.now, &mut fill);
+                        let (sa, out) = Sa::respond(j.cfg, j.life, &j.data, j.now, &mut fill);
                         if tx
                             .send((j.tunnel, j.local, j.from, sa, out, j.now))
                             .is_err()
@@ -710,9 +777,7 @@ impl IkeCtl {
     /// IKE SA (DPD action none) read `Established`.
     fn states(&self, i: usize, up: bool) -> (PhaseState, PhaseState) {
         let t = &self.tunnels[i];
-        let (p1, p2) =
-            t.sa.as_ref()
-                .map_or((Phase::Down, Phase::Down), IkeSa::phases);
+        let (p1, p2) = t.sa.as_ref().map_or((Phase::Down, Phase::Down), Sa::phases);
         let p2 = if p2 == Phase::Down && t.up && up {
             Phase::Established
         } else {
@@ -751,16 +816,24 @@ impl IkeCtl {
                 Output::IkeUp => {
                     self.export_ike_keys(i);
                     let t = &mut self.tunnels[i];
-                    t.ike_rekeys_seen = 0;
-                    t.collisions_seen = 0;
-                    t.ike_dropped_seen = 0;
+                    // An IKEv1 SA that took over from the peer's phase 1 rekey carries the
+                    // old SA's counts on.
+                    if let Some(sa) = &t.sa {
+                        t.ike_rekeys_seen = sa.ike_rekeys();
+                        t.collisions_seen = sa.collisions();
+                        t.ike_dropped_seen = sa.dropped();
+                    }
                     t.dpd = Some(Dpd::new(now, t.dpd_timeout));
-                    t.ike_rekey_at = Some(now + draw(t.p1_life, t.margin, t.fuzz));
-                    let g = t.sa.as_ref().and_then(IkeSa::dh_group).unwrap_or(0);
+                    let life =
+                        t.sa.as_ref()
+                            .map_or(t.p1_life, |s| s.p1_lifetime(t.p1_life));
+                    t.ike_rekey_at = Some(now + draw(life, t.margin, t.fuzz));
+                    let g = t.sa.as_ref().and_then(Sa::dh_group).unwrap_or(0);
+                    let v = t.sa.as_ref().map_or(2, Sa::version);
                     logs.push((
                         idx,
                         self.states(i, true),
-                        format!("IKE SA established (IKEv2, DH group {g})"),
+                        format!("IKE SA established (IKEv{v}, DH group {g})"),
                     ));
                 }
                 Output::ChildUp(c) => {
@@ -773,7 +846,8 @@ impl IkeCtl {
                     logs.push((idx, self.states(i, true), line));
                     let t = &mut self.tunnels[i];
                     t.up = true;
-                    t.child_rekey_at = Some(now + draw(t.p2_life, t.margin, t.fuzz));
+                    let life = c.lifetime_s.map_or(t.p2_life, |l| l.min(t.p2_life));
+                    t.child_rekey_at = Some(now + draw(life, t.margin, t.fuzz));
                     t.child_since = now;
                 }
                 Output::ChildDown { spi_in } => {
@@ -808,19 +882,17 @@ impl IkeCtl {
     }
 
     /// Installs a CHILD_SA: inbound first, then the outbound switch (make-before-break).
-    /// Appends the IKE SA's keys to `<export-keys>.ikev2_decryption_table` (debug only).
+    /// Appends the IKE SA's keys to `<export-keys>.ikev2_decryption_table` (IKEv1:
+    /// `.ikev1_decryption_table`; debug only).
     fn export_ike_keys(&self, i: usize) {
-        let (Some(p), Some(line)) = (
+        let (Some(p), Some((table, line))) = (
             &self.export_keys,
-            self.tunnels[i]
-                .sa
-                .as_ref()
-                .and_then(IkeSa::wireshark_key_line),
+            self.tunnels[i].sa.as_ref().and_then(Sa::wireshark_key_line),
         ) else {
             return;
         };
         let mut path = p.as_os_str().to_owned();
-        path.push(".ikev2_decryption_table");
+        path.push(format!(".{table}"));
         let _ = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -982,14 +1054,26 @@ impl IkeCtl {
         {
             self.tunnels[i].next_start = None;
             self.tunnels[i].peer_port = 500;
-            match IkeSa::initiate(self.tunnels[i].cfg.clone(), now, &mut fill) {
+            // IKEv2 unless the tunnel allows only IKEv1.
+            let t = &self.tunnels[i];
+            let version = if t.v2 { 2 } else { 1 };
+            let life = Lifetimes {
+                phase1_s: t.p1_life,
+                phase2_s: t.p2_life,
+            };
+            match Sa::initiate(version, t.cfg.clone(), life, now, &mut fill) {
                 Ok((mut sa, out)) => {
                     sa.set_spi_taken(self.spi_taken());
                     self.tunnels[i].sa = Some(sa);
+                    let what = if version == 2 {
+                        "Initiating IKE_SA_INIT"
+                    } else {
+                        "Initiating IKEv1 Main Mode"
+                    };
                     logs.push((
                         idx,
                         self.states(i, false),
-                        "Initiating IKE_SA_INIT (startup action start, or DPD restart)".into(),
+                        format!("{what} (startup action start, or DPD restart)"),
                     ));
                     self.apply(i, out, now, h, logs);
                 }
@@ -1007,7 +1091,7 @@ impl IkeCtl {
         let before = self.tunnels[i].pending.len();
         let mut stale = vec![];
         self.tunnels[i].pending.retain(|(s, from)| {
-            let keep = now - s.last_rx < HALF_OPEN_S;
+            let keep = now - s.last_rx() < HALF_OPEN_S;
             if !keep {
                 stale.push(from.ip());
             }
@@ -1025,7 +1109,7 @@ impl IkeCtl {
             }
         }
         // NAT keepalives while UDP-encapsulated (RFC 3948 section 2.3).
-        let nat = self.tunnels[i].up && self.tunnels[i].sa.as_ref().is_some_and(|s| s.nat_detected);
+        let nat = self.tunnels[i].up && self.tunnels[i].sa.as_ref().is_some_and(Sa::nat_detected);
         if nat && now - self.tunnels[i].last_keepalive >= KEEPALIVE_S {
             self.tunnels[i].last_keepalive = now;
             let t = &self.tunnels[i];
@@ -1058,9 +1142,9 @@ impl IkeCtl {
         }
         // Rekeys: CHILD_SA at lifetime - margin - fuzz, IKE SA likewise (AWS options).
         let (ike_due, child_due) = (self.tunnels[i].ike_rekey_at, self.tunnels[i].child_rekey_at);
-        let seen = self.tunnels[i].sa.as_ref().map_or(0, |s| s.ike_rekeys);
+        let seen = self.tunnels[i].sa.as_ref().map_or(0, Sa::ike_rekeys);
         if let Some(sa) = &self.tunnels[i].sa {
-            let (initiator, collisions, dropped) = (sa.initiator, sa.collisions, sa.dropped);
+            let (initiator, collisions, dropped) = (sa.initiator(), sa.collisions(), sa.dropped());
             let t = &mut self.tunnels[i];
             t.ike_dropped += dropped.saturating_sub(t.ike_dropped_seen);
             t.ike_dropped_seen = dropped;
@@ -1075,7 +1159,10 @@ impl IkeCtl {
             // The IKE SA was rekeyed (by either side): the timer starts again.
             let t = &mut self.tunnels[i];
             t.ike_rekeys_seen = seen;
-            t.ike_rekey_at = Some(now + draw(t.p1_life, t.margin, t.fuzz));
+            let life =
+                t.sa.as_ref()
+                    .map_or(t.p1_life, |s| s.p1_lifetime(t.p1_life));
+            t.ike_rekey_at = Some(now + draw(life, t.margin, t.fuzz));
         } else if ike_due.is_some_and(|d| now >= d) {
             let out = self.tunnels[i]
                 .sa
@@ -1088,19 +1175,19 @@ impl IkeCtl {
         } else if child_due.is_some_and(|d| now >= d) {
             let cur = self.tunnels[i].installed.last().copied();
             let out = match (self.tunnels[i].sa.as_mut(), cur) {
-                (Some(s), Some(spi)) => s.rekey_child(spi, None, now, &mut fill),
+                (Some(s), Some(spi)) => s.rekey_child(spi, now, &mut fill),
                 _ => vec![],
             };
             // A failed rekey keeps the old SA and retries; success resets the timer.
             self.tunnels[i].child_rekey_at = Some(now + if out.is_empty() { 1.0 } else { 10.0 });
             self.apply(i, out, now, h, logs);
         }
-        let due = self.tunnels[i].sa.as_ref().and_then(IkeSa::poll_timeout);
+        let due = self.tunnels[i].sa.as_ref().and_then(Sa::poll_timeout);
         if due.is_some_and(|d| now >= d) {
             let out = self.tunnels[i]
                 .sa
                 .as_mut()
-                .map(|s| s.handle_timeout(now))
+                .map(|s| s.handle_timeout(now, &mut fill))
                 .unwrap_or_default();
             self.apply(i, out, now, h, logs);
         }
@@ -1118,11 +1205,17 @@ impl IkeCtl {
                 let action = self.tunnels[i].dpd_action;
                 self.tunnels[i].dpd_timeouts += 1;
                 // With action none the SAs stay: the record keeps their states.
-                logs.push((
-                    idx,
-                    self.states(i, action == DpdAction::None),
-                    format!("AWS tunnel DPD timed out after {retransmits} retransmits"),
-                ));
+                // The AWS wording differs by version (log catalogue 2.1 / 2.2).
+                let line = if self.tunnels[i]
+                    .sa
+                    .as_ref()
+                    .is_some_and(|s| s.version() == 1)
+                {
+                    "Peer is not responsive - Declaring peer dead".to_string()
+                } else {
+                    format!("AWS tunnel DPD timed out after {retransmits} retransmits")
+                };
+                logs.push((idx, self.states(i, action == DpdAction::None), line));
                 self.tunnels[i].dpd = None;
                 match action {
                     DpdAction::None => {}

@@ -534,24 +534,30 @@ fn cidr_ranges() {
     );
 }
 
-/// A tunnel that allows only IKEv1 is valid for AWS, but espd has no IKEv1 yet: the load
-/// succeeds and says so (check-config on stderr, `espd run` in its log) instead of the
-/// tunnel silently getting no IKE. Static SAs or IKEv2 in the list silence it.
+/// IKEv1 has no AES-GCM for its own messages: a tunnel that allows only IKEv1 needs a
+/// CBC cipher in phase 1 (error), one that allows both gets a warning that IKEv1 peers
+/// will not match; an IKEv1-only tunnel with CBC loads silently.
 #[test]
-fn an_ikev1_only_tunnel_without_static_sas_is_loaded_with_a_warning() {
-    let c = with("ike_versions = [\"ikev1\"]").unwrap();
-    let w = c.warnings();
-    assert_eq!(w.len(), 1, "{w:?}");
+fn ikev1_needs_a_cbc_cipher_in_phase_1() {
     assert!(
-        w[0].starts_with("tunnel \"t1\": ike_versions [\"ikev1\"]: espd does not speak IKEv1 yet"),
-        "{}",
-        w[0]
-    );
-    assert!(with("").unwrap().warnings().is_empty());
-    assert!(
-        with("ike_versions = [\"ikev1\", \"ikev2\"]")
+        with("ike_versions = [\"ikev1\"]")
             .unwrap()
             .warnings()
             .is_empty()
     );
+    let e = err("ike_versions = [\"ikev1\"]\nphase1_encryption = [\"AES128-GCM-16\"]");
+    assert!(
+        e.contains("phase1_encryption") && e.contains("IKEv1 needs AES128 or AES256"),
+        "{e}"
+    );
+    let w = with("phase1_encryption = [\"AES256-GCM-16\"]")
+        .unwrap()
+        .warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].contains("IKEv1 peers get NO-PROPOSAL-CHOSEN"),
+        "{}",
+        w[0]
+    );
+    assert!(with("").unwrap().warnings().is_empty());
 }

@@ -379,3 +379,206 @@ fn spoofed_ike_datagrams_change_nothing_of_a_live_tunnel() {
         "the half-open SAs expired: {all}"
     );
 }
+
+/// A customer gateway played by `ike::v1` over a real UDP socket: it answers our new
+/// main modes (our phase 1 rekey) with a new ISAKMP SA that adopts its old one once up.
+struct Cgw {
+    sa: ike::v1::Isakmp,
+    newer: Option<ike::v1::Isakmp>,
+    cfg: ike::session::Config,
+    sock: std::net::UdpSocket,
+    to: String,
+    rng: ike::seeded::Fill,
+    children: u32,
+}
+
+impl Cgw {
+    fn send(&self, out: &[ike::session::Output]) {
+        for o in out {
+            if let ike::session::Output::Send { data, .. } = o {
+                self.sock.send_to(data, &self.to).unwrap();
+            }
+        }
+    }
+
+    fn take(&mut self, out: Vec<ike::session::Output>) {
+        self.children += out
+            .iter()
+            .filter(|o| matches!(o, ike::session::Output::ChildUp(_)))
+            .count() as u32;
+        self.send(&out);
+    }
+
+    /// Reads and answers everything waiting (drops it when `silent`), runs the timers.
+    fn step(&mut self, now: f64, silent: bool) {
+        use ike::session::State;
+        let life = ike::v1::Lifetimes::default();
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, _)) = self.sock.recv_from(&mut buf) {
+            if silent || n < 28 {
+                continue;
+            }
+            let d = buf[..n].to_vec();
+            let ci = u64::from_be_bytes(d[0..8].try_into().unwrap());
+            let cr = u64::from_be_bytes(d[8..16].try_into().unwrap());
+            let out = if self.sa.owns(ci, cr) {
+                self.sa.handle(&d, now, &mut self.rng)
+            } else if let Some(nw) = self.newer.as_mut().filter(|x| x.owns(ci, cr)) {
+                let out = nw.handle(&d, now, &mut self.rng);
+                if nw.state() == State::Established {
+                    let nw = self.newer.take().unwrap();
+                    let old = std::mem::replace(&mut self.sa, nw);
+                    assert!(self.sa.adopt(old, now).is_empty());
+                }
+                out
+            } else {
+                let (nw, out) =
+                    ike::v1::Isakmp::respond(self.cfg.clone(), life, &d, now, &mut self.rng);
+                self.newer = nw;
+                out
+            };
+            self.take(out);
+        }
+        if !silent {
+            let out = self.sa.handle_timeout(now, &mut self.rng);
+            self.take(out);
+        }
+    }
+}
+
+/// An IKEv1-only tunnel in the shell, the customer gateway played by `ike::v1` ([`Cgw`]):
+/// main mode and quick mode from the CGW, the CGW's phase 1 rekey (a new main mode the
+/// shell adopts: the IPsec SA stays), our phase 2 and phase 1 rekeys (`espd rekey`), an
+/// IKEv2 datagram ignored with a log line, then a silent CGW and the IKEv1 DPD line.
+#[test]
+#[ignore = "needs root (UDP port 500); the test command runs it as root"]
+fn ikev1_tunnel_in_the_shell() {
+    use ike::session::State;
+    use ike::v1::{Isakmp, Lifetimes};
+    assert!(
+        root(),
+        "needs root (UDP port 500): run as root, or without --include-ignored"
+    );
+    let (me, peer) = ("127.0.65.1", "127.0.65.2");
+    let text = format!(
+        r#"
+[[tunnel]]
+name = "t1"
+connection = "c"
+outside_ip = "{me}"
+peer_ip = "{peer}"
+ike_versions = ["ikev1"]
+dpd_timeout_s = 30
+dpd_timeout_action = "clear"
+pre_shared_key = "lab.tunnel_one"
+
+[[tunnel]]
+name = "t2"
+connection = "c"
+outside_ip = "{me}"
+ike_versions = ["ikev1"]
+pre_shared_key = "lab.tunnel_two"
+"#
+    );
+    let c = config::parse(&text, "t.toml", &mut fill).unwrap();
+    let t = indexed(&c);
+    let mut b = IkeCtl::new(&t, engine::crypto::Backend::RustCrypto, None, 0.0).unwrap();
+    let (_w, h) = handle();
+    let cfg = ike::session::Config {
+        local_addr: peer.parse().unwrap(),
+        peer_addr: me.parse().unwrap(),
+        psk: zeroize::Zeroizing::new(b"lab.tunnel_one".to_vec()),
+        p1_enc: vec!["AES256".into()],
+        p1_integ: vec!["SHA2-256".into()],
+        p1_dh: vec![14],
+        p2_enc: vec!["AES128-GCM-16".into()],
+        p2_integ: vec![],
+        p2_dh: vec![14],
+        local_ts: ike::msg::TrafficSelector::any(false),
+        remote_ts: ike::msg::TrafficSelector::any(false),
+        force_nat_t: false,
+        retransmits: 3,
+        retransmit_base_s: 1.0,
+    };
+    let sock = std::net::UdpSocket::bind(format!("{peer}:500")).unwrap();
+    sock.set_nonblocking(true).unwrap();
+    let mut rng = Box::new(ike::seeded::rng(42));
+    let (sa, out) = Isakmp::initiate(cfg.clone(), Lifetimes::default(), 0.0, &mut rng).unwrap();
+    let mut g = Cgw {
+        sa,
+        newer: None,
+        cfg: cfg.clone(),
+        sock,
+        to: format!("{me}:500"),
+        rng,
+        children: 0,
+    };
+    g.send(&out);
+    let mut now = 0.0;
+    let mut logs: Vec<String> = vec![];
+    let mut run = |b: &mut IkeCtl, g: &mut Cgw, now: &mut f64, secs: f64, silent: bool| {
+        let end = *now + secs;
+        while *now < end {
+            for (_, _, l) in b.poll(*now, &h) {
+                logs.push(format!("{now:.1} {l}"));
+            }
+            std::thread::sleep(std::time::Duration::from_micros(300));
+            g.step(*now, silent);
+            std::thread::sleep(std::time::Duration::from_micros(300));
+            *now += 0.1;
+        }
+        logs.join("\n")
+    };
+    let l = run(&mut b, &mut g, &mut now, 2.0, false);
+    assert!(l.contains("IKE SA established (IKEv1, DH group 14)"), "{l}");
+    assert!(l.contains("CHILD_SA established: ESP AES128-GCM-16"), "{l}");
+    assert_eq!(g.children, 1);
+    assert_eq!(g.sa.state(), State::Established);
+    let st = b.stats();
+    assert_eq!(
+        (st[0].1.phase1, st[0].1.phase2),
+        ("Established", "Established")
+    );
+
+    // The CGW rekeys phase 1: a new main mode; the shell's new ISAKMP SA adopts the IPsec SA.
+    let out = g.sa.rekey_ike(now, &mut g.rng);
+    g.send(&out);
+    let old_ci = g.sa.ci;
+    let l = run(&mut b, &mut g, &mut now, 2.0, false);
+    assert_ne!(g.sa.ci, old_ci, "{l}");
+    let st = b.stats();
+    assert_eq!(st[0].1.rekeys[0], [0, 1], "{l}");
+    assert_eq!(st[0].1.phase2, "Established", "{l}");
+    assert!(!l.contains("IKE SA closed"), "{l}");
+
+    // Our phase 2 rekey, then our phase 1 rekey (a new main mode from us).
+    b.rekey_now(1, false, now);
+    let l = run(&mut b, &mut g, &mut now, 3.0, false);
+    assert_eq!(g.children, 2, "{l}");
+    assert_eq!(b.stats()[0].1.rekeys[1], [1, 0], "{l}");
+    b.rekey_now(1, true, now);
+    let l = run(&mut b, &mut g, &mut now, 3.0, false);
+    assert_eq!(b.stats()[0].1.rekeys[0], [1, 1], "{l}");
+    assert!(l.contains("IKEv1 phase 1 rekeyed"), "{l}");
+    // The old IPsec SA is deleted 10 s after the rekey; DPD keeps the tunnel up meanwhile.
+    let l = run(&mut b, &mut g, &mut now, 20.0, false);
+    assert!(l.contains("replaced by its rekey: deleted"), "{l}");
+    assert_eq!(b.stats()[0].1.phase2, "Established", "{l}");
+
+    // An IKEv2 IKE_SA_INIT from the CGW's address: the tunnel allows only IKEv1.
+    let v2 = spoofed_init(peer, me, 3);
+    g.sock.send_to(&v2, &g.to).unwrap();
+    let l = run(&mut b, &mut g, &mut now, 0.5, false);
+    assert!(
+        l.contains("engine: IKEv2 from 127.0.65.2 ignored: ike_versions does not allow it"),
+        "{l}"
+    );
+
+    // The CGW goes silent: R-U-THEREs go unanswered, the IKEv1 line, action clear.
+    let l = run(&mut b, &mut g, &mut now, 45.0, true);
+    assert!(
+        l.contains("Peer is not responsive - Declaring peer dead"),
+        "{l}"
+    );
+    assert!(l.contains("DPD action clear"), "{l}");
+}

@@ -21,6 +21,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod algorithms;
+pub mod any;
 pub mod cookie;
 pub mod dh;
 pub mod dpd;

@@ -2,6 +2,9 @@
 //! machines take their randomness as a parameter, and a seed makes a run repeatable.
 //! Not for keys: xorshift is predictable.
 
+/// A boxed random generator, as tests keep one per peer.
+pub type Fill = Box<dyn FnMut(&mut [u8])>;
+
 /// A `fill` function (as [`crate::session::IkeSa`] takes) drawing from xorshift64 seeded
 /// with `seed`.
 pub fn rng(seed: u64) -> impl FnMut(&mut [u8]) {

@@ -20,9 +20,6 @@ fn v1cfg(local: &str, peer: &str) -> Config {
     c
 }
 
-/// A random generator (`fill`).
-type Rng = Box<dyn FnMut(&mut [u8])>;
-
 /// Both peers; `b` is made by the first datagram that reaches it.
 struct Pair {
     a: Isakmp,
@@ -30,8 +27,8 @@ struct Pair {
     cb: Config,
     a_out: Vec<Output>,
     b_out: Vec<Output>,
-    ra: Rng,
-    rb: Rng,
+    ra: ike::seeded::Fill,
+    rb: ike::seeded::Fill,
     now: f64,
 }
 

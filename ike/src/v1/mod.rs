@@ -137,6 +137,9 @@ pub struct Isakmp {
     /// IPsec SAs replaced by a rekey, deleted at the given time.
     lingering: Vec<(u32, f64)>,
     dpd_seq: u32,
+    /// The PFS group of the last quick mode: a rekey proposes it (IKEv1 carries one KE, so
+    /// a first quick mode can only offer the first configured group).
+    p2_group: Option<u16>,
     /// Our phase 1 rekey: a new main mode in progress.
     next: Option<Box<Isakmp>>,
     /// ISAKMP SAs this one replaced, kept until the given time.
@@ -259,6 +262,7 @@ impl Isakmp {
             children: vec![],
             lingering: vec![],
             dpd_seq: 0,
+            p2_group: None,
             next: None,
             retired: vec![],
             spi_taken: None,
@@ -466,7 +470,12 @@ impl Isakmp {
     }
 
     /// A message for our phase 1 rekey; once it is established it replaces this SA.
-    fn handle_in_next(&mut self, raw: &[u8], now: f64, fill: &mut dyn FnMut(&mut [u8])) -> Vec<Output> {
+    fn handle_in_next(
+        &mut self,
+        raw: &[u8],
+        now: f64,
+        fill: &mut dyn FnMut(&mut [u8]),
+    ) -> Vec<Output> {
         let Some(n) = self.next.as_mut() else {
             return vec![];
         };
@@ -493,6 +502,7 @@ impl Isakmp {
                 let mut old = std::mem::replace(self, *new);
                 self.children = std::mem::take(&mut old.children);
                 self.lingering = std::mem::take(&mut old.lingering);
+                self.p2_group = old.p2_group;
                 self.ike_rekeys = old.ike_rekeys + 1;
                 self.spi_taken = old.spi_taken.clone();
                 self.dropped += old.dropped;
@@ -532,6 +542,7 @@ impl Isakmp {
         }
         self.children = std::mem::take(&mut old.children);
         self.lingering = std::mem::take(&mut old.lingering);
+        self.p2_group = old.p2_group;
         self.ike_rekeys = old.ike_rekeys + 1;
         old.next = None;
         self.retired.push((Box::new(old), now + RETIRED_LINGER_S));

@@ -13,7 +13,8 @@
 //! Ni_b | the payloads after HASH), HASH(3) = prf(SKEYID_a, 0 | M-ID | Ni_b | Nr_b). The
 //! responder installs the SA pair when it sends message 2 (the initiator starts using it
 //! once message 3 is out); a rekey's old SA pair lingers for [`REKEYED_LINGER_S`] and is
-//! then deleted with an INFORMATIONAL DELETE.
+//! then deleted by the rekey's initiator with an INFORMATIONAL DELETE (by the responder
+//! after three times as long, if the initiator never does).
 
 use super::attrs::{self, p2};
 use super::wire::{self, Attr, Id, Notify, ProposalV1, Raw, notify, proto, pt, xchg};
@@ -46,7 +47,11 @@ impl Isakmp {
             return vec![];
         }
         let msg_id = random_msg_id(fill);
-        let group = self.cfg.p2_dh.first().copied();
+        let group = self.p2_group.filter(|g| self.cfg.p2_dh.contains(g)).or(self
+            .cfg
+            .p2_dh
+            .first()
+            .copied());
         let kp = match group.map(|g| KeyPair::generate(g, fill)).transpose() {
             Ok(k) => k,
             Err(e) => return vec![Output::Log(format!("Quick Mode not started: {e}"))],
@@ -196,12 +201,20 @@ impl Isakmp {
         switch_now: bool,
         now: f64,
     ) -> Vec<Output> {
+        // The rekey's initiator deletes the old pair; the responder only when the initiator
+        // never does (some keep old SAs until they expire), three times later.
+        let linger = if switch_now {
+            REKEYED_LINGER_S
+        } else {
+            3.0 * REKEYED_LINGER_S
+        };
         for (spi_in, _) in &self.children {
             if !self.lingering.iter().any(|l| l.0 == *spi_in) {
-                self.lingering.push((*spi_in, now + REKEYED_LINGER_S));
+                self.lingering.push((*spi_in, now + linger));
             }
         }
         self.children.push((c.spi_in, c.spi_out));
+        self.p2_group = c.suite.group;
         let [enc_in, int_in, enc_out, int_out] = k;
         vec![Output::ChildUp(Box::new(ChildSa {
             spi_in: c.spi_in,

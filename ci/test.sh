@@ -72,3 +72,6 @@ python3 tests/gateway/gateway.py target/debug/espd 2>&1 | grep -v -e '^PASS' -e 
 
 log "IKEv2: espd run against strongSwan (both initiate, two proposal sets, rekeys, DPD, IKE SA rekey collision, PSK and proposal mismatch)"
 python3 tests/ike/strongswan.py target/debug/espd 2>&1 | grep -v -e '^PASS' -e 'WARNING: '
+
+log "IKEv1: espd run against strongSwan version = 1 (main + quick mode, two proposal sets, espd's rekeys and DPD restart, rekeys under ping, PSK and proposal mismatch, tshark ISAKMP decryption)"
+python3 tests/ike/strongswan_v1.py target/debug/espd 2>&1 | grep -v -e '^PASS' -e 'WARNING: '

@@ -102,12 +102,14 @@ pub fn strongswan(t: &Tunnel) -> String {
     };
     let cgw = t.peer_ip.map_or("%any".to_string(), |p| p.to_string());
     let aws = t.outside_ip;
-    let ike = proposals(
-        &t.phase1_encryption,
-        &t.phase1_integrity,
-        &t.phase1_dh_groups,
-        true,
-    );
+    // IKEv1 has no AES-GCM for the IKE SA (validation keeps a CBC cipher for such tunnels).
+    let p1_enc: Vec<String> = t
+        .phase1_encryption
+        .iter()
+        .filter(|e| version != 1 || !Cipher::from_name(e).is_some_and(Cipher::is_aead))
+        .cloned()
+        .collect();
+    let ike = proposals(&p1_enc, &t.phase1_integrity, &t.phase1_dh_groups, true);
     let esp = proposals(
         &t.phase2_encryption,
         &t.phase2_integrity,
@@ -208,7 +210,7 @@ pub fn generic(t: &Tunnel) -> String {
   - Integrity algorithms    : {i1}
   - DH groups               : {g1}
   - Lifetime                : {p1} seconds
-  - Mode                    : main (IKEv1) / IKEv2
+  - Mode                    : {mode}
   - DPD                     : every 10 seconds, peer dead after {dpd} seconds ({dpd_action:?})
 
 #2: IPsec Configuration
@@ -234,6 +236,11 @@ pub fn generic(t: &Tunnel) -> String {
         name = t.name,
         conn = t.connection,
         ike = t.ike_versions,
+        mode = match t.ike_versions.as_slice() {
+            [IkeVersion::V1] => "IKEv1 main mode (aggressive mode is refused), quick mode with PFS",
+            [IkeVersion::V2] => "IKEv2",
+            _ => "IKEv2, or IKEv1 main mode (aggressive mode is refused) with quick mode and PFS",
+        },
         psk = t.pre_shared_key.as_str(),
         e1 = list(&t.phase1_encryption),
         i1 = list(&t.phase1_integrity),

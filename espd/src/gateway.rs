@@ -1039,7 +1039,9 @@ fn spawn_ike(
     let t = std::thread::Builder::new()
         .name("espd-ike".into())
         .spawn(move || {
-            let mut last = Instant::now();
+            // The figures are published at once (so `rekey` and `show` know the tunnels from
+            // the start), then twice a second.
+            let mut last: Option<Instant> = None;
             while !stop.load(Ordering::Relaxed) {
                 let now = t0.elapsed().as_secs_f64();
                 for (idx, ike_sa) in
@@ -1050,8 +1052,8 @@ fn spawn_ike(
                 for l in ike.poll(now, &handle) {
                     let _ = tx.send(l);
                 }
-                if last.elapsed() >= Duration::from_millis(500) {
-                    last = Instant::now();
+                if last.is_none_or(|l| l.elapsed() >= Duration::from_millis(500)) {
+                    last = Some(Instant::now());
                     *sh.ike.lock().unwrap_or_else(|e| e.into_inner()) = ike.counters;
                     let stats = ike.stats();
                     if !stats.is_empty() {

@@ -301,6 +301,14 @@ impl Isakmp {
             .flat_map(|p| p.transforms.iter().map(move |t| (p, t)))
             .filter_map(|(p, t)| attrs::p2_suite(t).map(|s| (p, t, s)))
             .collect();
+        // One KE per quick mode: it is of the group of the first transform (RFC 2409
+        // section 5.5 has all transforms share it); others with another group are not
+        // choosable.
+        let ke_group = cands.first().and_then(|c| c.2.group);
+        let cands: Vec<_> = cands
+            .into_iter()
+            .filter(|c| c.2.group == ke_group)
+            .collect();
         let offers: Vec<(String, Option<String>, Option<u16>)> = cands
             .iter()
             .map(|(_, _, s)| {

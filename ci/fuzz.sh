@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# cargo-fuzz targets (fuzz/): the IKE decoder, the IKE responder and initiator fed arbitrary
+# cargo-fuzz targets (fuzz/): the IKE decoder, the IKEv2 and IKEv1 responders and initiators fed arbitrary
 # datagrams, ESP decapsulation, outer/inner reassembly. Each runs ESPD_FUZZ_SECONDS (default
 # 10; set it higher for a soak, e.g. 600) without a sanitizer (safe Rust: a panic or a failed
 # assertion is the finding); ESPD_FUZZ_SANITIZER=address builds with ASan instead.
@@ -18,7 +18,7 @@ secs="${ESPD_FUZZ_SECONDS:-10}"
 san="${ESPD_FUZZ_SANITIZER:-none}"
 cd fuzz
 cargo +nightly fuzz build -s "$san" -O >/dev/null 2>&1 || cargo +nightly fuzz build -s "$san" -O
-for t in ike_message ike_responder ike_initiator esp_decap reassembly; do
+for t in ike_message ike_responder ike_initiator ikev1_responder ikev1_initiator esp_decap reassembly; do
   mkdir -p "corpus/$t"
   out=$(cargo +nightly fuzz run -s "$san" -O "$t" "corpus/$t" -- -max_total_time="$secs" 2>&1) || {
     echo "$out" | tail -40

@@ -80,32 +80,81 @@ fn rss_kib() -> u64 {
         .map_or(0, |pages| pages * 4)
 }
 
-/// IKE SAs per second per core for each group.
-pub fn rate(groups: &[u16], secs: f64, json_out: bool) {
-    let mut rows = vec![];
-    for &g in groups {
-        let mut r = rng(u64::from(g));
-        let t0 = Instant::now();
-        let mut n = 0u64;
-        while t0.elapsed().as_secs_f64() < secs {
-            let _ = establish(g, &mut r);
-            n += 1;
+/// One IKEv1 ISAKMP SA (main mode) with its first IPsec SA (quick mode, PFS with the same
+/// group when `pfs`), both peers.
+fn establish_v1(group: u16, pfs: bool, r: &mut dyn FnMut(&mut [u8])) {
+    use ike::v1::{Isakmp, Lifetimes};
+    let c = |l, p| {
+        let mut c = cfg(l, p, group);
+        c.p2_enc = vec!["AES128".into()];
+        c.p2_dh = if pfs { vec![group] } else { vec![] };
+        c
+    };
+    let life = Lifetimes::default();
+    let (mut a, out) =
+        Isakmp::initiate(c("192.0.2.1", "192.0.2.2"), life, 0.0, r).expect("initiate");
+    let first = sends(&out).remove(0);
+    let (b, out) = Isakmp::respond(c("192.0.2.2", "192.0.2.1"), life, &first, 0.0, r);
+    let mut b = b.expect("responder");
+    let mut to_a = sends(&out);
+    let mut children = 0;
+    for _ in 0..8 {
+        let mut to_b = vec![];
+        for d in to_a.drain(..) {
+            let o = a.handle(&d, 0.0, r);
+            children += o.iter().filter(|x| matches!(x, Output::ChildUp(_))).count();
+            to_b.extend(sends(&o));
         }
-        let per_s = n as f64 / t0.elapsed().as_secs_f64();
-        rows.push((g, n, per_s));
+        for d in to_b {
+            to_a.extend(sends(&b.handle(&d, 0.0, r)));
+        }
+        if to_a.is_empty() {
+            break;
+        }
+    }
+    assert!(a.state() == State::Established && children == 1);
+}
+
+/// IKE SAs per second per core for each group: IKEv2 (IKE_SA_INIT + IKE_AUTH with the first
+/// CHILD_SA), and with `v1` beside it IKEv1 (main mode + quick mode, without and with PFS).
+pub fn rate(groups: &[u16], secs: f64, v1: bool, json_out: bool) {
+    let mut rows = vec![];
+    let mut cases: Vec<(&str, u8)> = vec![("IKEv2: IKE_SA_INIT + IKE_AUTH with CHILD_SA", 2)];
+    if v1 {
+        cases.push(("IKEv1: main mode + quick mode", 1));
+        cases.push(("IKEv1: main mode + quick mode with PFS (AWS)", 3));
+    }
+    for (what, kind) in cases {
+        for &g in groups {
+            let mut r = rng(u64::from(g));
+            let t0 = Instant::now();
+            let mut n = 0u64;
+            while t0.elapsed().as_secs_f64() < secs {
+                match kind {
+                    2 => {
+                        let _ = establish(g, &mut r);
+                    }
+                    k => establish_v1(g, k == 3, &mut r),
+                }
+                n += 1;
+            }
+            let per_s = n as f64 / t0.elapsed().as_secs_f64();
+            rows.push((what, kind, g, n, per_s));
+        }
     }
     if json_out {
         let v: Vec<_> = rows
             .iter()
-            .map(|(g, n, r)| json!({"dh_group": g, "established": n, "ike_sas_per_s": r}))
+            .map(|(w, k, g, n, r)| {
+                json!({"version": if *k == 2 { 2 } else { 1 }, "pfs": *k == 3, "exchanges": w,
+                       "dh_group": g, "established": n, "ike_sas_per_s": r})
+            })
             .collect();
         println!("{}", json!({ "ike": v }));
     } else {
-        println!(
-            "IKE SAs established per second on one core (both peers, IKE_SA_INIT + IKE_AUTH + first CHILD_SA):"
-        );
-        for (g, n, r) in rows {
-            println!("  DH group {g:>2}: {r:>8.0} /s  ({n} in {secs} s)");
+        println!("IKE SAs established per second on one core (both peers in this process):");
+        for (w, _, g, n, r) in rows {
+            println!("  {w:<46} DH group {g:>2}: {r:>8.0} /s  ({n} in {secs} s)");
         }
     }
 }

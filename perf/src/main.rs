@@ -154,6 +154,9 @@ enum Cmd {
         scale: usize,
         #[arg(long, default_value_t = 24.0)]
         hours: f64,
+        /// IKE version of the rate: 2, or 1 (IKEv1 main + quick mode, shown beside IKEv2).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+        version: u8,
         #[arg(long)]
         json: bool,
     },
@@ -993,6 +996,7 @@ fn main() {
             seconds,
             scale,
             hours,
+            version,
             json,
         } => {
             let gs: Vec<u16> = groups
@@ -1006,7 +1010,7 @@ fn main() {
             if scale > 0 {
                 ikebench::scale(scale, hours, gs[0], json);
             } else {
-                ikebench::rate(&gs, seconds, json);
+                ikebench::rate(&gs, seconds, version == 1, json);
             }
         }
         #[cfg(feature = "xdp")]

@@ -50,6 +50,8 @@ struct TunnelIke {
     /// Inbound SPIs installed for this tunnel (removed when the SA goes).
     installed: Vec<u32>,
     next_start: Option<f64>,
+    /// A DPD `restart` is under way: initiation is retried until an IKE SA is up.
+    restarting: bool,
     up: bool,
     /// Lifetimes, margin and fuzz (AWS options) and the next rekey times.
     p1_life: u32,
@@ -310,6 +312,7 @@ impl IkeCtl {
                 dpd: None,
                 installed: vec![],
                 next_start: (t.startup_action == StartupAction::Start).then_some(now),
+                restarting: false,
                 up: false,
                 p1_life: t.phase1_lifetime_s,
                 p2_life: t.phase2_lifetime_s,
@@ -824,6 +827,7 @@ impl IkeCtl {
                         t.ike_dropped_seen = sa.dropped();
                     }
                     t.dpd = Some(Dpd::new(now, t.dpd_timeout));
+                    t.restarting = false;
                     let life =
                         t.sa.as_ref()
                             .map_or(t.p1_life, |s| s.p1_lifetime(t.p1_life));
@@ -873,7 +877,8 @@ impl IkeCtl {
                     self.teardown(i, h);
                     logs.push((idx, self.states(i, false), format!("IKE SA closed: {why}")));
                     let t = &mut self.tunnels[i];
-                    if t.startup == StartupAction::Start {
+                    // Startup `start`, and a DPD `restart` until it succeeds: try again.
+                    if t.startup == StartupAction::Start || t.restarting {
                         t.next_start = Some(now + 5.0);
                     }
                 }
@@ -1232,6 +1237,7 @@ impl IkeCtl {
                         self.teardown(i, h);
                         self.tunnels[i].sa = None;
                         self.tunnels[i].next_start = Some(now);
+                        self.tunnels[i].restarting = true;
                         logs.push((
                             idx,
                             self.states(i, false),

@@ -426,9 +426,11 @@ impl Cgw {
             } else if let Some(nw) = self.newer.as_mut().filter(|x| x.owns(ci, cr)) {
                 let out = nw.handle(&d, now, &mut self.rng);
                 if nw.state() == State::Established {
+                    // Our phase 1 rekey (the IPsec SAs move over), or our new main mode after
+                    // a DPD restart (INITIAL-CONTACT: the old ones are stale).
                     let nw = self.newer.take().unwrap();
                     let old = std::mem::replace(&mut self.sa, nw);
-                    assert!(self.sa.adopt(old, now).is_empty());
+                    let _stale = self.sa.adopt(old, now);
                 }
                 out
             } else {
@@ -446,20 +448,10 @@ impl Cgw {
     }
 }
 
-/// An IKEv1-only tunnel in the shell, the customer gateway played by `ike::v1` ([`Cgw`]):
-/// main mode and quick mode from the CGW, the CGW's phase 1 rekey (a new main mode the
-/// shell adopts: the IPsec SA stays), our phase 2 and phase 1 rekeys (`espd rekey`), an
-/// IKEv2 datagram ignored with a log line, then a silent CGW and the IKEv1 DPD line.
-#[test]
-#[ignore = "needs root (UDP port 500); the test command runs it as root"]
-fn ikev1_tunnel_in_the_shell() {
-    use ike::session::State;
+/// An IKEv1-only tunnel `t1` (DPD timeout 30 s, `action`) on `me`, its shell, and the CGW
+/// on `peer` (played by `ike::v1`) that has sent main mode message 1.
+fn v1_setup(me: &str, peer: &str, action: &str) -> (IkeCtl, Cgw) {
     use ike::v1::{Isakmp, Lifetimes};
-    assert!(
-        root(),
-        "needs root (UDP port 500): run as root, or without --include-ignored"
-    );
-    let (me, peer) = ("127.0.65.1", "127.0.65.2");
     let text = format!(
         r#"
 [[tunnel]]
@@ -469,7 +461,8 @@ outside_ip = "{me}"
 peer_ip = "{peer}"
 ike_versions = ["ikev1"]
 dpd_timeout_s = 30
-dpd_timeout_action = "clear"
+dpd_timeout_action = "{action}"
+phase2_dh_groups = [14]
 pre_shared_key = "lab.tunnel_one"
 
 [[tunnel]]
@@ -481,9 +474,7 @@ pre_shared_key = "lab.tunnel_two"
 "#
     );
     let c = config::parse(&text, "t.toml", &mut fill).unwrap();
-    let t = indexed(&c);
-    let mut b = IkeCtl::new(&t, engine::crypto::Backend::RustCrypto, None, 0.0).unwrap();
-    let (_w, h) = handle();
+    let b = IkeCtl::new(&indexed(&c), engine::crypto::Backend::RustCrypto, None, 0.0).unwrap();
     let cfg = ike::session::Config {
         local_addr: peer.parse().unwrap(),
         peer_addr: me.parse().unwrap(),
@@ -504,30 +495,104 @@ pre_shared_key = "lab.tunnel_two"
     sock.set_nonblocking(true).unwrap();
     let mut rng = Box::new(ike::seeded::rng(42));
     let (sa, out) = Isakmp::initiate(cfg.clone(), Lifetimes::default(), 0.0, &mut rng).unwrap();
-    let mut g = Cgw {
+    let g = Cgw {
         sa,
         newer: None,
-        cfg: cfg.clone(),
+        cfg,
         sock,
         to: format!("{me}:500"),
         rng,
         children: 0,
     };
     g.send(&out);
-    let mut now = 0.0;
-    let mut logs: Vec<String> = vec![];
-    let mut run = |b: &mut IkeCtl, g: &mut Cgw, now: &mut f64, secs: f64, silent: bool| {
-        let end = *now + secs;
-        while *now < end {
-            for (_, _, l) in b.poll(*now, &h) {
-                logs.push(format!("{now:.1} {l}"));
-            }
-            std::thread::sleep(std::time::Duration::from_micros(300));
-            g.step(*now, silent);
-            std::thread::sleep(std::time::Duration::from_micros(300));
-            *now += 0.1;
+    (b, g)
+}
+
+/// Runs the shell and the CGW for `secs` of fake time (the CGW drops everything when
+/// `silent`); returns every log line so far.
+fn v1_run(
+    b: &mut IkeCtl,
+    g: &mut Cgw,
+    h: &WorkerSet,
+    now: &mut f64,
+    secs: f64,
+    silent: bool,
+    logs: &mut Vec<String>,
+) -> String {
+    let end = *now + secs;
+    while *now < end {
+        for (_, _, l) in b.poll(*now, h) {
+            logs.push(format!("{now:.1} {l}"));
         }
-        logs.join("\n")
+        std::thread::sleep(std::time::Duration::from_micros(300));
+        g.step(*now, silent);
+        std::thread::sleep(std::time::Duration::from_micros(300));
+        *now += 0.1;
+    }
+    logs.join("\n")
+}
+
+/// DPD actions `none` and `restart` on an IKEv1 tunnel: the IKEv1 wording; `none` keeps
+/// the IPsec SA; `restart` starts an IKEv1 main mode (the tunnel allows only IKEv1), and
+/// again every 5 s after one gives up, until the CGW answers again and the tunnel is back
+/// with a new IPsec SA.
+#[test]
+#[ignore = "needs root (UDP port 500); the test command runs it as root"]
+fn ikev1_dpd_none_and_restart() {
+    assert!(
+        root(),
+        "needs root (UDP port 500): run as root, or without --include-ignored"
+    );
+    for (net, action) in [(70, "none"), (71, "restart")] {
+        let (me, peer) = (format!("127.0.{net}.1"), format!("127.0.{net}.2"));
+        let (mut b, mut g) = v1_setup(&me, &peer, action);
+        let (_w, h) = handle();
+        let (mut now, mut logs) = (0.0, vec![]);
+        let l = v1_run(&mut b, &mut g, &h, &mut now, 2.0, false, &mut logs);
+        assert!(l.contains("CHILD_SA established"), "{action}: {l}");
+        let l = v1_run(&mut b, &mut g, &h, &mut now, 45.0, true, &mut logs);
+        assert!(
+            l.contains("Peer is not responsive - Declaring peer dead"),
+            "{action}: {l}"
+        );
+        assert!(!l.contains("DPD timed out after"), "{action}: {l}");
+        if action == "none" {
+            assert_eq!(b.stats()[0].1.phase2, "Established", "{l}");
+            continue;
+        }
+        assert!(l.contains("Initiating IKEv1 Main Mode"), "{l}");
+        // The CGW answers again after espd's main mode gave up once: the restart is retried.
+        let l = v1_run(&mut b, &mut g, &h, &mut now, 30.0, false, &mut logs);
+        assert!(l.contains("Main Mode (phase 1) timed out"), "{l}");
+        assert_eq!(l.matches("CHILD_SA established").count(), 2, "{l}");
+        let st = b.stats();
+        assert_eq!(
+            (st[0].1.phase1, st[0].1.phase2),
+            ("Established", "Established"),
+            "{l}"
+        );
+        assert_eq!(g.children, 2, "{l}");
+    }
+}
+
+/// An IKEv1-only tunnel in the shell, the customer gateway played by `ike::v1` ([`Cgw`]):
+/// main mode and quick mode from the CGW, the CGW's phase 1 rekey (a new main mode the
+/// shell adopts: the IPsec SA stays), our phase 2 and phase 1 rekeys (`espd rekey`), an
+/// IKEv2 datagram ignored with a log line, then a silent CGW and the IKEv1 DPD line.
+#[test]
+#[ignore = "needs root (UDP port 500); the test command runs it as root"]
+fn ikev1_tunnel_in_the_shell() {
+    use ike::session::State;
+    assert!(
+        root(),
+        "needs root (UDP port 500): run as root, or without --include-ignored"
+    );
+    let peer = "127.0.72.2";
+    let (mut b, mut g) = v1_setup("127.0.72.1", peer, "clear");
+    let (_w, h) = handle();
+    let (mut now, mut logs) = (0.0, vec![]);
+    let mut run = |b: &mut IkeCtl, g: &mut Cgw, now: &mut f64, secs: f64, silent: bool| {
+        v1_run(b, g, &h, now, secs, silent, &mut logs)
     };
     let l = run(&mut b, &mut g, &mut now, 2.0, false);
     assert!(l.contains("IKE SA established (IKEv1, DH group 14)"), "{l}");
@@ -566,11 +631,11 @@ pre_shared_key = "lab.tunnel_two"
     assert_eq!(b.stats()[0].1.phase2, "Established", "{l}");
 
     // An IKEv2 IKE_SA_INIT from the CGW's address: the tunnel allows only IKEv1.
-    let v2 = spoofed_init(peer, me, 3);
+    let v2 = spoofed_init(peer, "127.0.72.1", 3);
     g.sock.send_to(&v2, &g.to).unwrap();
     let l = run(&mut b, &mut g, &mut now, 0.5, false);
     assert!(
-        l.contains("engine: IKEv2 from 127.0.65.2 ignored: ike_versions does not allow it"),
+        l.contains("engine: IKEv2 from 127.0.72.2 ignored: ike_versions does not allow it"),
         "{l}"
     );
 

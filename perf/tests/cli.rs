@@ -324,14 +324,26 @@ fn ike_benchmark_runs() {
     assert!(v["ike"][0]["established"].as_u64().unwrap() > 0, "{v}");
     assert!(v["ike"][0]["ike_sas_per_s"].as_f64().unwrap() > 0.0, "{v}");
     // --version 1: IKEv1 rows (without and with PFS) beside the IKEv2 one.
-    let v = perf(&["ike", "--groups", "19", "--seconds", "0.2", "--version", "1", "--json"]);
+    let v = perf(&[
+        "ike",
+        "--groups",
+        "19",
+        "--seconds",
+        "0.2",
+        "--version",
+        "1",
+        "--json",
+    ]);
     let rows = v["ike"].as_array().unwrap();
     let versions: Vec<(u64, bool)> = rows
         .iter()
         .map(|r| (r["version"].as_u64().unwrap(), r["pfs"].as_bool().unwrap()))
         .collect();
     assert_eq!(versions, vec![(2, false), (1, false), (1, true)], "{v}");
-    assert!(rows.iter().all(|r| r["established"].as_u64().unwrap() > 0), "{v}");
+    assert!(
+        rows.iter().all(|r| r["established"].as_u64().unwrap() > 0),
+        "{v}"
+    );
     let v = perf(&["ike", "--scale", "20", "--hours", "24", "--json"]);
     assert_eq!(v["tunnels"], 20);
     // At AWS defaults every tunnel rekeys its CHILD_SA 24-26 times and its IKE SA 3 times a day.

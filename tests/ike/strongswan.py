@@ -249,20 +249,23 @@ def udp_echo_through():
         return 0
 
 
-def tshark_ike_esp(pcap, keys):
-    """(IKE_AUTH messages whose ID payload tshark decrypted, ESP packets, ESP ICV good)."""
+def tshark_ike_esp(pcap, keys, version=2):
+    """(messages with an ID payload tshark decrypted: IKE_AUTH, or IKEv1 main mode 5/6 with
+    `version` 1; ESP packets; ESP ICV good), with the key tables espd exported."""
     esp_uat = [l for l in open(keys).read().splitlines() if l.strip()] if os.path.exists(keys) else []
-    ike_tab = keys + ".ikev2_decryption_table"
+    table = f"ikev{version}_decryption_table"
+    ike_tab = keys + "." + table
     prof = os.path.join(WORK, "ws-" + os.path.basename(pcap))
     os.makedirs(prof, exist_ok=True)
-    with open(os.path.join(prof, "ikev2_decryption_table"), "w") as f:
+    with open(os.path.join(prof, table), "w") as f:
         f.write(open(ike_tab).read() if os.path.exists(ike_tab) else "")
     with open(os.path.join(prof, "esp_sa"), "w") as f:
         f.write("\n".join(esp_uat) + "\n")
     env = dict(os.environ, WIRESHARK_CONFIG_DIR=prof, XDG_CONFIG_HOME=prof)
     base = ["tshark", "-n", "-r", pcap, "-o", "esp.enable_encryption_decode:TRUE",
             "-o", "esp.enable_authentication_check:TRUE"]
-    ids = subprocess.run(base + ["-Y", "isakmp.exchangetype == 35 && isakmp.id.type", "-T", "fields", "-e", "frame.number"],
+    exchange = 35 if version == 2 else 2  # IKE_AUTH / Identity Protection (main mode)
+    ids = subprocess.run(base + ["-Y", f"isakmp.exchangetype == {exchange} && isakmp.id.type", "-T", "fields", "-e", "frame.number"],
                          capture_output=True, text=True, env=env)
     esp = subprocess.run(base + ["-Y", "esp", "-T", "fields", "-e", "esp.icv_good"], capture_output=True, text=True, env=env)
     lines = [l for l in esp.stdout.splitlines() if l.strip()]

@@ -35,27 +35,6 @@ def v1_config(tag, p1, p2, pfs, extra="", lab=False, psk="lab.tunnel_one"):
     return text.replace('ike_versions = ["ikev2"]', 'ike_versions = ["ikev1"]')
 
 
-def tshark_v1(pcap, keys):
-    """(main mode messages 5/6 whose ID payload tshark decrypted, ESP packets, ICV good)."""
-    esp_uat = [l for l in open(keys).read().splitlines() if l.strip()] if os.path.exists(keys) else []
-    tab = keys + ".ikev1_decryption_table"
-    prof = os.path.join(sw.WORK, "ws1-" + os.path.basename(pcap))
-    os.makedirs(prof, exist_ok=True)
-    with open(os.path.join(prof, "ikev1_decryption_table"), "w") as f:
-        f.write(open(tab).read() if os.path.exists(tab) else "")
-    with open(os.path.join(prof, "esp_sa"), "w") as f:
-        f.write("\n".join(esp_uat) + "\n")
-    env = dict(os.environ, WIRESHARK_CONFIG_DIR=prof, XDG_CONFIG_HOME=prof)
-    base = ["tshark", "-n", "-r", pcap, "-o", "esp.enable_encryption_decode:TRUE",
-            "-o", "esp.enable_authentication_check:TRUE"]
-    ids = subprocess.run(base + ["-Y", "isakmp.exchangetype == 2 && isakmp.id.type", "-T", "fields", "-e", "frame.number"],
-                         capture_output=True, text=True, env=env)
-    esp = subprocess.run(base + ["-Y", "esp", "-T", "fields", "-e", "esp.icv_good"], capture_output=True, text=True, env=env)
-    lines = [l for l in esp.stdout.splitlines() if l.strip()]
-    return (len([l for l in ids.stdout.splitlines() if l.strip()]), len(lines),
-            sum(1 for l in lines if l.split(",")[0] == "1"), ids.stderr[-300:] + esp.stderr[-300:])
-
-
 def established(e, n=1, secs=15):
     return sw.wait_for(lambda: e.text().count("CHILD_SA established") >= n, secs)
 
@@ -91,7 +70,7 @@ def basic_case(tag, p1, p2, pfs):
         time.sleep(0.5)
         dump.send_signal(2)
         dump.wait(timeout=5)
-        ids, n_esp, good, err = tshark_v1(cap, e.keys)
+        ids, n_esp, good, err = sw.tshark_ike_esp(cap, e.keys, version=1)
         check(f"[{tag}] tshark decrypts main mode 5/6 with espd's exported IKEv1 key and checks every ESP ICV",
               ids >= 2 and n_esp >= 10 and good == n_esp, f"ids {ids} esp {good}/{n_esp} {err}")
     finally:

@@ -823,13 +823,8 @@ impl IkeSa {
             State::Established => Phase::Established,
             State::Closed => Phase::Down,
         };
-        let p2 = match (self.children.len(), p1) {
-            (0, Phase::Negotiating) => Phase::Negotiating,
-            (0, _) | (_, Phase::Down) => Phase::Down,
-            (n, _) if n > 1 || matches!(self.task(), Some(Task::RekeyChild(_))) => Phase::Rekeying,
-            _ => Phase::Established,
-        };
-        (p1, p2)
+        let rekeying = matches!(self.task(), Some(Task::RekeyChild(_)));
+        (p1, Phase::phase2(self.children.len(), p1, false, rekeying))
     }
 
     /// The DH group of the IKE SA, once chosen.
@@ -887,4 +882,19 @@ pub enum Phase {
     Established,
     Rekeying,
     Down,
+}
+
+impl Phase {
+    /// Phase 2's state from the live CHILD_SAs (IPsec SAs) and phase 1: `Negotiating` while
+    /// the first is being made (`negotiating`: a first one is under way on an established
+    /// phase 1), `Rekeying` with two live or our rekey out, `Down` without any.
+    pub(crate) fn phase2(children: usize, p1: Phase, negotiating: bool, rekeying: bool) -> Phase {
+        match (children, p1) {
+            (0, Phase::Negotiating) => Phase::Negotiating,
+            (0, _) if negotiating && p1 != Phase::Down => Phase::Negotiating,
+            (0, _) | (_, Phase::Down) => Phase::Down,
+            (n, _) if n > 1 || rekeying => Phase::Rekeying,
+            _ => Phase::Established,
+        }
+    }
 }

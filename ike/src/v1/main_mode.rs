@@ -296,6 +296,29 @@ impl Isakmp {
         r
     }
 
+    /// Message 3 or 4: its payloads, the KE data and the nonce (8 to 256 bytes, RFC 2409
+    /// section 5); None (counted) without them.
+    #[allow(clippy::type_complexity)]
+    fn ke_nonce(
+        &mut self,
+        raw: &[u8],
+        h: &Header,
+    ) -> Option<(Vec<(Raw, usize)>, Vec<u8>, Vec<u8>)> {
+        let ps = self.plain_payloads(raw, h)?;
+        let body = |t: u8| {
+            ps.iter()
+                .find(|(p, _)| p.ptype == t)
+                .map(|(p, _)| p.body.clone())
+        };
+        match (body(pt::KE), body(pt::NONCE)) {
+            (Some(ke), Some(n)) if (8..=256).contains(&n.len()) => Some((ps, ke, n)),
+            _ => {
+                self.dropped += 1;
+                None
+            }
+        }
+    }
+
     fn on_mm2(
         &mut self,
         raw: &[u8],
@@ -352,22 +375,9 @@ impl Isakmp {
         now: f64,
         fill: &mut dyn FnMut(&mut [u8]),
     ) -> Vec<Output> {
-        let Some(ps) = self.plain_payloads(raw, h) else {
+        let (Some((ps, ke, ni)), Some(s)) = (self.ke_nonce(raw, h), self.suite) else {
             return vec![];
         };
-        let body = |t: u8| {
-            ps.iter()
-                .find(|(p, _)| p.ptype == t)
-                .map(|(p, _)| p.body.clone())
-        };
-        let (Some(ke), Some(ni), Some(s)) = (body(pt::KE), body(pt::NONCE), self.suite) else {
-            self.dropped += 1;
-            return vec![];
-        };
-        if !(8..=256).contains(&ni.len()) {
-            self.dropped += 1;
-            return vec![];
-        }
         let kp = match KeyPair::generate(s.group, fill) {
             Ok(k) => k,
             Err(e) => return self.close(format!("phase 1 DH group {}: {e}", s.group)),
@@ -403,22 +413,9 @@ impl Isakmp {
         now: f64,
         _fill: &mut dyn FnMut(&mut [u8]),
     ) -> Vec<Output> {
-        let Some(ps) = self.plain_payloads(raw, h) else {
+        let Some((ps, ke, nr)) = self.ke_nonce(raw, h) else {
             return vec![];
         };
-        let body = |t: u8| {
-            ps.iter()
-                .find(|(p, _)| p.ptype == t)
-                .map(|(p, _)| p.body.clone())
-        };
-        let (Some(ke), Some(nr)) = (body(pt::KE), body(pt::NONCE)) else {
-            self.dropped += 1;
-            return vec![];
-        };
-        if !(8..=256).contains(&nr.len()) {
-            self.dropped += 1;
-            return vec![];
-        }
         self.nr = nr;
         if self.derive(&ke).is_err() {
             self.keys = None;

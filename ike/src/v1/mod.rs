@@ -640,14 +640,8 @@ impl Isakmp {
             _ => Phase::Negotiating,
         };
         let ours = self.qms.iter().any(|q| q.initiator && q.rekey_of.is_some());
-        let p2 = match (self.children.len(), p1) {
-            (0, Phase::Negotiating) => Phase::Negotiating,
-            (0, _) if !self.qms.is_empty() => Phase::Negotiating,
-            (0, _) | (_, Phase::Down) => Phase::Down,
-            (n, _) if n > 1 || ours => Phase::Rekeying,
-            _ => Phase::Established,
-        };
-        (p1, p2)
+        let first = !self.qms.is_empty();
+        (p1, Phase::phase2(self.children.len(), p1, first, ours))
     }
 
     pub fn dh_group(&self) -> Option<u16> {

@@ -270,6 +270,28 @@ pub fn generic(t: &Tunnel) -> String {
 mod tests {
     use super::*;
 
+    /// An IKEv1-only tunnel: `version = 1` and no AES-GCM among the IKE proposals (IKEv1 has
+    /// none for its own messages), GCM kept for ESP; the generic text names main mode.
+    #[test]
+    fn ikev1_tunnel_exports_version_1_without_gcm_for_ike() {
+        let text = "[[tunnel]]\nname = \"t1\"\nconnection = \"c\"\noutside_ip = \"192.0.2.1\"\npeer_ip = \"192.0.2.2\"\nike_versions = [\"ikev1\"]\npre_shared_key = \"lab.tunnel_one\"\n\n[[tunnel]]\nname = \"t2\"\nconnection = \"c\"\noutside_ip = \"192.0.2.1\"\npre_shared_key = \"lab.tunnel_two\"\n";
+        let c = crate::config::parse(text, "t.toml", &mut |b: &mut [u8]| b.fill(7)).unwrap();
+        let sw = strongswan(&c.tunnels[0]);
+        assert!(sw.contains("version = 1"), "{sw}");
+        let ike = sw
+            .lines()
+            .find(|l| l.trim().starts_with("proposals ="))
+            .unwrap();
+        assert!(!ike.contains("gcm"), "{ike}");
+        let esp = sw
+            .lines()
+            .find(|l| l.trim().starts_with("esp_proposals ="))
+            .unwrap();
+        assert!(esp.contains("aes128gcm16"), "{esp}");
+        assert!(generic(&c.tunnels[0]).contains("IKEv1 main mode (aggressive mode is refused)"));
+        assert!(strongswan(&c.tunnels[1]).contains("version = 0"));
+    }
+
     #[test]
     fn proposals_in_strongswan_syntax() {
         let e = vec!["AES128".to_string(), "AES256-GCM-16".to_string()];

@@ -280,6 +280,13 @@ fn psk_mismatch_gives_the_aws_line_and_no_sa() {
             "AWS tunnel payload decryption was unsuccessful due to invalid Pre-shared Key"
         )
     );
+    // B tells A in the clear; A logs it and changes nothing for it (anyone can send one).
+    assert!(
+        logs(&p.a_out).contains("the peer notified AUTHENTICATION-FAILED in the clear"),
+        "{}",
+        logs(&p.a_out)
+    );
+    assert_eq!(p.a.state(), State::AuthSent);
     // A retransmits message 5, then gives up; B logs the line once.
     p.run_until(40.0);
     assert_eq!(p.a.state(), State::Closed);
@@ -525,4 +532,40 @@ fn hostile_datagrams_never_panic_or_change_state() {
     }
     assert_eq!(p.b().state(), State::Established);
     assert_eq!(p.b().children().len(), 1);
+}
+
+/// The initiator takes only one of its own transforms back, unchanged: a main mode message 2
+/// choosing a group we did not offer, or changing the lifetime (a responder must use
+/// RESPONDER-LIFETIME for that), is dropped and changes nothing; the real answer then works.
+#[test]
+fn only_offered_transforms_are_accepted() {
+    let (mut p, to_b) = Pair::new(
+        v1cfg("192.0.2.1", "192.0.2.2"),
+        v1cfg("192.0.2.2", "192.0.2.1"),
+    );
+    let (b, out) = Isakmp::respond(p.cb.clone(), LIFE, &to_b[0], 0.0, &mut *p.rb);
+    assert!(b.is_some());
+    let mm2 = sends(&out).remove(0);
+    let patch = |from: [u8; 4], to: [u8; 4]| {
+        let mut m = mm2.clone();
+        let k = m
+            .windows(4)
+            .position(|w| w == from)
+            .expect("attribute present");
+        m[k..k + 4].copy_from_slice(&to);
+        m
+    };
+    for bad in [
+        patch([0x80, 0x04, 0x00, 14], [0x80, 0x04, 0x00, 5]),
+        patch([0x80, 0x0c, 0x70, 0x80], [0x80, 0x0c, 0x70, 0x81]),
+        patch([0x80, 0x0e, 0x00, 0x80], [0x80, 0x0e, 0x00, 0xc0]),
+    ] {
+        let d0 = p.a.dropped;
+        let out = p.a.handle(&bad, 0.1, &mut *p.ra);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(p.a.dropped, d0 + 1);
+        assert_eq!(p.a.state(), State::InitSent);
+    }
+    let out = p.a.handle(&mm2, 0.2, &mut *p.ra);
+    assert_eq!(sends(&out).len(), 1, "the real message 2 still works");
 }

@@ -461,13 +461,32 @@ impl Isakmp {
         ok
     }
 
-    fn psk_mismatch(&mut self) -> Vec<Output> {
+    /// Message 5 or 6 did not decrypt to a verified HASH: the PSKs differ (or someone
+    /// forged it). Logged once per SA; the responder also tells the peer once, in the clear
+    /// (it cannot read what our key would encrypt), with AUTHENTICATION-FAILED. Nothing else
+    /// changes: the peer's retransmission may still verify.
+    fn psk_mismatch(&mut self, fill: &mut dyn FnMut(&mut [u8])) -> Vec<Output> {
         if std::mem::replace(&mut self.psk_mismatch_logged, true) {
             return vec![];
         }
-        vec![Output::Log(
+        let mut out = vec![];
+        if !self.initiator {
+            let n = Notify {
+                protocol: proto::ISAKMP,
+                ntype: notify::AUTHENTICATION_FAILED,
+                spi: [self.ci.to_be_bytes(), self.cr.to_be_bytes()].concat(),
+                data: vec![],
+            };
+            let h = self.header(xchg::INFO, random_msg_id(fill), false);
+            out.push(Output::Send {
+                data: wire::encode_plain(h, &[Raw::new(pt::N, n.encode())]),
+                nat_t: self.floated(),
+            });
+        }
+        out.push(Output::Log(
             "AWS tunnel payload decryption was unsuccessful due to invalid Pre-shared Key".into(),
-        )]
+        ));
+        out
     }
 
     fn on_mm5(
@@ -475,10 +494,10 @@ impl Isakmp {
         raw: &[u8],
         h: &Header,
         now: f64,
-        _fill: &mut dyn FnMut(&mut [u8]),
+        fill: &mut dyn FnMut(&mut [u8]),
     ) -> Vec<Output> {
         let Some((p, iv)) = self.check_auth(raw, h) else {
-            return self.psk_mismatch();
+            return self.psk_mismatch(fill);
         };
         self.verified += 1;
         self.last_rx = now;
@@ -509,7 +528,7 @@ impl Isakmp {
         fill: &mut dyn FnMut(&mut [u8]),
     ) -> Vec<Output> {
         let Some((_, last)) = self.check_auth(raw, h) else {
-            return self.psk_mismatch();
+            return self.psk_mismatch(fill);
         };
         self.verified += 1;
         self.last_rx = now;

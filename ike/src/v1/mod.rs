@@ -56,6 +56,9 @@ pub const RETIRED_LINGER_S: f64 = 60.0;
 const MAX_QUICK_MODES: usize = 4;
 /// Replies remembered for duplicate requests.
 const MAX_REPLIES: usize = 8;
+/// Live IPsec SA pairs at most: the tunnel's, a rekey's new one, and room for both sides
+/// rekeying at once.
+const MAX_IPSEC_SAS: usize = 4;
 
 /// Where main mode is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -432,13 +435,20 @@ impl Isakmp {
             self.verified += old.verified - v0;
             let left = std::mem::take(&mut old.children);
             self.children.retain(|c| left.contains(c));
+            // Its end is not the tunnel's: the closing lines go with the Closed.
+            let closed: Vec<String> = out
+                .iter()
+                .filter_map(|o| match o {
+                    Output::Closed(why) => Some(why.clone()),
+                    _ => None,
+                })
+                .collect();
             return out
                 .into_iter()
-                .filter(|o| {
-                    matches!(
-                        o,
-                        Output::Send { .. } | Output::ChildDown { .. } | Output::Log(_)
-                    )
+                .filter(|o| match o {
+                    Output::Send { .. } | Output::ChildDown { .. } => true,
+                    Output::Log(l) => !closed.contains(l),
+                    _ => false,
                 })
                 .collect();
         }
@@ -727,4 +737,129 @@ pub(crate) fn within(
         && v(inner.end) <= v(outer.end)
         && v(inner.start) <= v(inner.end)
         && (outer.ip_proto == 0 || outer.ip_proto == inner.ip_proto)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msg::TrafficSelector;
+
+    fn cfg(local: &str, peer: &str) -> Config {
+        Config {
+            local_addr: local.parse().unwrap(),
+            peer_addr: peer.parse().unwrap(),
+            psk: Zeroizing::new(b"unit.psk".to_vec()),
+            p1_enc: vec!["AES128".into()],
+            p1_integ: vec!["SHA1".into()],
+            p1_dh: vec![19],
+            p2_enc: vec!["AES128".into()],
+            p2_integ: vec!["SHA1".into()],
+            p2_dh: vec![19],
+            local_ts: TrafficSelector::any(false),
+            remote_ts: TrafficSelector::any(false),
+            force_nat_t: false,
+            retransmits: 2,
+            retransmit_base_s: 1.0,
+        }
+    }
+
+    fn sends(out: &[Output]) -> Vec<Vec<u8>> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Send { data, .. } => Some(data.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn logs(out: &[Output]) -> String {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Log(l) => Some(l.as_str()),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Delivers back and forth until quiet; returns B's outputs.
+    fn pump(
+        a: &mut Isakmp,
+        b: &mut Isakmp,
+        mut to_b: Vec<Vec<u8>>,
+        r: &mut dyn FnMut(&mut [u8]),
+    ) -> Vec<Output> {
+        let mut b_out = vec![];
+        for _ in 0..8 {
+            let mut to_a = vec![];
+            for d in to_b.drain(..) {
+                let o = b.handle(&d, 0.0, r);
+                to_a.extend(sends(&o));
+                b_out.extend(o);
+            }
+            for d in to_a {
+                to_b.extend(sends(&a.handle(&d, 0.0, r)));
+            }
+            if to_b.is_empty() {
+                break;
+            }
+        }
+        b_out
+    }
+
+    fn pair(r: &mut dyn FnMut(&mut [u8])) -> (Isakmp, Isakmp) {
+        let life = Lifetimes::default();
+        let (mut a, out) = Isakmp::initiate(cfg("192.0.2.1", "192.0.2.2"), life, 0.0, r).unwrap();
+        let (b, out) =
+            Isakmp::respond(cfg("192.0.2.2", "192.0.2.1"), life, &sends(&out)[0], 0.0, r);
+        let mut b = b.unwrap();
+        let mut to_b = vec![];
+        for d in sends(&out) {
+            to_b.extend(sends(&a.handle(&d, 0.0, r)));
+        }
+        pump(&mut a, &mut b, to_b, r);
+        assert_eq!((a.children.len(), b.children.len()), (1, 1));
+        (a, b)
+    }
+
+    /// An authenticated quick mode with a payload type no RFC defines gets
+    /// INVALID-PAYLOAD-TYPE; more IPsec SAs than a tunnel and its rekeys need are refused.
+    #[test]
+    fn unknown_payloads_and_too_many_sas_are_refused() {
+        let mut r = crate::seeded::rng(5);
+        let (mut a, mut b) = pair(&mut r);
+        let msg_id = 77u32;
+        let rest = [
+            Raw::new(wire::pt::NONCE, vec![1; 16]),
+            Raw::new(50, vec![0; 4]),
+        ];
+        let mut rest_b = vec![];
+        wire::encode_chain(&rest, &mut rest_b);
+        let h1 = a.hash_a(&[&msg_id.to_be_bytes(), &rest_b]);
+        let mut payloads = vec![Raw::new(wire::pt::HASH, h1.to_vec())];
+        payloads.extend(rest);
+        let iv = a.iv_for(msg_id);
+        let (m, _) = a.seal(xchg::QUICK, msg_id, &payloads, &iv).unwrap();
+        let out = b.handle(&m, 1.0, &mut r);
+        assert!(
+            logs(&out).contains("payload type 50: notifying INVALID-PAYLOAD-TYPE"),
+            "{out:?}"
+        );
+        assert_eq!(sends(&out).len(), 1);
+        // Three more pairs are taken (rekeys), a fifth is refused.
+        for k in 0..4 {
+            let out = a.start_quick_mode(None, 2.0, &mut r);
+            let b_out = pump(&mut a, &mut b, sends(&out), &mut r);
+            if k < 3 {
+                assert_eq!(b.children.len(), k + 2, "{}", logs(&b_out));
+            } else {
+                assert_eq!(b.children.len(), 4);
+                assert!(
+                    logs(&b_out).contains("another IPsec SA refused"),
+                    "{}",
+                    logs(&b_out)
+                );
+            }
+        }
+    }
 }

@@ -280,6 +280,23 @@ impl Isakmp {
         if self.qms.len() >= MAX_QUICK_MODES {
             return vec![];
         }
+        // Payload types RFC 2408 / 3947 do not define (private use, 128 and up, is skipped).
+        if let Some((bad, _)) = p
+            .payloads
+            .iter()
+            .find(|(x, _)| (22..128).contains(&x.ptype))
+        {
+            let why = format!("Quick Mode with payload type {}", bad.ptype);
+            return self.notify_error(notify::INVALID_PAYLOAD_TYPE, &why, fill);
+        }
+        // One SA pair per tunnel (AWS), two while a rekey settles: more is refused.
+        if self.children.len() >= MAX_IPSEC_SAS {
+            return self.notify_error(
+                notify::NO_PROPOSAL_CHOSEN,
+                "another IPsec SA refused (one SA pair per tunnel, and its rekey)",
+                fill,
+            );
+        }
         let (Some(sa_b), Some(ni)) = (p.find(pt::SA), p.find(pt::NONCE)) else {
             return self.notify_error(
                 notify::PAYLOAD_MALFORMED,

@@ -12,6 +12,7 @@
 
 pub mod link;
 pub mod neigh;
+pub mod tun;
 pub mod xsk;
 
 use engine::io::PacketIo;

@@ -43,6 +43,7 @@ reasons! {
     IcmpRateLimited => "icmp_rate_limited", "An ICMP error that would have been sent was rate limited.";
     CryptoError => "crypto_error", "The crypto backend reported an error.";
     HandoffFull => "handoff_full", "The handoff lane to the worker owning the packet's SA was full.";
+    LocalFull => "local_full", "A decrypted packet for the gateway's own tunnel address found the queue to the control thread full.";
 }
 
 impl fmt::Display for DropReason {
@@ -73,6 +74,10 @@ pub struct Counters {
     /// TCP/UDP checksums finished on the inside path (left for the NIC by a veth or tap
     /// sender: `wire::complete_checksum`).
     pub checksums_completed: u64,
+    /// Decrypted packets for the gateway's own inside (tunnel interface) addresses, handed
+    /// to the control thread; packets it sent into tunnels.
+    pub local_in: u64,
+    pub local_out: u64,
 }
 
 impl Counters {
@@ -104,6 +109,8 @@ impl Counters {
         self.ike_passed += o.ike_passed;
         self.soft_limit_events += o.soft_limit_events;
         self.checksums_completed += o.checksums_completed;
+        self.local_in += o.local_in;
+        self.local_out += o.local_out;
     }
     /// `drops: replay=2 icv_failure=1` (only non-zero reasons), or `drops: 0`.
     pub fn drops_summary(&self) -> String {

@@ -237,9 +237,23 @@ pub enum Command {
     /// Tells a worker that another worker (`owner`) holds the inbound SA with this SPI:
     /// ESP with it is handed over.
     RemoteInbound { tunnel: u32, spi: u32, owner: usize },
+    /// The gateway's own address on a tunnel (its inside address, AWS side): decrypted
+    /// packets for it go to the control thread's local queue instead of the inside port
+    /// (None: removes it).
+    SetLocalAddr {
+        tunnel: u32,
+        addr: Option<std::net::Ipv4Addr>,
+    },
+    /// Encrypts one packet from the gateway itself (BGP, an answer to a ping of its tunnel
+    /// address) on the tunnel's outbound SA, whatever the selectors say.
+    Transmit { tunnel: u32, packet: PacketBuf },
     /// Ends the poll loop.
     Stop,
 }
+
+/// Packets between the workers and the control thread's tunnel interfaces: (tunnel,
+/// packet), bounded (a full queue drops and counts).
+pub type LocalQueue = Arc<crossbeam_queue::ArrayQueue<(u32, PacketBuf)>>;
 
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -267,6 +281,10 @@ impl std::fmt::Debug for Command {
             }
             Command::RemoteInbound { tunnel, spi, owner } => {
                 write!(f, "RemoteInbound({tunnel}, spi {spi:#x}, worker {owner})")
+            }
+            Command::SetLocalAddr { tunnel, addr } => write!(f, "SetLocalAddr({tunnel}, {addr:?})"),
+            Command::Transmit { tunnel, packet } => {
+                write!(f, "Transmit({tunnel}, {} bytes)", packet.len())
             }
             Command::Stop => f.write_str("Stop"),
         }
@@ -486,6 +504,11 @@ pub struct Worker<I: PacketIo, O: PacketIo> {
     icmp: Vec<PacketBuf>,
     /// IKE and other non-ESP packets from the outside, for the control thread.
     pub to_control: Option<Arc<crossbeam_queue::ArrayQueue<PacketBuf>>>,
+    /// Decrypted packets for the gateway's own tunnel addresses (`SetLocalAddr`), for the
+    /// control thread (None: they go to the inside port like any other).
+    pub to_local: Option<LocalQueue>,
+    /// The gateway's own tunnel addresses (IPv4, as u32) and their tunnels.
+    local_addrs: IntMap<u32, u32>,
     stopped: bool,
     /// The rings to and from the other workers (None: the only worker).
     mesh: Option<Mesh>,
@@ -578,6 +601,8 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
             tx: Vec::with_capacity(burst * 4),
             icmp: Vec::with_capacity(16),
             to_control: None,
+            to_local: None,
+            local_addrs: HashMap::default(),
             stopped: false,
             mesh: None,
             handoff_refused: Vec::with_capacity(256),
@@ -897,6 +922,13 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
                     }
                 }
             }
+            Command::SetLocalAddr { tunnel, addr } => {
+                self.local_addrs.retain(|_, t| *t != tunnel);
+                if let Some(a) = addr {
+                    self.local_addrs.insert(u32::from(a), tunnel);
+                }
+            }
+            Command::Transmit { tunnel, packet } => self.transmit(tunnel, packet),
             Command::Barrier(tx) => {
                 let _ = tx.send(());
             }
@@ -1219,6 +1251,26 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
                     None
                 };
                 match pipeline::finish_inbound(&mut s.sa, reasm, now, &mut p) {
+                    Ok(Unprotected::Inner) if !self.local_addrs.is_empty() => {
+                        // For the gateway's own tunnel address: to the control thread.
+                        let own = wire::parse_ip(p.bytes())
+                            .filter(|ip| ip.version == 4)
+                            .and_then(|_| p.bytes().get(16..20))
+                            .and_then(|d| {
+                                let a = u32::from_be_bytes(d.try_into().ok()?);
+                                self.local_addrs.get(&a).copied()
+                            });
+                        match (own, &self.to_local) {
+                            (Some(t), Some(q)) => match q.push((t, p)) {
+                                Ok(()) => self.counters.local_in += 1,
+                                Err((_, p)) => {
+                                    self.counters.drop(DropReason::LocalFull);
+                                    self.pool.put(p);
+                                }
+                            },
+                            _ => self.tx.push(p),
+                        }
+                    }
                     Ok(Unprotected::Inner) => self.tx.push(p),
                     Ok(Unprotected::Held) | Err(_) => self.pool.put(p),
                 }
@@ -1351,6 +1403,45 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
     /// Commands sent but not applied yet.
     pub fn pending_commands(&self) -> usize {
         self.cmds.len()
+    }
+
+    /// Encrypts and sends one packet of the gateway's own (`Command::Transmit`): the slow
+    /// path (fragmentation, DF, ICMP as for any packet), sent at once. Without an outbound
+    /// SA for the tunnel here it is dropped as `no_sa`.
+    fn transmit(&mut self, tunnel: u32, packet: PacketBuf) {
+        let Some(s) = self
+            .tunnel_out
+            .get(&tunnel)
+            .and_then(|slot| self.outs[*slot].as_mut())
+        else {
+            self.counters.drop(DropReason::NoSa);
+            return;
+        };
+        let now = self.epoch.elapsed().as_secs_f64();
+        let (mut out, mut icmp) = (Vec::new(), Vec::new());
+        let r = pipeline::protect(
+            &mut s.sa,
+            &mut self.ctx,
+            now,
+            packet,
+            &mut self.pool,
+            &mut out,
+            &mut icmp,
+        );
+        if let pipeline::Protected::Sent { soft_limit, .. } = r {
+            self.counters.local_out += 1;
+            if soft_limit {
+                let _ = self.events.send(Event::SoftLimit {
+                    tunnel,
+                    spi: s.sa.cfg.spi,
+                });
+            }
+        }
+        // An ICMP error about our own packet has no one to go to.
+        for p in icmp {
+            self.pool.put(p);
+        }
+        self.tx_out_total += self.outside.tx_burst(&mut self.pool, &mut out) as u64;
     }
 
     /// Whether a `Stop` command was applied.

@@ -93,6 +93,12 @@ impl WorkerSet {
             Command::DelTunnel { tunnel } => self.all(|| Command::DelTunnel { tunnel }),
             Command::ResetReplay { spi } => self.all(|| Command::ResetReplay { spi }),
             Command::Stop => self.all(|| Command::Stop),
+            Command::SetLocalAddr { tunnel, addr } => {
+                self.all(|| Command::SetLocalAddr { tunnel, addr })
+            }
+            Command::Transmit { tunnel, packet } => {
+                self.handles[self.owner(tunnel)].send(Command::Transmit { tunnel, packet })
+            }
             c @ (Command::Barrier(_)
             | Command::Report { .. }
             | Command::RemoteOutbound { .. }

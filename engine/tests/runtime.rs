@@ -765,3 +765,76 @@ fn a_routing_gateway_lowers_the_ttl_and_answers_time_exceeded() {
     assert_eq!(out, 4);
     assert_eq!(r.sas.iter().map(|s| s.counters.icmp_sent).sum::<u64>(), 3);
 }
+
+/// The gateway's own tunnel address (`SetLocalAddr`): decrypted packets for it go to the
+/// control thread's queue, not the inside port (other packets of the tunnel still do);
+/// `Transmit` encrypts a packet of the control thread's on the tunnel whatever the
+/// selectors, and the peer opens it. Without an outbound SA, `Transmit` counts `no_sa`; a
+/// full queue counts `local_full`.
+#[test]
+fn local_address_traffic_goes_to_the_control_thread_and_back() {
+    let suite = Suite::new(Encryption::Aes128Gcm16, Integrity::None).unwrap();
+    let (mut a, ha, mut b, hb) = gateways(Impair::default());
+    install(&ha, &hb, suite, 1, 0x101, false, false);
+    // B -> A on the same tunnel number, other SPI.
+    install(&hb, &ha, suite, 1, 0x201, false, false);
+    let q: engine::runtime::LocalQueue = Arc::new(crossbeam_queue::ArrayQueue::new(2));
+    b.to_local = Some(q.clone());
+    hb.send(Command::SetLocalAddr {
+        tunnel: 1,
+        addr: Some(tunnel_dst(1)),
+    });
+    for k in 0..2 {
+        a.inside
+            .rx
+            .push_back(PacketBuf::from_slice(&flow_packet(1, k, 100)));
+    }
+    pump(&mut a, &mut b, 4);
+    assert_eq!(q.len(), 2);
+    assert!(
+        b.inside.tx.is_empty(),
+        "nothing for the local address reaches the inside port"
+    );
+    let (t, p) = q.pop().unwrap();
+    assert_eq!((t, flow_of(p.bytes())), (1, (1, 0)));
+    // The queue holds one more; a third packet finds it full (after the second was taken).
+    a.inside
+        .rx
+        .push_back(PacketBuf::from_slice(&flow_packet(1, 2, 100)));
+    a.inside
+        .rx
+        .push_back(PacketBuf::from_slice(&flow_packet(1, 3, 100)));
+    pump(&mut a, &mut b, 4);
+    assert_eq!(b.report(false).total.dropped(DropReason::LocalFull), 1);
+    assert_eq!(b.report(false).total.local_in, 3);
+    // Another address of the tunnel goes inside as before.
+    hb.send(Command::SetLocalAddr {
+        tunnel: 1,
+        addr: Some(Ipv4Addr::new(169, 254, 10, 1)),
+    });
+    a.inside
+        .rx
+        .push_back(PacketBuf::from_slice(&flow_packet(1, 4, 100)));
+    pump(&mut a, &mut b, 4);
+    assert_eq!(b.inside.tx.len(), 1);
+    // B's control thread answers on tunnel 1: A decrypts it to its inside port, although no
+    // selector of B's routes the packet's destination.
+    let mut reply = udp4(80, false, 9, 9);
+    reply[16..20].copy_from_slice(&[198, 51, 100, 77]);
+    wire::ipv4_fix_checksum(&mut reply);
+    hb.send(Command::Transmit {
+        tunnel: 1,
+        packet: PacketBuf::from_slice(&reply),
+    });
+    pump(&mut a, &mut b, 4);
+    let got: Vec<Vec<u8>> = a.inside.tx.iter().map(|p| p.bytes().to_vec()).collect();
+    assert_eq!(got, vec![reply.clone()]);
+    assert_eq!(b.report(false).total.local_out, 1);
+    // No outbound SA for tunnel 7: dropped and counted.
+    hb.send(Command::Transmit {
+        tunnel: 7,
+        packet: PacketBuf::from_slice(&reply),
+    });
+    pump(&mut a, &mut b, 2);
+    assert_eq!(b.report(false).total.dropped(DropReason::NoSa), 1);
+}

@@ -291,6 +291,9 @@ pub struct Gateway {
     /// Explicit queue map: entry i lists the RX queues worker i (on `cores[i]`) polls, on
     /// both interfaces. None: queue q goes to worker q mod the number of workers.
     pub worker_queues: Option<Vec<Vec<u32>>>,
+    /// A TUN interface per tunnel (`espd<index>`) holding the tunnel's AWS-side inside
+    /// address: the kernel (ping, BGP) reaches the peer's inside address through it.
+    pub tunnel_interfaces: bool,
 }
 
 /// `reassembly_*` options of `[gateway]`.
@@ -335,6 +338,7 @@ pub const GATEWAY_KEYS: &[&str] = &[
     "complete_checksums",
     "handoff_ring",
     "worker_queues",
+    "tunnel_interfaces",
 ];
 
 /// Default control socket path.
@@ -540,7 +544,9 @@ fn gateway(t: &toml::Table, origin: &str, errs: &mut Vec<String>) -> Option<Gate
     let worker_queues = t
         .get("worker_queues")
         .and_then(|v| queue_map(&mut cx, v, cores.len()));
+    let tunnel_interfaces = boolean(&mut cx, t, "tunnel_interfaces", true);
     Some(Gateway {
+        tunnel_interfaces,
         complete_checksums,
         handoff_ring,
         worker_queues,

@@ -833,6 +833,36 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         ),
         None => None,
     };
+    // Tunnel interfaces (TUN devices need CAP_NET_ADMIN: made now).
+    let tunifs = if g.tunnel_interfaces {
+        let list: Vec<(u32, std::net::Ipv4Addr, u8)> = cfg
+            .tunnels
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| match t.tunnel_inside_cidr.host(1) {
+                IpAddr::V4(a) => Some((i as u32 + 1, a, t.tunnel_inside_cidr.len)),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let (ifs, warnings) = crate::tunif::TunnelIfs::create(&list, &handle);
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        for w in workers.iter_mut() {
+            w.to_local = Some(ifs.queue.clone());
+        }
+        let names: Vec<String> = ifs.names().into_iter().map(|(_, n)| n).collect();
+        if !names.is_empty() {
+            tracing::info!(
+                "tunnel interfaces: {} (the AWS-side inside addresses, MTU {})",
+                names.join(", "),
+                crate::tunif::MTU
+            );
+        }
+        Some(ifs)
+    } else {
+        None
+    };
     // Everything privileged is done (XDP attached, AF_XDP sockets made, UDP 500/4500 and
     // the metrics port bound): no capability is kept, before any other thread starts.
     crate::privs::drop_all().map_err(|e| format!("dropping capabilities: {e}"))?;
@@ -853,6 +883,13 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         );
     }
     handle.barrier();
+    let tunif_thread = match tunifs {
+        Some(ifs) => Some(
+            ifs.spawn(handle.clone(), stop.clone())
+                .map_err(|e| format!("starting the tunnel interface thread: {e}"))?,
+        ),
+        None => None,
+    };
 
     let shared = Arc::new(Shared {
         handle: handle.clone(),
@@ -973,6 +1010,9 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         marks.advance(&r, &handle, true);
     }
     let _ = ike_thread.join();
+    if let Some(t) = tunif_thread {
+        let _ = t.join();
+    }
     while let Ok((idx, st, line)) = ike_logs.try_recv() {
         let metas = shared.tunnels.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(m) = metas.iter().find(|m| m.index == idx) {
@@ -1344,6 +1384,21 @@ fn render_metrics(sh: &Shared) -> String {
         per_worker(|w| w.total.checksums_completed),
     );
     x.counter(
+        "espd_worker_local_packets_total",
+        "Packets of the gateway's own tunnel addresses: decrypted for the tunnel interfaces (in), sent from them (out).",
+        ws.iter().flat_map(|w| {
+            [("in", w.total.local_in), ("out", w.total.local_out)].map(|(d, v)| {
+                (
+                    vec![
+                        ("worker", w.worker.to_string()),
+                        ("direction", d.to_string()),
+                    ],
+                    v,
+                )
+            })
+        }),
+    );
+    x.counter(
         "espd_worker_packets_total",
         "Packets the worker received from and sent to its queues, by side and direction.",
         ws.iter().flat_map(|w| {
@@ -1688,6 +1743,7 @@ fn show(sh: &Shared, what: &str, json: bool) -> String {
                     "reassembled": total.reassembled, "icmp_sent": total.icmp_sent,
                     "mss_clamped": total.mss_clamped,
                     "checksums_completed": total.checksums_completed,
+                    "local_in": total.local_in, "local_out": total.local_out,
                     "frag_before_encrypt_fragments": total.frag_before_encrypt_fragments,
                     "pool_free": r.pool_free, "pool_grown": r.pool_grown,
                     "pool_freed": r.pool_freed,

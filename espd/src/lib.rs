@@ -9,6 +9,7 @@
 //! - [`seqstore`]: static SAs' sequence numbers written ahead to the state directory;
 //! - [`export`]: customer-gateway configs (strongSwan, generic);
 //! - [`tunnel_log`]: AWS-format tunnel logs;
+//! - [`tunif`]: the tunnel interfaces (a TUN device per tunnel with its inside address);
 //! - [`privs`]: dropping capabilities, checking file permissions;
 //! - [`diag`]: the daemon's own diagnostics (`tracing`) and systemd readiness;
 //! - [`cli`]: the offline commands (`espd pcap`, `espd mtu`, `espd crypto`).
@@ -27,4 +28,5 @@ pub mod ike_ctl;
 pub mod privs;
 pub mod seqstore;
 pub mod static_sa;
+pub mod tunif;
 pub mod tunnel_log;

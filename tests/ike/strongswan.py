@@ -12,7 +12,7 @@ and each time host A pings an address behind strongSwan through the tunnel, and 
 `show sas` lists the negotiated SAs. Wrong PSK and mismatched proposals give the AWS log
 messages and no tunnel.
 
-Also: short lab lifetimes with a continuous ping across CHILD_SA (PFS) and IKE SA rekeys by
+Also: the tunnel interface (the CGW pings espd's inside address through the tunnel); short lab lifetimes with a continuous ping across CHILD_SA (PFS) and IKE SA rekeys by
 both sides (60 s, ESPD_REKEY_SECS), and DPD (strongSwan killed, `restart`, back again).
 SKIP_LONG=1 skips those two (about 100 s) for quick local runs.
 
@@ -509,6 +509,45 @@ def collision_case(tag):
         e.stop()
 
 
+def tunnel_interface_case(tag):
+    """The tunnel interface: espd's TUN device `espd1` holds the AWS-side inside address
+    (169.254.10.1/30, MTU 1399); with the AWS default selectors (0.0.0.0/0) the customer
+    gateway pings it from its inside address (169.254.10.2) through the IPsec tunnel: espd
+    hands the decrypted echo request to the kernel through the device, and the kernel's
+    reply goes back into the tunnel."""
+    p1 = (["AES128"], ["SHA2-256"], [14])
+    p2 = (["AES128-GCM-16"], ["SHA2-256"])
+    text = espd_config(tag, "add", p1, p2, extra='tunnel_inside_cidr = "169.254.10.0/30"')
+    text = text.replace('local_ipv4_network_cidr = "10.2.0.0/24"', 'local_ipv4_network_cidr = "0.0.0.0/0"')
+    text = text.replace('remote_ipv4_network_cidr = "10.1.0.0/24"', 'remote_ipv4_network_cidr = "0.0.0.0/0"')
+    e = Espd(tag, text)
+    c = None
+    try:
+        link = nsx("g1", "ip -o addr show dev espd1", check=False).stdout
+        mtu = nsx("g1", "cat /sys/class/net/espd1/mtu", check=False).stdout.strip()
+        check(f"[{tag}] espd1 holds the AWS inside address 169.254.10.1/30 with MTU 1399",
+              "169.254.10.1/30" in link and mtu == "1399", link + mtu + e.text()[-600:])
+        c = Charon(tag, export(e.cfg, "start"))
+        if not established(tag, e):
+            return
+        nsx("g2", "ip addr add 169.254.10.2/32 dev lo", check=False)
+        r = nsx("g2", "ping -n -c 5 -i 0.2 -W 2 -I 169.254.10.2 169.254.10.1", check=False)
+        got = next((int(l.split(",")[1].split()[0]) for l in r.stdout.splitlines() if "received" in l), 0)
+        w = e.show("counters").get("worker", {})
+        check(f"[{tag}] the CGW pings espd's inside address through the tunnel ({got}/5), through the device both ways",
+              got == 5 and w.get("local_in", 0) >= 5 and w.get("local_out", 0) >= 5,
+              r.stdout[-400:] + json.dumps(w)[:600] + "\n" + e.text()[-800:] + c.log()[-1500:])
+        # The kernel's own traffic (here: a ping from espd's side) takes the device too.
+        r = nsx("g1", "ping -n -c 3 -i 0.2 -W 2 169.254.10.2", check=False)
+        got = next((int(l.split(",")[1].split()[0]) for l in r.stdout.splitlines() if "received" in l), 0)
+        check(f"[{tag}] espd's side pings the CGW's inside address through espd1 ({got}/3)", got == 3, r.stdout[-400:])
+    finally:
+        nsx("g2", "ip addr del 169.254.10.2/32 dev lo", check=False)
+        if c:
+            c.stop()
+        e.stop()
+
+
 def failure_case(tag, p1, p2, sw_patch, want):
     e = Espd(tag, espd_config(tag, "add", p1, p2))
     c = None
@@ -546,6 +585,7 @@ def main():
         rekey_case("rekey", float(os.environ.get("ESPD_REKEY_SECS", "60"))) if not os.environ.get("SKIP_LONG") else None
         dpd_case("dpd") if not os.environ.get("SKIP_LONG") else None
         collision_case("ike-collision")
+        tunnel_interface_case("tunnel-interface")
         failure_case("psk", (["AES128"], ["SHA2-256"], [14]), (["AES128-GCM-16"], ["SHA2-256"]),
                      [('secret = "lab.tunnel_one"', 'secret = "lab.wrong_key"')],
                      "AWS tunnel detected a pre-shared key mismatch with cgw: 192.0.2.2")

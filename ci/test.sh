@@ -5,7 +5,8 @@
 #        strongSwan's charon + swanctl (loads the exported customer-gateway configs),
 #        clang + libelf-dev (the XDP program and libbpf), tcpdump, iputils-ping, ethtool
 #        (the network-namespace gateway tests), nftables (the strongSwan test holds IKE
-#        datagrams back with it to make IKE SA rekeys collide)
+#        datagrams back with it to make IKE SA rekeys collide), bird2 (BGP over the tunnel
+#        interfaces, both sides)
 #   pip: scapy, cryptography (independent ESP implementation)
 # then runs: cargo fmt --check, cargo clippy -D warnings, cargo test (unit, known-answer,
 # property, zero-allocation, CLI), and the scapy/tshark interop suite.
@@ -17,7 +18,7 @@ cd "$(dirname "$0")/.."
 log() { printf '== %s\n' "$*"; }
 
 need_apt=()
-for pkg in libipsec-mb-dev tshark strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libcharon-extra-plugins iproute2 clang libelf-dev tcpdump iputils-ping ethtool nftables; do
+for pkg in libipsec-mb-dev tshark strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libcharon-extra-plugins iproute2 clang libelf-dev tcpdump iputils-ping ethtool nftables bird2; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -191,6 +191,15 @@ pub struct Tunnel {
     pub log_destination: Option<String>,
     pub log_output_format: LogFormat,
     pub tunnel_lifecycle_control: bool,
+    /// Static routes (the tunnel's CIDR selectors) or BGP over the tunnel interface
+    /// (connection options, the same on both tunnels of a connection).
+    pub routing: Routing,
+    pub amazon_side_asn: u32,
+    pub customer_gateway_asn: u32,
+    /// Prefixes the AWS side announces over BGP (the VPC CIDRs).
+    pub bgp_advertise: Vec<Cidr>,
+    /// TCP MD5 (RFC 2385) key of the BGP session, if any.
+    pub bgp_md5_password: Option<Zeroizing<String>>,
     /// Static SAs attached to this tunnel (rigs without IKE).
     pub sas: Vec<SaConfig>,
     /// Lifetimes below the AWS minimums were allowed by `[lab]`.
@@ -207,6 +216,49 @@ impl fmt::Debug for Tunnel {
             .field("pre_shared_key", &"<redacted>")
             .finish_non_exhaustive()
     }
+}
+
+/// A connection's routing (`routing`, AWS `StaticRoutesOnly`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routing {
+    Static,
+    Dynamic,
+}
+
+/// ASNs an AWS gateway may have besides the private ranges: the legacy public Amazon ASNs
+/// of limits-and-behaviour section 9 (7224, 9059, 10124, 17493).
+pub const AMAZON_LEGACY_ASNS: [u32; 4] = [7224, 9059, 10124, 17493];
+/// ASNs a customer gateway may not have: Amazon's (7224, 9059, 10124) and 17943
+/// (reserved in ap-southeast-1), with 17493 (the FAQ's spelling of it).
+pub const CGW_RESERVED_ASNS: [u32; 5] = [7224, 9059, 10124, 17943, 17493];
+
+/// Checks an Amazon-side ASN: private 16-bit 64512-65534, private 32-bit
+/// 4200000000-4294967294, or a legacy Amazon ASN.
+pub fn check_amazon_asn(v: i64) -> Result<u32, String> {
+    let ok = (64512..=65534).contains(&v)
+        || (4_200_000_000..=4_294_967_294).contains(&v)
+        || AMAZON_LEGACY_ASNS.iter().any(|a| i64::from(*a) == v);
+    if ok {
+        Ok(v as u32)
+    } else {
+        Err(format!(
+            "{v} is not allowed; allowed: 64512..=65534, 4200000000..=4294967294 (private), or a legacy Amazon ASN (7224, 9059, 10124, 17493)"
+        ))
+    }
+}
+
+/// Checks a customer-gateway ASN: 1-2147483647, not a reserved one, not the 32-bit
+/// private range (which AWS does not support for a CGW).
+pub fn check_cgw_asn(v: i64) -> Result<u32, String> {
+    if !(1..=2_147_483_647).contains(&v) {
+        return Err(format!("{v} is out of range; allowed: 1..=2147483647"));
+    }
+    if CGW_RESERVED_ASNS.iter().any(|a| i64::from(*a) == v) {
+        return Err(format!(
+            "{v} is reserved (7224, 9059, 10124, 17943, 17493 are Amazon's); allowed: 1..=2147483647 except those"
+        ));
+    }
+    Ok(v as u32)
 }
 
 /// Inside IP version of a connection.
@@ -699,6 +751,11 @@ pub const TUNNEL_KEYS: &[&str] = &[
     "log_output_format",
     "log_format",
     "tunnel_lifecycle_control",
+    "routing",
+    "amazon_side_asn",
+    "customer_gateway_asn",
+    "bgp_advertise",
+    "bgp_md5_password",
     "sa",
 ];
 
@@ -1042,6 +1099,25 @@ pub fn parse(
         conns.entry(&t.connection).or_default().push(t);
     }
     for (c, ts) in &conns {
+        // Connection options: the same on both tunnels.
+        if let [a, b] = ts.as_slice() {
+            for (key, same) in [
+                ("routing", a.routing == b.routing),
+                ("amazon_side_asn", a.amazon_side_asn == b.amazon_side_asn),
+                (
+                    "customer_gateway_asn",
+                    a.customer_gateway_asn == b.customer_gateway_asn,
+                ),
+                ("bgp_advertise", a.bgp_advertise == b.bgp_advertise),
+            ] {
+                if !same {
+                    errs.push(format!(
+                        "{origin}: connection {c:?}: {key}: tunnels {:?} and {:?} differ; it is a connection option, the same on both tunnels",
+                        a.name, b.name
+                    ));
+                }
+            }
+        }
         if ts.len() != 2 {
             errs.push(format!(
                 "{origin}: connection {c:?}: has {} tunnel(s) ({}); a VPN connection has exactly 2 tunnels",
@@ -1359,6 +1435,85 @@ fn tunnel(
         &[("json", LogFormat::Json), ("text", LogFormat::Text)],
     );
     let tunnel_lifecycle_control = boolean(&mut cx, t, "tunnel_lifecycle_control", false);
+    let routing = choice(
+        &mut cx,
+        t,
+        "routing",
+        Routing::Static,
+        &[("static", Routing::Static), ("dynamic", Routing::Dynamic)],
+    );
+    let asn = |cx: &mut Ctx, key: &str, default: i64, check: fn(i64) -> Result<u32, String>| match t
+        .get(key)
+    {
+        None => default as u32,
+        Some(toml::Value::Integer(v)) => check(*v).unwrap_or_else(|m| {
+            cx.err(key, m);
+            default as u32
+        }),
+        Some(v) => {
+            cx.err(key, format!("{v} is not a whole number"));
+            default as u32
+        }
+    };
+    let amazon_side_asn = asn(&mut cx, "amazon_side_asn", 64512, check_amazon_asn);
+    let customer_gateway_asn = asn(&mut cx, "customer_gateway_asn", 65000, check_cgw_asn);
+    if amazon_side_asn == customer_gateway_asn {
+        cx.err(
+            "customer_gateway_asn",
+            format!("{customer_gateway_asn} is the Amazon-side ASN; the two must differ"),
+        );
+    }
+    let bgp_advertise: Vec<Cidr> = match t.get("bgp_advertise") {
+        None => vec![],
+        Some(toml::Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| match v.as_str().map(Cidr::parse) {
+                Some(Ok(c)) if c.addr.is_ipv4() => Some(c),
+                Some(Ok(c)) => {
+                    cx.err(
+                        "bgp_advertise",
+                        format!("{c}: only IPv4 prefixes (IPv4 inside)"),
+                    );
+                    None
+                }
+                Some(Err(m)) => {
+                    cx.err("bgp_advertise", m);
+                    None
+                }
+                None => {
+                    cx.err("bgp_advertise", format!("{v} is not a CIDR string"));
+                    None
+                }
+            })
+            .collect(),
+        Some(v) => {
+            cx.err("bgp_advertise", format!("{v} is not a list of CIDRs"));
+            vec![]
+        }
+    };
+    if bgp_advertise.len() > 100 {
+        cx.err(
+            "bgp_advertise",
+            format!("{} prefixes; at most 100", bgp_advertise.len()),
+        );
+    }
+    let bgp_md5_password = string(&mut cx, t, "bgp_md5_password").map(|p| {
+        if p.is_empty() || p.len() > 80 || p.contains('"') || p.contains('\\') {
+            cx.err(
+                "bgp_md5_password",
+                "must be 1 to 80 characters without quotes or backslashes",
+            );
+        }
+        Zeroizing::new(p.to_string())
+    });
+    if routing == Routing::Static
+        && (t.contains_key("bgp_advertise") || t.contains_key("bgp_md5_password"))
+    {
+        cx.err(
+            "routing",
+            "\"static\" with bgp_* options: BGP runs only with routing = \"dynamic\"",
+        );
+    }
     let mut sas = vec![];
     if let Some(v) = t.get("sa") {
         // Static SAs in the [[sa]] format, nested as [[tunnel.sa]].
@@ -1404,6 +1559,11 @@ fn tunnel(
         log_destination,
         log_output_format,
         tunnel_lifecycle_control,
+        routing,
+        amazon_side_asn,
+        customer_gateway_asn,
+        bgp_advertise,
+        bgp_md5_password,
         sas,
         lab,
     })

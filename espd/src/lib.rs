@@ -8,6 +8,7 @@
 //! - [`static_sa`]: the static `[[sa]]` file;
 //! - [`seqstore`]: static SAs' sequence numbers written ahead to the state directory;
 //! - [`export`]: customer-gateway configs (strongSwan, generic);
+//! - [`bird`]: BGP with BIRD 2 over the tunnel interfaces (espd's side and the CGW's);
 //! - [`tunnel_log`]: AWS-format tunnel logs;
 //! - [`tunif`]: the tunnel interfaces (a TUN device per tunnel with its inside address);
 //! - [`privs`]: dropping capabilities, checking file permissions;
@@ -19,6 +20,7 @@
 //! as parameters.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod bird;
 pub mod cli;
 pub mod config;
 pub mod diag;

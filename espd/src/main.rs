@@ -38,11 +38,17 @@ enum Cmd {
     ExportConfig {
         /// The tunnel configuration file.
         file: PathBuf,
-        /// strongswan (swanctl.conf) or generic (vendor-neutral text).
+        /// The customer gateway's side: strongswan (swanctl.conf), generic (vendor-neutral
+        /// text) or bird (its BGP session over the tunnel, BIRD 2).
         #[arg(long, default_value = "strongswan")]
         peer: String,
-        /// The tunnel's name.
-        tunnel: String,
+        /// The tunnel's name (not with --bird).
+        #[arg(required_unless_present = "bird")]
+        tunnel: Option<String>,
+        /// Instead: espd's own BIRD 2 configuration, one BGP session per tunnel with
+        /// routing = "dynamic" (to run BIRD beside espd).
+        #[arg(long, conflicts_with = "tunnel")]
+        bird: bool,
         /// Output file (default: stdout). The output holds the PSK.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -281,12 +287,28 @@ fn run() -> Result<(), cli::CliError> {
             file,
             peer,
             tunnel,
+            bird,
             out,
         } => {
             let mut fill = |b: &mut [u8]| getrandom::fill(b).expect("OS random generator");
             let cfg = espd::config::load(&file, &mut fill)
                 .map_err(|e| cli::CliError(format!("{} error(s):\n{e}", e.0.len())))?;
-            let Some(t) = cfg.tunnels.iter().find(|t| t.name == tunnel) else {
+            let tunnel = tunnel.unwrap_or_default();
+            let text = if bird {
+                espd::bird::gateway_conf(&cfg).ok_or_else(|| {
+                    cli::CliError(format!(
+                        "{}: no tunnel has routing = \"dynamic\": nothing for BIRD",
+                        file.display()
+                    ))
+                })?
+            } else {
+                String::new()
+            };
+            let found = cfg.tunnels.iter().find(|t| t.name == tunnel);
+            let Some(t) = found
+                .filter(|_| !bird)
+                .or(cfg.tunnels.first().filter(|_| bird))
+            else {
                 let names: Vec<&str> = cfg.tunnels.iter().map(|t| t.name.as_str()).collect();
                 return Err(cli::CliError(format!(
                     "{}: no tunnel {tunnel:?}; tunnels: {}",
@@ -295,11 +317,13 @@ fn run() -> Result<(), cli::CliError> {
                 )));
             };
             let text = match peer.as_str() {
+                _ if bird => text,
                 "strongswan" => espd::export::strongswan(t),
                 "generic" => espd::export::generic(t),
+                "bird" => espd::bird::cgw_conf(t),
                 p => {
                     return Err(cli::CliError(format!(
-                        "--peer {p:?}: allowed: strongswan, generic"
+                        "--peer {p:?}: allowed: strongswan, generic, bird"
                     )));
                 }
             };

@@ -561,3 +561,81 @@ fn ikev1_needs_a_cbc_cipher_in_phase_1() {
     );
     assert!(with("").unwrap().warnings().is_empty());
 }
+
+/// BGP connection options (limits-and-behaviour section 9): defaults (static routing until
+/// dynamic is asked for; Amazon ASN 64512, CGW ASN 65000), the Amazon ASN's private ranges
+/// and legacy ASNs, the CGW's range and reserved values, the two ASNs differing, bgp_* only
+/// with dynamic routing, and the same values on both tunnels of a connection.
+#[test]
+fn bgp_connection_options() {
+    let both = |lines: &str| {
+        parse(&BASE.replace("#T1", lines).replace(
+            "pre_shared_key = \"second.key\"",
+            &format!("pre_shared_key = \"second.key\"\n{lines}"),
+        ))
+    };
+    let c = with("").unwrap();
+    let t = &c.tunnels[0];
+    assert_eq!(t.routing, config::Routing::Static);
+    assert_eq!((t.amazon_side_asn, t.customer_gateway_asn), (64512, 65000));
+    let c = both(
+        "routing = \"dynamic\"\namazon_side_asn = 4200000001\ncustomer_gateway_asn = 65010\nbgp_advertise = [\"10.1.0.0/16\", \"10.3.0.0/24\"]",
+    )
+    .unwrap();
+    let t = &c.tunnels[1];
+    assert_eq!(t.routing, config::Routing::Dynamic);
+    assert_eq!(
+        (t.amazon_side_asn, t.customer_gateway_asn),
+        (4200000001, 65010)
+    );
+    assert_eq!(t.bgp_advertise.len(), 2);
+    assert!(both("routing = \"dynamic\"\namazon_side_asn = 7224").is_ok());
+    for (lines, want) in [
+        (
+            "amazon_side_asn = 65535",
+            "amazon_side_asn: 65535 is not allowed; allowed: 64512..=65534, 4200000000..=4294967294",
+        ),
+        (
+            "amazon_side_asn = 65000",
+            "customer_gateway_asn: 65000 is the Amazon-side ASN",
+        ),
+        (
+            "amazon_side_asn = 100",
+            "amazon_side_asn: 100 is not allowed",
+        ),
+        (
+            "customer_gateway_asn = 7224",
+            "customer_gateway_asn: 7224 is reserved",
+        ),
+        (
+            "customer_gateway_asn = 17943",
+            "customer_gateway_asn: 17943 is reserved",
+        ),
+        (
+            "customer_gateway_asn = 4200000000",
+            "customer_gateway_asn: 4200000000 is out of range; allowed: 1..=2147483647",
+        ),
+        (
+            "customer_gateway_asn = 64512",
+            "customer_gateway_asn: 64512 is the Amazon-side ASN; the two must differ",
+        ),
+        ("routing = \"bgp\"", "routing"),
+        (
+            "routing = \"dynamic\"\nbgp_advertise = [\"10.0.0.0/33\"]",
+            "bgp_advertise",
+        ),
+        (
+            "bgp_advertise = [\"10.0.0.0/8\"]",
+            "routing: \"static\" with bgp_* options",
+        ),
+    ] {
+        let e = both(lines).expect_err(lines);
+        assert!(e.contains(want), "{lines}: {e}");
+    }
+    // A connection option set on one tunnel only.
+    let e = with("routing = \"dynamic\"").expect_err("one tunnel");
+    assert!(
+        e.contains("connection \"c\": routing: tunnels \"t1\" and \"t2\" differ"),
+        "{e}"
+    );
+}

@@ -12,7 +12,8 @@ and each time host A pings an address behind strongSwan through the tunnel, and 
 `show sas` lists the negotiated SAs. Wrong PSK and mismatched proposals give the AWS log
 messages and no tunnel.
 
-Also: the tunnel interface (the CGW pings espd's inside address through the tunnel); short lab lifetimes with a continuous ping across CHILD_SA (PFS) and IKE SA rekeys by
+Also: the tunnel interface (the CGW pings espd's inside address through the tunnel), BGP over
+it with BIRD on both sides; short lab lifetimes with a continuous ping across CHILD_SA (PFS) and IKE SA rekeys by
 both sides (60 s, ESPD_REKEY_SECS), and DPD (strongSwan killed, `restart`, back again).
 SKIP_LONG=1 skips those two (about 100 s) for quick local runs.
 
@@ -548,6 +549,85 @@ def tunnel_interface_case(tag):
         e.stop()
 
 
+class Bird:
+    """BIRD 2 in a namespace with its own control socket (`birdc -s`)."""
+
+    def __init__(self, node, tag, conf_text):
+        self.ctl = os.path.join(WORK, f"bird-{tag}.ctl")
+        self.conf = os.path.join(WORK, f"bird-{tag}.conf")
+        with open(self.conf, "w") as f:
+            f.write(conf_text)
+        self.node = node
+        self.p = popen(node, f"bird -f -c {self.conf} -s {self.ctl} -P {WORK}/bird-{tag}.pid",
+                       stdout=open(os.path.join(WORK, f"bird-{tag}.log"), "w"), stderr=subprocess.STDOUT)
+        wait_for(lambda: os.path.exists(self.ctl), 5)
+
+    def cli(self, cmd):
+        return nsx(self.node, f"birdc -s {self.ctl} {cmd}", check=False).stdout
+
+    def established(self, proto):
+        return "Established" in self.cli(f"show protocols {proto}")
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+
+
+def bgp_case(tag):
+    """BGP over the tunnel (routing = "dynamic"): espd's BIRD (from `espd export-config
+    --bird`, run beside espd) and the customer gateway's (strongSwan + BIRD from
+    `export-config --peer bird`) peer between the inside addresses over the tunnel
+    interface: the session is Established with the AWS timers, the CGW's prefix 10.99.0.0/24
+    (in no static config) lands in kernel table 220000 on espd's side, and the CGW learns
+    the VPC prefix with MED 100."""
+    p1 = (["AES128"], ["SHA2-256"], [14])
+    p2 = (["AES128-GCM-16"], ["SHA2-256"])
+    text = espd_config(tag, "add", p1, p2, extra='tunnel_inside_cidr = "169.254.10.0/30"\nrouting = "dynamic"\nbgp_advertise = ["10.1.0.0/24"]')
+    text = text.replace('local_ipv4_network_cidr = "10.2.0.0/24"', 'local_ipv4_network_cidr = "0.0.0.0/0"')
+    text = text.replace('remote_ipv4_network_cidr = "10.1.0.0/24"', 'remote_ipv4_network_cidr = "0.0.0.0/0"')
+    text = text.replace('pre_shared_key = "lab.tunnel_two"', 'pre_shared_key = "lab.tunnel_two"\nrouting = "dynamic"\nbgp_advertise = ["10.1.0.0/24"]')
+    e = Espd(tag, text)
+    c = b1 = b2 = None
+    try:
+        r = subprocess.run([ESPD, "export-config", e.cfg, "--bird"], capture_output=True, text=True)
+        check(f"[{tag}] espd export-config --bird writes espd's BIRD configuration", r.returncode == 0 and "protocol bgp aws_aws_t1" in r.stdout, r.stdout[-800:] + r.stderr)
+        b1 = Bird("g1", f"{tag}-aws", r.stdout)
+        c = Charon(tag, export(e.cfg, "start"))
+        if not established(tag, e):
+            return
+        nsx("g2", "ip addr add 169.254.10.2/30 dev ipsec0", check=False)
+        r = subprocess.run([ESPD, "export-config", e.cfg, "aws-t1", "--peer", "bird"], capture_output=True, text=True)
+        cgw = r.stdout.replace("route 0.0.0.0/0 unreachable;", "route 10.99.0.0/24 unreachable;")
+        b2 = Bird("g2", f"{tag}-cgw", cgw)
+        up = wait_for(lambda: b1.established("aws_aws_t1"), 45)
+        check(f"[{tag}] BGP Established over the tunnel interface (espd1 169.254.10.1 <-> CGW 169.254.10.2)", up,
+              b1.cli("show protocols all aws_aws_t1")[-1500:] + b2.cli("show protocols all aws")[-800:] + e.text()[-800:])
+        if not up:
+            return
+        info = b1.cli("show protocols all aws_aws_t1")
+        check(f"[{tag}] the AWS timers: hold time 30, keepalive 10, neighbor AS 65000, local AS 64512",
+              re.search(r"Hold timer:\s+[\d.]+/30", info) and re.search(r"Keepalive timer:\s+[\d.]+/10", info) and re.search(r"Neighbor AS:\s+65000", info) and re.search(r"Local AS:\s+64512", info), info[-1200:])
+        learned = wait_for(lambda: "10.99.0.0/24" in nsx("g1", "ip route show table 220000", check=False).stdout, 15)
+        check(f"[{tag}] the CGW's prefix 10.99.0.0/24 is learned and in kernel table 220000 (via espd1)", learned,
+              b1.cli("show route") + nsx("g1", "ip route show table 220000", check=False).stdout)
+        r2 = b2.cli("show route all 10.1.0.0/24")
+        check(f"[{tag}] the CGW learns the VPC prefix 10.1.0.0/24 from AWS with MED 100", "BGP.med: 100" in r2, r2[-800:])
+        w = e.show("counters").get("worker", {})
+        check(f"[{tag}] BGP's packets went through the tunnel interface both ways", w.get("local_in", 0) > 2 and w.get("local_out", 0) > 2, json.dumps(w)[:400])
+    finally:
+        for b in (b1, b2):
+            if b:
+                b.stop()
+        nsx("g2", "ip addr del 169.254.10.2/30 dev ipsec0", check=False)
+        if c:
+            c.stop()
+        e.stop()
+
+
 def failure_case(tag, p1, p2, sw_patch, want):
     e = Espd(tag, espd_config(tag, "add", p1, p2))
     c = None
@@ -586,6 +666,7 @@ def main():
         dpd_case("dpd") if not os.environ.get("SKIP_LONG") else None
         collision_case("ike-collision")
         tunnel_interface_case("tunnel-interface")
+        bgp_case("bgp")
         failure_case("psk", (["AES128"], ["SHA2-256"], [14]), (["AES128-GCM-16"], ["SHA2-256"]),
                      [('secret = "lab.tunnel_one"', 'secret = "lab.wrong_key"')],
                      "AWS tunnel detected a pre-shared key mismatch with cgw: 192.0.2.2")

@@ -12,6 +12,8 @@
 
 pub mod link;
 pub mod neigh;
+pub mod routes;
+pub mod rtnl;
 pub mod tun;
 pub mod xsk;
 

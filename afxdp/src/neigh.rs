@@ -9,13 +9,8 @@
 //! with a one-entry cache, no lock on the data path except when a new snapshot is taken.
 
 use crossbeam_queue::ArrayQueue;
-use netlink_packet_core::{
-    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
-use netlink_sys::protocols::NETLINK_ROUTE;
-use netlink_sys::{Socket, SocketAddr as NlAddr};
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -124,50 +119,14 @@ const NUD_USABLE: u16 = 0x02 /*REACHABLE*/ | 0x04 /*STALE*/ | 0x08 /*DELAY*/ | 0
 /// Dumps the kernel neighbour table of `ifindex` (rtnetlink `RTM_GETNEIGH`, encoded and
 /// decoded by `netlink-packet-route`): usable entries only.
 pub fn dump(ifindex: u32) -> io::Result<Map> {
-    let mut socket = Socket::new(NETLINK_ROUTE)?;
-    socket.bind_auto()?;
-    socket.connect(&NlAddr::new(0, 0))?;
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_DUMP | NLM_F_REQUEST;
-    header.sequence_number = 1;
-    let mut req = NetlinkMessage::new(
-        header,
-        NetlinkPayload::from(RouteNetlinkMessage::GetNeighbour(
-            NeighbourMessage::default(),
-        )),
-    );
-    req.finalize();
-    let mut out = vec![0u8; req.buffer_len()];
-    req.serialize(&mut out);
-    socket.send(&out, 0)?;
     let mut map = Map::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = socket.recv(&mut &mut buf[..], 0)?;
-        if n == 0 {
-            return Ok(map);
-        }
-        let mut msgs = &buf[..n.min(buf.len())];
-        while !msgs.is_empty() {
-            let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(msgs)
-                .map_err(|e| io::Error::other(format!("RTM_GETNEIGH reply: {e}")))?;
-            let len = msg.header.length as usize;
-            match msg.payload {
-                NetlinkPayload::Done(_) => return Ok(map),
-                NetlinkPayload::Error(e) => {
-                    return Err(io::Error::other(format!("RTM_GETNEIGH: {e}")));
-                }
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(m)) => {
-                    add_neighbour(&m, ifindex, &mut map)
-                }
-                _ => {}
-            }
-            if len == 0 || len > msgs.len() {
-                return Ok(map);
-            }
-            msgs = &msgs[len.next_multiple_of(4).min(msgs.len())..];
+    let req = RouteNetlinkMessage::GetNeighbour(NeighbourMessage::default());
+    for m in crate::rtnl::dump(req, "RTM_GETNEIGH")? {
+        if let RouteNetlinkMessage::NewNeighbour(m) = m {
+            add_neighbour(&m, ifindex, &mut map);
         }
     }
+    Ok(map)
 }
 
 /// Adds one `RTM_NEWNEIGH` entry of `ifindex` to `map` when it is usable and names both an

@@ -18,6 +18,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 pub struct Tun {
     file: File,
     name: String,
+    ifindex: u32,
 }
 
 fn check(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -109,14 +110,23 @@ impl Tun {
         let flags = unsafe { r.ifr_ifru.ifru_flags };
         r.ifr_ifru.ifru_flags = flags | (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
         ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as libc::Ioctl, &mut r)?;
+        ioctl(sock.as_raw_fd(), libc::SIOCGIFINDEX as libc::Ioctl, &mut r)?;
+        // SAFETY: SIOCGIFINDEX just wrote the ifindex member of the union.
+        let ifindex = unsafe { r.ifr_ifru.ifru_ifindex } as u32;
         Ok(Tun {
             file: File::from(tun),
             name: name.to_string(),
+            ifindex,
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The kernel's index of the device (routes name their interface by it).
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
     }
 
     /// One packet the kernel sent into the device (`WouldBlock`: none waiting).

@@ -244,6 +244,10 @@ pub enum Command {
         tunnel: u32,
         addr: Option<std::net::Ipv4Addr>,
     },
+    /// Replaces the dynamic (BGP-learned) routes: each prefix to its tunnels, equal-cost
+    /// (ECMP by flow hash over the usable ones). Routes of a previous set that are not in
+    /// this one are withdrawn; static routes are untouched (the longest prefix wins).
+    SetDynamicRoutes { routes: Vec<(Selector, Vec<u32>)> },
     /// Encrypts one packet from the gateway itself (BGP, an answer to a ping of its tunnel
     /// address) on the tunnel's outbound SA, whatever the selectors say.
     Transmit { tunnel: u32, packet: PacketBuf },
@@ -283,6 +287,7 @@ impl std::fmt::Debug for Command {
                 write!(f, "RemoteInbound({tunnel}, spi {spi:#x}, worker {owner})")
             }
             Command::SetLocalAddr { tunnel, addr } => write!(f, "SetLocalAddr({tunnel}, {addr:?})"),
+            Command::SetDynamicRoutes { routes } => write!(f, "SetDynamicRoutes({})", routes.len()),
             Command::Transmit { tunnel, packet } => {
                 write!(f, "Transmit({tunnel}, {} bytes)", packet.len())
             }
@@ -404,13 +409,18 @@ struct OutSlot {
     sa: Box<OutboundSa>,
 }
 
-/// Where a selector sends packets: the first usable tunnel of `tunnels`.
+/// Where a selector sends packets: the first usable tunnel of `tunnels`, or with `ecmp`
+/// one of the usable ones by flow hash.
 struct Route {
     tunnels: Vec<u32>,
     /// The tunnel that created the route with `SetOutbound` (removed with it), if any.
     owner: Option<u32>,
     /// Where the first tunnel that is UP is encrypted (recomputed on every table change).
     active: Option<Target>,
+    /// A dynamic (BGP) route: equal-cost over every usable tunnel of `tunnels`.
+    ecmp: bool,
+    /// With `ecmp`, where each usable tunnel is encrypted (more than one: by flow hash).
+    actives: Vec<Target>,
 }
 
 /// Who encrypts a route's packets.
@@ -509,6 +519,8 @@ pub struct Worker<I: PacketIo, O: PacketIo> {
     pub to_local: Option<LocalQueue>,
     /// The gateway's own tunnel addresses (IPv4, as u32) and their tunnels.
     local_addrs: IntMap<u32, u32>,
+    /// The routes `SetDynamicRoutes` made (replaced as a set).
+    dynamic_routes: Vec<usize>,
     stopped: bool,
     /// The rings to and from the other workers (None: the only worker).
     mesh: Option<Mesh>,
@@ -603,6 +615,7 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
             to_control: None,
             to_local: None,
             local_addrs: HashMap::default(),
+            dynamic_routes: Vec::new(),
             stopped: false,
             mesh: None,
             handoff_refused: Vec::with_capacity(256),
@@ -721,6 +734,8 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
             tunnels,
             owner,
             active: None,
+            ecmp: false,
+            actives: Vec::new(),
         };
         match self.route_free.pop() {
             Some(i) => {
@@ -737,6 +752,21 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
     /// Recomputes which tunnel each route uses now (control path, between bursts).
     fn resolve_routes(&mut self) {
         for r in self.routes.iter_mut().flatten() {
+            if r.ecmp {
+                r.actives = r
+                    .tunnels
+                    .iter()
+                    .filter(|t| !self.down.contains(t))
+                    .filter_map(|t| {
+                        self.tunnel_out
+                            .get(t)
+                            .copied()
+                            .filter(|s| self.outs[*s].is_some())
+                            .map(Target::Local)
+                            .or_else(|| self.remote_out.get(t).map(|w| Target::Remote(*w)))
+                    })
+                    .collect();
+            }
             r.active = r
                 .tunnels
                 .iter()
@@ -755,8 +785,12 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
     /// The tunnel a route currently sends on, when this worker encrypts it (for tests and
     /// `show`).
     pub fn route_of(&self, pkt: &[u8]) -> Option<u32> {
-        let r = self.sel.lookup(pkt)?;
-        let Target::Local(slot) = self.routes[r].as_ref()?.active? else {
+        let r = self.routes[self.sel.lookup(pkt)?].as_ref()?;
+        let t = match r.actives.len() {
+            n if n > 1 => r.actives[wire::flow_hash(pkt) as usize % n],
+            _ => r.active?,
+        };
+        let Target::Local(slot) = t else {
             return None;
         };
         self.outs[slot].as_ref().map(|s| s.tunnel)
@@ -929,6 +963,22 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
                 }
             }
             Command::Transmit { tunnel, packet } => self.transmit(tunnel, packet),
+            Command::SetDynamicRoutes { routes } => {
+                for r in std::mem::take(&mut self.dynamic_routes) {
+                    self.routes[r] = None;
+                    self.sel.remove_target(r);
+                    self.route_free.push(r);
+                }
+                for (sel, tunnels) in routes {
+                    let r = self.add_route(tunnels, None);
+                    if let Some(x) = self.routes[r].as_mut() {
+                        x.ecmp = true;
+                    }
+                    self.sel.insert(sel, r);
+                    self.dynamic_routes.push(r);
+                }
+                self.resolve_routes();
+            }
             Command::Barrier(tx) => {
                 let _ = tx.send(());
             }
@@ -1091,11 +1141,15 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
         let mut run_slot = usize::MAX;
         let mut rx = std::mem::take(&mut self.rx);
         for (i, mut p) in rx.drain(..).enumerate() {
-            let slot = match self
-                .sel
-                .lookup_cached(p.bytes())
-                .and_then(|r| self.routes[r].as_ref()?.active)
-            {
+            let slot = match self.sel.lookup_cached(p.bytes()).and_then(|r| {
+                let r = self.routes[r].as_ref()?;
+                match r.actives.len() {
+                    // ECMP: one flow always on the same tunnel (RFC 2992 hash-threshold
+                    // in spirit: a hash of the flow picks the member).
+                    n if n > 1 => Some(r.actives[wire::flow_hash(p.bytes()) as usize % n]),
+                    _ => r.active,
+                }
+            }) {
                 Some(Target::Local(slot)) => slot,
                 Some(Target::Remote(owner)) if i < local => {
                     self.hand_over(owner, Path::Encrypt, p);

@@ -37,6 +37,39 @@ pub fn be16(b: &[u8], off: usize) -> u16 {
 pub fn be32(b: &[u8], off: usize) -> u32 {
     u32::from_be_bytes([b[off], b[off + 1], b[off + 2], b[off + 3]])
 }
+/// A hash of a packet's flow for ECMP: addresses and protocol, and for TCP / UDP the ports
+/// (not for fragments, which carry none: a flow's fragments all hash alike). Never panics;
+/// a packet too short for a field hashes without it.
+#[inline]
+pub fn flow_hash(p: &[u8]) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |b: &[u8]| {
+        for x in b {
+            h = (h ^ u64::from(*x)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    match p.first().map(|b| b >> 4) {
+        Some(4) if p.len() >= IPV4_HDR => {
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            let frag = be16(p, 6) & 0x3fff != 0;
+            mix(&p[9..10]);
+            mix(&p[12..20]);
+            if !frag && matches!(p[9], proto::TCP | proto::UDP) && p.len() >= ihl + 4 {
+                mix(&p[ihl..ihl + 4]);
+            }
+        }
+        Some(6) if p.len() >= IPV6_HDR => {
+            mix(&p[6..7]);
+            mix(&p[8..40]);
+            if matches!(p[6], proto::TCP | proto::UDP) && p.len() >= IPV6_HDR + 4 {
+                mix(&p[IPV6_HDR..IPV6_HDR + 4]);
+            }
+        }
+        _ => {}
+    }
+    (h ^ (h >> 32)) as u32
+}
+
 #[inline]
 pub fn put16(b: &mut [u8], off: usize, v: u16) {
     b[off..off + 2].copy_from_slice(&v.to_be_bytes());

@@ -96,6 +96,9 @@ impl WorkerSet {
             Command::SetLocalAddr { tunnel, addr } => {
                 self.all(|| Command::SetLocalAddr { tunnel, addr })
             }
+            Command::SetDynamicRoutes { routes } => self.all(|| Command::SetDynamicRoutes {
+                routes: routes.clone(),
+            }),
             Command::Transmit { tunnel, packet } => {
                 self.handles[self.owner(tunnel)].send(Command::Transmit { tunnel, packet })
             }

@@ -838,3 +838,61 @@ fn local_address_traffic_goes_to_the_control_thread_and_back() {
     pump(&mut a, &mut b, 2);
     assert_eq!(b.report(false).total.dropped(DropReason::NoSa), 1);
 }
+
+/// Dynamic (BGP) routes: a prefix on two tunnels is equal-cost, flows spread over both and
+/// each flow stays on one; a tunnel that goes down leaves the other; a new set withdraws the
+/// old routes; a longer static selector still wins.
+#[test]
+fn dynamic_routes_are_ecmp_per_flow_and_replaced_as_a_set() {
+    let suite = Suite::new(Encryption::Aes128Gcm16, Integrity::None).unwrap();
+    let (mut a, ha, mut b, hb) = gateways(Impair::default());
+    install(&ha, &hb, suite, 1, 0x101, false, false);
+    install(&ha, &hb, suite, 2, 0x102, false, false);
+    let net = |a: [u8; 4], p: u8| Selector {
+        addr: IpAddr::V4(Ipv4Addr::from(a)),
+        prefix: p,
+    };
+    ha.send(Command::SetDynamicRoutes {
+        routes: vec![(net([198, 51, 100, 0], 24), vec![1, 2])],
+    });
+    pump(&mut a, &mut b, 2);
+    let flow = |sport: u16| {
+        let mut p = udp4(100, false, sport, 3);
+        p[16..20].copy_from_slice(&[198, 51, 100, 7]);
+        p[20..22].copy_from_slice(&sport.to_be_bytes());
+        wire::ipv4_fix_checksum(&mut p);
+        p
+    };
+    let mut on = [0; 3];
+    for sport in 0..64u16 {
+        let t = a.route_of(&flow(sport)).expect("routed");
+        assert_eq!(a.route_of(&flow(sport)), Some(t), "one flow, one tunnel");
+        on[t as usize] += 1;
+        a.inside.rx.push_back(PacketBuf::from_slice(&flow(sport)));
+    }
+    assert!(on[1] >= 16 && on[2] >= 16, "spread {on:?}");
+    pump(&mut a, &mut b, 8);
+    assert_eq!(b.inside.tx.len(), 64, "every packet delivered");
+    // Tunnel 1 down: everything on tunnel 2.
+    ha.send(Command::SetTunnelState {
+        tunnel: 1,
+        up: false,
+    });
+    pump(&mut a, &mut b, 2);
+    assert!((0..64).all(|s| a.route_of(&flow(s)) == Some(2)));
+    // A longer static selector wins over the dynamic /24.
+    assert_eq!(
+        a.route_of(&flow_packet(1, 0, 100)),
+        None,
+        "tunnel 1 is down"
+    );
+    // A new set without the prefix withdraws it.
+    ha.send(Command::SetDynamicRoutes {
+        routes: vec![(net([203, 0, 113, 0], 24), vec![2])],
+    });
+    pump(&mut a, &mut b, 2);
+    assert_eq!(a.route_of(&flow(1)), None);
+    a.inside.rx.push_back(PacketBuf::from_slice(&flow(1)));
+    pump(&mut a, &mut b, 2);
+    assert_eq!(a.report(false).total.dropped(DropReason::NoSa), 1);
+}

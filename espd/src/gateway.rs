@@ -768,6 +768,15 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         conns.entry(&m.connection).or_default().push(m);
     }
     for ts in conns.values() {
+        // A dynamic connection's routes are what BGP learns (the tunnel interfaces'
+        // thread follows BIRD's kernel table), not its CIDRs.
+        if cfg
+            .tunnels
+            .iter()
+            .any(|t| t.connection == ts[0].connection && t.routing == config::Routing::Dynamic)
+        {
+            continue;
+        }
         handle.send(Command::SetRoute {
             selectors: ts[0].selectors.clone(),
             tunnels: ts.iter().map(|m| m.index).collect(),
@@ -844,7 +853,14 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
                 IpAddr::V6(_) => None,
             })
             .collect();
-        let (ifs, warnings) = crate::tunif::TunnelIfs::create(&list, &handle);
+        let (mut ifs, warnings) = crate::tunif::TunnelIfs::create(&list, &handle);
+        if cfg
+            .tunnels
+            .iter()
+            .any(|t| t.routing == config::Routing::Dynamic)
+        {
+            ifs.route_table = Some(crate::bird::ROUTE_TABLE);
+        }
         for w in warnings {
             tracing::warn!("{w}");
         }

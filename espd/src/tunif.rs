@@ -14,7 +14,7 @@
 
 use afxdp::tun::Tun;
 use engine::pkt::PacketBuf;
-use engine::runtime::{Command, LocalQueue};
+use engine::runtime::{Command, LocalQueue, Selector};
 use engine::workers::WorkerSet;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -41,6 +41,12 @@ pub struct TunnelIfs {
     devs: Vec<(u32, Tun)>,
     pub queue: LocalQueue,
     pub stats: Arc<TunIfStats>,
+    /// Dynamic routing: the kernel table BGP's routes are read from (once a second) for the
+    /// data plane, and the routes last installed.
+    pub route_table: Option<u32>,
+    routes: Vec<(Selector, Vec<u32>)>,
+    /// The routes installed now, for `espd show routes`: (prefix, tunnels).
+    pub installed: Arc<std::sync::Mutex<Vec<(String, Vec<u32>)>>>,
 }
 
 impl std::fmt::Debug for TunnelIfs {
@@ -80,6 +86,9 @@ impl TunnelIfs {
             devs,
             queue: Arc::new(crossbeam_queue::ArrayQueue::new(QUEUE)),
             stats: Arc::default(),
+            route_table: None,
+            routes: vec![],
+            installed: Arc::default(),
         };
         (ifs, warnings)
     }
@@ -92,9 +101,10 @@ impl TunnelIfs {
             .collect()
     }
 
-    /// Moves packets between the devices and the tunnels until `stop`.
+    /// Moves packets between the devices and the tunnels until `stop`; with a route table,
+    /// follows it once a second.
     pub fn spawn(
-        self,
+        mut self,
         h: WorkerSet,
         stop: Arc<AtomicBool>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
@@ -102,12 +112,73 @@ impl TunnelIfs {
             .name("espd-tunif".into())
             .spawn(move || {
                 let mut buf = vec![0u8; 65536];
+                let mut last = std::time::Instant::now() - std::time::Duration::from_secs(2);
                 while !stop.load(Ordering::Relaxed) {
+                    if self.route_table.is_some() && last.elapsed().as_millis() >= 1000 {
+                        last = std::time::Instant::now();
+                        self.sync_routes(&h);
+                    }
                     if self.step(&h, &mut buf) == 0 {
                         std::thread::sleep(std::time::Duration::from_millis(2));
                     }
                 }
             })
+    }
+
+    /// Reads the route table and, when it changed, installs its routes whose next hops are
+    /// tunnel interfaces as the data plane's dynamic routes (ECMP over several).
+    pub fn sync_routes(&mut self, h: &WorkerSet) {
+        let Some(table) = self.route_table else {
+            return;
+        };
+        let Ok(rs) = afxdp::routes::dump_table(table) else {
+            return;
+        };
+        let mut routes: Vec<(Selector, Vec<u32>)> = rs
+            .into_iter()
+            .filter_map(|r| {
+                let mut ts: Vec<u32> = r
+                    .oifs
+                    .iter()
+                    .filter_map(|o| self.devs.iter().find(|(_, t)| t.ifindex() == *o))
+                    .map(|(i, _)| *i)
+                    .collect();
+                ts.sort_unstable();
+                ts.dedup();
+                (!ts.is_empty()).then_some((
+                    Selector {
+                        addr: std::net::IpAddr::V4(r.prefix),
+                        prefix: r.len,
+                    },
+                    ts,
+                ))
+            })
+            .collect();
+        routes.sort_by_key(|(s, t)| (s.addr, s.prefix, t.clone()));
+        if routes == self.routes {
+            return;
+        }
+        let shown: Vec<(String, Vec<u32>)> = routes
+            .iter()
+            .map(|(s, t)| (format!("{}/{}", s.addr, s.prefix), t.clone()))
+            .collect();
+        tracing::info!(
+            "dynamic routes (BGP, table {table}): {}",
+            if shown.is_empty() {
+                "none".to_string()
+            } else {
+                shown
+                    .iter()
+                    .map(|(p, t)| format!("{p} via tunnel(s) {t:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+        *self.installed.lock().unwrap_or_else(|e| e.into_inner()) = shown;
+        h.send(Command::SetDynamicRoutes {
+            routes: routes.clone(),
+        });
+        self.routes = routes;
     }
 
     /// One round: what the kernel sent into each device goes to its tunnel, what the

@@ -614,6 +614,13 @@ def bgp_case(tag):
         learned = wait_for(lambda: "10.99.0.0/24" in nsx("g1", "ip route show table 220000", check=False).stdout, 15)
         check(f"[{tag}] the CGW's prefix 10.99.0.0/24 is learned and in kernel table 220000 (via espd1)", learned,
               b1.cli("show route") + nsx("g1", "ip route show table 220000", check=False).stdout)
+        # The data plane follows: hA reaches 10.99.0.1 (on the CGW) through the tunnel.
+        nsx("g2", "ip addr add 10.99.0.1/32 dev lo", check=False)
+        routed = wait_for(lambda: "10.99.0.0/24 via tunnel(s) [1]" in e.text(), 5)
+        r = nsx("hA", "ping -n -c 5 -i 0.2 -W 2 10.99.0.1", check=False)
+        got = next((int(l.split(",")[1].split()[0]) for l in r.stdout.splitlines() if "received" in l), 0)
+        check(f"[{tag}] the learned prefix becomes a data-plane route: hA pings 10.99.0.1 behind the CGW ({got}/5)",
+              routed and got == 5, r.stdout[-300:] + e.text()[-1000:])
         r2 = b2.cli("show route all 10.1.0.0/24")
         check(f"[{tag}] the CGW learns the VPC prefix 10.1.0.0/24 from AWS with MED 100", "BGP.med: 100" in r2, r2[-800:])
         w = e.show("counters").get("worker", {})
@@ -623,6 +630,7 @@ def bgp_case(tag):
             if b:
                 b.stop()
         nsx("g2", "ip addr del 169.254.10.2/30 dev ipsec0", check=False)
+        nsx("g2", "ip addr del 10.99.0.1/32 dev lo", check=False)
         if c:
             c.stop()
         e.stop()

@@ -225,6 +225,8 @@ struct Shared {
     /// What the metrics endpoint and the control socket did with their clients.
     metrics_clients: Arc<telemetry::http::ClientStats>,
     control_clients: Arc<telemetry::serve::Gate>,
+    /// The dynamic (BGP) routes in the data plane.
+    routes: crate::tunif::RouteList,
 }
 
 fn now_ms() -> u64 {
@@ -899,6 +901,10 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         );
     }
     handle.barrier();
+    let routes = tunifs
+        .as_ref()
+        .map(|t| t.installed.clone())
+        .unwrap_or_default();
     let tunif_thread = match tunifs {
         Some(ifs) => Some(
             ifs.spawn(handle.clone(), stop.clone())
@@ -921,6 +927,7 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         rekeys: Mutex::new(vec![]),
         metrics_clients: Arc::default(),
         control_clients: Arc::default(),
+        routes,
     });
     let mut logs = Logs::open(&cfg);
     for m in shared
@@ -1773,7 +1780,49 @@ fn show(sh: &Shared, what: &str, json: bool) -> String {
             flatten(&mut o, "", &v);
             o
         }
-        _ => format!("unknown request {what:?}; allowed: show tunnels|sas|counters [json]\n"),
+        "routes" => {
+            let rs = sh.routes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let metas = sh.tunnels.lock().unwrap_or_else(|e| e.into_inner());
+            let name = |i: &u32| {
+                metas
+                    .iter()
+                    .find(|m| m.index == *i)
+                    .map_or(i.to_string(), |m| m.name.clone())
+            };
+            let rows: Vec<serde_json::Value> = rs
+                .iter()
+                .map(|(p, ts)| {
+                    serde_json::json!({
+                        "prefix": p,
+                        "tunnels": ts.iter().map(name).collect::<Vec<_>>(),
+                        "ecmp": ts.len() > 1,
+                        "source": "bgp",
+                    })
+                })
+                .collect();
+            if json {
+                return serde_json::to_string_pretty(&serde_json::json!({ "routes": rows }))
+                    .unwrap_or_default()
+                    + "\n";
+            }
+            let mut o = String::new();
+            for (p, ts) in &rs {
+                let names: Vec<String> = ts.iter().map(name).collect();
+                let _ = writeln!(
+                    o,
+                    "{p:<18} via {}{}",
+                    names.join(", "),
+                    if ts.len() > 1 { " (ECMP)" } else { "" }
+                );
+            }
+            if o.is_empty() {
+                o.push_str("no dynamic routes\n");
+            }
+            o
+        }
+        _ => {
+            format!("unknown request {what:?}; allowed: show tunnels|sas|counters|routes [json]\n")
+        }
     }
 }
 
@@ -1846,7 +1895,7 @@ fn spawn_control(
                                 ["rekey", tunnel, what @ ("ike" | "child")] => {
                                     request_rekey(&sh, tunnel, *what == "ike")
                                 }
-                                _ => "usage: show tunnels|sas|counters [json] | rekey TUNNEL ike|child\n"
+                                _ => "usage: show tunnels|sas|counters|routes [json] | rekey TUNNEL ike|child\n"
                                     .to_string(),
                             };
                             let _ = c.write_all(reply.as_bytes());

@@ -72,7 +72,7 @@ enum Cmd {
     },
     /// Ask the running espd for its tunnels, SAs or counters (over its control socket).
     Show {
-        /// tunnels | sas | counters
+        /// tunnels | sas | counters | routes
         what: String,
         #[arg(long)]
         json: bool,
@@ -190,9 +190,9 @@ fn run() -> Result<(), cli::CliError> {
             Ok(())
         }
         Cmd::Show { what, json, socket } => {
-            if !["tunnels", "sas", "counters"].contains(&what.as_str()) {
+            if !["tunnels", "sas", "counters", "routes"].contains(&what.as_str()) {
                 return Err(cli::CliError(format!(
-                    "show {what:?}: allowed: tunnels, sas, counters"
+                    "show {what:?}: allowed: tunnels, sas, counters, routes"
                 )));
             }
             let out = espd::gateway::show_client(&socket, &what, json).map_err(cli::CliError)?;

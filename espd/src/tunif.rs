@@ -36,6 +36,9 @@ pub struct TunIfStats {
     pub dropped: AtomicU64,
 }
 
+/// The dynamic routes installed: (prefix, tunnel indexes), shared with `espd show routes`.
+pub type RouteList = Arc<std::sync::Mutex<Vec<(String, Vec<u32>)>>>;
+
 /// The devices, by tunnel index.
 pub struct TunnelIfs {
     devs: Vec<(u32, Tun)>,
@@ -45,8 +48,8 @@ pub struct TunnelIfs {
     /// data plane, and the routes last installed.
     pub route_table: Option<u32>,
     routes: Vec<(Selector, Vec<u32>)>,
-    /// The routes installed now, for `espd show routes`: (prefix, tunnels).
-    pub installed: Arc<std::sync::Mutex<Vec<(String, Vec<u32>)>>>,
+    /// The routes installed now, for `espd show routes`.
+    pub installed: RouteList,
 }
 
 impl std::fmt::Debug for TunnelIfs {

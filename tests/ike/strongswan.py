@@ -621,6 +621,10 @@ def bgp_case(tag):
         got = next((int(l.split(",")[1].split()[0]) for l in r.stdout.splitlines() if "received" in l), 0)
         check(f"[{tag}] the learned prefix becomes a data-plane route: hA pings 10.99.0.1 behind the CGW ({got}/5)",
               routed and got == 5, r.stdout[-300:] + e.text()[-1000:])
+        rs = e.show("routes").get("routes", [])
+        check(f"[{tag}] espd show routes lists 10.99.0.0/24 on aws-t1 from BGP",
+              any(r.get("prefix") == "10.99.0.0/24" and r.get("tunnels") == ["aws-t1"] and r.get("source") == "bgp" for r in rs),
+              json.dumps(rs))
         r2 = b2.cli("show route all 10.1.0.0/24")
         check(f"[{tag}] the CGW learns the VPC prefix 10.1.0.0/24 from AWS with MED 100", "BGP.med: 100" in r2, r2[-800:])
         w = e.show("counters").get("worker", {})

@@ -346,6 +346,19 @@ pub struct Gateway {
     /// A TUN interface per tunnel (`espd<index>`) holding the tunnel's AWS-side inside
     /// address: the kernel (ping, BGP) reaches the peer's inside address through it.
     pub tunnel_interfaces: bool,
+    /// Who runs BIRD for dynamic routing: espd (supervised) or the operator (external).
+    pub bird: BirdMode,
+    /// The BIRD binary (supervised).
+    pub bird_binary: String,
+    /// BIRD's control socket when external (for the BGP session states), if any.
+    pub bird_control_socket: Option<String>,
+}
+
+/// `[gateway] bird`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BirdMode {
+    Supervised,
+    External,
 }
 
 /// `reassembly_*` options of `[gateway]`.
@@ -391,6 +404,9 @@ pub const GATEWAY_KEYS: &[&str] = &[
     "handoff_ring",
     "worker_queues",
     "tunnel_interfaces",
+    "bird",
+    "bird_binary",
+    "bird_control_socket",
 ];
 
 /// Default control socket path.
@@ -597,8 +613,25 @@ fn gateway(t: &toml::Table, origin: &str, errs: &mut Vec<String>) -> Option<Gate
         .get("worker_queues")
         .and_then(|v| queue_map(&mut cx, v, cores.len()));
     let tunnel_interfaces = boolean(&mut cx, t, "tunnel_interfaces", true);
+    let bird = choice(
+        &mut cx,
+        t,
+        "bird",
+        BirdMode::Supervised,
+        &[
+            ("supervised", BirdMode::Supervised),
+            ("external", BirdMode::External),
+        ],
+    );
+    let bird_binary = string(&mut cx, t, "bird_binary")
+        .unwrap_or("bird")
+        .to_string();
+    let bird_control_socket = string(&mut cx, t, "bird_control_socket").map(str::to_string);
     Some(Gateway {
         tunnel_interfaces,
+        bird,
+        bird_binary,
+        bird_control_socket,
         complete_checksums,
         handoff_ring,
         worker_queues,

@@ -204,6 +204,9 @@ struct TunnelMeta {
     sas: BTreeMap<(bool, u32), String>,
     /// IKE state and events (IKE-negotiated tunnels), refreshed twice a second.
     ike: Option<metrics::IkeSnapshot>,
+    /// Dynamic routing: the BGP session's state as BIRD says (`Established`, `Active`,
+    /// ...; empty until known), and the CGW's inside address it peers with.
+    bgp: Option<(String, IpAddr)>,
 }
 
 struct Shared {
@@ -741,6 +744,8 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
             selectors: selectors_of(t),
             sas: BTreeMap::new(),
             ike: None,
+            bgp: (t.routing == config::Routing::Dynamic)
+                .then(|| (String::new(), t.tunnel_inside_cidr.host(2))),
         };
         for sa in ins {
             m.sas.insert((false, sa.cfg.spi), fingerprint(&sa.cfg));
@@ -844,6 +849,28 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         ),
         None => None,
     };
+    // BIRD for dynamic routing, supervised by a process of ours started while we still
+    // have our capabilities (BIRD needs port 179 and the kernel's routing tables).
+    let dynamic = cfg
+        .tunnels
+        .iter()
+        .any(|t| t.routing == config::Routing::Dynamic);
+    let mut supervisor = None;
+    let mut bird_ctl = g.bird_control_socket.as_ref().map(std::path::PathBuf::from);
+    if dynamic && g.bird == config::BirdMode::Supervised {
+        let conf = crate::bird::gateway_conf(&cfg).unwrap_or_default();
+        let conf =
+            format!("log stderr {{ info, remote, warning, error, auth, fatal, bug }};\n{conf}");
+        let dir = Path::new(&g.state_directory).join("bird");
+        let s = crate::bgpd::Supervisor::start(&g.bird_binary, &conf, &dir)
+            .map_err(|e| format!("{origin}: [gateway]: bird = \"supervised\": {e}"))?;
+        tracing::info!(
+            "BIRD supervised for dynamic routing: configuration and control socket in {}",
+            dir.display()
+        );
+        bird_ctl = Some(s.ctl.clone());
+        supervisor = Some(s);
+    }
     // Tunnel interfaces (TUN devices need CAP_NET_ADMIN: made now).
     let tunifs = if g.tunnel_interfaces {
         let list: Vec<(u32, std::net::Ipv4Addr, u8)> = cfg
@@ -981,6 +1008,7 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
     let mut signals = signals;
     let mut last_tick = Instant::now();
     let mut last_marks = Instant::now();
+    let mut last_bgp = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         for sig in signals.pending() {
             match sig {
@@ -1011,6 +1039,12 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
                 logs.write(m, cfg.allow_short_lifetimes, st, &line);
             }
         }
+        if let Some(ctl) = &bird_ctl
+            && last_bgp.elapsed() >= Duration::from_secs(2)
+        {
+            last_bgp = Instant::now();
+            bgp_states(ctl, &cfg, &shared, &mut logs);
+        }
         if last_marks.elapsed() >= Duration::from_millis(100) {
             last_marks = Instant::now();
             if let Some(r) = handle.report(true) {
@@ -1035,6 +1069,9 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
     let _ = ike_thread.join();
     if let Some(t) = tunif_thread {
         let _ = t.join();
+    }
+    if let Some(mut s) = supervisor {
+        s.stop();
     }
     while let Ok((idx, st, line)) = ike_logs.try_recv() {
         let metas = shared.tunnels.lock().unwrap_or_else(|e| e.into_inner());
@@ -1284,6 +1321,55 @@ fn worker_json(w: &WorkerReport) -> serde_json::Value {
     })
 }
 
+/// Reads the BGP sessions' states from BIRD and logs their changes (engine events of the
+/// tunnel log: BGP up / down with BIRD's reason).
+fn bgp_states(ctl: &Path, cfg: &Config, sh: &Shared, logs: &mut Logs) {
+    let Ok(sessions) = crate::bgpd::sessions(ctl) else {
+        return;
+    };
+    let mut metas = sh.tunnels.lock().unwrap_or_else(|e| e.into_inner());
+    for m in metas.iter_mut() {
+        let Some(t) = cfg.tunnels.iter().find(|t| t.name == m.name) else {
+            continue;
+        };
+        let Some((state, peer)) = m.bgp.clone() else {
+            continue;
+        };
+        let name = crate::bird::protocol_name(t);
+        let Some(sess) = sessions.iter().find(|x| x.name == name) else {
+            continue;
+        };
+        let now = if sess.established() {
+            "Established".to_string()
+        } else if sess.info.is_empty() {
+            sess.state.clone()
+        } else {
+            sess.info.clone()
+        };
+        if now == state {
+            continue;
+        }
+        let was_up = state == "Established";
+        m.bgp = Some((now.clone(), peer));
+        let line = if sess.established() {
+            Some(format!(
+                "engine: BGP session with {peer} Established (tunnel UP for routing)"
+            ))
+        } else if was_up {
+            Some(format!(
+                "engine: BGP session with {peer} down: {now} (its routes are withdrawn)"
+            ))
+        } else {
+            None
+        };
+        if let Some(l) = line {
+            tracing::info!(target: "espd::tunnel", "tunnel {:?}: {l}", m.name);
+            let up = m.ike.is_some() || !m.sas.is_empty();
+            logs.write(m, cfg.allow_short_lifetimes, both(up), &l);
+        }
+    }
+}
+
 fn snapshots(sh: &Shared) -> Vec<TunnelSnapshot> {
     let r = reports(sh).unwrap_or_default();
     let metas = sh.tunnels.lock().unwrap_or_else(|e| e.into_inner());
@@ -1300,7 +1386,10 @@ fn snapshots(sh: &Shared) -> Vec<TunnelSnapshot> {
                 vpn_id: m.connection.clone(),
                 tunnel_ip: m.outside_ip.to_string(),
                 name: m.name.clone(),
-                up: r.sas.iter().any(|s| s.tunnel == m.index && s.outbound),
+                // With dynamic routing a tunnel is UP (AWS TunnelState 1) only while its
+                // BGP session is Established.
+                up: r.sas.iter().any(|s| s.tunnel == m.index && s.outbound)
+                    && m.bgp.as_ref().is_none_or(|(s, _)| s == "Established"),
                 nat_t: m.nat_t,
                 dpd_enabled: m.dpd_enabled,
                 out: c.out,
@@ -1616,6 +1705,7 @@ fn show(sh: &Shared, what: &str, json: bool) -> String {
                             "name": t.name, "connection": t.vpn_id, "outside_ip": t.tunnel_ip,
                             "peer_ip": m.peer_ip.map(|p| p.to_string()),
                             "state": if t.up { "UP" } else { "DOWN" },
+                            "bgp": m.bgp.as_ref().map(|(s, p)| json!({"state": s, "peer": p.to_string()})),
                             "nat_t": t.nat_t,
                             "tunnel_data_out_bytes": t.out.inner_bytes,
                             "tunnel_data_in_bytes": t.inb.inner_bytes,

@@ -9,6 +9,7 @@
 //! - [`seqstore`]: static SAs' sequence numbers written ahead to the state directory;
 //! - [`export`]: customer-gateway configs (strongSwan, generic);
 //! - [`bird`]: BGP with BIRD 2 over the tunnel interfaces (espd's side and the CGW's);
+//! - [`bgpd`]: BIRD supervised beside `espd run`, and its sessions' states;
 //! - [`tunnel_log`]: AWS-format tunnel logs;
 //! - [`tunif`]: the tunnel interfaces (a TUN device per tunnel with its inside address);
 //! - [`privs`]: dropping capabilities, checking file permissions;
@@ -20,6 +21,7 @@
 //! as parameters.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod bgpd;
 pub mod bird;
 pub mod cli;
 pub mod config;

@@ -34,6 +34,16 @@ enum Cmd {
     },
     /// Show the crypto backends available on this machine and which one `auto` picks.
     Crypto,
+    /// (Internal) keep BIRD running for `espd run`; started by it.
+    #[command(hide = true)]
+    BirdSupervise {
+        #[arg(long)]
+        bird: String,
+        #[arg(long)]
+        conf: PathBuf,
+        #[arg(long)]
+        ctl: PathBuf,
+    },
     /// Write the customer-gateway side of a tunnel, as AWS's downloadable configuration does.
     ExportConfig {
         /// The tunnel configuration file.
@@ -335,6 +345,9 @@ fn run() -> Result<(), cli::CliError> {
                     Ok(())
                 }
             }
+        }
+        Cmd::BirdSupervise { bird, conf, ctl } => {
+            espd::bgpd::supervise(&bird, &conf, &ctl).map_err(cli::CliError)
         }
         Cmd::Crypto => {
             for b in [Backend::RustCrypto, Backend::IpsecMb] {

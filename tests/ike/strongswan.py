@@ -562,6 +562,13 @@ class Bird:
                        stdout=open(os.path.join(WORK, f"bird-{tag}.log"), "w"), stderr=subprocess.STDOUT)
         wait_for(lambda: os.path.exists(self.ctl), 5)
 
+    @classmethod
+    def attach(cls, node, ctl):
+        """A BIRD someone else runs (espd's supervised one), by its control socket."""
+        b = cls.__new__(cls)
+        b.node, b.ctl, b.p, b.conf = node, ctl, None, None
+        return b
+
     def cli(self, cmd):
         return nsx(self.node, f"birdc -s {self.ctl} {cmd}", check=False).stdout
 
@@ -569,6 +576,8 @@ class Bird:
         return "Established" in self.cli(f"show protocols {proto}")
 
     def stop(self):
+        if self.p is None:
+            return
         if self.p.poll() is None:
             self.p.terminate()
             try:
@@ -577,25 +586,35 @@ class Bird:
                 self.p.kill()
 
 
-def bgp_case(tag):
-    """BGP over the tunnel (routing = "dynamic"): espd's BIRD (from `espd export-config
-    --bird`, run beside espd) and the customer gateway's (strongSwan + BIRD from
-    `export-config --peer bird`) peer between the inside addresses over the tunnel
-    interface: the session is Established with the AWS timers, the CGW's prefix 10.99.0.0/24
-    (in no static config) lands in kernel table 220000 on espd's side, and the CGW learns
-    the VPC prefix with MED 100."""
+def bgp_case(tag, mode="external"):
+    """BGP over the tunnel (routing = "dynamic"): espd's BIRD and the customer gateway's
+    (strongSwan + BIRD from `export-config --peer bird`) peer between the inside addresses
+    over the tunnel interface: the session is Established with the AWS timers, the CGW's
+    prefix 10.99.0.0/24 (in no static config) lands in kernel table 220000 on espd's side and
+    becomes a data-plane route, and the CGW learns the VPC prefix with MED 100.
+    mode "external": BIRD runs beside espd from `espd export-config --bird`;
+    mode "supervised" (the default of espd run): espd starts BIRD, restarts it when it is
+    killed, stops it on exit, and reports the session in `show tunnels` and the tunnel log."""
     p1 = (["AES128"], ["SHA2-256"], [14])
     p2 = (["AES128-GCM-16"], ["SHA2-256"])
     text = espd_config(tag, "add", p1, p2, extra='tunnel_inside_cidr = "169.254.10.0/30"\nrouting = "dynamic"\nbgp_advertise = ["10.1.0.0/24"]')
     text = text.replace('local_ipv4_network_cidr = "10.2.0.0/24"', 'local_ipv4_network_cidr = "0.0.0.0/0"')
     text = text.replace('remote_ipv4_network_cidr = "10.1.0.0/24"', 'remote_ipv4_network_cidr = "0.0.0.0/0"')
     text = text.replace('pre_shared_key = "lab.tunnel_two"', 'pre_shared_key = "lab.tunnel_two"\nrouting = "dynamic"\nbgp_advertise = ["10.1.0.0/24"]')
+    gw = f'idle_sleep_us = 20\nstate_directory = "{WORK}/{tag}-state"\n'
+    if mode == "external":
+        gw += f'bird = "external"\nbird_control_socket = "{WORK}/bird-{tag}-aws.ctl"\n'
+    text = text.replace("idle_sleep_us = 20\n", gw)
     e = Espd(tag, text)
     c = b1 = b2 = None
     try:
         r = subprocess.run([ESPD, "export-config", e.cfg, "--bird"], capture_output=True, text=True)
         check(f"[{tag}] espd export-config --bird writes espd's BIRD configuration", r.returncode == 0 and "protocol bgp aws_aws_t1" in r.stdout, r.stdout[-800:] + r.stderr)
-        b1 = Bird("g1", f"{tag}-aws", r.stdout)
+        if mode == "external":
+            b1 = Bird("g1", f"{tag}-aws", r.stdout)
+        else:
+            b1 = Bird.attach("g1", f"{WORK}/{tag}-state/bird/bird.ctl")
+            check(f"[{tag}] espd started BIRD (supervised)", wait_for(lambda: os.path.exists(b1.ctl), 5), e.text()[-800:])
         c = Charon(tag, export(e.cfg, "start"))
         if not established(tag, e):
             return
@@ -625,6 +644,18 @@ def bgp_case(tag):
         check(f"[{tag}] espd show routes lists 10.99.0.0/24 on aws-t1 from BGP",
               any(r.get("prefix") == "10.99.0.0/24" and r.get("tunnels") == ["aws-t1"] and r.get("source") == "bgp" for r in rs),
               json.dumps(rs))
+        if mode == "supervised":
+            t = e.show("tunnels").get("tunnels", [{}])[0]
+            check(f"[{tag}] show tunnels: bgp Established with 169.254.10.2, the tunnel UP",
+                  wait_for(lambda: (e.show("tunnels").get("tunnels", [{}])[0].get("bgp") or {}).get("state") == "Established", 5),
+                  json.dumps(e.show("tunnels"))[:800])
+            tl = open(e.tunnel_log).read() if os.path.exists(e.tunnel_log) else ""
+            check(f"[{tag}] the tunnel log says BGP is up", "engine: BGP session with 169.254.10.2 Established" in tl, tl[-600:])
+            # BIRD killed: the supervisor restarts it, the session comes back.
+            nsx("g1", f"pkill -KILL -f '[b]ird -f -c {WORK}/{tag}-state/bird/bird.conf'", check=False)
+            back = wait_for(lambda: "BIRD exited" in e.text(), 5) and wait_for(lambda: b1.established("aws_aws_t1"), 45)
+            check(f"[{tag}] BIRD killed: the supervisor restarts it and BGP is Established again", back,
+                  e.text()[-1200:] + b1.cli("show protocols"))
         r2 = b2.cli("show route all 10.1.0.0/24")
         check(f"[{tag}] the CGW learns the VPC prefix 10.1.0.0/24 from AWS with MED 100", "BGP.med: 100" in r2, r2[-800:])
         w = e.show("counters").get("worker", {})
@@ -633,6 +664,10 @@ def bgp_case(tag):
         for b in (b1, b2):
             if b:
                 b.stop()
+        if mode == "supervised":
+            e.stop()
+            left = nsx("g1", f"pgrep -f '[b]ird -f -c {WORK}/{tag}-state/bird/bird.conf'", check=False).stdout.strip()
+            check(f"[{tag}] espd stopped: its BIRD is gone too", left == "", left)
         nsx("g2", "ip addr del 169.254.10.2/30 dev ipsec0", check=False)
         nsx("g2", "ip addr del 10.99.0.1/32 dev lo", check=False)
         if c:
@@ -679,6 +714,7 @@ def main():
         collision_case("ike-collision")
         tunnel_interface_case("tunnel-interface")
         bgp_case("bgp")
+        bgp_case("bgp-supervised", "supervised")
         failure_case("psk", (["AES128"], ["SHA2-256"], [14]), (["AES128-GCM-16"], ["SHA2-256"]),
                      [('secret = "lab.tunnel_one"', 'secret = "lab.wrong_key"')],
                      "AWS tunnel detected a pre-shared key mismatch with cgw: 192.0.2.2")

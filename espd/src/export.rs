@@ -232,7 +232,7 @@ pub fn generic(t: &Tunnel) -> String {
   - Remote network (AWS side)        : {rts}
   - Tunnel interface MTU             : {m} bytes (for {s}{nat_s}; 1399 fits every transform)
   - TCP MSS adjustment               : {mss} bytes
-",
+{bgp}",
         name = t.name,
         conn = t.connection,
         ike = t.ike_versions,
@@ -263,6 +263,34 @@ pub fn generic(t: &Tunnel) -> String {
         rts = t.remote_ipv4_network_cidr,
         nat_s = if nat { " with NAT-T" } else { "" },
         mss = mtu::mss_ipv4(m),
+        bgp = if t.routing == crate::config::Routing::Dynamic {
+            format!(
+                "
+#4: Border Gateway Protocol (BGP) Configuration
+  - Customer gateway ASN             : {cgw_asn}
+  - Amazon-side ASN                  : {aws_asn}
+  - Neighbor IP address              : {aws_in}
+  - Hold time / keepalive            : 30 / 10 seconds
+  - Prefixes AWS accepts at most     : 100 (more ends the session: Cease, maximum prefixes)
+  - AWS announces                    : {adv} (MED 100)
+  - Announce your networks to the neighbor; BIRD: espd export-config --peer bird
+",
+                cgw_asn = t.customer_gateway_asn,
+                aws_asn = t.amazon_side_asn,
+                aws_in = t.tunnel_inside_cidr.host(1),
+                adv = if t.bgp_advertise.is_empty() {
+                    "(nothing configured)".to_string()
+                } else {
+                    t.bgp_advertise
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            )
+        } else {
+            String::new()
+        },
     )
 }
 

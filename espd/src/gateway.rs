@@ -1359,6 +1359,11 @@ fn bgp_states(ctl: &Path, cfg: &Config, sh: &Shared, logs: &mut Logs) {
             Some(format!(
                 "engine: BGP session with {peer} down: {now} (its routes are withdrawn)"
             ))
+        } else if now.contains("Error") || now.contains("limit") {
+            // Why it does not come up (a wrong ASN, the prefix limit, a bad password).
+            Some(format!(
+                "engine: BGP session with {peer} not established: {now}"
+            ))
         } else {
             None
         };
@@ -1395,6 +1400,7 @@ fn snapshots(sh: &Shared) -> Vec<TunnelSnapshot> {
                 out: c.out,
                 inb: c.inb,
                 ike: m.ike.clone(),
+                bgp_established: m.bgp.as_ref().map(|(s, _)| s == "Established"),
             }
         })
         .collect()
@@ -1408,6 +1414,29 @@ fn render_metrics(sh: &Shared) -> String {
     metrics::register(&mut x, &snapshots(sh));
     let r = reports(sh).unwrap_or_default();
     let metas = sh.tunnels.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    // Dynamic routes (BGP) in the data plane, by tunnel (an ECMP route counts on each).
+    let routes = sh.routes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let dynamic: Vec<&TunnelMeta> = metas.iter().filter(|m| m.bgp.is_some()).collect();
+    if !dynamic.is_empty() {
+        x.gauge(
+            "vpn_tunnel_bgp_routes",
+            "Prefixes learned over BGP that the data plane sends into the tunnel.",
+            dynamic.iter().map(|m| {
+                let n = routes
+                    .iter()
+                    .filter(|(_, ts)| ts.contains(&m.index))
+                    .count();
+                (
+                    vec![
+                        ("vpn_id", m.connection.clone()),
+                        ("tunnel_ip", m.outside_ip.to_string()),
+                        ("tunnel", m.name.clone()),
+                    ],
+                    n as i64,
+                )
+            }),
+        );
+    }
     let tname = |i: u32| {
         metas
             .iter()

@@ -29,6 +29,8 @@ pub struct TunnelSnapshot {
     pub inb: Counters,
     /// IKE state and events (tunnels negotiated by IKE only).
     pub ike: Option<IkeSnapshot>,
+    /// Dynamic routing: whether the tunnel's BGP session is Established.
+    pub bgp_established: Option<bool>,
 }
 
 /// IKE state and events of one negotiated tunnel.
@@ -241,6 +243,17 @@ pub fn register(x: &mut Exposition, tunnels: &[TunnelSnapshot]) {
             })
         }),
     );
+    let bgp: Vec<(Labels, i64)> = tunnels
+        .iter()
+        .filter_map(|t| Some((tunnel_labels(t), i64::from(t.bgp_established?))))
+        .collect();
+    if !bgp.is_empty() {
+        x.gauge(
+            "vpn_tunnel_bgp_established",
+            "Dynamic routing: 1 while the tunnel's BGP session is Established (then TunnelState follows it).",
+            bgp,
+        );
+    }
     // IKE: phase states (one-hot), rekeys, collisions, DPD timeouts.
     let ike: Vec<(Labels, &IkeSnapshot)> = tunnels
         .iter()

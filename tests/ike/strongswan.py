@@ -660,6 +660,30 @@ def bgp_case(tag, mode="external"):
         check(f"[{tag}] the CGW learns the VPC prefix 10.1.0.0/24 from AWS with MED 100", "BGP.med: 100" in r2, r2[-800:])
         w = e.show("counters").get("worker", {})
         check(f"[{tag}] BGP's packets went through the tunnel interface both ways", w.get("local_in", 0) > 2 and w.get("local_out", 0) > 2, json.dumps(w)[:400])
+        if mode == "supervised":
+            lab = 'vpn_id="vpn-sw",tunnel_ip="192.0.2.1",tunnel="aws-t1"'
+            want = [f"vpn_tunnel_bgp_established{{{lab}}} 1", f"vpn_tunnel_bgp_routes{{{lab}}} 1", f"vpn_tunnel_state{{{lab}}} 1"]
+            # (the states are polled every 2 s, the routes every second, after BIRD's restart)
+            wait_for(lambda: all(w in e.metrics() for w in want), 10)
+            m = e.metrics()
+            check(f"[{tag}] Prometheus: vpn_tunnel_bgp_established 1, vpn_tunnel_bgp_routes 1, vpn_tunnel_state 1",
+                  all(w in m for w in want), "\n".join(l for l in m.splitlines() if "bgp" in l or "vpn_tunnel_state" in l))
+            # A CGW with the wrong ASN never reaches Established, and espd says why.
+            b2.stop()
+            b2 = Bird("g2", f"{tag}-cgw-asn", cgw.replace("local 169.254.10.2 as 65000;", "local 169.254.10.2 as 65001;"))
+            bad = wait_for(lambda: "not established" in e.text() and "Bad peer AS" in e.text(), 40)
+            check(f"[{tag}] a wrong customer ASN: never Established, logged ('Bad peer AS')", bad and not b1.established("aws_aws_t1"),
+                  e.text()[-1000:] + b1.cli("show protocols all aws_aws_t1")[-600:])
+            t = e.show("tunnels").get("tunnels", [{}])[0]
+            check(f"[{tag}] the tunnel reads DOWN while BGP is not Established (TunnelState)", t.get("state") == "DOWN", json.dumps(t)[:600])
+            # Over the prefix limit: 101 prefixes end the session with Cease 6/1.
+            b2.stop()
+            many = cgw.replace("route 10.99.0.0/24 unreachable;", "\n".join(f"route 10.200.{i}.0/24 unreachable;" for i in range(101)))
+            b2 = Bird("g2", f"{tag}-cgw-many", many)
+            b1.cli("restart aws_aws_t1")  # past BIRD's error wait after the bad ASN
+            ceased = wait_for(lambda: "Maximum number of prefixes reached" in b2.cli("show protocols all aws"), 45)
+            check(f"[{tag}] 101 prefixes from the CGW: the session ends with Cease (maximum number of prefixes reached)", ceased,
+                  b2.cli("show protocols all aws")[-800:] + b1.cli("show protocols all aws_aws_t1")[-600:])
     finally:
         for b in (b1, b2):
             if b:

@@ -699,6 +699,116 @@ def bgp_case(tag, mode="external"):
         e.stop()
 
 
+CGW_TWO_SESSIONS = """router id 169.254.10.2;
+protocol device { scan time 10; }
+protocol static cgw_networks { ipv4; route 10.99.0.0/24 unreachable; }
+protocol kernel { ipv4 { import none; export where source = RTS_BGP; }; }
+template bgp aws { hold time 30; keepalive time 10; direct;
+  ipv4 { import all; export where proto = "cgw_networks"; next hop self; }; }
+protocol bgp aws1 from aws { local 169.254.10.2 as 65000; neighbor 169.254.10.1 as 64512; }
+protocol bgp aws2 from aws { local 169.254.11.2 as 65000; neighbor 169.254.11.1 as 64512; }
+"""
+
+
+def bgp_two_tunnels_case(tag):
+    """Both tunnels of a dynamic connection (outside 192.0.2.1 and 192.0.2.5) to one
+    strongSwan CGW, each with its BGP session; the CGW announces 10.99.0.0/24 on both
+    equally: espd routes it ECMP over both tunnels (flows spread, `show routes` lists both).
+    The CGW ends tunnel 1 (swanctl --terminate): tunnel 1 goes DOWN, its BGP session and
+    its share of the route go, traffic continues on tunnel 2, the connection's TunnelState
+    is 0.5. Tunnel 1 back (swanctl --initiate): its session is Established again and the
+    route is ECMP again."""
+    p1 = (["AES128"], ["SHA2-256"], [14])
+    p2 = (["AES128-GCM-16"], ["SHA2-256"])
+    text = espd_config(tag, "add", p1, p2, extra='tunnel_inside_cidr = "169.254.10.0/30"\nrouting = "dynamic"\nbgp_advertise = ["10.1.0.0/24"]')
+    text = text.replace('local_ipv4_network_cidr = "10.2.0.0/24"', 'local_ipv4_network_cidr = "0.0.0.0/0"')
+    text = text.replace('remote_ipv4_network_cidr = "10.1.0.0/24"', 'remote_ipv4_network_cidr = "0.0.0.0/0"')
+    text = text.replace('idle_sleep_us = 20\n', f'idle_sleep_us = 20\nstate_directory = "{WORK}/{tag}-state"\n')
+    t2 = text[text.index('[[tunnel]]\nname = "aws-t2"'):]
+    t1 = text[text.index('[[tunnel]]\nname = "aws-t1"'):text.index('[[tunnel]]\nname = "aws-t2"')]
+    t2new = (t1.replace('name = "aws-t1"', 'name = "aws-t2"').replace('outside_ip = "192.0.2.1"', 'outside_ip = "192.0.2.5"')
+             .replace('169.254.10.0/30', '169.254.11.0/30').replace('"lab.tunnel_one"', '"lab.tunnel_two"')
+             .replace(f'{tag}.tunnel.log', f'{tag}-t2.tunnel.log'))
+    text = text.replace(t2, t2new)
+    nsx("g1", "ip addr add 192.0.2.5/24 dev g1o", check=False)
+    e = Espd(tag, text)
+    c = b1 = b2 = None
+    try:
+        check(f"[{tag}] espd up with two dynamic tunnels", "gateway up" in e.text(), e.text()[-800:])
+        sw = export(e.cfg, "start")
+        r = subprocess.run([ESPD, "export-config", e.cfg, "aws-t2", "--peer", "strongswan"], capture_output=True, text=True)
+        sw2 = r.stdout
+        # One swanctl.conf with both connections and both secrets.
+        conns = sw[sw.index("connections {") + len("connections {"):sw.index("secrets {")].rstrip().rstrip("}")
+        conns2 = sw2[sw2.index("connections {") + len("connections {"):sw2.index("secrets {")].rstrip().rstrip("}")
+        secs = sw[sw.index("secrets {") + len("secrets {"):].rstrip().rstrip("}")
+        secs2 = sw2[sw2.index("secrets {") + len("secrets {"):].rstrip().rstrip("}")
+        both = "connections {" + conns + conns2 + "}\nsecrets {" + secs + secs2 + "}\n"
+        # Two 0.0.0.0/0 CHILD_SAs: kernel-libipsec routes everything into ipsec0 (table
+        # 220) and excludes only the first peer it meets; the other AWS address needs the
+        # same exclusion, or that tunnel's IKE and ESP go into the first tunnel.
+        nsx("g2", "ip route add throw 192.0.2.5 table 220", check=False)
+        nsx("g2", "ip route add throw 192.0.2.1 table 220", check=False)
+        c = Charon(tag, both)
+        check(f"[{tag}] strongSwan loaded both tunnels", c.load.returncode == 0, c.load.stdout + c.load.stderr + both)
+        up = wait_for(lambda: e.text().count("CHILD_SA established") >= 2, 20)
+        check(f"[{tag}] both tunnels established", up, e.text()[-1500:] + c.log()[-1500:])
+        if not up:
+            return
+        nsx("g2", "ip addr add 169.254.10.2/30 dev ipsec0", check=False)
+        nsx("g2", "ip addr add 169.254.11.2/30 dev ipsec0", check=False)
+        nsx("g2", "ip addr add 10.99.0.1/32 dev lo", check=False)
+        b1 = Bird.attach("g1", f"{WORK}/{tag}-state/bird/bird.ctl")
+        b2 = Bird("g2", f"{tag}-cgw", CGW_TWO_SESSIONS)
+        est = wait_for(lambda: b1.established("aws_aws_t1") and b1.established("aws_aws_t2"), 45)
+        check(f"[{tag}] two BGP sessions Established (one per tunnel)", est,
+              b1.cli("show protocols all aws_aws_t2") + b2.cli("show protocols all aws2")
+              + nsx("g1", "ip addr show espd2", check=False).stdout + nsx("g2", "ip route get 169.254.11.1", check=False).stdout
+              + json.dumps(e.show("counters").get("worker", {}))[:600] + json.dumps(e.show("sas"))[:1500])
+
+        def route():
+            return {r["prefix"]: r for r in e.show("routes").get("routes", [])}.get("10.99.0.0/24") or {}
+        ecmp = wait_for(lambda: route().get("tunnels") == ["aws-t1", "aws-t2"], 10)
+        check(f"[{tag}] 10.99.0.0/24 is ECMP over both tunnels ({route()})", ecmp and route().get("ecmp") is True, json.dumps(route()))
+        def outs():
+            return {t["name"]: t.get("packets_out", 0) for t in e.show("tunnels").get("tunnels", [])}
+        before = outs()
+        nsx("hA", "python3 -c \"import socket\nfor p in range(2000, 2064):\n s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('', p)); s.sendto(b'x'*64, ('10.99.0.1', 9))\"", check=False)
+        time.sleep(1)
+        after = outs()
+        d1, d2 = after["aws-t1"] - before["aws-t1"], after["aws-t2"] - before["aws-t2"]
+        check(f"[{tag}] 64 flows spread over both tunnels ({d1} / {d2})", d1 >= 10 and d2 >= 10 and d1 + d2 >= 64, json.dumps(after))
+        got, out = 0, ""
+        r = nsx("hA", "ping -n -c 3 -i 0.2 -W 2 10.99.0.1", check=False)
+        got = next((int(l.split(",")[1].split()[0]) for l in r.stdout.splitlines() if "received" in l), 0)
+        check(f"[{tag}] hA reaches 10.99.0.1 over the ECMP route ({got}/3)", got == 3, r.stdout[-300:])
+        # Tunnel 1 ends.
+        subprocess.run(["swanctl", "--terminate", "--ike", "aws-t1", "--uri", c.uri], capture_output=True, text=True)
+        gone = wait_for(lambda: route().get("tunnels") == ["aws-t2"], 40)
+        r = nsx("hA", "ping -n -c 3 -i 0.2 -W 2 10.99.0.1", check=False)
+        got = next((int(l.split(",")[1].split()[0]) for l in r.stdout.splitlines() if "received" in l), 0)
+        m = e.metrics()
+        check(f"[{tag}] tunnel 1 ended by the CGW: the route is on tunnel 2 only, traffic continues ({got}/3), the connection's TunnelState 0.5",
+              gone and got == 3 and 'vpn_connection_tunnel_state{vpn_id="vpn-sw"} 0.5' in m,
+              json.dumps(route()) + r.stdout[-300:] + "\n".join(l for l in m.splitlines() if "tunnel_state" in l or "bgp" in l))
+        # Tunnel 1 back.
+        subprocess.run(["swanctl", "--initiate", "--child", "aws-t1-net", "--uri", c.uri], capture_output=True, text=True, timeout=30)
+        back = wait_for(lambda: route().get("tunnels") == ["aws-t1", "aws-t2"], 60)
+        check(f"[{tag}] tunnel 1 back: its session is Established again and the route is ECMP again", back,
+              json.dumps(route()) + b1.cli("show protocols") + e.text()[-800:])
+    finally:
+        for b in (b1, b2):
+            if b:
+                b.stop()
+        for a in ("169.254.10.2/30 dev ipsec0", "169.254.11.2/30 dev ipsec0", "10.99.0.1/32 dev lo"):
+            nsx("g2", f"ip addr del {a}", check=False)
+        if c:
+            c.stop()
+        e.stop()
+        nsx("g1", "ip addr del 192.0.2.5/24 dev g1o", check=False)
+        nsx("g2", "ip route flush table 220", check=False)
+
+
 def failure_case(tag, p1, p2, sw_patch, want):
     e = Espd(tag, espd_config(tag, "add", p1, p2))
     c = None
@@ -739,6 +849,7 @@ def main():
         tunnel_interface_case("tunnel-interface")
         bgp_case("bgp")
         bgp_case("bgp-supervised", "supervised")
+        bgp_two_tunnels_case("bgp-two-tunnels")
         failure_case("psk", (["AES128"], ["SHA2-256"], [14]), (["AES128-GCM-16"], ["SHA2-256"]),
                      [('secret = "lab.tunnel_one"', 'secret = "lab.wrong_key"')],
                      "AWS tunnel detected a pre-shared key mismatch with cgw: 192.0.2.2")

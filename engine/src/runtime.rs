@@ -751,34 +751,23 @@ impl<I: PacketIo, O: PacketIo> Worker<I, O> {
 
     /// Recomputes which tunnel each route uses now (control path, between bursts).
     fn resolve_routes(&mut self) {
+        // Where tunnel `t` is encrypted now, if it is UP and has an outbound SA somewhere.
+        let target = |t: &u32| {
+            if self.down.contains(t) {
+                return None;
+            }
+            self.tunnel_out
+                .get(t)
+                .copied()
+                .filter(|s| self.outs[*s].is_some())
+                .map(Target::Local)
+                .or_else(|| self.remote_out.get(t).map(|w| Target::Remote(*w)))
+        };
         for r in self.routes.iter_mut().flatten() {
             if r.ecmp {
-                r.actives = r
-                    .tunnels
-                    .iter()
-                    .filter(|t| !self.down.contains(t))
-                    .filter_map(|t| {
-                        self.tunnel_out
-                            .get(t)
-                            .copied()
-                            .filter(|s| self.outs[*s].is_some())
-                            .map(Target::Local)
-                            .or_else(|| self.remote_out.get(t).map(|w| Target::Remote(*w)))
-                    })
-                    .collect();
+                r.actives = r.tunnels.iter().filter_map(target).collect();
             }
-            r.active = r
-                .tunnels
-                .iter()
-                .filter(|t| !self.down.contains(t))
-                .find_map(|t| {
-                    self.tunnel_out
-                        .get(t)
-                        .copied()
-                        .filter(|s| self.outs[*s].is_some())
-                        .map(Target::Local)
-                        .or_else(|| self.remote_out.get(t).map(|w| Target::Remote(*w)))
-                });
+            r.active = r.tunnels.iter().find_map(target);
         }
     }
 

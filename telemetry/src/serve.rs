@@ -14,7 +14,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// The bounds of one kind of client.
@@ -119,7 +119,10 @@ pub fn read_request(
 }
 
 /// A client still sending its request: when it started, and how to cut it off.
-type Reading = (u64, Instant, Box<dyn Fn() + Send>);
+/// A client still sending its request: id, since when, how to cut it off, and whether it
+/// still counts as live (cleared by whoever stops counting it first: its eviction or its
+/// thread's end, so an evicted client frees its place at once, not when its thread ends).
+type Reading = (u64, Instant, Box<dyn Fn() + Send>, Arc<AtomicBool>);
 
 /// Admits clients, each on its own thread, within a cap (see the module contract).
 #[derive(Default)]
@@ -159,17 +162,21 @@ impl Gate {
             return;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let counted = Arc::new(AtomicBool::new(true));
         {
             let mut r = self.reading.lock().unwrap_or_else(|e| e.into_inner());
             if live >= max && !r.is_empty() {
                 // The client that has been sending its request the longest goes.
                 let oldest = (0..r.len()).min_by_key(|&i| r[i].1).unwrap_or(0);
-                let (_, _, cut) = r.swap_remove(oldest);
+                let (_, _, cut, its) = r.swap_remove(oldest);
                 cut();
+                if its.swap(false, Ordering::AcqRel) {
+                    self.live.fetch_sub(1, Ordering::AcqRel);
+                }
                 self.evicted.fetch_add(1, Ordering::Relaxed);
             }
             if let Some(cut) = c.cutter() {
-                r.push((id, Instant::now(), cut));
+                r.push((id, Instant::now(), cut, counted.clone()));
             }
         }
         let me = self.clone();
@@ -187,7 +194,9 @@ impl Gate {
                         me.bad_requests.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                me.live.fetch_sub(1, Ordering::AcqRel);
+                if counted.swap(false, Ordering::AcqRel) {
+                    me.live.fetch_sub(1, Ordering::AcqRel);
+                }
             });
         if spawned.is_err() {
             self.reading

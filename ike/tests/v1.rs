@@ -341,11 +341,24 @@ fn phase2_and_phase1_rekeys_over_days() {
         v1cfg("192.0.2.2", "192.0.2.1"),
     );
     let mut cur = a0.spi_in;
-    let mut t = 0.0;
-    for day in 0..3 {
-        for _ in 0..8 {
-            // Phase 2 rekey by A, then by B, each hour.
-            t += 3000.0;
+    // When the next rekey of each phase is due: the AWS formula (lifetime - margin -
+    // uniform(0, margin * fuzz)) at the default lifetimes, margin 270 s, fuzz 100 %.
+    let draw = |p: &mut Pair, life: u32, from: f64| {
+        let mut b = [0u8; 8];
+        (p.ra)(&mut b);
+        let u = (u64::from_be_bytes(b) >> 11) as f64 / (1u64 << 53) as f64;
+        let wait = ike::rekey::rekey_at(life, 270, 100, u);
+        let (lo, hi) = ike::rekey::window(life, 270, 100);
+        assert!((lo..=hi).contains(&wait), "{wait} outside {lo}..{hi}");
+        from + wait
+    };
+    let mut ike_due = draw(&mut p, 28800, 0.0);
+    let mut child_due = draw(&mut p, 3600, 0.0);
+    let mut t;
+    // About three days: nine phase 1 rekeys, the phase 2 rekeys in between.
+    for day in 0..9 {
+        while child_due < ike_due {
+            t = child_due;
             p.run_until(t);
             let out = p.a.rekey_child(cur, p.now, &mut *p.ra);
             let to_b = sends(&out);
@@ -371,8 +384,9 @@ fn phase2_and_phase1_rekeys_over_days() {
             assert_eq!(p.b().children(), vec![cb[0].spi_in]);
             assert!(downs(&p.a_out).contains(&cur));
             cur = ca[0].spi_in;
-            t += 15.0;
+            child_due = draw(&mut p, 3600, t);
         }
+        p.run_until(ike_due);
         // Phase 1 rekey by B (a new main mode from the responder's side, adopted by A's
         // ISAKMP SA) and by A.
         let old_ci = p.a.ci;
@@ -423,7 +437,8 @@ fn phase2_and_phase1_rekeys_over_days() {
         let to_b = sends(&out);
         p.pump(to_b, &mut |_| false);
         assert_eq!(p.a.verified, v0 + 1, "R-U-THERE-ACK received");
-        t = p.now + 86400.0 - 8.0 * 3015.0;
+        let now = p.now;
+        ike_due = draw(&mut p, 28800, now);
     }
 }
 

@@ -7,6 +7,9 @@
 //! keepalive 10 s, at most 100 prefixes from the CGW (more ends the session with a Cease,
 //! "maximum number of prefixes reached", RFC 4486 subcode 1), MED 100 on what AWS
 //! announces, routes whose AS path holds the Amazon ASN denied, graceful restart 120 s.
+//! After an error (a hold timer that expired while its tunnel was down) BIRD tries again
+//! after 5 to 30 s, not its default 60 to 300 s: a tunnel that comes back soon carries
+//! routes again.
 //!
 //! Routes BIRD learns go to kernel table [`ROUTE_TABLE`] (where espd reads them for the
 //! data plane) with ECMP over both tunnels when both announce a prefix equally (`merge
@@ -82,6 +85,7 @@ pub fn gateway_conf(cfg: &Config) -> Option<String> {
             "protocol bgp {name} {{\n  description \"tunnel {tn} (connection {conn}), interface espd{index}\";\n  \
              local {aws} as {asn};\n  neighbor {cgw} as {cgw_asn};\n  interface \"espd{index}\";\n  direct;\n  \
              hold time {HOLD_S};\n  keepalive time {KEEPALIVE_S};\n  connect retry time 5;\n  \
+             error wait time 5, 30;\n  \
              graceful restart on;\n  graceful restart time 120;{md5}\n  ipv4 {{\n    \
              receive limit {PREFIX_LIMIT} action disable;\n    \
              import filter {{ if bgp_path ~ [= * {asn} * =] then reject; accept; }};\n    \
@@ -166,6 +170,7 @@ mod tests {
             "interface \"espd2\";",
             "hold time 30;",
             "keepalive time 10;",
+            "error wait time 5, 30;",
             "receive limit 100 action disable;",
             "if bgp_path ~ [= * 64512 * =] then reject;",
             "bgp_med = 100;",

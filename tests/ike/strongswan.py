@@ -793,7 +793,8 @@ def bgp_two_tunnels_case(tag):
               json.dumps(route()) + r.stdout[-300:] + "\n".join(l for l in m.splitlines() if "tunnel_state" in l or "bgp" in l))
         # Tunnel 1 back.
         subprocess.run(["swanctl", "--initiate", "--child", "aws-t1-net", "--uri", c.uri], capture_output=True, text=True, timeout=30)
-        back = wait_for(lambda: route().get("tunnels") == ["aws-t1", "aws-t2"], 60)
+        # (BIRD retries 5 to 30 s after the hold timer's error: error wait time 5, 30)
+        back = wait_for(lambda: route().get("tunnels") == ["aws-t1", "aws-t2"], 90)
         check(f"[{tag}] tunnel 1 back: its session is Established again and the route is ECMP again", back,
               json.dumps(route()) + b1.cli("show protocols") + e.text()[-800:])
     finally:

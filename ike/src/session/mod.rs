@@ -357,7 +357,7 @@ fn id_payload_body(addr: IpAddr) -> Vec<u8> {
     b
 }
 
-fn random_spi64(fill: &mut dyn FnMut(&mut [u8])) -> u64 {
+pub(crate) fn random_spi64(fill: &mut dyn FnMut(&mut [u8])) -> u64 {
     loop {
         let mut b = [0u8; 8];
         fill(&mut b);
@@ -368,7 +368,7 @@ fn random_spi64(fill: &mut dyn FnMut(&mut [u8])) -> u64 {
     }
 }
 
-fn random_spi32(fill: &mut dyn FnMut(&mut [u8])) -> u32 {
+pub(crate) fn random_spi32(fill: &mut dyn FnMut(&mut [u8])) -> u32 {
     loop {
         let mut b = [0u8; 4];
         fill(&mut b);
@@ -379,7 +379,7 @@ fn random_spi32(fill: &mut dyn FnMut(&mut [u8])) -> u32 {
     }
 }
 
-fn nonce(fill: &mut dyn FnMut(&mut [u8])) -> Vec<u8> {
+pub(crate) fn nonce(fill: &mut dyn FnMut(&mut [u8])) -> Vec<u8> {
     let mut n = vec![0u8; 32];
     fill(&mut n);
     n

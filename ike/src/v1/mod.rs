@@ -24,7 +24,9 @@ pub mod wire;
 
 use crate::dh::KeyPair;
 use crate::keys::Prf;
-use crate::session::{Config, Output, Phase, SpiTaken, State};
+use crate::session::{
+    Config, Output, Phase, SpiTaken, State, nonce, random_spi32, random_spi64 as random_u64,
+};
 use attrs::{P1Suite, P2Suite};
 use keys::P1Keys;
 use std::net::IpAddr;
@@ -172,17 +174,6 @@ impl std::fmt::Debug for Isakmp {
     }
 }
 
-fn random_u64(fill: &mut dyn FnMut(&mut [u8])) -> u64 {
-    loop {
-        let mut b = [0u8; 8];
-        fill(&mut b);
-        let v = u64::from_be_bytes(b);
-        if v != 0 {
-            return v;
-        }
-    }
-}
-
 fn random_msg_id(fill: &mut dyn FnMut(&mut [u8])) -> u32 {
     loop {
         let mut b = [0u8; 4];
@@ -192,12 +183,6 @@ fn random_msg_id(fill: &mut dyn FnMut(&mut [u8])) -> u32 {
             return v;
         }
     }
-}
-
-fn nonce(fill: &mut dyn FnMut(&mut [u8])) -> Vec<u8> {
-    let mut n = vec![0u8; 32];
-    fill(&mut n);
-    n
 }
 
 fn digest(raw: &[u8]) -> [u8; 32] {
@@ -294,15 +279,7 @@ impl Isakmp {
     }
 
     fn new_spi(&self, fill: &mut dyn FnMut(&mut [u8])) -> u32 {
-        let draw = |fill: &mut dyn FnMut(&mut [u8])| loop {
-            let mut b = [0u8; 4];
-            fill(&mut b);
-            let v = u32::from_be_bytes(b);
-            if v >= 0x100 {
-                return v;
-            }
-        };
-        let mut v = draw(fill);
+        let mut v = random_spi32(fill);
         for _ in 0..64 {
             let taken = self.children.iter().any(|c| c.0 == v)
                 || self.qms.iter().any(|q| q.spi_in == v)
@@ -310,7 +287,7 @@ impl Isakmp {
             if !taken {
                 break;
             }
-            v = draw(fill);
+            v = random_spi32(fill);
         }
         v
     }

@@ -25,6 +25,11 @@ fn root() -> bool {
 }
 
 fn side(me: &str, peer: &str, startup: &str, action: &str) -> config::Config {
+    side_with(me, peer, startup, action, "")
+}
+
+/// [`side`] with more options for tunnel `t1` (TOML lines).
+fn side_with(me: &str, peer: &str, startup: &str, action: &str, extra: &str) -> config::Config {
     let text = format!(
         r#"
 [[tunnel]]
@@ -38,6 +43,7 @@ dpd_timeout_s = 30
 dpd_timeout_action = "{action}"
 phase1_dh_groups = [19]
 pre_shared_key = "lab.tunnel_one"
+{extra}
 
 [[tunnel]]
 name = "t2"
@@ -199,6 +205,104 @@ fn dpd_clear_none_and_restart() {
         all.matches("Initiating IKE_SA_INIT").count() >= 3,
         "retried while the peer was away: {all}"
     );
+}
+
+/// The shell's own rekeys come from its timers, at the AWS formula's times (lifetime -
+/// margin - uniform(0, margin * fuzz / 100), counted from the SA's establishment): A's
+/// CHILD_SA rekeys each fall in their window after the previous CHILD_SA, and its IKE SA
+/// rekey in its window. B has the longest lifetimes, so its own timers never fire first.
+/// Three hours of fake time in 1 s steps.
+#[test]
+#[ignore = "needs root (UDP port 500); the test command runs it as root"]
+fn rekey_timers_fire_inside_the_aws_window() {
+    assert!(
+        root(),
+        "needs root (UDP port 500): run as root, or without --include-ignored"
+    );
+    let (ia, ib) = ("127.0.66.1", "127.0.66.2");
+    // Windows: CHILD_SA 900 - 120 - [0, 60] = [720, 780] s; IKE SA 3600 - 120 - [0, 60].
+    let short = "phase1_lifetime_s = 3600\nphase2_lifetime_s = 900\nrekey_margin_s = 120\nrekey_fuzz_pct = 50";
+    let long = "phase1_lifetime_s = 28800\nphase2_lifetime_s = 3600\nrekey_margin_s = 60";
+    let (ca, cb) = (
+        side_with(ia, ib, "start", "clear", short),
+        side_with(ib, ia, "add", "clear", long),
+    );
+    let (ta, tb) = (indexed(&ca), indexed(&cb));
+    let backend = engine::crypto::Backend::RustCrypto;
+    let mut a = IkeCtl::new(&ta, backend, None, 0.0).unwrap();
+    let mut b = IkeCtl::new(&tb, backend, None, 0.0).unwrap();
+    let (_wa, ha) = handle();
+    let (_wb, hb) = handle();
+    let mut logs = vec![];
+    let (mut now, end) = (0.0f64, 3.0 * 3600.0);
+    while now < end {
+        for (_, _, l) in a.poll(now, &ha) {
+            logs.push((now, format!("A {l}")));
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+        for (_, _, l) in b.poll(now, &hb) {
+            logs.push((now, format!("B {l}")));
+        }
+        std::thread::sleep(std::time::Duration::from_micros(200));
+        // Ten steps of 0.1 s after a send (retransmits and answers), else 1 s.
+        now += if logs.last().is_some_and(|(t, _)| now - t < 1.0) {
+            0.1
+        } else {
+            1.0
+        };
+    }
+    let all: Vec<String> = logs.iter().map(|(t, l)| format!("{t:.1} {l}")).collect();
+    let all = all.join("\n");
+    let times = |needle: &str| -> Vec<f64> {
+        logs.iter()
+            .filter(|(_, l)| l.contains(needle))
+            .map(|(t, _)| *t)
+            .collect()
+    };
+    let children = times("A CHILD_SA established");
+    let child_req = times("A AWS tunnel is sending request (id=");
+    let ike_rekeyed = times("A IKE SA rekeyed");
+    assert!(children.len() >= 12, "{} CHILD_SAs: {all}", children.len());
+    assert!(
+        !all.contains("B AWS tunnel is sending request"),
+        "B never rekeys: {all}"
+    );
+    // Each CHILD_SA rekey request: 720..780 s after the CHILD_SA it replaces (IKE SA rekeys
+    // carry their own request lines, told apart by the suffix).
+    let mut prev = children[0];
+    let mut k = 0;
+    for (t, l) in &logs {
+        if l.starts_with("A AWS tunnel is sending request (id=")
+            && l.ends_with("for CREATE_CHILD_SA")
+        {
+            let age = t - prev;
+            assert!(
+                (719.0..=781.5).contains(&age),
+                "CHILD_SA rekey {age:.1} s after the SA at {t}: {all}"
+            );
+            k += 1;
+        }
+        if l.starts_with("A CHILD_SA established") {
+            prev = *t;
+        }
+    }
+    assert!(k >= 12 && child_req.len() > k, "{k} CHILD_SA rekeys: {all}");
+    // The IKE SA: established by 1 s, rekeyed 3420..3480 s later, then again after that.
+    assert!(ike_rekeyed.len() >= 2, "{all}");
+    let first = ike_rekeyed[0];
+    assert!(
+        (3419.0..=3482.0).contains(&first),
+        "IKE SA rekeyed at {first}: {all}"
+    );
+    let second = ike_rekeyed[1] - first;
+    assert!(
+        (3419.0..=3482.0).contains(&second),
+        "then {second} s later: {all}"
+    );
+    let st = &a.stats()[0].1;
+    assert_eq!(st.rekeys[1][1], 0, "CHILD_SA rekeys all A's: {all}");
+    assert_eq!(st.rekeys[0], [ike_rekeyed.len() as u64, 0], "{all}");
+    assert_eq!((st.phase1, st.phase2), ("Established", "Established"));
 }
 
 /// What no IKE SA takes is counted by reason (the gateway's `espd_ike_dropped_total`), and a

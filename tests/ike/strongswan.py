@@ -327,6 +327,30 @@ def established(tag, e):
     return ok
 
 
+def rekey_race_ping(e, c, secs, ike=False):
+    """A continuous ping of `secs` seconds through the tunnel while both sides' timers race to
+    rekey the CHILD_SA. The race is random (espd's AWS fuzz against strongSwan's fixed time),
+    so each side also starts one CHILD_SA rekey on command, at a third and at two thirds of
+    the ping: whatever the draws, each side has started at least one (espd's timer windows
+    are checked exactly, with a fake clock, in espd/tests/ike_ctl.rs). With `ike`, espd also
+    rekeys the IKE SA on command at half time. Returns (received, sent, ping's summary line)."""
+    n = int(secs / 0.2)
+    p = netns.popen("hA", f"ping -n -q -c {n} -i 0.2 -W 2 10.2.0.1", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(secs / 3)
+    subprocess.run([ESPD, "rekey", "aws-t1", "--what", "child", "--socket", e.sock], capture_output=True, text=True)
+    if ike:
+        time.sleep(secs / 6)
+        subprocess.run([ESPD, "rekey", "aws-t1", "--what", "ike", "--socket", e.sock], capture_output=True, text=True)
+        time.sleep(secs / 6)
+    else:
+        time.sleep(secs / 3)
+    subprocess.run(["swanctl", "--rekey", "--child", "aws-t1-net", "--uri", c.uri], capture_output=True, text=True, timeout=30)
+    out, _ = p.communicate(timeout=secs + 60)
+    line = next((l for l in out.splitlines() if "received" in l), "")
+    got = int(line.split(",")[1].split()[0]) if line else 0
+    return got, n, line
+
+
 def rekey_case(tag, secs):
     """Short lab lifetimes: both sides rekey CHILD_SAs and the IKE SA several times during a
     continuous ping; no ping may be lost. espd runs two workers here (two queues per
@@ -348,10 +372,7 @@ def rekey_case(tag, secs):
         if not established(tag, e):
             return
         nsx("hA", "ping -c 1 -W 1 10.1.0.1", check=False)
-        n = int(secs / 0.2)
-        r = nsx("hA", f"ping -n -q -c {n} -i 0.2 -W 2 10.2.0.1", check=False)
-        line = next((l for l in r.stdout.splitlines() if "received" in l), "")
-        got = int(line.split(",")[1].split()[0]) if line else 0
+        got, n, line = rekey_race_ping(e, c, secs)
         text = e.text()
         child_rekeys = text.count("for CREATE_CHILD_SA\n") // 2 + text.count("processed request") // 2
         ours = text.count("is sending request (id=")

@@ -153,7 +153,12 @@ mod tests {
 
     #[test]
     fn one_session_per_dynamic_tunnel_with_the_aws_timers_and_limits() {
-        assert!(gateway_conf(&cfg("")).is_none(), "static routing: no BIRD");
+        assert!(
+            gateway_conf(&cfg("routing = \"static\"")).is_none(),
+            "static routing: no BIRD"
+        );
+        // Dynamic is the default (AWS's).
+        assert!(gateway_conf(&cfg("")).is_some());
         let c = cfg(
             "routing = \"dynamic\"\ncustomer_gateway_asn = 65010\nbgp_advertise = [\"10.1.0.0/16\"]\nbgp_md5_password = \"s3cret\"",
         );

@@ -1472,7 +1472,7 @@ fn tunnel(
         &mut cx,
         t,
         "routing",
-        Routing::Static,
+        Routing::Dynamic,
         &[("static", Routing::Static), ("dynamic", Routing::Dynamic)],
     );
     let asn = |cx: &mut Ctx, key: &str, default: i64, check: fn(i64) -> Result<u32, String>| match t
@@ -1539,6 +1539,15 @@ fn tunnel(
         }
         Zeroizing::new(p.to_string())
     });
+    if routing == Routing::Dynamic && tunnel_inside_ip_version == IpVersion::V6 {
+        cx.err(
+            "routing",
+            format!(
+                "\"dynamic\"{} with tunnel_inside_ip_version = \"ipv6\": BGP runs over IPv4 inside addresses only; set routing = \"static\"",
+                if t.contains_key("routing") { "" } else { " (the default)" }
+            ),
+        );
+    }
     if routing == Routing::Static
         && (t.contains_key("bgp_advertise") || t.contains_key("bgp_md5_password"))
     {
@@ -1661,7 +1670,7 @@ impl Config {
             .iter()
             .map(|t| {
                 format!(
-                    "tunnel {:?} connection {:?}: outside {} peer {} inside {} (aws {} cgw {}) ike {:?} p1 {}s p2 {}s margin {}s fuzz {}% replay {} dpd {}s/{:?} startup {:?} nat_t {:?} psk {} static SAs {}{}",
+                    "tunnel {:?} connection {:?}: outside {} peer {} inside {} (aws {} cgw {}) ike {:?} p1 {}s p2 {}s margin {}s fuzz {}% replay {} dpd {}s/{:?} startup {:?} nat_t {:?} psk {} routing {} static SAs {}{}",
                     t.name,
                     t.connection,
                     t.outside_ip,
@@ -1680,6 +1689,23 @@ impl Config {
                     t.startup_action,
                     t.nat_t,
                     if t.psk_generated { "generated" } else { "configured" },
+                    match t.routing {
+                        Routing::Static => "static".to_string(),
+                        Routing::Dynamic => format!(
+                            "dynamic (BGP AS {} to AS {}, advertising {})",
+                            t.amazon_side_asn,
+                            t.customer_gateway_asn,
+                            if t.bgp_advertise.is_empty() {
+                                "nothing".to_string()
+                            } else {
+                                t.bgp_advertise
+                                    .iter()
+                                    .map(|c| c.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            }
+                        ),
+                    },
                     t.sas.len(),
                     if t.lab { " [lab: short lifetimes allowed]" } else { "" }
                 )

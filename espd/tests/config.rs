@@ -562,8 +562,8 @@ fn ikev1_needs_a_cbc_cipher_in_phase_1() {
     assert!(with("").unwrap().warnings().is_empty());
 }
 
-/// BGP connection options (limits-and-behaviour section 9): defaults (static routing until
-/// dynamic is asked for; Amazon ASN 64512, CGW ASN 65000), the Amazon ASN's private ranges
+/// BGP connection options (limits-and-behaviour section 9): defaults (dynamic routing, as
+/// AWS's `StaticRoutesOnly` = false; Amazon ASN 64512, CGW ASN 65000), the Amazon ASN's private ranges
 /// and legacy ASNs, the CGW's range and reserved values, the two ASNs differing, bgp_* only
 /// with dynamic routing, and the same values on both tunnels of a connection.
 #[test]
@@ -576,8 +576,12 @@ fn bgp_connection_options() {
     };
     let c = with("").unwrap();
     let t = &c.tunnels[0];
-    assert_eq!(t.routing, config::Routing::Static);
+    assert_eq!(t.routing, config::Routing::Dynamic);
     assert_eq!((t.amazon_side_asn, t.customer_gateway_asn), (64512, 65000));
+    assert_eq!(
+        both("routing = \"static\"").unwrap().tunnels[0].routing,
+        config::Routing::Static
+    );
     let c = both(
         "routing = \"dynamic\"\namazon_side_asn = 4200000001\ncustomer_gateway_asn = 65010\nbgp_advertise = [\"10.1.0.0/16\", \"10.3.0.0/24\"]",
     )
@@ -621,11 +625,15 @@ fn bgp_connection_options() {
         ),
         ("routing = \"bgp\"", "routing"),
         (
+            "tunnel_inside_ip_version = \"ipv6\"",
+            "routing: \"dynamic\" (the default) with tunnel_inside_ip_version = \"ipv6\": BGP runs over IPv4 inside addresses only; set routing = \"static\"",
+        ),
+        (
             "routing = \"dynamic\"\nbgp_advertise = [\"10.0.0.0/33\"]",
             "bgp_advertise",
         ),
         (
-            "bgp_advertise = [\"10.0.0.0/8\"]",
+            "routing = \"static\"\nbgp_advertise = [\"10.0.0.0/8\"]",
             "routing: \"static\" with bgp_* options",
         ),
     ] {
@@ -633,7 +641,7 @@ fn bgp_connection_options() {
         assert!(e.contains(want), "{lines}: {e}");
     }
     // A connection option set on one tunnel only.
-    let e = with("routing = \"dynamic\"").expect_err("one tunnel");
+    let e = with("routing = \"static\"").expect_err("one tunnel");
     assert!(
         e.contains("connection \"c\": routing: tunnels \"t1\" and \"t2\" differ"),
         "{e}"

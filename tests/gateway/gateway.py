@@ -88,6 +88,7 @@ connection = "vpn-gw{side}"
 outside_ip = "{me}"
 peer_ip = "{peer}"
 pre_shared_key = "lab.tunnel_{i}"
+routing = "static"
 """
         if v6:
             tunnels += f'tunnel_inside_ip_version = "ipv6"\nlocal_ipv6_network_cidr = "{theirs6}"\nremote_ipv6_network_cidr = "{mine6}"\n'
@@ -789,6 +790,7 @@ startup_action = "{startup}"
 local_ipv4_network_cidr = "{theirs}"
 remote_ipv4_network_cidr = "{mine}"
 pre_shared_key = "lab.tunnel_one"
+routing = "static"
 """
 
 # The connection's second tunnel: on gateway 1 its peer is the hostile responder.
@@ -801,6 +803,7 @@ ike_versions = ["ikev2"]
 local_ipv4_network_cidr = "{theirs}"
 remote_ipv4_network_cidr = "{mine}"
 pre_shared_key = "lab.tunnel_two"
+routing = "static"
 """
 
 HOSTILE_TUNNEL = """
@@ -815,6 +818,7 @@ phase1_dh_groups = [14]
 local_ipv4_network_cidr = "10.2.0.0/24"
 remote_ipv4_network_cidr = "10.1.0.0/24"
 pre_shared_key = "lab.tunnel_two"
+routing = "static"
 """
 
 

@@ -44,7 +44,7 @@ def metrics_port(tag):
     return 9400 + zlib.crc32(tag.encode()) % 500
 
 
-def espd_config(tag, startup, p1, p2, psk="lab.tunnel_one", extra="", lab=False, cores=(0,)):
+def espd_config(tag, startup, p1, p2, psk="lab.tunnel_one", extra="", lab=False, cores=(0,), routing="static"):
     enc1, int1, dh1 = p1
     enc2, int2 = p2
     q = lambda xs: "[" + ", ".join(f'"{x}"' if isinstance(x, str) else str(x) for x in xs) + "]"
@@ -72,6 +72,7 @@ phase2_integrity = {q(int2)}
 local_ipv4_network_cidr = "10.2.0.0/24"
 remote_ipv4_network_cidr = "10.1.0.0/24"
 pre_shared_key = "{psk}"
+routing = "{routing}"
 log_enabled = true
 log_destination = "{WORK}/{tag}.tunnel.log"
 log_output_format = "text"
@@ -83,6 +84,7 @@ connection = "vpn-sw"
 outside_ip = "192.0.2.1"
 ike_versions = ["ikev2"]
 pre_shared_key = "lab.tunnel_two"
+routing = "{routing}"
 """
 
 
@@ -618,10 +620,10 @@ def bgp_case(tag, mode="external"):
     killed, stops it on exit, and reports the session in `show tunnels` and the tunnel log."""
     p1 = (["AES128"], ["SHA2-256"], [14])
     p2 = (["AES128-GCM-16"], ["SHA2-256"])
-    text = espd_config(tag, "add", p1, p2, extra='tunnel_inside_cidr = "169.254.10.0/30"\nrouting = "dynamic"\nbgp_advertise = ["10.1.0.0/24"]')
+    text = espd_config(tag, "add", p1, p2, extra='tunnel_inside_cidr = "169.254.10.0/30"\nbgp_advertise = ["10.1.0.0/24"]', routing="dynamic")
     text = text.replace('local_ipv4_network_cidr = "10.2.0.0/24"', 'local_ipv4_network_cidr = "0.0.0.0/0"')
     text = text.replace('remote_ipv4_network_cidr = "10.1.0.0/24"', 'remote_ipv4_network_cidr = "0.0.0.0/0"')
-    text = text.replace('pre_shared_key = "lab.tunnel_two"', 'pre_shared_key = "lab.tunnel_two"\nrouting = "dynamic"\nbgp_advertise = ["10.1.0.0/24"]')
+    text = text.replace('pre_shared_key = "lab.tunnel_two"', 'pre_shared_key = "lab.tunnel_two"\nbgp_advertise = ["10.1.0.0/24"]')
     gw = f'idle_sleep_us = 20\nstate_directory = "{WORK}/{tag}-state"\n'
     if mode == "external":
         gw += f'bird = "external"\nbird_control_socket = "{WORK}/bird-{tag}-aws.ctl"\n'
@@ -741,7 +743,7 @@ def bgp_two_tunnels_case(tag):
     route is ECMP again."""
     p1 = (["AES128"], ["SHA2-256"], [14])
     p2 = (["AES128-GCM-16"], ["SHA2-256"])
-    text = espd_config(tag, "add", p1, p2, extra='tunnel_inside_cidr = "169.254.10.0/30"\nrouting = "dynamic"\nbgp_advertise = ["10.1.0.0/24"]')
+    text = espd_config(tag, "add", p1, p2, extra='tunnel_inside_cidr = "169.254.10.0/30"\nbgp_advertise = ["10.1.0.0/24"]', routing="dynamic")
     text = text.replace('local_ipv4_network_cidr = "10.2.0.0/24"', 'local_ipv4_network_cidr = "0.0.0.0/0"')
     text = text.replace('remote_ipv4_network_cidr = "10.1.0.0/24"', 'remote_ipv4_network_cidr = "0.0.0.0/0"')
     text = text.replace('idle_sleep_us = 20\n', f'idle_sleep_us = 20\nstate_directory = "{WORK}/{tag}-state"\n')

@@ -230,6 +230,9 @@ struct Shared {
     control_clients: Arc<telemetry::serve::Gate>,
     /// The dynamic (BGP) routes in the data plane.
     routes: crate::tunif::RouteList,
+    /// The paths BIRD learned over each dynamic tunnel's session (tunnel index, path):
+    /// AS path and learned-at for `espd show routes`, refreshed every 2 s.
+    bgp_paths: Mutex<Vec<(u32, crate::bgpd::BgpPath)>>,
 }
 
 fn now_ms() -> u64 {
@@ -955,6 +958,7 @@ pub fn run(path: &Path, opts: RunOpts) -> Result<(), Error> {
         metrics_clients: Arc::default(),
         control_clients: Arc::default(),
         routes,
+        bgp_paths: Mutex::new(vec![]),
     });
     let mut logs = Logs::open(&cfg);
     for m in shared
@@ -1328,6 +1332,21 @@ fn bgp_states(ctl: &Path, cfg: &Config, sh: &Shared, logs: &mut Logs) {
         return;
     };
     let mut metas = sh.tunnels.lock().unwrap_or_else(|e| e.into_inner());
+    if let Ok(paths) = crate::bgpd::routes(ctl) {
+        // Each path by the tunnel whose session learned it.
+        let by_tunnel = paths
+            .into_iter()
+            .filter_map(|p| {
+                let t = cfg
+                    .tunnels
+                    .iter()
+                    .find(|t| crate::bird::protocol_name(t) == p.protocol)?;
+                let m = metas.iter().find(|m| m.name == t.name)?;
+                Some((m.index, p))
+            })
+            .collect();
+        *sh.bgp_paths.lock().unwrap_or_else(|e| e.into_inner()) = by_tunnel;
+    }
     for m in metas.iter_mut() {
         let Some(t) = cfg.tunnels.iter().find(|t| t.name == m.name) else {
             continue;
@@ -1900,42 +1919,57 @@ fn show(sh: &Shared, what: &str, json: bool) -> String {
             o
         }
         "routes" => {
-            let rs = sh.routes.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            let metas = sh.tunnels.lock().unwrap_or_else(|e| e.into_inner());
-            let name = |i: &u32| {
-                metas
-                    .iter()
-                    .find(|m| m.index == *i)
-                    .map_or(i.to_string(), |m| m.name.clone())
-            };
-            let rows: Vec<serde_json::Value> = rs
-                .iter()
-                .map(|(p, ts)| {
-                    serde_json::json!({
-                        "prefix": p,
-                        "tunnels": ts.iter().map(name).collect::<Vec<_>>(),
-                        "ecmp": ts.len() > 1,
-                        "source": "bgp",
-                    })
-                })
-                .collect();
+            let rows = route_rows(sh);
             if json {
                 return serde_json::to_string_pretty(&serde_json::json!({ "routes": rows }))
                     .unwrap_or_default()
                     + "\n";
             }
             let mut o = String::new();
-            for (p, ts) in &rs {
-                let names: Vec<String> = ts.iter().map(name).collect();
-                let _ = writeln!(
-                    o,
-                    "{p:<18} via {}{}",
-                    names.join(", "),
-                    if ts.len() > 1 { " (ECMP)" } else { "" }
+            for r in &rows {
+                let names = |k: &str| -> Vec<String> {
+                    r[k].as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|v| v.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                let tunnels = names("tunnels");
+                let mut line = format!(
+                    "{:<18} via {}",
+                    r["prefix"].as_str().unwrap_or(""),
+                    if tunnels.is_empty() {
+                        "no tunnel up".to_string()
+                    } else {
+                        tunnels.join(", ")
+                    }
                 );
+                if r["ecmp"] == true {
+                    line.push_str(" (ECMP)");
+                }
+                let _ = write!(line, "  {}", r["source"].as_str().unwrap_or(""));
+                for m in r["members"].as_array().into_iter().flatten() {
+                    let _ = write!(
+                        line,
+                        "  [{}: AS path {}, learned {}]",
+                        m["tunnel"].as_str().unwrap_or(""),
+                        m["as_path"]
+                            .as_str()
+                            .filter(|p| !p.is_empty())
+                            .unwrap_or("-"),
+                        m["learned_at"].as_str().unwrap_or("-"),
+                    );
+                }
+                let standby = names("standby");
+                if !standby.is_empty() {
+                    let _ = write!(line, "  (standby {})", standby.join(", "));
+                }
+                let _ = writeln!(o, "{line}");
             }
             if o.is_empty() {
-                o.push_str("no dynamic routes\n");
+                o.push_str("no routes\n");
             }
             o
         }
@@ -1943,6 +1977,83 @@ fn show(sh: &Shared, what: &str, json: bool) -> String {
             format!("unknown request {what:?}; allowed: show tunnels|sas|counters|routes [json]\n")
         }
     }
+}
+
+/// The routes of `espd show routes`: what BGP put in the data plane (prefix, tunnels, ECMP,
+/// and per tunnel the AS path and learned-at BIRD reports), then each static connection's
+/// CIDR routes (the tunnel that carries them: the first with SAs; the others standby).
+fn route_rows(sh: &Shared) -> Vec<serde_json::Value> {
+    use serde_json::json;
+    let snaps = snapshots(sh);
+    let rs = sh.routes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let paths = sh
+        .bgp_paths
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let metas = sh.tunnels.lock().unwrap_or_else(|e| e.into_inner());
+    let name = |i: &u32| {
+        metas
+            .iter()
+            .find(|m| m.index == *i)
+            .map_or(i.to_string(), |m| m.name.clone())
+    };
+    let mut rows: Vec<serde_json::Value> = rs
+        .iter()
+        .map(|(p, ts)| {
+            let members: Vec<_> = ts
+                .iter()
+                .map(|i| {
+                    let path = paths
+                        .iter()
+                        .find(|(t, x)| t == i && x.prefix == *p)
+                        .map(|(_, x)| x);
+                    json!({
+                        "tunnel": name(i),
+                        "as_path": path.map(|x| x.as_path.clone()),
+                        "learned_at": path.map(|x| x.since.clone()),
+                        "best": path.map(|x| x.best),
+                    })
+                })
+                .collect();
+            json!({
+                "prefix": p,
+                "tunnels": ts.iter().map(name).collect::<Vec<_>>(),
+                "ecmp": ts.len() > 1,
+                "source": "bgp",
+                "members": members,
+            })
+        })
+        .collect();
+    let mut conns: Vec<&str> = vec![];
+    for m in metas.iter() {
+        if !conns.contains(&m.connection.as_str()) {
+            conns.push(&m.connection);
+        }
+    }
+    for c in conns {
+        let ts: Vec<&TunnelMeta> = metas.iter().filter(|m| m.connection == c).collect();
+        if ts.iter().any(|m| m.bgp.is_some()) {
+            continue;
+        }
+        let up = |m: &TunnelMeta| snaps.iter().any(|s| s.name == m.name && s.up);
+        let active = ts.iter().find(|m| up(m));
+        for sel in &ts[0].selectors {
+            rows.push(json!({
+                "prefix": format!("{}/{}", sel.addr, sel.prefix),
+                "connection": c,
+                "tunnels": active.map(|m| vec![m.name.clone()]).unwrap_or_default(),
+                "standby": ts
+                    .iter()
+                    .filter(|m| Some(m.index) != active.map(|a| a.index))
+                    .map(|m| m.name.clone())
+                    .collect::<Vec<_>>(),
+                "ecmp": false,
+                "source": "static",
+            }));
+        }
+    }
+    rows
 }
 
 /// Queues a rekey of an IKE-negotiated tunnel for the IKE shell (run by the main loop).

@@ -194,6 +194,20 @@ def export(cfg_path, start_action):
     return r.stdout.replace("start_action = start", f"start_action = {start_action}")
 
 
+def export_many(cfg_path, tunnels):
+    """One swanctl.conf for strongSwan as the CGW of several tunnels: each tunnel's
+    `export-config --peer strongswan`, connections and secrets merged."""
+    conns, secrets = "", ""
+    for t in tunnels:
+        r = subprocess.run([ESPD, "export-config", cfg_path, t, "--peer", "strongswan"], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(r.stderr)
+        sw = r.stdout
+        conns += sw[sw.index("connections {") + len("connections {"):sw.index("secrets {")].rstrip().rstrip("}")
+        secrets += sw[sw.index("secrets {") + len("secrets {"):].rstrip().rstrip("}")
+    return "connections {" + conns + "}\nsecrets {" + secrets + "}\n"
+
+
 def wait_for(pred, secs):
     end = time.time() + secs
     while time.time() < end:
@@ -663,10 +677,16 @@ def bgp_case(tag, mode="external"):
         got = next((int(l.split(",")[1].split()[0]) for l in r.stdout.splitlines() if "received" in l), 0)
         check(f"[{tag}] the learned prefix becomes a data-plane route: hA pings 10.99.0.1 behind the CGW ({got}/5)",
               routed and got == 5, r.stdout[-300:] + e.text()[-1000:])
-        rs = e.show("routes").get("routes", [])
-        check(f"[{tag}] espd show routes lists 10.99.0.0/24 on aws-t1 from BGP",
-              any(r.get("prefix") == "10.99.0.0/24" and r.get("tunnels") == ["aws-t1"] and r.get("source") == "bgp" for r in rs),
-              json.dumps(rs))
+        def listed():
+            rs = e.show("routes").get("routes", [])
+            return any(r.get("prefix") == "10.99.0.0/24" and r.get("tunnels") == ["aws-t1"] and r.get("source") == "bgp"
+                       and [m.get("as_path") for m in r.get("members", [])] == ["65000"]
+                       and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", r["members"][0].get("learned_at") or "") for r in rs)
+        ok = wait_for(listed, 5)
+        text_out = subprocess.run([ESPD, "show", "routes", "--socket", e.sock], capture_output=True, text=True).stdout
+        check(f"[{tag}] espd show routes lists 10.99.0.0/24 on aws-t1 from BGP with its AS path (65000) and learned-at time",
+              ok and "10.99.0.0/24" in text_out and "AS path 65000" in text_out,
+              json.dumps(e.show("routes")) + text_out)
         if mode == "supervised":
             t = e.show("tunnels").get("tunnels", [{}])[0]
             check(f"[{tag}] show tunnels: bgp Established with 169.254.10.2, the tunnel UP",
@@ -699,14 +719,26 @@ def bgp_case(tag, mode="external"):
                   e.text()[-1000:] + b1.cli("show protocols all aws_aws_t1")[-600:])
             t = e.show("tunnels").get("tunnels", [{}])[0]
             check(f"[{tag}] the tunnel reads DOWN while BGP is not Established (TunnelState)", t.get("state") == "DOWN", json.dumps(t)[:600])
-            # Over the prefix limit: 101 prefixes end the session with Cease 6/1.
+            # Over the prefix limit: 101 prefixes end the session with Cease 6/1. The capture
+            # on espd1 shows the NOTIFICATION espd's BIRD sends (the CGW may not get to read
+            # it: its socket can be reset while it still sends UPDATEs).
             b2.stop()
+            cap = os.path.join(WORK, f"{tag}-bgp.pcap")
+            dump = popen("g1", f"tcpdump -q -n -U -i espd1 -w {cap} tcp port 179",
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
             many = cgw.replace("route 10.99.0.0/24 unreachable;", "\n".join(f"route 10.200.{i}.0/24 unreachable;" for i in range(101)))
             b2 = Bird("g2", f"{tag}-cgw-many", many)
             b1.cli("restart aws_aws_t1")  # past BIRD's error wait after the bad ASN
-            ceased = wait_for(lambda: "Maximum number of prefixes reached" in b2.cli("show protocols all aws"), 45)
-            check(f"[{tag}] 101 prefixes from the CGW: the session ends with Cease (maximum number of prefixes reached)", ceased,
-                  b2.cli("show protocols all aws")[-800:] + b1.cli("show protocols all aws_aws_t1")[-600:])
+            ceased = wait_for(lambda: "Route limit exceeded" in b1.cli("show protocols aws_aws_t1"), 45)
+            time.sleep(0.5)
+            dump.send_signal(2)
+            dump.wait(timeout=5)
+            r = subprocess.run(["tshark", "-r", cap, "-Y", "bgp.notify.major_error == 6 && bgp.notify.minor_error_cease == 1",
+                                "-T", "fields", "-e", "ip.src"], capture_output=True, text=True)
+            check(f"[{tag}] 101 prefixes from the CGW: espd's BIRD ends the session (route limit) with a Cease 6/1 NOTIFICATION (captured on espd1: {r.stdout.split()})",
+                  ceased and "169.254.10.1" in r.stdout.split() and not b2.established("aws"),
+                  r.stderr + b2.cli("show protocols all aws")[-800:] + b1.cli("show protocols all aws_aws_t1")[-600:])
     finally:
         for b in (b1, b2):
             if b:
@@ -740,7 +772,9 @@ def bgp_two_tunnels_case(tag):
     The CGW ends tunnel 1 (swanctl --terminate): tunnel 1 goes DOWN, its BGP session and
     its share of the route go, traffic continues on tunnel 2, the connection's TunnelState
     is 0.5. Tunnel 1 back (swanctl --initiate): its session is Established again and the
-    route is ECMP again."""
+    route is ECMP again. Tunnel 1's ESP blocked (its IKE SA up): the hold timer ends its
+    session and the route follows; unblocked: ECMP again. The CGW prepends its AS on tunnel
+    2: the route is on tunnel 1 only; prepend removed: ECMP again."""
     p1 = (["AES128"], ["SHA2-256"], [14])
     p2 = (["AES128-GCM-16"], ["SHA2-256"])
     text = espd_config(tag, "add", p1, p2, extra='tunnel_inside_cidr = "169.254.10.0/30"\nbgp_advertise = ["10.1.0.0/24"]', routing="dynamic")
@@ -758,15 +792,7 @@ def bgp_two_tunnels_case(tag):
     c = b1 = b2 = None
     try:
         check(f"[{tag}] espd up with two dynamic tunnels", "gateway up" in e.text(), e.text()[-800:])
-        sw = export(e.cfg, "start")
-        r = subprocess.run([ESPD, "export-config", e.cfg, "aws-t2", "--peer", "strongswan"], capture_output=True, text=True)
-        sw2 = r.stdout
-        # One swanctl.conf with both connections and both secrets.
-        conns = sw[sw.index("connections {") + len("connections {"):sw.index("secrets {")].rstrip().rstrip("}")
-        conns2 = sw2[sw2.index("connections {") + len("connections {"):sw2.index("secrets {")].rstrip().rstrip("}")
-        secs = sw[sw.index("secrets {") + len("secrets {"):].rstrip().rstrip("}")
-        secs2 = sw2[sw2.index("secrets {") + len("secrets {"):].rstrip().rstrip("}")
-        both = "connections {" + conns + conns2 + "}\nsecrets {" + secs + secs2 + "}\n"
+        both = export_many(e.cfg, ["aws-t1", "aws-t2"])
         # Two 0.0.0.0/0 CHILD_SAs: kernel-libipsec routes everything into ipsec0 (table
         # 220) and excludes only the first peer it meets; the other AWS address needs the
         # same exclusion, or that tunnel's IKE and ESP go into the first tunnel.
@@ -791,8 +817,9 @@ def bgp_two_tunnels_case(tag):
 
         def route():
             return {r["prefix"]: r for r in e.show("routes").get("routes", [])}.get("10.99.0.0/24") or {}
-        ecmp = wait_for(lambda: route().get("tunnels") == ["aws-t1", "aws-t2"], 10)
-        check(f"[{tag}] 10.99.0.0/24 is ECMP over both tunnels ({route()})", ecmp and route().get("ecmp") is True, json.dumps(route()))
+        ecmp = wait_for(lambda: route().get("tunnels") == ["aws-t1", "aws-t2"]
+                        and [m.get("as_path") for m in route().get("members", [])] == ["65000", "65000"], 10)
+        check(f"[{tag}] 10.99.0.0/24 is ECMP over both tunnels, each member with its AS path ({route()})", ecmp and route().get("ecmp") is True, json.dumps(route()))
         def outs():
             return {t["name"]: t.get("packets_out", 0) for t in e.show("tunnels").get("tunnels", [])}
         before = outs()
@@ -820,11 +847,184 @@ def bgp_two_tunnels_case(tag):
         back = wait_for(lambda: route().get("tunnels") == ["aws-t1", "aws-t2"], 90)
         check(f"[{tag}] tunnel 1 back: its session is Established again and the route is ECMP again", back,
               json.dumps(route()) + b1.cli("show protocols") + e.text()[-800:])
+        if not back:
+            return
+        # Tunnel 1's ESP toward the CGW dropped at the CGW (UDP 4500 with a non-zero first
+        # word: ESP, not IKE's non-ESP marker), its IKE SA untouched: BGP's hold timer ends
+        # the session (DPD is answered over IKE, so the IKE SA stays), the route leaves tunnel
+        # 1 within the hold time, traffic continues on tunnel 2. One direction only: the
+        # CGW's kernel-libipsec sends whatever its two 0.0.0.0/0 CHILD_SAs share on the first
+        # one, tunnel 2's BGP and replies too, so blocking its sending side would cut both.
+        t0 = time.time()
+        nsx("g2", "nft -f -", input="""table inet espblock {
+  chain in { type filter hook input priority 0; ip saddr 192.0.2.1 udp sport 4500 @th,64,32 != 0 drop; }
+}
+""")
+        # espd's BIRD ends the session when its hold timer expires: 30 s after the last BGP
+        # message it got, which TCP's retransmissions (their ACKs are what is dropped) may
+        # still deliver for a while after the block. The route must follow within a few
+        # seconds of that.
+        t_down = t_route = None
+        while time.time() - t0 < 70 and t_route is None:
+            if t_down is None and not b1.established("aws_aws_t1"):
+                t_down = time.time()
+            if route().get("tunnels") == ["aws-t2"]:
+                t_route = time.time()
+            time.sleep(0.2)
+        gone = t_route is not None and t_down is not None
+        took = (t_route or time.time()) - t0
+        lag = (t_route or 0) - (t_down or 0)
+        r = nsx("hA", "ping -n -c 3 -i 0.2 -W 2 10.99.0.1", check=False)
+        got = next((int(l.split(",")[1].split()[0]) for l in r.stdout.splitlines() if "received" in l), 0)
+        tun = {t["name"]: t for t in e.show("tunnels").get("tunnels", [])}
+        t1 = tun.get("aws-t1", {})
+        m = e.metrics()
+        check(f"[{tag}] tunnel 1's ESP blocked: BGP's hold timer ends its session ({took:.0f} s), the route leaves tunnel 1 {lag:.1f} s later, the IKE SA stays, traffic continues on tunnel 2 ({got}/3), TunnelState 0.5",
+              gone and 25 <= took <= 65 and lag <= 3 and "Hold timer expired" in b1.cli("show protocols aws_aws_t1") + b2.cli("show protocols aws1") and got == 3 and (t1.get("ike") or {}).get("phase1_state") == "Established"
+              and (t1.get("bgp") or {}).get("state") != "Established" and t1.get("state") == "DOWN"
+              and 'vpn_connection_tunnel_state{vpn_id="vpn-sw"} 0.5' in m,
+              json.dumps(route()) + json.dumps(t1) + r.stdout[-300:] + "\n".join(l for l in m.splitlines() if "tunnel_state" in l)
+              + b1.cli("show protocols all aws_aws_t1"))
+        nsx("g2", "nft delete table inet espblock", check=False)
+        back = wait_for(lambda: route().get("tunnels") == ["aws-t1", "aws-t2"], 90)
+        check(f"[{tag}] ESP unblocked: tunnel 1's session is Established again ({time.time() - t0 - took:.0f} s) and the route is ECMP again", back,
+              json.dumps(route()) + b1.cli("show protocols") + e.text()[-800:])
+        if not back:
+            return
+        # BGP attributes pick the tunnel: the CGW prepends its AS twice on tunnel 2 (as AWS
+        # tells CGWs without asymmetric routing to do), so tunnel 1's shorter path wins and
+        # the route leaves ECMP; without the prepend, ECMP again.
+        with open(b2.conf, "w") as f:
+            f.write(CGW_TWO_SESSIONS.replace(
+                "protocol bgp aws2 from aws { local 169.254.11.2 as 65000; neighbor 169.254.11.1 as 64512; }",
+                "protocol bgp aws2 from aws { local 169.254.11.2 as 65000; neighbor 169.254.11.1 as 64512;\n"
+                "  ipv4 { import all; next hop self; export filter { if proto = \"cgw_networks\" then "
+                "{ bgp_path.prepend(65000); bgp_path.prepend(65000); accept; } reject; }; }; }"))
+        b2.cli("configure")
+        single = wait_for(lambda: route().get("tunnels") == ["aws-t1"], 20)
+        check(f"[{tag}] the CGW prepends its AS on tunnel 2: the route is on tunnel 1 only (shorter AS path)",
+              single and route().get("ecmp") is False, json.dumps(route()) + b2.cli("show protocols all aws2")[-600:])
+        with open(b2.conf, "w") as f:
+            f.write(CGW_TWO_SESSIONS)
+        b2.cli("configure")
+        again = wait_for(lambda: route().get("tunnels") == ["aws-t1", "aws-t2"], 20)
+        check(f"[{tag}] the prepend removed: ECMP over both tunnels again", again, json.dumps(route()))
     finally:
+        nsx("g2", "nft delete table inet espblock", check=False)
         for b in (b1, b2):
             if b:
                 b.stop()
         for a in ("169.254.10.2/30 dev ipsec0", "169.254.11.2/30 dev ipsec0", "10.99.0.1/32 dev lo"):
+            nsx("g2", f"ip addr del {a}", check=False)
+        if c:
+            c.stop()
+        e.stop()
+        nsx("g1", "ip addr del 192.0.2.5/24 dev g1o", check=False)
+        nsx("g2", "ip route flush table 220", check=False)
+
+
+def static_and_dynamic_case(tag):
+    """A static connection and a dynamic one side by side on one gateway, to one strongSwan
+    CGW: vpn-sw (dynamic, aws-t1 on 192.0.2.1, BGP, the CGW announces 10.99.0.0/24) and
+    vpn-st (static, st-t1 on 192.0.2.5, the CIDR selectors 10.1.0.0/24 <-> 10.2.0.0/24).
+    `show routes` has both routes with their sources, traffic to 10.99.0.1 leaves on aws-t1
+    and to hB on st-t1, each connection's TunnelState follows its own rule (the static tunnel
+    UP with its SAs and no BGP, the dynamic one UP with its session)."""
+    p1 = (["AES128"], ["SHA2-256"], [14])
+    p2 = (["AES128-GCM-16"], ["SHA2-256"])
+    text = espd_config(tag, "add", p1, p2, extra='tunnel_inside_cidr = "169.254.10.0/30"\nbgp_advertise = ["10.1.0.0/24"]', routing="dynamic")
+    text = text.replace('local_ipv4_network_cidr = "10.2.0.0/24"', 'local_ipv4_network_cidr = "0.0.0.0/0"')
+    text = text.replace('remote_ipv4_network_cidr = "10.1.0.0/24"', 'remote_ipv4_network_cidr = "0.0.0.0/0"')
+    text = text.replace('pre_shared_key = "lab.tunnel_two"', 'pre_shared_key = "lab.tunnel_two"\nbgp_advertise = ["10.1.0.0/24"]')
+    text = text.replace('idle_sleep_us = 20\n', f'idle_sleep_us = 20\nstate_directory = "{WORK}/{tag}-state"\n')
+    static = f"""
+[[tunnel]]
+name = "st-t1"
+connection = "vpn-st"
+outside_ip = "192.0.2.5"
+peer_ip = "192.0.2.2"
+ike_versions = ["ikev2"]
+phase1_encryption = ["AES128"]
+phase1_integrity = ["SHA2-256"]
+phase1_dh_groups = [14]
+phase2_encryption = ["AES128-GCM-16"]
+phase2_integrity = ["SHA2-256"]
+local_ipv4_network_cidr = "10.2.0.0/24"
+remote_ipv4_network_cidr = "10.1.0.0/24"
+tunnel_inside_cidr = "169.254.11.0/30"
+pre_shared_key = "lab.static_one"
+routing = "static"
+
+[[tunnel]]
+name = "st-t2"
+connection = "vpn-st"
+outside_ip = "192.0.2.5"
+local_ipv4_network_cidr = "10.2.0.0/24"
+remote_ipv4_network_cidr = "10.1.0.0/24"
+tunnel_inside_cidr = "169.254.11.4/30"
+pre_shared_key = "lab.static_two"
+routing = "static"
+"""
+    nsx("g1", "ip addr add 192.0.2.5/24 dev g1o", check=False)
+    e = Espd(tag, text + static)
+    c = b1 = b2 = None
+    try:
+        check(f"[{tag}] espd up with a dynamic and a static connection", "gateway up" in e.text(), e.text()[-800:])
+        nsx("g2", "ip route add throw 192.0.2.5 table 220", check=False)
+        nsx("g2", "ip route add throw 192.0.2.1 table 220", check=False)
+        c = Charon(tag, export_many(e.cfg, ["aws-t1", "st-t1"]))
+        up = wait_for(lambda: e.text().count("CHILD_SA established") >= 2, 20)
+        check(f"[{tag}] both tunnels established", up and c.load.returncode == 0, e.text()[-1500:] + c.log()[-1500:])
+        if not up:
+            return
+        nsx("g2", "ip addr add 169.254.10.2/30 dev ipsec0", check=False)
+        nsx("g2", "ip addr add 10.99.0.1/32 dev lo", check=False)
+        b1 = Bird.attach("g1", f"{WORK}/{tag}-state/bird/bird.ctl")
+        r = subprocess.run([ESPD, "export-config", e.cfg, "aws-t1", "--peer", "bird"], capture_output=True, text=True)
+        b2 = Bird("g2", f"{tag}-cgw", r.stdout.replace("route 0.0.0.0/0 unreachable;", "route 10.99.0.0/24 unreachable;"))
+        est = wait_for(lambda: b1.established("aws_aws_t1"), 45)
+        r = subprocess.run([ESPD, "export-config", e.cfg, "--bird"], capture_output=True, text=True)
+        check(f"[{tag}] BGP Established on the dynamic tunnel; espd's BIRD has no session for the static connection",
+              est and "aws_st_t1" not in b1.cli("show protocols") and "aws_st_t1" not in r.stdout,
+              b1.cli("show protocols") + e.text()[-800:])
+
+        def routes():
+            return {x["prefix"]: x for x in e.show("routes").get("routes", [])}
+        ok = wait_for(lambda: "10.99.0.0/24" in routes(), 10)
+        rs = routes()
+        dyn, st = rs.get("10.99.0.0/24", {}), rs.get("10.2.0.0/24", {})
+        check(f"[{tag}] show routes: 10.99.0.0/24 on aws-t1 from BGP, 10.2.0.0/24 on st-t1 static",
+              ok and dyn.get("tunnels") == ["aws-t1"] and dyn.get("source") == "bgp"
+              and st.get("tunnels") == ["st-t1"] and st.get("source") == "static",
+              json.dumps(rs))
+
+        def outs():
+            return {t["name"]: t.get("packets_out", 0) for t in e.show("tunnels").get("tunnels", [])}
+        before = outs()
+        r1 = nsx("hA", "ping -n -c 5 -i 0.2 -W 2 10.99.0.1", check=False)
+        mid = outs()
+        r2 = nsx("hA", "ping -n -c 5 -i 0.2 -W 2 10.2.0.1", check=False)
+        after = outs()
+        got1 = next((int(l.split(",")[1].split()[0]) for l in r1.stdout.splitlines() if "received" in l), 0)
+        got2 = next((int(l.split(",")[1].split()[0]) for l in r2.stdout.splitlines() if "received" in l), 0)
+        d = lambda a, b, t: b.get(t, 0) - a.get(t, 0)
+        check(f"[{tag}] hA reaches 10.99.0.1 over aws-t1 ({got1}/5) and 10.2.0.1 over st-t1 ({got2}/5), each on its own tunnel",
+              got1 == 5 and got2 == 5 and d(before, mid, "aws-t1") >= 5 and d(before, mid, "st-t1") == 0
+              and d(mid, after, "st-t1") >= 5 and d(mid, after, "aws-t1") < 5,  # (BGP keepalives use aws-t1)
+              json.dumps([before, mid, after]) + r1.stdout[-200:] + r2.stdout[-200:])
+        wait_for(lambda: 'vpn_connection_tunnel_state{vpn_id="vpn-sw"} 0.5' in e.metrics(), 5)
+        m = e.metrics()
+        tun = {t["name"]: t for t in e.show("tunnels").get("tunnels", [])}
+        check(f"[{tag}] TunnelState per connection: vpn-st 0.5 (st-t1 UP without BGP), vpn-sw 0.5 (aws-t1 UP with BGP Established)",
+              'vpn_connection_tunnel_state{vpn_id="vpn-st"} 0.5' in m and 'vpn_connection_tunnel_state{vpn_id="vpn-sw"} 0.5' in m
+              and tun.get("st-t1", {}).get("state") == "UP" and tun.get("st-t1", {}).get("bgp") is None
+              and tun.get("aws-t1", {}).get("state") == "UP" and (tun.get("aws-t1", {}).get("bgp") or {}).get("state") == "Established",
+              json.dumps(tun)[:1500] + "\n".join(l for l in m.splitlines() if "tunnel_state" in l))
+    finally:
+        for b in (b1, b2):
+            if b:
+                b.stop()
+        for a in ("169.254.10.2/30 dev ipsec0", "10.99.0.1/32 dev lo"):
             nsx("g2", f"ip addr del {a}", check=False)
         if c:
             c.stop()
@@ -874,6 +1074,7 @@ def main():
         bgp_case("bgp")
         bgp_case("bgp-supervised", "supervised")
         bgp_two_tunnels_case("bgp-two-tunnels")
+        static_and_dynamic_case("static-and-dynamic")
         failure_case("psk", (["AES128"], ["SHA2-256"], [14]), (["AES128-GCM-16"], ["SHA2-256"]),
                      [('secret = "lab.tunnel_one"', 'secret = "lab.wrong_key"')],
                      "AWS tunnel detected a pre-shared key mismatch with cgw: 192.0.2.2")

@@ -200,6 +200,9 @@ pub struct Tunnel {
     pub bgp_advertise: Vec<Cidr>,
     /// TCP MD5 (RFC 2385) key of the BGP session, if any.
     pub bgp_md5_password: Option<Zeroizing<String>>,
+    /// Static routing: the customer-side prefixes routed into the connection (AWS's static
+    /// routes, at most 100); empty: the tunnel's `local_*_network_cidr`.
+    pub static_routes: Vec<Cidr>,
     /// Static SAs attached to this tunnel (rigs without IKE).
     pub sas: Vec<SaConfig>,
     /// Lifetimes below the AWS minimums were allowed by `[lab]`.
@@ -789,6 +792,7 @@ pub const TUNNEL_KEYS: &[&str] = &[
     "customer_gateway_asn",
     "bgp_advertise",
     "bgp_md5_password",
+    "static_routes",
     "sa",
 ];
 
@@ -1142,6 +1146,7 @@ pub fn parse(
                     a.customer_gateway_asn == b.customer_gateway_asn,
                 ),
                 ("bgp_advertise", a.bgp_advertise == b.bgp_advertise),
+                ("static_routes", a.static_routes == b.static_routes),
             ] {
                 if !same {
                     errs.push(format!(
@@ -1539,6 +1544,61 @@ fn tunnel(
         }
         Zeroizing::new(p.to_string())
     });
+    // Static routes: prefixes inside the tunnel's customer-side CIDR (the selectors would
+    // drop the rest), of its inside IP version, at most 100 (AWS rejects the 101st).
+    let local_cidr = match tunnel_inside_ip_version {
+        IpVersion::V4 => local_ipv4_network_cidr,
+        IpVersion::V6 => local_ipv6_network_cidr,
+    };
+    let static_routes: Vec<Cidr> = match t.get("static_routes") {
+        None => vec![],
+        Some(toml::Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| match v.as_str().map(Cidr::parse) {
+                Some(Ok(c)) if local_cidr.contains(&c) => Some(c),
+                Some(Ok(c)) => {
+                    cx.err(
+                        "static_routes",
+                        format!(
+                            "{c} is outside the tunnel's customer-side network {local_cidr} (local_ipv{}_network_cidr): its traffic would not match the selectors",
+                            if local_cidr.addr.is_ipv4() { 4 } else { 6 }
+                        ),
+                    );
+                    None
+                }
+                Some(Err(m)) => {
+                    cx.err("static_routes", m);
+                    None
+                }
+                None => {
+                    cx.err("static_routes", format!("{v} is not a CIDR string"));
+                    None
+                }
+            })
+            .collect(),
+        Some(v) => {
+            cx.err("static_routes", format!("{v} is not a list of CIDRs"));
+            vec![]
+        }
+    };
+    if static_routes.len() > 100 {
+        cx.err(
+            "static_routes",
+            format!(
+                "{} routes; at most 100 on a VPN connection (AWS rejects the 101st)",
+                static_routes.len()
+            ),
+        );
+    }
+    if routing == Routing::Dynamic && t.contains_key("static_routes") {
+        cx.err(
+            "static_routes",
+            format!(
+                "with routing = \"dynamic\"{}: a BGP connection cannot also have static routes; set routing = \"static\"",
+                if t.contains_key("routing") { "" } else { " (the default)" }
+            ),
+        );
+    }
     if routing == Routing::Dynamic && tunnel_inside_ip_version == IpVersion::V6 {
         cx.err(
             "routing",
@@ -1606,6 +1666,7 @@ fn tunnel(
         customer_gateway_asn,
         bgp_advertise,
         bgp_md5_password,
+        static_routes,
         sas,
         lab,
     })
@@ -1690,7 +1751,16 @@ impl Config {
                     t.nat_t,
                     if t.psk_generated { "generated" } else { "configured" },
                     match t.routing {
-                        Routing::Static => "static".to_string(),
+                        Routing::Static if t.static_routes.is_empty() => "static".to_string(),
+                        Routing::Static => format!(
+                            "static ({} route(s): {})",
+                            t.static_routes.len(),
+                            t.static_routes
+                                .iter()
+                                .map(|c| c.to_string())
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        ),
                         Routing::Dynamic => format!(
                             "dynamic (BGP AS {} to AS {}, advertising {})",
                             t.amazon_side_asn,

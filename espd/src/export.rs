@@ -289,7 +289,24 @@ pub fn generic(t: &Tunnel) -> String {
                 },
             )
         } else {
-            String::new()
+            format!(
+                "
+#4: Static Routing Configuration
+  - Routes into this connection      : {routes}
+  - Your networks behind the tunnel  : {lts} (route {rts} into the tunnel interface)
+",
+                routes = if t.static_routes.is_empty() {
+                    t.local_ipv4_network_cidr.to_string()
+                } else {
+                    t.static_routes
+                        .iter()
+                        .map(|c| c.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+                lts = t.local_ipv4_network_cidr,
+                rts = t.remote_ipv4_network_cidr,
+            )
         },
     )
 }

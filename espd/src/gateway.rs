@@ -242,17 +242,21 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Inside traffic to the customer side (`local_*_network_cidr`, AWS's meaning) goes into the
-/// tunnel: the IPv4 or the IPv6 CIDR, per the tunnel's inside IP version.
+/// Inside traffic to the customer side goes into the tunnel: its static routes when it has
+/// some, else its `local_*_network_cidr` (AWS's meaning), the IPv4 or the IPv6 one per the
+/// tunnel's inside IP version.
 fn selectors_of(t: &Tunnel) -> Vec<Selector> {
-    let c = match t.tunnel_inside_ip_version {
-        config::IpVersion::V4 => t.local_ipv4_network_cidr,
-        config::IpVersion::V6 => t.local_ipv6_network_cidr,
-    };
-    vec![Selector {
+    let sel = |c: config::Cidr| Selector {
         addr: c.addr,
         prefix: c.len,
-    }]
+    };
+    if !t.static_routes.is_empty() {
+        return t.static_routes.iter().copied().map(sel).collect();
+    }
+    vec![sel(match t.tunnel_inside_ip_version {
+        config::IpVersion::V4 => t.local_ipv4_network_cidr,
+        config::IpVersion::V6 => t.local_ipv6_network_cidr,
+    })]
 }
 
 fn os_seed() -> Result<[u8; 32], Error> {
@@ -1209,7 +1213,7 @@ fn reload(
     for (m, t) in metas.iter().zip(&cfg.tunnels) {
         if m.selectors != selectors_of(t) {
             return Err(format!(
-                "tunnel {:?}: network CIDRs changed: restart espd to apply it",
+                "tunnel {:?}: network CIDRs or static routes changed: restart espd to apply it",
                 t.name
             ));
         }

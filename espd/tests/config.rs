@@ -647,3 +647,63 @@ fn bgp_connection_options() {
         "{e}"
     );
 }
+
+/// Static routes (a static connection's customer-side prefixes, AWS's limit of 100): a
+/// connection option, inside the tunnel's customer-side CIDR, not with dynamic routing.
+#[test]
+fn static_routes_option() {
+    let both = |lines: &str| {
+        parse(&BASE.replace("#T1", lines).replace(
+            "pre_shared_key = \"second.key\"",
+            &format!("pre_shared_key = \"second.key\"\n{lines}"),
+        ))
+    };
+    let c = both(
+        "routing = \"static\"\nlocal_ipv4_network_cidr = \"10.2.0.0/16\"\nstatic_routes = [\"10.2.1.0/24\", \"10.2.200.0/22\"]",
+    )
+    .unwrap();
+    assert_eq!(c.tunnels[0].static_routes.len(), 2);
+    assert!(
+        c.summary()[0].contains("routing static (2 route(s): 10.2.1.0/24 10.2.200.0/22)"),
+        "{:?}",
+        c.summary()
+    );
+    // None given: the CIDR is the route (no list).
+    assert!(
+        both("routing = \"static\"").unwrap().tunnels[0]
+            .static_routes
+            .is_empty()
+    );
+    let many: Vec<String> = (0..101).map(|i| format!("\"10.{i}.0.0/16\"")).collect();
+    for (lines, want) in [
+        (
+            "routing = \"static\"\nlocal_ipv4_network_cidr = \"10.2.0.0/16\"\nstatic_routes = [\"10.3.0.0/24\"]".to_string(),
+            "static_routes: 10.3.0.0/24 is outside the tunnel's customer-side network 10.2.0.0/16 (local_ipv4_network_cidr)",
+        ),
+        (
+            "static_routes = [\"10.3.0.0/24\"]".to_string(),
+            "static_routes: with routing = \"dynamic\" (the default): a BGP connection cannot also have static routes",
+        ),
+        (
+            format!("routing = \"static\"\nstatic_routes = [{}]", many.join(", ")),
+            "static_routes: 101 routes; at most 100 on a VPN connection (AWS rejects the 101st)",
+        ),
+        (
+            "routing = \"static\"\nstatic_routes = [\"10.3.0.1/24\"]".to_string(),
+            "static_routes",
+        ),
+        (
+            "routing = \"static\"\nstatic_routes = \"10.3.0.0/24\"".to_string(),
+            "static_routes: \"10.3.0.0/24\" is not a list of CIDRs",
+        ),
+    ] {
+        let e = both(&lines).expect_err(&lines);
+        assert!(e.contains(want), "{lines}: {e}");
+    }
+    let e =
+        with("routing = \"static\"\nstatic_routes = [\"10.3.0.0/24\"]").expect_err("one tunnel");
+    assert!(
+        e.contains("static_routes: tunnels \"t1\" and \"t2\" differ"),
+        "{e}"
+    );
+}

@@ -926,7 +926,8 @@ def bgp_two_tunnels_case(tag):
 def static_and_dynamic_case(tag):
     """A static connection and a dynamic one side by side on one gateway, to one strongSwan
     CGW: vpn-sw (dynamic, aws-t1 on 192.0.2.1, BGP, the CGW announces 10.99.0.0/24) and
-    vpn-st (static, st-t1 on 192.0.2.5, the CIDR selectors 10.1.0.0/24 <-> 10.2.0.0/24).
+    vpn-st (static, st-t1 on 192.0.2.5, the CIDR selectors 10.1.0.0/24 <-> 10.2.0.0/24, one
+    static route 10.2.0.0/25).
     `show routes` has both routes with their sources, traffic to 10.99.0.1 leaves on aws-t1
     and to hB on st-t1, each connection's TunnelState follows its own rule (the static tunnel
     UP with its SAs and no BGP, the dynamic one UP with its session)."""
@@ -954,6 +955,7 @@ remote_ipv4_network_cidr = "10.1.0.0/24"
 tunnel_inside_cidr = "169.254.11.0/30"
 pre_shared_key = "lab.static_one"
 routing = "static"
+static_routes = ["10.2.0.0/25"]
 
 [[tunnel]]
 name = "st-t2"
@@ -964,6 +966,7 @@ remote_ipv4_network_cidr = "10.1.0.0/24"
 tunnel_inside_cidr = "169.254.11.4/30"
 pre_shared_key = "lab.static_two"
 routing = "static"
+static_routes = ["10.2.0.0/25"]
 """
     nsx("g1", "ip addr add 192.0.2.5/24 dev g1o", check=False)
     e = Espd(tag, text + static)
@@ -992,8 +995,8 @@ routing = "static"
             return {x["prefix"]: x for x in e.show("routes").get("routes", [])}
         ok = wait_for(lambda: "10.99.0.0/24" in routes(), 10)
         rs = routes()
-        dyn, st = rs.get("10.99.0.0/24", {}), rs.get("10.2.0.0/24", {})
-        check(f"[{tag}] show routes: 10.99.0.0/24 on aws-t1 from BGP, 10.2.0.0/24 on st-t1 static",
+        dyn, st = rs.get("10.99.0.0/24", {}), rs.get("10.2.0.0/25", {})
+        check(f"[{tag}] show routes: 10.99.0.0/24 on aws-t1 from BGP, the static route 10.2.0.0/25 on st-t1",
               ok and dyn.get("tunnels") == ["aws-t1"] and dyn.get("source") == "bgp"
               and st.get("tunnels") == ["st-t1"] and st.get("source") == "static",
               json.dumps(rs))
@@ -1007,7 +1010,12 @@ routing = "static"
         after = outs()
         got1 = next((int(l.split(",")[1].split()[0]) for l in r1.stdout.splitlines() if "received" in l), 0)
         got2 = next((int(l.split(",")[1].split()[0]) for l in r2.stdout.splitlines() if "received" in l), 0)
+        r3 = nsx("hA", "ping -n -c 2 -i 0.2 -W 1 10.2.0.200", check=False)
+        after2 = outs()
+        got3 = next((int(l.split(",")[1].split()[0]) for l in r3.stdout.splitlines() if "received" in l), 0)
         d = lambda a, b, t: b.get(t, 0) - a.get(t, 0)
+        check(f"[{tag}] 10.2.0.200 (in the static tunnel's CIDR, not in its static routes) is not routed ({got3}/2)",
+              got3 == 0 and d(after, after2, "st-t1") == 0, json.dumps([after, after2]))
         check(f"[{tag}] hA reaches 10.99.0.1 over aws-t1 ({got1}/5) and 10.2.0.1 over st-t1 ({got2}/5), each on its own tunnel",
               got1 == 5 and got2 == 5 and d(before, mid, "aws-t1") >= 5 and d(before, mid, "st-t1") == 0
               and d(mid, after, "st-t1") >= 5 and d(mid, after, "aws-t1") < 5,  # (BGP keepalives use aws-t1)

@@ -15,6 +15,7 @@
 //! baseline, and reports the ratio.
 
 mod ikebench;
+mod ndr;
 mod secgw;
 mod traffic;
 #[cfg(feature = "xdp")]
@@ -103,6 +104,28 @@ enum DirectionArg {
 enum Cmd {
     /// The whole pipeline in memory: generator, encrypting gateway, link, decrypting gateway, sink.
     Loopback(Common),
+    /// RFC 2544 throughput search: NDR (no loss) and PDR (loss at most --pdr-loss) of the
+    /// loopback pipeline by binary search on the offered rate, each verified; then latency at
+    /// 10, 50 and 90 % of the NDR.
+    Ndr {
+        #[command(flatten)]
+        common: Common,
+        /// Seconds per trial.
+        #[arg(long, default_value_t = 2.0)]
+        trial_duration: f64,
+        /// Search trials at most (warm-up, verification and latency trials not counted).
+        #[arg(long, default_value_t = 20)]
+        max_trials: usize,
+        /// Relative width of [highest pass, lowest failure] at which a search stops.
+        #[arg(long, default_value_t = 0.02)]
+        precision: f64,
+        /// Loss ratio a PDR trial may have.
+        #[arg(long, default_value_t = 0.005)]
+        pdr_loss: f64,
+        /// Seconds of the warm-up trial (as fast as possible; it starts the search).
+        #[arg(long, default_value_t = 1.0)]
+        warmup: f64,
+    },
     /// One worker, one direction, prebuilt packets replayed from memory.
     Oneway {
         #[command(flatten)]
@@ -392,17 +415,277 @@ fn cores() -> usize {
 
 fn loopback(c: Common) {
     let s = setup(&c);
-    let w = s.workers;
-    if c.handoff && w < 2 {
+    if c.handoff && s.workers < 2 {
         fail("--handoff needs --workers 2 or more (one worker has no one to hand to)".into());
     }
     let base = baseline_mpps(&s, false);
+    let v = loopback_run(&c, &s, base, !c.json);
+    let w = s.workers;
+    let mpps = v["mpps"].as_f64().unwrap_or(0.0);
+    let elapsed = v["duration_s"].as_f64().unwrap_or(0.0);
+    let f = |k: &str| v[k].as_u64().unwrap_or(0);
+    let (tx, rx, lost, drops) = (f("tx_packets"), f("rx_packets"), f("lost"), f("drops"));
+    let (handed, handoff_drops) = (f("handoff_packets"), f("handoff_drops"));
+    let per = |k: &str| -> Vec<f64> {
+        v["per_core_mpps"][k]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| (x.as_f64().unwrap_or(0.0) * 1000.0).round() / 1000.0)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let ratio = v["ratio_to_baseline"].as_f64().unwrap_or(0.0);
+    if c.json {
+        println!("{v}");
+    } else {
+        let l = &v["latency_us"];
+        println!(
+            "{} {} bytes x {} tunnel(s), {} worker(s)/gateway: {:.3} Mpps, {:.2} Gbps inner, {:.2} Gbps wire over {:.1} s",
+            s.suite,
+            c.packet_size,
+            s.tunnels,
+            w,
+            mpps,
+            v["gbps_inner"].as_f64().unwrap_or(0.0),
+            v["gbps_wire"].as_f64().unwrap_or(0.0),
+            elapsed
+        );
+        if c.handoff {
+            println!(
+                "  handoff: {handed} packets ({:.0}% of those encrypted), {handoff_drops} dropped (ring full)",
+                100.0 * v["handoff_share"].as_f64().unwrap_or(0.0)
+            );
+        }
+        println!(
+            "  per core: encrypt {:?} Mpps, decrypt {:?} Mpps",
+            per("encrypt"),
+            per("decrypt")
+        );
+        println!(
+            "  packets: generated {tx}, delivered {rx}, lost {lost}; drops {drops} {}",
+            serde_json::Value::Object(
+                v["drops_by_reason"]
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default()
+            )
+        );
+        println!(
+            "  latency us: p50 {} p99 {} p99.9 {} max {}",
+            l["p50"], l["p99"], l["p999"], l["max"]
+        );
+        println!(
+            "  raw crypto baseline (same process, one core): {:.3} Mpps seal; pipeline = {:.0}% of the encrypting cores' raw crypto",
+            base,
+            ratio * 100.0
+        );
+    }
+    if drops > 0 || lost > 0 {
+        std::process::exit(1);
+    }
+}
+
+/// `perf ndr`: the search of [`ndr::search`] over loopback trials, with the setup and the
+/// machine in the result.
+fn ndr_cmd(c: Common, o: ndr::Opts) {
+    let bad = |flag: &str, v: String, allowed: &str| {
+        fail(format!("--{flag} {v}: allowed: {allowed}"));
+    };
+    if !(0.1..=3600.0).contains(&o.trial_s) {
+        bad(
+            "trial-duration",
+            o.trial_s.to_string(),
+            "0.1 to 3600 seconds",
+        );
+    }
+    if !(1..=1000).contains(&o.max_trials) {
+        bad("max-trials", o.max_trials.to_string(), "1..=1000");
+    }
+    if !(o.precision > 0.0 && o.precision < 1.0) {
+        bad(
+            "precision",
+            o.precision.to_string(),
+            "more than 0, less than 1",
+        );
+    }
+    if !(0.0..1.0).contains(&o.pdr_loss) {
+        bad(
+            "pdr-loss",
+            o.pdr_loss.to_string(),
+            "0 up to (not including) 1",
+        );
+    }
+    if !(0.1..=600.0).contains(&o.warmup_s) {
+        bad("warmup", o.warmup_s.to_string(), "0.1 to 600 seconds");
+    }
+    if c.rate.is_some() {
+        fail("--rate: perf ndr chooses the rates (see --precision, --max-trials)".into());
+    }
+    let s = setup(&c);
+    if c.handoff && s.workers < 2 {
+        fail("--handoff needs --workers 2 or more (one worker has no one to hand to)".into());
+    }
+    let base = baseline_mpps(&s, false);
+    if !c.json {
+        eprintln!(
+            "perf ndr: loopback, {} {} bytes, {} tunnel(s), {} worker(s) per gateway, backend {}; trials of {} s, precision {}, PDR loss {}",
+            s.suite,
+            c.packet_size,
+            s.tunnels,
+            s.workers,
+            s.backend.describe(),
+            o.trial_s,
+            o.precision,
+            o.pdr_loss
+        );
+    }
+    let mut trial = |rate: Option<f64>, secs: f64| {
+        let mut cc = c.clone();
+        cc.rate = rate;
+        cc.duration = secs;
+        cc.metrics = None;
+        let v = loopback_run(&cc, &s, base, false);
+        let u = |k: &str| v[k].as_u64().unwrap_or(0);
+        ndr::Outcome {
+            duration_s: v["duration_s"].as_f64().unwrap_or(secs),
+            tx_packets: u("tx_packets"),
+            rx_packets: u("rx_packets"),
+            rx_bytes: u("inner_bytes_in"),
+            latency_us: v["latency_us"].clone(),
+        }
+    };
+    let quiet = c.json;
+    let mut progress = |n: usize, t: &ndr::Trial| {
+        if quiet {
+            return;
+        }
+        let r = t
+            .rate_pps
+            .map_or("max".to_string(), |r| format!("{:.4} Mpps", r / 1e6));
+        let l = t.out.loss_ratio();
+        eprintln!(
+            "  trial {n:2} {:<7} {r:>13} for {:.1} s: tx {} rx {} loss {:.4}%{}",
+            t.kind,
+            t.out.duration_s,
+            t.out.tx_packets,
+            t.out.rx_packets,
+            100.0 * l,
+            if t.kind == "latency" {
+                format!(
+                    "  latency us p50 {} p99 {} p99.9 {} max {}",
+                    t.out.latency_us["p50"],
+                    t.out.latency_us["p99"],
+                    t.out.latency_us["p999"],
+                    t.out.latency_us["max"]
+                )
+            } else {
+                String::new()
+            }
+        );
+    };
+    let found = ndr::search(&o, &mut trial, &mut progress);
+    let mut v = found.json(&o);
+    let m = v.as_object_mut().expect("an object");
+    for (k, x) in [
+        ("mode", json_str("ndr")),
+        ("pipeline", json_str("loopback")),
+        ("transform", json_str(&s.suite.to_string())),
+        ("packet_size", json_str(&c.packet_size)),
+        ("tunnels", s.tunnels.into()),
+        ("workers", s.workers.into()),
+        ("nat_t", c.nat_t.into()),
+        ("ipv6_outer", c.ipv6_outer.into()),
+        ("baseline_crypto_mpps", base.into()),
+        ("machine", machine(&s)),
+    ] {
+        m.insert(k.into(), x);
+    }
+    if c.json {
+        println!("{v}");
+    } else {
+        println!(
+            "{} {} bytes x {} tunnel(s), {} worker(s)/gateway: NDR {:.4} Mpps ({:.2} Gbps inner), PDR ({}% loss) {:.4} Mpps ({:.2} Gbps inner)",
+            s.suite,
+            c.packet_size,
+            s.tunnels,
+            s.workers,
+            found.ndr_pps / 1e6,
+            v["ndr_gbps_inner"].as_f64().unwrap_or(0.0),
+            100.0 * o.pdr_loss,
+            found.pdr_pps / 1e6,
+            v["pdr_gbps_inner"].as_f64().unwrap_or(0.0),
+        );
+        for (f, t) in &found.latency {
+            let l = &t.out.latency_us;
+            println!(
+                "  latency at {:>3.0}% of NDR: p50 {} p99 {} p99.9 {} max {} us",
+                f * 100.0,
+                l["p50"],
+                l["p99"],
+                l["p999"],
+                l["max"]
+            );
+        }
+        println!(
+            "  {} trials; raw crypto baseline (same process, one core): {base:.3} Mpps seal",
+            found.trials.len()
+        );
+    }
+}
+
+fn json_str(s: &str) -> serde_json::Value {
+    serde_json::Value::String(s.to_string())
+}
+
+/// The machine a result was measured on: CPU model and the flags that change the crypto's
+/// speed, cores, kernel, crypto backend, and the commit perf was built from.
+fn machine(s: &Setup) -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |k: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let flags = field("flags").unwrap_or_default();
+    let has: Vec<&str> = [
+        "aes",
+        "avx2",
+        "avx512f",
+        "vaes",
+        "vpclmulqdq",
+        "sha_ni",
+        "gfni",
+    ]
+    .into_iter()
+    .filter(|f| flags.split_whitespace().any(|x| x == *f))
+    .collect();
+    serde_json::json!({
+        "cpu_model": field("model name"),
+        "cpu_flags": has,
+        "cores": cores(),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|k| k.trim().to_string()),
+        "backend": s.backend.name(),
+        "backend_detail": s.backend.describe(),
+        "commit": option_env!("PERF_COMMIT").unwrap_or("unknown"),
+    })
+}
+
+/// One loopback run (the workers, SAs and threads made for it, then ended): its result
+/// object (the `perf loopback --json` keys, `latency_hist_us` besides). `progress`: a
+/// line on stderr every second.
+fn loopback_run(c: &Common, s: &Setup, base: f64, progress: bool) -> serde_json::Value {
+    let w = s.workers;
     let mut meshes_a = engine::handoff::mesh(w, 1024).into_iter();
     let ncpu = cores();
     let epoch = Instant::now();
     let mut handles: Vec<(WorkerHandle, WorkerHandle)> = vec![];
     let mut gen_go = vec![];
     let mut generated = vec![];
+    let mut missed = vec![];
     let mut delivered = vec![];
     let mut threads_a = vec![];
     let mut threads_b = vec![];
@@ -420,6 +703,7 @@ fn loopback(c: Common) {
         let g = Generator::new(owned, s.size, rate, epoch);
         gen_go.push(g.go.clone());
         generated.push(g.generated.clone());
+        missed.push(g.missed.clone());
         let sink = Sink::new(s.tunnels as usize, epoch);
         delivered.push(sink.delivered.clone());
         let (la, lb) = mem_link(4096, Impair::default());
@@ -456,8 +740,9 @@ fn loopback(c: Common) {
     // with --handoff the other encrypting workers learn who owns each tunnel), then start.
     let set_a = engine::workers::WorkerSet::new(handles.iter().map(|h| h.0.clone()).collect());
     for t in 0..s.tunnels {
-        let (o, i) = sa_pair(&s, &c, t);
+        let (o, i) = sa_pair(s, c, t);
         let (ha, hb) = &handles[t as usize % w];
+        let (o, i) = (o, i);
         hb.send(Command::AddInbound {
             tunnel: t,
             sa: Box::new(i),
@@ -514,12 +799,12 @@ fn loopback(c: Common) {
         });
         let srv = telemetry::http::serve(addr, telemetry::serve::Limits::default(), snapshot)
             .unwrap_or_else(|e| fail(format!("--metrics {addr}: {e}")));
-        if !c.json {
+        if progress {
             eprintln!("metrics on http://{}/metrics", srv.addr);
         }
         srv
     });
-    if !c.json {
+    if progress {
         eprintln!(
             "perf loopback: {} {} bytes, {} tunnel(s), {} worker(s) per gateway, {}, backend {}",
             s.suite,
@@ -545,7 +830,7 @@ fn loopback(c: Common) {
         std::thread::sleep(Duration::from_millis(250).min(Duration::from_secs_f64(
             (c.duration - t0.elapsed().as_secs_f64()).max(0.0),
         )));
-        if !c.json && last.1.elapsed() >= Duration::from_secs(1) {
+        if progress && last.1.elapsed() >= Duration::from_secs(1) {
             let d = sum(&delivered);
             let dt = last.1.elapsed().as_secs_f64();
             eprint!(
@@ -571,7 +856,7 @@ fn loopback(c: Common) {
             prev = (d, Instant::now());
         }
     }
-    if !c.json {
+    if progress {
         eprintln!();
     }
     if metrics_server.is_some() && c.metrics_linger > 0.0 {
@@ -594,7 +879,9 @@ fn loopback(c: Common) {
     for t in threads_a {
         let _ = t.join();
     }
-    let tx = sum(&generated);
+    // What the tester offered: what entered the gateway, and what its receive ring missed.
+    let rx_missed = sum(&missed);
+    let tx = sum(&generated) + rx_missed;
     let mut hist =
         hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
     let mut rx = 0;
@@ -620,6 +907,7 @@ fn loopback(c: Common) {
     let (drops, by_reason) = drops_json(
         &all,
         &[
+            ("rx_missed", rx_missed),
             ("link_ring_full", ring_full),
             ("sink_bad_content", bad),
             ("sink_duplicates", dups),
@@ -672,60 +960,7 @@ fn loopback(c: Common) {
         "baseline_crypto_mpps": base,
         "ratio_to_baseline": ratio,
     });
-    if c.json {
-        println!("{v}");
-    } else {
-        let l = &v["latency_us"];
-        println!(
-            "{} {} bytes x {} tunnel(s), {} worker(s)/gateway: {:.3} Mpps, {:.2} Gbps inner, {:.2} Gbps wire over {:.1} s",
-            s.suite,
-            c.packet_size,
-            s.tunnels,
-            w,
-            mpps,
-            v["gbps_inner"].as_f64().unwrap_or(0.0),
-            v["gbps_wire"].as_f64().unwrap_or(0.0),
-            elapsed
-        );
-        if c.handoff {
-            println!(
-                "  handoff: {handed} packets ({:.0}% of those encrypted), {handoff_drops} dropped (ring full)",
-                100.0 * v["handoff_share"].as_f64().unwrap_or(0.0)
-            );
-        }
-        println!(
-            "  per core: encrypt {:?} Mpps, decrypt {:?} Mpps",
-            per_core_a
-                .iter()
-                .map(|x| (x * 1000.0).round() / 1000.0)
-                .collect::<Vec<_>>(),
-            per_core_b
-                .iter()
-                .map(|x| (x * 1000.0).round() / 1000.0)
-                .collect::<Vec<_>>()
-        );
-        println!(
-            "  packets: generated {tx}, delivered {rx}, lost {lost}; drops {drops} {}",
-            serde_json::Value::Object(
-                v["drops_by_reason"]
-                    .as_object()
-                    .cloned()
-                    .unwrap_or_default()
-            )
-        );
-        println!(
-            "  latency us: p50 {} p99 {} p99.9 {} max {}",
-            l["p50"], l["p99"], l["p999"], l["max"]
-        );
-        println!(
-            "  raw crypto baseline (same process, one core): {:.3} Mpps seal; pipeline = {:.0}% of the encrypting cores' raw crypto",
-            base,
-            ratio * 100.0
-        );
-    }
-    if drops > 0 || lost > 0 {
-        std::process::exit(1);
-    }
+    v
 }
 
 fn oneway(c: Common, dir: DirectionArg, packets: usize, export_secgw: Option<std::path::PathBuf>) {
@@ -984,6 +1219,23 @@ fn main() {
     }
     match cmd {
         Cmd::Loopback(c) => loopback(c),
+        Cmd::Ndr {
+            common,
+            trial_duration,
+            max_trials,
+            precision,
+            pdr_loss,
+            warmup,
+        } => ndr_cmd(
+            common,
+            ndr::Opts {
+                trial_s: trial_duration,
+                max_trials,
+                precision,
+                pdr_loss,
+                warmup_s: warmup,
+            },
+        ),
         Cmd::Oneway {
             common,
             direction,

@@ -74,12 +74,21 @@ pub struct Generator {
     epoch: Instant,
     /// Packets per second for this generator (None: as fast as the link takes them).
     rate: Option<f64>,
+    /// With a rate: packets due and not yet taken, as in a NIC's receive ring; what
+    /// arrives while the ring is full is missed (the NIC's rx_missed), and counts as loss.
     tokens: f64,
     last: Option<Instant>,
     pub go: Arc<AtomicBool>,
     pub generated: Arc<AtomicU64>,
     local_generated: u64,
+    /// Packets the schedule offered while the ring was full.
+    pub missed: Arc<AtomicU64>,
+    missed_frac: f64,
 }
+
+/// Descriptors of the emulated receive ring of a rate-limited generator (a common NIC
+/// default, and the size of the loopback link's ring).
+pub const RX_RING: usize = 4096;
 
 impl Generator {
     pub fn new(tunnels: Vec<u32>, size: Option<usize>, rate: Option<f64>, epoch: Instant) -> Self {
@@ -96,27 +105,55 @@ impl Generator {
             go: Arc::new(AtomicBool::new(false)),
             generated: Arc::default(),
             local_generated: 0,
+            missed: Arc::default(),
+            missed_frac: 0.0,
         }
     }
 }
 
 impl PacketIo for Generator {
     fn rx_burst(&mut self, pool: &mut BufPool, out: &mut Vec<PacketBuf>, max: usize) -> usize {
-        if self.flows.is_empty() || !self.go.load(Ordering::Relaxed) {
+        if self.flows.is_empty() {
+            return 0;
+        }
+        let go = self.go.load(Ordering::Relaxed);
+        if !go && (self.rate.is_none() || self.tokens < 1.0) {
+            // Stopped, and the ring holds nothing more.
             self.last = None;
+            self.tokens = 0.0;
             return 0;
         }
         let now = Instant::now();
         let mut n = max;
-        if let Some(r) = self.rate {
+        // With a rate, packets waited in the ring: the oldest arrived `backlog / rate`
+        // seconds ago. Their timestamps are their arrival times, so the latency includes
+        // the time they queued (as a tester's timestamps on the wire would).
+        let mut backlog = 0.0;
+        if !go {
+            // Stopped: what is still in the ring is delivered (a NIC drains its ring after
+            // the tester stops sending), nothing new arrives.
+            n = n.min(self.tokens as usize);
+            backlog = self.tokens;
+            self.tokens -= n as f64;
+        } else if let Some(r) = self.rate {
             let dt = self.last.map_or(0.0, |l| (now - l).as_secs_f64());
             self.last = Some(now);
-            self.tokens = (self.tokens + dt * r).min(max as f64 * 4.0);
+            self.tokens += dt * r;
+            if self.tokens > RX_RING as f64 {
+                self.missed_frac += self.tokens - RX_RING as f64;
+                self.tokens = RX_RING as f64;
+                let whole = self.missed_frac.floor();
+                self.missed_frac -= whole;
+                self.missed.fetch_add(whole as u64, Ordering::Relaxed);
+            }
             n = n.min(self.tokens as usize);
+            backlog = self.tokens;
             self.tokens -= n as f64;
         }
-        let ts = (now - self.epoch).as_nanos() as u64;
-        for _ in 0..n {
+        let now_ns = (now - self.epoch).as_nanos() as u64;
+        let gap_ns = self.rate.map_or(0.0, |r| 1e9 / r);
+        for i in 0..n {
+            let ts = now_ns.saturating_sub(((backlog - i as f64).max(0.0) * gap_ns) as u64);
             let (flow, seq) = &mut self.flows[self.next_flow];
             let len = self.sizes[self.next_size];
             let mut b = pool.get();

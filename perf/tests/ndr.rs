@@ -1,0 +1,154 @@
+//! `perf ndr` end to end on the loopback (short trials): the NDR it finds is confirmed by a
+//! verification trial at that rate and bracketed by a lossy trial above it, every trial's
+//! numbers agree with each other, and the JSON keys scripts rely on are there. Also: a
+//! rate-limited loopback offered more than it can take counts what its receive ring missed.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (bool, serde_json::Value, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_perf"))
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let v = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{err}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.success(), v, err)
+}
+
+#[test]
+fn ndr_is_verified_bracketed_and_consistent() {
+    let (ok, v, err) = run(&[
+        "ndr",
+        "--json",
+        "--trial-duration",
+        "0.5",
+        "--warmup",
+        "0.3",
+        "--precision",
+        "0.1",
+        "--max-trials",
+        "12",
+        "--packet-size",
+        "1400",
+    ]);
+    assert!(ok, "{err}");
+    let all = v.to_string();
+    for k in [
+        "ndr_mpps",
+        "pdr_mpps",
+        "ndr_gbps_inner",
+        "pdr_gbps_inner",
+        "trials",
+        "latency_us_at",
+        "machine",
+    ] {
+        assert!(v.get(k).is_some(), "{k}: {all}");
+    }
+    for k in ["cpu_model", "cores", "backend", "kernel", "commit"] {
+        assert!(!v["machine"][k].is_null(), "machine.{k}: {all}");
+    }
+    let ndr = v["ndr_mpps"].as_f64().unwrap() * 1e6;
+    let pdr = v["pdr_mpps"].as_f64().unwrap() * 1e6;
+    assert!(ndr > 10_000.0, "an NDR above 10 kpps: {all}");
+    assert!(pdr >= ndr, "{all}");
+    assert_eq!(v["ndr_verified"], true, "{all}");
+    let gbps = v["ndr_gbps_inner"].as_f64().unwrap();
+    assert!(
+        (gbps - ndr * 1400.0 * 8.0 / 1e9).abs() < 0.01 * gbps,
+        "{all}"
+    );
+    let trials = v["trials"].as_array().unwrap();
+    let rate = |t: &serde_json::Value| t["rate_pps"].as_f64();
+    let loss = |t: &serde_json::Value| t["loss_ratio"].as_f64().unwrap();
+    // Confirmed: a verification at exactly the NDR lost nothing.
+    assert!(
+        trials
+            .iter()
+            .any(|t| t["kind"] == "verify" && rate(t) == Some(ndr) && loss(t) == 0.0),
+        "{all}"
+    );
+    // Bracketed: a trial above the NDR lost packets.
+    assert!(
+        trials
+            .iter()
+            .any(|t| rate(t).is_some_and(|r| r > ndr) && loss(t) > 0.0),
+        "{all}"
+    );
+    // Each trial agrees with itself: rx <= tx, the loss ratio from them, tx the offered
+    // rate times the duration (give or take the 4096-packet ring left at the end).
+    for t in trials {
+        let (tx, rx) = (
+            t["tx_packets"].as_u64().unwrap(),
+            t["rx_packets"].as_u64().unwrap(),
+        );
+        assert!(rx <= tx, "{t}");
+        assert!(
+            (loss(t) - (tx - rx) as f64 / tx as f64).abs() < 1e-12,
+            "{t}"
+        );
+        if let Some(r) = rate(t) {
+            let want = r * t["duration_s"].as_f64().unwrap();
+            assert!((tx as f64 - want).abs() <= 0.05 * want + 4200.0, "{t}");
+        }
+    }
+    // Latency at 10, 50 and 90 % of the NDR, percentiles in order.
+    for f in ["0.1", "0.5", "0.9"] {
+        let l = &v["latency_us_at"][f];
+        let p: Vec<f64> = ["p50", "p99", "p999", "max"]
+            .iter()
+            .map(|k| l[k].as_f64().unwrap_or(-1.0))
+            .collect();
+        assert!(p[0] > 0.0 && p.windows(2).all(|w| w[0] <= w[1]), "{f}: {l}");
+    }
+    assert_eq!(
+        trials.iter().filter(|t| t["kind"] == "latency").count(),
+        3,
+        "{all}"
+    );
+}
+
+#[test]
+fn an_offered_rate_beyond_the_pipeline_counts_what_the_ring_missed() {
+    let (ok, v, _) = run(&[
+        "loopback",
+        "--json",
+        "--duration",
+        "0.5",
+        "--rate",
+        "50000000",
+    ]);
+    assert!(!ok, "loss makes the run fail: {v}");
+    let missed = v["drops_by_reason"]["rx_missed"].as_u64().unwrap_or(0);
+    let (tx, rx, lost) = (
+        v["tx_packets"].as_u64().unwrap(),
+        v["rx_packets"].as_u64().unwrap(),
+        v["lost"].as_u64().unwrap(),
+    );
+    assert!(missed > 0 && lost >= missed && tx == rx + lost, "{v}");
+    // 50 Mpps for 0.5 s were offered.
+    assert!(tx as f64 > 0.9 * 25e6, "{v}");
+}
+
+#[test]
+fn ndr_flags_are_checked() {
+    for (args, want) in [
+        (vec!["ndr", "--precision", "0"], "--precision 0: allowed"),
+        (
+            vec!["ndr", "--trial-duration", "0"],
+            "--trial-duration 0: allowed",
+        ),
+        (vec!["ndr", "--pdr-loss", "1"], "--pdr-loss 1: allowed"),
+        (
+            vec!["ndr", "--rate", "1000"],
+            "--rate: perf ndr chooses the rates",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_perf"))
+            .args(&args)
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && e.contains(want), "{args:?}: {e}");
+    }
+}

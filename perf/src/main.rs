@@ -16,6 +16,7 @@
 
 mod ikebench;
 mod ndr;
+mod report;
 mod secgw;
 mod traffic;
 #[cfg(feature = "xdp")]
@@ -191,6 +192,19 @@ enum Cmd {
         ms: u64,
         #[arg(long)]
         only: Option<String>,
+        /// One JSON object on stdout (rows of transform, backend, seal/open Mpps and Gbps).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Turns result files of ndr, loopback, oneway and crypto (--json) into DIR/index.html:
+    /// a table of the runs side by side and SVG plots (self-contained, no network).
+    Report {
+        /// Result files (one JSON object each, or one per line).
+        #[arg(required = true)]
+        files: Vec<std::path::PathBuf>,
+        /// Output directory (made if missing).
+        #[arg(long)]
+        out: std::path::PathBuf,
     },
 }
 
@@ -959,6 +973,7 @@ fn loopback_run(c: &Common, s: &Setup, base: f64, progress: bool) -> serde_json:
         "latency_us": percentiles(&hist),
         "baseline_crypto_mpps": base,
         "ratio_to_baseline": ratio,
+        "machine": machine(s),
     });
     v
 }
@@ -1124,6 +1139,7 @@ fn oneway(c: Common, dir: DirectionArg, packets: usize, export_secgw: Option<std
     };
     let v = serde_json::json!({
         "mode": "oneway",
+        "machine": machine(&s),
         "direction": if decrypt {"decrypt"} else {"encrypt"},
         "transform": s.suite.to_string(),
         "backend": s.backend.name(),
@@ -1171,11 +1187,15 @@ fn oneway(c: Common, dir: DirectionArg, packets: usize, export_secgw: Option<std
     }
 }
 
-fn crypto(size: usize, ms: u64, only: Option<String>) {
-    println!(
-        "{:<26} {:<11} {:>10} {:>10} {:>10} {:>10}",
-        "transform", "backend", "seal Mpps", "seal Gbps", "open Mpps", "open Gbps"
-    );
+fn crypto(size: usize, ms: u64, only: Option<String>, json: bool) {
+    if !json {
+        println!(
+            "{:<26} {:<11} {:>10} {:>10} {:>10} {:>10}",
+            "transform", "backend", "seal Mpps", "seal Gbps", "open Mpps", "open Gbps"
+        );
+    }
+    let mut rows = vec![];
+    let mut last = None;
     for suite in Suite::all() {
         if only
             .as_deref()
@@ -1195,16 +1215,37 @@ fn crypto(size: usize, ms: u64, only: Option<String>) {
             let seal = baseline_mpps(&s, false);
             let open = baseline_mpps(&s, true);
             let gbps = |m: f64| m * size as f64 * 8.0 / 1e3;
-            println!(
-                "{:<26} {:<11} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
-                suite.to_string(),
-                backend.name(),
-                seal,
-                gbps(seal),
-                open,
-                gbps(open)
-            );
+            if json {
+                rows.push(serde_json::json!({
+                    "transform": suite.to_string(), "backend": backend.name(),
+                    "seal_mpps": seal, "seal_gbps": gbps(seal),
+                    "open_mpps": open, "open_gbps": gbps(open),
+                }));
+            } else {
+                println!(
+                    "{:<26} {:<11} {:>10.2} {:>10.2} {:>10.2} {:>10.2}",
+                    suite.to_string(),
+                    backend.name(),
+                    seal,
+                    gbps(seal),
+                    open,
+                    gbps(open)
+                );
+            }
+            last = Some(s);
         }
+    }
+    if json {
+        let s = last.unwrap_or_else(|| fail(format!("--only {only:?}: no transform matches")));
+        println!(
+            "{}",
+            serde_json::json!({
+                "mode": "crypto",
+                "packet_size": size.clamp(traffic::MIN_PACKET, 1500).to_string(),
+                "rows": rows,
+                "machine": machine(&s),
+            })
+        );
     }
 }
 
@@ -1242,7 +1283,22 @@ fn main() {
             packets,
             export_secgw,
         } => oneway(common, direction, packets, export_secgw),
-        Cmd::Crypto { size, ms, only } => crypto(size, ms, only),
+        Cmd::Crypto {
+            size,
+            ms,
+            only,
+            json,
+        } => crypto(size, ms, only, json),
+        Cmd::Report { files, out } => {
+            let runs = report::load(&files).unwrap_or_else(|e| fail(e));
+            let html = report::render(&runs);
+            std::fs::create_dir_all(&out)
+                .unwrap_or_else(|e| fail(format!("--out {}: {e}", out.display())));
+            let path = out.join("index.html");
+            std::fs::write(&path, html)
+                .unwrap_or_else(|e| fail(format!("{}: {e}", path.display())));
+            println!("{} ({} result(s))", path.display(), runs.len());
+        }
         Cmd::Ike {
             groups,
             seconds,

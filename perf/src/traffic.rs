@@ -125,7 +125,8 @@ impl PacketIo for Generator {
         }
         let now = Instant::now();
         let mut n = max;
-        // With a rate, packets waited in the ring: the oldest arrived `backlog / rate`
+        // With a rate, packets waited in the ring: of `backlog` arrivals (a fraction of the
+        // next one besides), packet i (oldest first) arrived `(backlog - 1 - i) / rate`
         // seconds ago. Their timestamps are their arrival times, so the latency includes
         // the time they queued (as a tester's timestamps on the wire would).
         let mut backlog = 0.0;
@@ -153,7 +154,7 @@ impl PacketIo for Generator {
         let now_ns = (now - self.epoch).as_nanos() as u64;
         let gap_ns = self.rate.map_or(0.0, |r| 1e9 / r);
         for i in 0..n {
-            let ts = now_ns.saturating_sub(((backlog - i as f64).max(0.0) * gap_ns) as u64);
+            let ts = now_ns.saturating_sub(((backlog - 1.0 - i as f64).max(0.0) * gap_ns) as u64);
             let (flow, seq) = &mut self.flows[self.next_flow];
             let len = self.sizes[self.next_size];
             let mut b = pool.get();

@@ -74,5 +74,9 @@ python3 tests/gateway/gateway.py target/debug/espd 2>&1 | grep -v -e '^PASS' -e 
 log "IKEv2: espd run against strongSwan (both initiate, two proposal sets, rekeys, DPD, IKE SA rekey collision, PSK and proposal mismatch)"
 python3 tests/ike/strongswan.py target/debug/espd 2>&1 | grep -v -e '^PASS' -e 'WARNING: '
 
+log "perf stress --dut: 200 IKEv2 tunnels into espd run, 3 into strongSwan, traffic through each, the NDR through espd (network namespaces)"
+cargo build --quiet -p perf
+python3 tests/stress/stress.py target/debug/espd target/debug/perf 2>&1 | grep -v -e '^PASS' -e 'WARNING: '
+
 log "IKEv1: espd run against strongSwan version = 1 (main + quick mode, two proposal sets, espd's rekeys and DPD restart, rekeys under ping, PSK and proposal mismatch, tshark ISAKMP decryption)"
 python3 tests/ike/strongswan_v1.py target/debug/espd 2>&1 | grep -v -e '^PASS' -e 'WARNING: '

@@ -18,6 +18,7 @@ mod ikebench;
 mod ndr;
 mod report;
 mod secgw;
+mod stress;
 mod traffic;
 #[cfg(feature = "xdp")]
 mod xdpbench;
@@ -29,7 +30,7 @@ use engine::io::{Impair, mem_link};
 use engine::pkt::{BufPool, PacketBuf, shared_pool};
 use engine::runtime::{Command, Selector, Worker, WorkerConfig, WorkerHandle, WorkerReport};
 use engine::sa::{Direction, InboundSa, OutboundSa, SaConfig};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -193,6 +194,78 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
         /// One JSON object on stdout (rows of transform, backend, seal/open Mpps and Gbps).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Emulates many customer gateways against a device under test: IKEv2 tunnels (PSK,
+    /// forced NAT-T) from --local addresses to --dut, then UDP traffic through every tunnel
+    /// to a sink of ours on the DUT's inside network; setup rate, failures by reason, rekeys
+    /// survived, per-tunnel loss and latency (or, with --ndr, the NDR through the DUT).
+    Stress {
+        /// The DUT's outside (IKE) address.
+        #[arg(long)]
+        dut: Ipv4Addr,
+        /// The emulated gateways' outside addresses: a list, `a.b.c.d+N` for N consecutive
+        /// ones; tunnel i uses address i modulo their number.
+        #[arg(long)]
+        local: String,
+        /// Tunnels (IKE SAs with one CHILD_SA each).
+        #[arg(long, default_value_t = 1)]
+        tunnels: usize,
+        /// Pre-shared key of every tunnel.
+        #[arg(long)]
+        psk: String,
+        /// Phase 1: encryption, integrity, DH group (AWS names).
+        #[arg(long, default_value = "AES128")]
+        p1_enc: String,
+        #[arg(long, default_value = "SHA2-256")]
+        p1_integ: String,
+        #[arg(long, default_value = "19")]
+        p1_dh: String,
+        /// Phase 2 encryption and integrity (none for GCM).
+        #[arg(long, default_value = "AES128-GCM-16")]
+        p2_enc: String,
+        #[arg(long, default_value = "")]
+        p2_integ: String,
+        /// The gateways' inside network (traffic selector, packet sources).
+        #[arg(long, default_value = "10.2.0.0/16")]
+        cgw_net: String,
+        /// The DUT's inside network (traffic selector).
+        #[arg(long, default_value = "10.1.0.0/24")]
+        dut_net: String,
+        /// Where the decrypted packets go: our UDP sink on the DUT's inside network.
+        #[arg(long)]
+        sink: SocketAddrV4,
+        /// Network namespace (`ip netns` name) the sink runs in.
+        #[arg(long)]
+        sink_netns: Option<String>,
+        /// Packets per second over all tunnels (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Seconds of traffic.
+        #[arg(long, default_value_t = 5.0)]
+        duration: f64,
+        /// Inner IP packet bytes.
+        #[arg(long, default_value_t = 512)]
+        packet_size: usize,
+        /// IKE SAs being set up at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Seconds to wait for every tunnel to come up.
+        #[arg(long, default_value_t = 60.0)]
+        setup_timeout: f64,
+        /// Search the NDR through the DUT instead of one rate (trials of --trial-duration).
+        #[arg(long)]
+        ndr: bool,
+        #[arg(long, default_value_t = 2.0)]
+        trial_duration: f64,
+        #[arg(long, default_value_t = 12)]
+        max_trials: usize,
+        #[arg(long, default_value_t = 0.05)]
+        precision: f64,
+        /// Crypto backend of our ESP: auto | rustcrypto | ipsec-mb.
+        #[arg(long, default_value = "auto")]
+        backend: String,
         #[arg(long)]
         json: bool,
     },
@@ -1289,6 +1362,111 @@ fn main() {
             only,
             json,
         } => crypto(size, ms, only, json),
+        Cmd::Stress {
+            dut,
+            local,
+            tunnels,
+            psk,
+            p1_enc,
+            p1_integ,
+            p1_dh,
+            p2_enc,
+            p2_integ,
+            cgw_net,
+            dut_net,
+            sink,
+            sink_netns,
+            rate,
+            duration,
+            packet_size,
+            concurrency,
+            setup_timeout,
+            ndr,
+            trial_duration,
+            max_trials,
+            precision,
+            backend,
+            json,
+        } => {
+            let list = |s: &str| -> Vec<String> {
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|x| !x.is_empty())
+                    .map(String::from)
+                    .collect()
+            };
+            if !(1..=100_000).contains(&tunnels) {
+                fail(format!("--tunnels {tunnels}: allowed: 1..=100000"));
+            }
+            let backend: Backend = backend
+                .parse()
+                .unwrap_or_else(|m: String| fail(format!("--backend: {m}")));
+            let o = stress::Opts {
+                dut,
+                locals: stress::locals(&local).unwrap_or_else(|e| fail(e)),
+                tunnels,
+                psk,
+                p1_enc: list(&p1_enc),
+                p1_integ: list(&p1_integ),
+                p1_dh: list(&p1_dh)
+                    .iter()
+                    .map(|g| {
+                        g.parse()
+                            .unwrap_or_else(|_| fail(format!("--p1-dh {g:?}: a DH group number")))
+                    })
+                    .collect(),
+                p2_enc: list(&p2_enc),
+                p2_integ: list(&p2_integ),
+                cgw_net: stress::net(&cgw_net).unwrap_or_else(|e| fail(format!("--cgw-net {e}"))),
+                dut_net: stress::net(&dut_net).unwrap_or_else(|e| fail(format!("--dut-net {e}"))),
+                sink,
+                sink_netns,
+                rate,
+                duration,
+                size: packet_size,
+                concurrency: concurrency.max(1),
+                setup_timeout,
+                backend,
+                ndr: ndr.then(|| ndr::Opts {
+                    trial_s: trial_duration,
+                    max_trials,
+                    precision,
+                    pdr_loss: 0.005,
+                    warmup_s: trial_duration.min(1.0),
+                }),
+            };
+            match stress::run(o, !json) {
+                Ok(v) => {
+                    if json {
+                        println!("{v}");
+                    } else {
+                        let f = |k: &str| v[k].clone();
+                        println!(
+                            "{}/{} tunnels up in {:.2} s ({:.0}/s); failures {}; sent {} received {} (loss {:.4}%, {} tunnel(s) with loss); rekeys survived {}; latency us {}",
+                            f("tunnels_up"),
+                            f("tunnels_requested"),
+                            f("setup_s").as_f64().unwrap_or(0.0),
+                            f("setup_rate_per_s").as_f64().unwrap_or(0.0),
+                            f("setup_failures"),
+                            f("tx_packets"),
+                            f("rx_packets"),
+                            100.0 * f("loss_ratio").as_f64().unwrap_or(0.0),
+                            f("tunnels_with_loss"),
+                            f("rekeys_survived"),
+                            f("latency_us"),
+                        );
+                        if v.get("ndr_mpps").is_some() {
+                            println!(
+                                "  NDR through the DUT {:.4} Mpps, PDR {:.4} Mpps",
+                                f("ndr_mpps").as_f64().unwrap_or(0.0),
+                                f("pdr_mpps").as_f64().unwrap_or(0.0)
+                            );
+                        }
+                    }
+                }
+                Err(e) => fail(e),
+            }
+        }
         Cmd::Report { files, out } => {
             let runs = report::load(&files).unwrap_or_else(|e| fail(e));
             let html = report::render(&runs);

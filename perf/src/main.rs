@@ -222,6 +222,9 @@ enum Cmd {
         p1_integ: String,
         #[arg(long, default_value = "19")]
         p1_dh: String,
+        /// Phase 2 DH groups accepted for PFS in the DUT's CHILD_SA rekeys (AWS's default set).
+        #[arg(long, default_value = "2,5,14,15,16,17,18,19,20,21,22,23,24")]
+        p2_dh: String,
         /// Phase 2 encryption and integrity (none for GCM).
         #[arg(long, default_value = "AES128-GCM-16")]
         p2_enc: String,
@@ -641,6 +644,9 @@ fn ndr_cmd(c: Common, o: ndr::Opts) {
             rx_packets: u("rx_packets"),
             rx_bytes: u("inner_bytes_in"),
             latency_us: v["latency_us"].clone(),
+            // The generator is the DUT's own port here: what it could not take is the
+            // ring's rx_missed, the DUT's loss.
+            tester_short: 0,
         }
     };
     let quiet = c.json;
@@ -1370,6 +1376,7 @@ fn main() {
             p1_enc,
             p1_integ,
             p1_dh,
+            p2_dh,
             p2_enc,
             p2_integ,
             cgw_net,
@@ -1413,6 +1420,13 @@ fn main() {
                     .map(|g| {
                         g.parse()
                             .unwrap_or_else(|_| fail(format!("--p1-dh {g:?}: a DH group number")))
+                    })
+                    .collect(),
+                p2_dh: list(&p2_dh)
+                    .iter()
+                    .map(|g| {
+                        g.parse()
+                            .unwrap_or_else(|_| fail(format!("--p2-dh {g:?}: a DH group number")))
                     })
                     .collect(),
                 p2_enc: list(&p2_enc),

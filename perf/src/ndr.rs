@@ -43,6 +43,9 @@ pub struct Outcome {
     pub rx_bytes: u64,
     /// Latency percentiles in microseconds (p50, p99, p999, max).
     pub latency_us: Value,
+    /// Packets the tester itself could not send at the trial's rate (counted in
+    /// `tx_packets` and so as loss: a rate the tester cannot offer is not a pass).
+    pub tester_short: u64,
 }
 
 impl Outcome {
@@ -73,6 +76,7 @@ impl Trial {
             "tx_packets": self.out.tx_packets,
             "rx_packets": self.out.rx_packets,
             "loss_ratio": self.out.loss_ratio(),
+            "tester_short": self.out.tester_short,
             "latency_us": self.out.latency_us,
         })
     }
@@ -270,6 +274,7 @@ mod tests {
                 rx_packets: rx,
                 rx_bytes: rx * 1400,
                 latency_us: json!({"p50": 1.0, "p99": 2.0, "p999": 3.0, "max": 4.0}),
+                tester_short: 0,
             }
         }
     }

@@ -41,6 +41,8 @@ pub struct Opts {
     pub p1_enc: Vec<String>,
     pub p1_integ: Vec<String>,
     pub p1_dh: Vec<u16>,
+    /// PFS groups accepted when the DUT rekeys a CHILD_SA.
+    pub p2_dh: Vec<u16>,
     pub p2_enc: Vec<String>,
     pub p2_integ: Vec<String>,
     /// The emulated gateways' inside network (traffic selectors and source addresses).
@@ -63,6 +65,9 @@ pub struct Opts {
 }
 
 const MAGIC: u32 = 0x4553_5053; // "ESPS"
+/// Learning frames (RFC 2544 section 23): one per tunnel before the traffic, so that the DUT
+/// resolves the sink's address first; the sink does not count them.
+const LEARN: u32 = 0x4553_504c; // "ESPL"
 const HDR: usize = 28;
 const BODY: usize = 24;
 
@@ -70,6 +75,8 @@ const BODY: usize = 24;
 struct Sink {
     received: Arc<Vec<AtomicU64>>,
     foreign: Arc<AtomicU64>,
+    /// Datagrams the kernel dropped at the sink's socket (read when the sink ends).
+    socket_dropped: Arc<AtomicU64>,
     latency: Arc<Mutex<hdrhistogram::Histogram<u64>>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
@@ -91,6 +98,8 @@ impl Sink {
             latency.clone(),
             stop.clone(),
         );
+        let socket_dropped = Arc::new(AtomicU64::new(0));
+        let d = socket_dropped.clone();
         let (addr, netns) = (o.sink, o.sink_netns.clone());
         let thread = std::thread::spawn(move || -> Result<(), String> {
             let ready = (|| {
@@ -98,6 +107,7 @@ impl Sink {
                     enter_netns(n)?;
                 }
                 let sock = UdpSocket::bind(addr).map_err(|e| format!("--sink {addr}: {e}"))?;
+                big_rcvbuf(&sock);
                 sock.set_read_timeout(Some(Duration::from_millis(50)))
                     .map_err(|e| e.to_string())?;
                 Ok::<_, String>(sock)
@@ -121,6 +131,9 @@ impl Sink {
                 };
                 let now = epoch.elapsed().as_nanos() as u64;
                 let b = &buf[..n];
+                if n >= BODY && wire::be32(b, 0) == LEARN {
+                    continue;
+                }
                 if n < BODY || wire::be32(b, 0) != MAGIC {
                     f.fetch_add(1, Ordering::Relaxed);
                     continue;
@@ -142,6 +155,9 @@ impl Sink {
                 }
             }
             let _ = l.lock().map(|mut h| h.add(&hist));
+            // What the kernel dropped at our socket (a full receive buffer): loss of the
+            // tester, not of the DUT.
+            d.store(socket_drops(addr.port()), Ordering::Relaxed);
             Ok(())
         });
         rx.recv()
@@ -149,6 +165,7 @@ impl Sink {
         Ok(Sink {
             received,
             foreign,
+            socket_dropped,
             latency,
             stop,
             thread: Some(thread),
@@ -168,6 +185,43 @@ impl Sink {
             let _ = t.join();
         }
     }
+}
+
+/// A receive buffer of 16 MiB (SO_RCVBUFFORCE as root, else as much as SO_RCVBUF gets).
+fn big_rcvbuf(sock: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let v: libc::c_int = 16 << 20;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt on a socket we own, with a c_int option value and its size.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            return;
+        }
+    }
+}
+
+/// The `drops` column of the calling thread's UDP socket bound to `port`
+/// (/proc/thread-self/net/udp: the thread's network namespace).
+fn socket_drops(port: u16) -> u64 {
+    let text = std::fs::read_to_string("/proc/thread-self/net/udp").unwrap_or_default();
+    let want = format!(":{port:04X}");
+    text.lines()
+        .skip(1)
+        .filter(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|a| a.ends_with(&want))
+        })
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// Moves the calling thread into network namespace `name` (`ip netns` names, under
@@ -277,7 +331,7 @@ impl Rig {
             p1_dh: self.o.p1_dh.clone(),
             p2_enc: self.o.p2_enc.clone(),
             p2_integ: self.o.p2_integ.clone(),
-            p2_dh: vec![],
+            p2_dh: self.o.p2_dh.clone(),
             local_ts: ts(self.o.cgw_net),
             remote_ts: ts(self.o.dut_net),
             force_nat_t: true,
@@ -419,8 +473,20 @@ impl Rig {
                         continue;
                     }
                     let spi_i = u64::from_be_bytes(d[..8].try_into().expect("8 bytes"));
-                    let Some(&i) = self.by_spi.get(&spi_i) else {
-                        continue;
+                    let spi_r = u64::from_be_bytes(d[8..16].try_into().expect("8 bytes"));
+                    let i = match self.by_spi.get(&spi_i) {
+                        Some(&i) => i,
+                        None => {
+                            // A rekeyed IKE SA has new SPIs (the rekey's initiator chose
+                            // SPIi): find the tunnel whose SA owns them, once.
+                            let Some(i) = self.tunnels.iter().position(|t| {
+                                t.sa.as_ref().is_some_and(|sa| sa.owns(spi_i, spi_r))
+                            }) else {
+                                continue;
+                            };
+                            self.by_spi.insert(spi_i, i);
+                            i
+                        }
                     };
                     let now = self.now();
                     let out = match self.tunnels[i].sa.as_mut() {
@@ -485,8 +551,28 @@ impl Rig {
         took
     }
 
+    /// One learning frame into every tunnel that is up, then a pause for the DUT to
+    /// resolve where they go.
+    fn learn(&mut self) {
+        for i in 0..self.tunnels.len() {
+            if self.tunnels[i].out.is_some() {
+                self.send_frame(i, LEARN);
+                std::thread::sleep(Duration::from_micros(20));
+            }
+        }
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(300) {
+            self.pump();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// One packet into tunnel i.
     fn send_one(&mut self, i: usize) -> bool {
+        self.send_frame(i, MAGIC)
+    }
+
+    fn send_frame(&mut self, i: usize, magic: u32) -> bool {
         let now_ns = self.epoch.elapsed().as_nanos() as u64;
         let size = self.o.size;
         let (dst, dport) = (*self.o.sink.ip(), self.o.sink.port());
@@ -513,7 +599,7 @@ impl Rig {
         wire::put16(p, 22, dport);
         wire::put16(p, 24, (size - 20) as u16);
         wire::put16(p, 26, 0);
-        p[HDR..HDR + 4].copy_from_slice(&MAGIC.to_be_bytes());
+        p[HDR..HDR + 4].copy_from_slice(&magic.to_be_bytes());
         p[HDR + 4..HDR + 8].copy_from_slice(&(i as u32).to_be_bytes());
         p[HDR + 8..HDR + 16].copy_from_slice(&t.seq.to_be_bytes());
         p[HDR + 16..HDR + 24].copy_from_slice(&now_ns.to_be_bytes());
@@ -521,7 +607,9 @@ impl Rig {
         if engine::esp::encapsulate(sa, b).is_err() {
             return false;
         }
-        t.seq += 1;
+        if magic == MAGIC {
+            t.seq += 1;
+        }
         // The outer IPv4 and UDP headers are the kernel's: send the ESP from port 4500.
         let esp = &b.bytes()[HDR..];
         let Some((_, s4500)) = self.socks.get(&t.local) else {
@@ -531,7 +619,9 @@ impl Rig {
             .send_to(esp, SocketAddrV4::new(self.o.dut, 4500))
             .is_ok()
         {
-            t.sent += 1;
+            if magic == MAGIC {
+                t.sent += 1;
+            }
             true
         } else {
             self.send_errors += 1;
@@ -652,6 +742,7 @@ pub fn run(o: Opts, progress: bool) -> Result<Value, String> {
         );
     }
     let setup_s = rig.setup(progress);
+    rig.learn();
     let up = rig.tunnels.iter().filter(|t| t.up_at.is_some()).count();
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
     for t in &rig.tunnels {
@@ -697,25 +788,38 @@ pub fn run(o: Opts, progress: bool) -> Result<Value, String> {
             let tx = rig.tunnels.iter().map(|t| t.sent).sum::<u64>() - before_tx;
             drain(&mut rig, &sink, before_rx + tx);
             let rx = sink.total() - before_rx;
+            // Short of the rate by more than 2 %: the tester's limit, counted as loss.
+            let want = rate.map_or(tx, |r| (r * dur) as u64);
+            let short = if (tx as f64) < 0.98 * want as f64 {
+                want - tx
+            } else {
+                0
+            };
             ndr::Outcome {
                 duration_s: dur,
-                tx_packets: tx,
+                tx_packets: tx + short,
                 rx_packets: rx.min(tx),
                 rx_bytes: rx.min(tx) * o.size as u64,
                 latency_us: Value::Null,
+                tester_short: short,
             }
         };
         let mut prog = |n: usize, t: &ndr::Trial| {
             if progress {
                 eprintln!(
-                    "  trial {n:2} {:<7} {:>13} for {:.1} s: tx {} rx {} loss {:.4}%",
+                    "  trial {n:2} {:<7} {:>13} for {:.1} s: tx {} rx {} loss {:.4}%{}",
                     t.kind,
                     t.rate_pps
                         .map_or("max".into(), |r| format!("{:.4} Mpps", r / 1e6)),
                     t.out.duration_s,
                     t.out.tx_packets,
                     t.out.rx_packets,
-                    100.0 * t.out.loss_ratio()
+                    100.0 * t.out.loss_ratio(),
+                    if t.out.tester_short > 0 {
+                        format!(" ({} not sent: the tester's limit)", t.out.tester_short)
+                    } else {
+                        String::new()
+                    }
                 );
             }
         };
@@ -791,6 +895,10 @@ pub fn run(o: Opts, progress: bool) -> Result<Value, String> {
     m.insert(
         "sink_foreign".into(),
         sink.foreign.load(Ordering::Relaxed).into(),
+    );
+    m.insert(
+        "sink_socket_drops".into(),
+        sink.socket_dropped.load(Ordering::Relaxed).into(),
     );
     m.insert("send_errors".into(), rig.send_errors.into());
     m.insert("esp_from_dut".into(), rig.esp_in.into());

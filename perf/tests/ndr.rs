@@ -4,6 +4,15 @@
 //! rate-limited loopback offered more than it can take counts what its receive ring missed.
 
 use std::process::Command;
+use std::sync::Mutex;
+
+/// One benchmark at a time: the tests of this file would otherwise share the two cores of
+/// a small machine and measure each other.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn run(args: &[&str]) -> (bool, serde_json::Value, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_perf"))
@@ -18,6 +27,7 @@ fn run(args: &[&str]) -> (bool, serde_json::Value, String) {
 
 #[test]
 fn ndr_is_verified_bracketed_and_consistent() {
+    let _one = serial();
     let (ok, v, err) = run(&[
         "ndr",
         "--json",
@@ -110,6 +120,7 @@ fn ndr_is_verified_bracketed_and_consistent() {
 
 #[test]
 fn an_offered_rate_beyond_the_pipeline_counts_what_the_ring_missed() {
+    let _one = serial();
     let (ok, v, _) = run(&[
         "loopback",
         "--json",

@@ -97,6 +97,12 @@ struct Common {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
+enum PipelineArg {
+    Loopback,
+    Oneway,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
 enum DirectionArg {
     Encrypt,
     Decrypt,
@@ -127,6 +133,15 @@ enum Cmd {
         /// Seconds of the warm-up trial (as fast as possible; it starts the search).
         #[arg(long, default_value_t = 1.0)]
         warmup: f64,
+        /// What is measured: the loopback pipeline, or one worker in one direction.
+        #[arg(long, value_enum, default_value = "loopback")]
+        pipeline: PipelineArg,
+        /// oneway: the direction.
+        #[arg(long, value_enum, default_value = "encrypt")]
+        direction: DirectionArg,
+        /// oneway: distinct prebuilt packets replayed.
+        #[arg(long, default_value_t = 16384)]
+        packets: usize,
     },
     /// One worker, one direction, prebuilt packets replayed from memory.
     Oneway {
@@ -579,7 +594,13 @@ fn loopback(c: Common) {
 
 /// `perf ndr`: the search of [`ndr::search`] over loopback trials, with the setup and the
 /// machine in the result.
-fn ndr_cmd(c: Common, o: ndr::Opts) {
+fn ndr_cmd(
+    c: Common,
+    pipeline: PipelineArg,
+    direction: DirectionArg,
+    packets: usize,
+    o: ndr::Opts,
+) {
     let bad = |flag: &str, v: String, allowed: &str| {
         fail(format!("--{flag} {v}: allowed: {allowed}"));
     };
@@ -614,13 +635,22 @@ fn ndr_cmd(c: Common, o: ndr::Opts) {
         fail("--rate: perf ndr chooses the rates (see --precision, --max-trials)".into());
     }
     let s = setup(&c);
-    if c.handoff && s.workers < 2 {
+    let oneway = matches!(pipeline, PipelineArg::Oneway);
+    let decrypt = oneway && matches!(direction, DirectionArg::Decrypt);
+    if oneway {
+        oneway_check(&c, decrypt, packets);
+    } else if c.handoff && s.workers < 2 {
         fail("--handoff needs --workers 2 or more (one worker has no one to hand to)".into());
     }
-    let base = baseline_mpps(&s, false);
+    let base = baseline_mpps(&s, decrypt);
+    let pipeline_name = match (oneway, decrypt) {
+        (false, _) => "loopback",
+        (true, false) => "oneway encrypt",
+        (true, true) => "oneway decrypt",
+    };
     if !c.json {
         eprintln!(
-            "perf ndr: loopback, {} {} bytes, {} tunnel(s), {} worker(s) per gateway, backend {}; trials of {} s, precision {}, PDR loss {}",
+            "perf ndr: {pipeline_name}, {} {} bytes, {} tunnel(s), {} worker(s) per gateway, backend {}; trials of {} s, precision {}, PDR loss {}",
             s.suite,
             c.packet_size,
             s.tunnels,
@@ -636,13 +666,22 @@ fn ndr_cmd(c: Common, o: ndr::Opts) {
         cc.rate = rate;
         cc.duration = secs;
         cc.metrics = None;
-        let v = loopback_run(&cc, &s, base, false);
+        let v = if oneway {
+            oneway_run(&cc, &s, decrypt, packets, base, None)
+        } else {
+            loopback_run(&cc, &s, base, false)
+        };
         let u = |k: &str| v[k].as_u64().unwrap_or(0);
         ndr::Outcome {
             duration_s: v["duration_s"].as_f64().unwrap_or(secs),
             tx_packets: u("tx_packets"),
             rx_packets: u("rx_packets"),
-            rx_bytes: u("inner_bytes_in"),
+            rx_bytes: if oneway {
+                (v["gbps_inner"].as_f64().unwrap_or(0.0) * 1e9 / 8.0
+                    * v["duration_s"].as_f64().unwrap_or(0.0)) as u64
+            } else {
+                u("inner_bytes_in")
+            },
             latency_us: v["latency_us"].clone(),
             // The generator is the DUT's own port here: what it could not take is the
             // ring's rx_missed, the DUT's loss.
@@ -683,7 +722,7 @@ fn ndr_cmd(c: Common, o: ndr::Opts) {
     let m = v.as_object_mut().expect("an object");
     for (k, x) in [
         ("mode", json_str("ndr")),
-        ("pipeline", json_str("loopback")),
+        ("pipeline", json_str(pipeline_name)),
         ("transform", json_str(&s.suite.to_string())),
         ("packet_size", json_str(&c.packet_size)),
         ("tunnels", s.tunnels.into()),
@@ -1058,15 +1097,58 @@ fn loopback_run(c: &Common, s: &Setup, base: f64, progress: bool) -> serde_json:
 }
 
 fn oneway(c: Common, dir: DirectionArg, packets: usize, export_secgw: Option<std::path::PathBuf>) {
+    let s = setup(&c);
+    let decrypt = matches!(dir, DirectionArg::Decrypt);
+    oneway_check(&c, decrypt, packets);
+    let base = baseline_mpps(&s, decrypt);
+    let v = oneway_run(&c, &s, decrypt, packets, base, export_secgw.as_deref());
+    let mpps = v["mpps"].as_f64().unwrap_or(0.0);
+    let drops = v["drops"].as_u64().unwrap_or(0);
+    let n_pkts = v["working_set_packets"].as_u64().unwrap_or(0);
+    if c.json {
+        println!("{v}");
+    } else {
+        println!(
+            "oneway {}{} {} {} bytes x {} tunnel(s), {} distinct packets, {} core(s), backend {}: {:.3} Mpps, {:.2} Gbps inner; raw crypto {:.3} Mpps; ratio {:.0}%; drops {drops}",
+            if decrypt { "decrypt" } else { "encrypt" },
+            if c.handoff {
+                " (received by worker 0, handed to worker 1 which encrypts)"
+            } else {
+                ""
+            },
+            s.suite,
+            c.packet_size,
+            s.tunnels,
+            n_pkts,
+            if c.handoff { 2 } else { 1 },
+            s.backend.name(),
+            mpps,
+            v["gbps_inner"].as_f64().unwrap_or(0.0),
+            base,
+            100.0 * mpps / base
+        );
+    }
+}
+
+fn oneway_check(c: &Common, decrypt: bool, packets: usize) {
     if !(1..=1 << 20).contains(&packets) {
         fail(format!("--packets {packets}: allowed: 1..=1048576"));
     }
-    let s = setup(&c);
-    let decrypt = matches!(dir, DirectionArg::Decrypt);
     if c.handoff && decrypt {
         fail("oneway --handoff: encrypt only (a replayed capture's replay-window reset cannot wait for the ring to drain)".into());
     }
-    let base = baseline_mpps(&s, decrypt);
+}
+
+/// One oneway run: its result object (the `perf oneway --json` keys). With `c.rate` the
+/// packets arrive into an emulated NIC ring at that rate; what overflows it is missed.
+fn oneway_run(
+    c: &Common,
+    s: &Setup,
+    decrypt: bool,
+    packets: usize,
+    base: f64,
+    export_secgw: Option<&std::path::Path>,
+) -> serde_json::Value {
     let sizes = traffic::size_pattern(s.size);
     let pat = traffic::pattern();
     // Prebuilt packets: inner packets round-robin over the tunnels (encrypt), or the ESP of
@@ -1075,7 +1157,7 @@ fn oneway(c: Common, dir: DirectionArg, packets: usize, export_secgw: Option<std
     let mut outs = vec![];
     let mut ins = vec![];
     for t in 0..s.tunnels {
-        let (o, i) = sa_pair(&s, &c, t);
+        let (o, i) = sa_pair(s, c, t);
         outs.push(o);
         ins.push(i);
     }
@@ -1089,13 +1171,13 @@ fn oneway(c: Common, dir: DirectionArg, packets: usize, export_secgw: Option<std
         }
         pkts.push(b.bytes().to_vec());
     }
-    if let Some(dir) = &export_secgw {
+    if let Some(dir) = export_secgw {
         if c.nat_t || c.ipv6_outer {
             fail("--export-secgw: plain ESP over IPv4 only (no --nat-t, no --ipv6-outer)".into());
         }
         let sas: Vec<secgw::SecgwSa> = (0..s.tunnels)
             .map(|t| {
-                let (enc_key, auth_key) = tunnel_keys(&s, t);
+                let (enc_key, auth_key) = tunnel_keys(s, t);
                 secgw::SecgwSa {
                     spi: tunnel_spi(t),
                     enc_key,
@@ -1119,20 +1201,26 @@ fn oneway(c: Common, dir: DirectionArg, packets: usize, export_secgw: Option<std
         burst: c.burst,
         ..Default::default()
     };
+    let counts: (
+        Arc<std::sync::atomic::AtomicU64>,
+        Arc<std::sync::atomic::AtomicU64>,
+    );
     let (go, thread, h) = if decrypt {
         // At the end of each pass the replay port asks the worker (through its own command
         // channel, applied before the next burst) to forget the replay window.
         let cmd_slot: Arc<std::sync::OnceLock<crossbeam_channel::Sender<Command>>> = Arc::default();
         let slot = cmd_slot.clone();
-        let replay = Replay::new(
+        let replay = Replay::with_rate(
             pkts,
             Some(Box::new(move || {
                 if let Some(tx) = slot.get() {
                     let _ = tx.send(Command::ResetReplay { spi: None });
                 }
             })),
+            c.rate,
         );
         let go = replay.go.clone();
+        counts = (replay.taken.clone(), replay.missed());
         let (wk, h) = Worker::new(wc, null, replay, BufPool::with_shared(shared, 2048));
         let _ = cmd_slot.set(h.cmds.clone());
         for (t, i) in ins.into_iter().enumerate() {
@@ -1146,8 +1234,9 @@ fn oneway(c: Common, dir: DirectionArg, packets: usize, export_secgw: Option<std
     } else if c.handoff {
         // Worker 0 replays the packets and hands every one to worker 1, which holds the
         // SAs (tunnel ids 2t+1: owner 1 in a set of two) and encrypts to the counted port.
-        let replay = Replay::new(pkts, None);
+        let replay = Replay::with_rate(pkts, None, c.rate);
         let go = replay.go.clone();
+        counts = (replay.taken.clone(), replay.missed());
         let mut meshes = engine::handoff::mesh(2, 1024).into_iter();
         let (mut w0, h0) = Worker::new(
             wc.clone(),
@@ -1184,8 +1273,9 @@ fn oneway(c: Common, dir: DirectionArg, packets: usize, export_secgw: Option<std
         set.barrier();
         (go, t1, h1)
     } else {
-        let replay = Replay::new(pkts, None);
+        let replay = Replay::with_rate(pkts, None, c.rate);
         let go = replay.go.clone();
+        counts = (replay.taken.clone(), replay.missed());
         let (wk, h) = Worker::new(wc, replay, null, BufPool::with_shared(shared, 2048));
         for (t, o) in outs.into_iter().enumerate() {
             h.send(Command::SetOutbound {
@@ -1203,14 +1293,25 @@ fn oneway(c: Common, dir: DirectionArg, packets: usize, export_secgw: Option<std
     std::thread::sleep(Duration::from_secs_f64(c.duration));
     go.store(false, Ordering::Relaxed);
     let elapsed = t0.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_millis(20));
+    // Drain: until the output stops moving (the ring empties after the stop).
+    let mut prev = (np.load(Ordering::Relaxed), Instant::now());
+    while prev.1.elapsed() < Duration::from_millis(20) {
+        std::thread::sleep(Duration::from_millis(2));
+        let n = np.load(Ordering::Relaxed);
+        if n != prev.0 {
+            prev = (n, Instant::now());
+        }
+    }
     let r = h.report(false).expect("worker");
     stop.store(true, Ordering::Relaxed);
     let _ = thread.join();
     let rx = np.load(Ordering::Relaxed);
     let bytes = nb.load(Ordering::Relaxed);
     let mpps = rx as f64 / elapsed / 1e6;
-    let (drops, by_reason) = drops_json(&r.total, &[]);
+    // What the tester offered: what the worker took, and what the ring missed.
+    let rx_missed = counts.1.load(Ordering::Relaxed);
+    let offered = counts.0.load(Ordering::Relaxed) + rx_missed;
+    let (drops, by_reason) = drops_json(&r.total, &[("rx_missed", rx_missed)]);
     let (inner_bytes, wire_bytes) = if decrypt {
         (bytes, r.total.outer_bytes)
     } else {
@@ -1218,7 +1319,7 @@ fn oneway(c: Common, dir: DirectionArg, packets: usize, export_secgw: Option<std
     };
     let v = serde_json::json!({
         "mode": "oneway",
-        "machine": machine(&s),
+        "machine": machine(s),
         "direction": if decrypt {"decrypt"} else {"encrypt"},
         "transform": s.suite.to_string(),
         "backend": s.backend.name(),
@@ -1230,8 +1331,10 @@ fn oneway(c: Common, dir: DirectionArg, packets: usize, export_secgw: Option<std
         "handoff_packets": r.handoff_in,
         "working_set_packets": n_pkts,
         "duration_s": elapsed,
-        "tx_packets": rx,
+        "offered_pps": c.rate,
+        "tx_packets": offered,
         "rx_packets": rx,
+        "lost": offered.saturating_sub(rx),
         "drops": drops,
         "drops_by_reason": by_reason,
         "mpps": mpps,
@@ -1241,29 +1344,7 @@ fn oneway(c: Common, dir: DirectionArg, packets: usize, export_secgw: Option<std
         "baseline_crypto_mpps": base,
         "ratio_to_baseline": mpps / base,
     });
-    if c.json {
-        println!("{v}");
-    } else {
-        println!(
-            "oneway {}{} {} {} bytes x {} tunnel(s), {} distinct packets, {} core(s), backend {}: {:.3} Mpps, {:.2} Gbps inner; raw crypto {:.3} Mpps; ratio {:.0}%; drops {drops}",
-            if decrypt { "decrypt" } else { "encrypt" },
-            if c.handoff {
-                " (received by worker 0, handed to worker 1 which encrypts)"
-            } else {
-                ""
-            },
-            s.suite,
-            c.packet_size,
-            s.tunnels,
-            n_pkts,
-            if c.handoff { 2 } else { 1 },
-            s.backend.name(),
-            mpps,
-            v["gbps_inner"].as_f64().unwrap_or(0.0),
-            base,
-            100.0 * mpps / base
-        );
-    }
+    v
 }
 
 fn crypto(size: usize, ms: u64, only: Option<String>, json: bool) {
@@ -1346,14 +1427,22 @@ fn main() {
             precision,
             pdr_loss,
             warmup,
+            pipeline,
+            direction,
+            packets,
         } => ndr_cmd(
             common,
+            pipeline,
+            direction,
+            packets,
             ndr::Opts {
                 trial_s: trial_duration,
                 max_trials,
                 precision,
                 pdr_loss,
                 warmup_s: warmup,
+                // oneway drops its output: no latency to measure.
+                latency: matches!(pipeline, PipelineArg::Loopback),
             },
         ),
         Cmd::Oneway {
@@ -1447,6 +1536,7 @@ fn main() {
                     precision,
                     pdr_loss: 0.005,
                     warmup_s: trial_duration.min(1.0),
+                    latency: false,
                 }),
             };
             match stress::run(o, !json) {

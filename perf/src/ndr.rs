@@ -31,6 +31,8 @@ pub struct Opts {
     pub pdr_loss: f64,
     /// Seconds of the warm-up trial (as fast as possible; its rate starts the search).
     pub warmup_s: f64,
+    /// Latency trials at 10, 50 and 90 % of the NDR (when the trials measure latency).
+    pub latency: bool,
 }
 
 /// What one trial did.
@@ -231,7 +233,7 @@ pub fn search(
     bisect("pdr", opts.pdr_loss, &mut trials, &mut counted, &mut run);
     let pdr = bounds(&trials, opts.pdr_loss).0.max(ndr);
     let mut latency = vec![];
-    if ndr > 0.0 {
+    if ndr > 0.0 && opts.latency {
         for f in [0.1, 0.5, 0.9] {
             let t = run("latency", Some(ndr * f), opts.trial_s, &mut trials);
             latency.push((f, t));
@@ -286,6 +288,7 @@ mod tests {
             precision: 0.01,
             pdr_loss: 0.005,
             warmup_s: 0.5,
+            latency: true,
         }
     }
 

@@ -74,24 +74,89 @@ pub struct Generator {
     epoch: Instant,
     /// Packets per second for this generator (None: as fast as the link takes them).
     rate: Option<f64>,
-    /// With a rate: packets due and not yet taken, as in a NIC's receive ring; what
-    /// arrives while the ring is full is missed (the NIC's rx_missed), and counts as loss.
-    tokens: f64,
-    last: Option<Instant>,
+    /// With a rate: the NIC receive ring the packets wait in; what overflows it is missed
+    /// and counts as loss.
+    ring: RxRing,
     pub go: Arc<AtomicBool>,
     pub generated: Arc<AtomicU64>,
     local_generated: u64,
     /// Packets the schedule offered while the ring was full.
     pub missed: Arc<AtomicU64>,
-    missed_frac: f64,
 }
 
 /// Descriptors of the emulated receive ring of a rate-limited generator (a common NIC
 /// default, and the size of the loopback link's ring).
 pub const RX_RING: usize = 4096;
 
+/// A NIC receive ring filled at a fixed rate (packets due and not yet taken by the worker);
+/// what arrives while it is full is missed (the NIC's rx_missed). Without a rate the ring
+/// is always full: the worker takes as much as it asks for.
+pub struct RxRing {
+    rate: Option<f64>,
+    tokens: f64,
+    last: Option<Instant>,
+    missed_frac: f64,
+    /// Packets the schedule offered while the ring was full.
+    pub missed: Arc<AtomicU64>,
+}
+
+impl RxRing {
+    pub fn new(rate: Option<f64>) -> Self {
+        RxRing {
+            rate,
+            tokens: 0.0,
+            last: None,
+            missed_frac: 0.0,
+            missed: Arc::default(),
+        }
+    }
+
+    /// How many packets the worker gets now (at most `max`), and the ring's backlog before
+    /// they were taken: of `backlog` arrivals, packet i (oldest first) arrived
+    /// `(backlog - 1 - i) / rate` seconds ago. `go` false: the tester stopped; what is
+    /// still in the ring is delivered, nothing new arrives. None: stopped and empty.
+    pub fn take(&mut self, now: Instant, go: bool, max: usize) -> Option<(usize, f64)> {
+        let Some(r) = self.rate else {
+            return go.then_some((max, 0.0));
+        };
+        if !go {
+            if self.tokens < 1.0 {
+                self.last = None;
+                self.tokens = 0.0;
+                return None;
+            }
+            let n = max.min(self.tokens as usize);
+            let backlog = self.tokens;
+            self.tokens -= n as f64;
+            return Some((n, backlog));
+        }
+        let dt = self.last.map_or(0.0, |l| (now - l).as_secs_f64());
+        self.last = Some(now);
+        self.tokens += dt * r;
+        if self.tokens > RX_RING as f64 {
+            self.missed_frac += self.tokens - RX_RING as f64;
+            self.tokens = RX_RING as f64;
+            let whole = self.missed_frac.floor();
+            self.missed_frac -= whole;
+            self.missed.fetch_add(whole as u64, Ordering::Relaxed);
+        }
+        let n = max.min(self.tokens as usize);
+        let backlog = self.tokens;
+        self.tokens -= n as f64;
+        Some((n, backlog))
+    }
+
+    /// Packets [`take`](Self::take) handed out that were not used: back into the ring.
+    pub fn give_back(&mut self, n: usize) {
+        if self.rate.is_some() {
+            self.tokens += n as f64;
+        }
+    }
+}
+
 impl Generator {
     pub fn new(tunnels: Vec<u32>, size: Option<usize>, rate: Option<f64>, epoch: Instant) -> Self {
+        let ring = RxRing::new(rate);
         Generator {
             flows: tunnels.into_iter().map(|t| (t, 0)).collect(),
             next_flow: 0,
@@ -100,13 +165,11 @@ impl Generator {
             pat: pattern(),
             epoch,
             rate,
-            tokens: 0.0,
-            last: None,
+            missed: ring.missed.clone(),
+            ring,
             go: Arc::new(AtomicBool::new(false)),
             generated: Arc::default(),
             local_generated: 0,
-            missed: Arc::default(),
-            missed_frac: 0.0,
         }
     }
 }
@@ -116,41 +179,12 @@ impl PacketIo for Generator {
         if self.flows.is_empty() {
             return 0;
         }
-        let go = self.go.load(Ordering::Relaxed);
-        if !go && (self.rate.is_none() || self.tokens < 1.0) {
-            // Stopped, and the ring holds nothing more.
-            self.last = None;
-            self.tokens = 0.0;
-            return 0;
-        }
         let now = Instant::now();
-        let mut n = max;
-        // With a rate, packets waited in the ring: of `backlog` arrivals (a fraction of the
-        // next one besides), packet i (oldest first) arrived `(backlog - 1 - i) / rate`
-        // seconds ago. Their timestamps are their arrival times, so the latency includes
-        // the time they queued (as a tester's timestamps on the wire would).
-        let mut backlog = 0.0;
-        if !go {
-            // Stopped: what is still in the ring is delivered (a NIC drains its ring after
-            // the tester stops sending), nothing new arrives.
-            n = n.min(self.tokens as usize);
-            backlog = self.tokens;
-            self.tokens -= n as f64;
-        } else if let Some(r) = self.rate {
-            let dt = self.last.map_or(0.0, |l| (now - l).as_secs_f64());
-            self.last = Some(now);
-            self.tokens += dt * r;
-            if self.tokens > RX_RING as f64 {
-                self.missed_frac += self.tokens - RX_RING as f64;
-                self.tokens = RX_RING as f64;
-                let whole = self.missed_frac.floor();
-                self.missed_frac -= whole;
-                self.missed.fetch_add(whole as u64, Ordering::Relaxed);
-            }
-            n = n.min(self.tokens as usize);
-            backlog = self.tokens;
-            self.tokens -= n as f64;
-        }
+        // Timestamps are arrival times in the ring, so the latency includes the time the
+        // packets queued (as a tester's timestamps on the wire would).
+        let Some((n, backlog)) = self.ring.take(now, self.go.load(Ordering::Relaxed), max) else {
+            return 0;
+        };
         let now_ns = (now - self.epoch).as_nanos() as u64;
         let gap_ns = self.rate.map_or(0.0, |r| 1e9 / r);
         for i in 0..n {
@@ -268,6 +302,10 @@ impl PacketIo for Sink {
 pub struct Replay {
     pkts: Vec<Vec<u8>>,
     pos: usize,
+    /// A rate: packets arrive into a NIC receive ring at that rate (see [`RxRing`]).
+    ring: RxRing,
+    /// Packets the worker took.
+    pub taken: Arc<AtomicU64>,
     /// Called at the end of each pass before the next one starts (e.g. reset a replay window).
     on_wrap: Option<Box<dyn FnMut() + Send>>,
     wrapped: bool,
@@ -275,10 +313,23 @@ pub struct Replay {
 }
 
 impl Replay {
-    pub fn new(pkts: Vec<Vec<u8>>, on_wrap: Option<Box<dyn FnMut() + Send>>) -> Self {
+    /// Packets the replay's ring missed (offered while it was full).
+    pub fn missed(&self) -> Arc<AtomicU64> {
+        self.ring.missed.clone()
+    }
+
+    /// Replays at `rate` packets per second into an emulated NIC ring (None: as fast as
+    /// the worker takes them).
+    pub fn with_rate(
+        pkts: Vec<Vec<u8>>,
+        on_wrap: Option<Box<dyn FnMut() + Send>>,
+        rate: Option<f64>,
+    ) -> Self {
         Replay {
             pkts,
             pos: 0,
+            ring: RxRing::new(rate),
+            taken: Arc::default(),
             on_wrap,
             wrapped: false,
             go: Arc::new(AtomicBool::new(false)),
@@ -288,16 +339,19 @@ impl Replay {
 
 impl PacketIo for Replay {
     fn rx_burst(&mut self, pool: &mut BufPool, out: &mut Vec<PacketBuf>, max: usize) -> usize {
-        if !self.go.load(Ordering::Relaxed) {
-            return 0;
-        }
         if self.wrapped {
             // Give the worker one poll to apply what on_wrap asked for.
             self.wrapped = false;
             return 0;
         }
+        let Some((due, _)) = self
+            .ring
+            .take(Instant::now(), self.go.load(Ordering::Relaxed), max)
+        else {
+            return 0;
+        };
         let mut n = 0;
-        while n < max {
+        while n < due {
             if self.pos == self.pkts.len() {
                 self.pos = 0;
                 if let Some(f) = self.on_wrap.as_mut() {
@@ -311,6 +365,11 @@ impl PacketIo for Replay {
             out.push(b);
             self.pos += 1;
             n += 1;
+        }
+        // Cut short by the end of a pass: the rest stays in the ring.
+        self.ring.give_back(due - n);
+        if n > 0 {
+            self.taken.fetch_add(n as u64, Ordering::Relaxed);
         }
         n
     }

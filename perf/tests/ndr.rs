@@ -163,3 +163,41 @@ fn ndr_flags_are_checked() {
         assert!(!out.status.success() && e.contains(want), "{args:?}: {e}");
     }
 }
+
+#[test]
+fn oneway_ndr_of_one_worker_decrypting() {
+    let _one = serial();
+    let (ok, v, err) = run(&[
+        "ndr",
+        "--json",
+        "--pipeline",
+        "oneway",
+        "--direction",
+        "decrypt",
+        "--trial-duration",
+        "0.5",
+        "--warmup",
+        "0.3",
+        "--precision",
+        "0.1",
+        "--max-trials",
+        "12",
+    ]);
+    assert!(ok, "{err}");
+    let all = v.to_string();
+    assert_eq!(v["pipeline"], "oneway decrypt", "{all}");
+    assert_eq!(v["ndr_verified"], true, "{all}");
+    let ndr = v["ndr_mpps"].as_f64().unwrap() * 1e6;
+    assert!(ndr > 10_000.0, "{all}");
+    let trials = v["trials"].as_array().unwrap();
+    assert!(
+        trials
+            .iter()
+            .any(|t| t["rate_pps"].as_f64().is_some_and(|r| r > ndr)
+                && t["loss_ratio"].as_f64().unwrap() > 0.0),
+        "bracketed: {all}"
+    );
+    // One worker with its output dropped: nothing to time, no latency trials.
+    assert!(trials.iter().all(|t| t["kind"] != "latency"), "{all}");
+    assert_eq!(v["latency_us_at"], serde_json::json!({}), "{all}");
+}

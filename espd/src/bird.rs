@@ -124,7 +124,7 @@ pub fn cgw_conf(t: &Tunnel) -> String {
          # Routes learned from AWS into the main table.\n\
          protocol kernel {{\n  ipv4 {{ import none; export where source = RTS_BGP; }};\n}}\n\n\
          protocol bgp aws {{\n  local {cgw} as {cgw_asn};\n  neighbor {aws} as {asn};\n  direct;\n  \
-         hold time {HOLD_S};\n  keepalive time {KEEPALIVE_S};{md5}\n  ipv4 {{\n    import all;\n    \
+         hold time {HOLD_S};\n  keepalive time {KEEPALIVE_S};\n  connect retry time 5;\n  error wait time 5, 30;{md5}\n  ipv4 {{\n    import all;\n    \
          export where proto = \"cgw_networks\";\n    next hop self;\n  }};\n}}\n",
         tn = t.name,
         conn = t.connection,
@@ -193,6 +193,7 @@ mod tests {
             "neighbor 169.254.10.1 as 64512;",
             "route 0.0.0.0/0 unreachable;",
             "hold time 30;",
+            "error wait time 5, 30;",
         ] {
             assert!(w.contains(want), "{want}:\n{w}");
         }

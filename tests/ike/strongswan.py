@@ -699,6 +699,8 @@ def bgp_case(tag, mode="external"):
             back = wait_for(lambda: "BIRD exited" in e.text(), 5) and wait_for(lambda: b1.established("aws_aws_t1"), 45)
             check(f"[{tag}] BIRD killed: the supervisor restarts it and BGP is Established again", back,
                   e.text()[-1200:] + b1.cli("show protocols"))
+        # (after a restart of espd's BIRD the session's UPDATEs follow its Established)
+        wait_for(lambda: "BGP.med: 100" in b2.cli("show route all 10.1.0.0/24"), 20)
         r2 = b2.cli("show route all 10.1.0.0/24")
         check(f"[{tag}] the CGW learns the VPC prefix 10.1.0.0/24 from AWS with MED 100", "BGP.med: 100" in r2, r2[-800:])
         w = e.show("counters").get("worker", {})

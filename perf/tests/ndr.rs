@@ -25,10 +25,9 @@ fn run(args: &[&str]) -> (bool, serde_json::Value, String) {
     (out.status.success(), v, err)
 }
 
-#[test]
-fn ndr_is_verified_bracketed_and_consistent() {
-    let _one = serial();
-    let (ok, v, err) = run(&[
+/// `perf ndr --json` with short trials (0.5 s, 10 % precision, 12 trials at most).
+fn ndr(args: &[&str]) -> (bool, serde_json::Value, String) {
+    let mut all = vec![
         "ndr",
         "--json",
         "--trial-duration",
@@ -39,9 +38,15 @@ fn ndr_is_verified_bracketed_and_consistent() {
         "0.1",
         "--max-trials",
         "12",
-        "--packet-size",
-        "1400",
-    ]);
+    ];
+    all.extend_from_slice(args);
+    run(&all)
+}
+
+#[test]
+fn ndr_is_verified_bracketed_and_consistent() {
+    let _one = serial();
+    let (ok, v, err) = ndr(&["--packet-size", "1400"]);
     assert!(ok, "{err}");
     let all = v.to_string();
     for k in [
@@ -169,22 +174,7 @@ fn ndr_flags_are_checked() {
 #[test]
 fn oneway_ndr_of_one_worker_decrypting() {
     let _one = serial();
-    let (ok, v, err) = run(&[
-        "ndr",
-        "--json",
-        "--pipeline",
-        "oneway",
-        "--direction",
-        "decrypt",
-        "--trial-duration",
-        "0.5",
-        "--warmup",
-        "0.3",
-        "--precision",
-        "0.1",
-        "--max-trials",
-        "12",
-    ]);
+    let (ok, v, err) = ndr(&["--pipeline", "oneway", "--direction", "decrypt"]);
     assert!(ok, "{err}");
     let all = v.to_string();
     assert_eq!(v["pipeline"], "oneway decrypt", "{all}");

@@ -623,6 +623,17 @@ class Bird:
                 self.p.kill()
 
 
+def dynamic_config(tag, p1, p2):
+    """espd's aws-t1 and aws-t2 as one dynamic connection: BGP over aws-t1's inside
+    169.254.10.0/30, 0.0.0.0/0 selectors (the routes come from BGP), the VPC prefix
+    10.1.0.0/24 advertised, espd's state (BIRD's files) under WORK."""
+    text = espd_config(tag, "add", p1, p2, extra='tunnel_inside_cidr = "169.254.10.0/30"\nbgp_advertise = ["10.1.0.0/24"]', routing="dynamic")
+    text = text.replace('local_ipv4_network_cidr = "10.2.0.0/24"', 'local_ipv4_network_cidr = "0.0.0.0/0"')
+    text = text.replace('remote_ipv4_network_cidr = "10.1.0.0/24"', 'remote_ipv4_network_cidr = "0.0.0.0/0"')
+    text = text.replace('pre_shared_key = "lab.tunnel_two"', 'pre_shared_key = "lab.tunnel_two"\nbgp_advertise = ["10.1.0.0/24"]')
+    return text.replace('idle_sleep_us = 20\n', f'idle_sleep_us = 20\nstate_directory = "{WORK}/{tag}-state"\n')
+
+
 def bgp_case(tag, mode="external"):
     """BGP over the tunnel (routing = "dynamic"): espd's BIRD and the customer gateway's
     (strongSwan + BIRD from `export-config --peer bird`) peer between the inside addresses
@@ -634,14 +645,9 @@ def bgp_case(tag, mode="external"):
     killed, stops it on exit, and reports the session in `show tunnels` and the tunnel log."""
     p1 = (["AES128"], ["SHA2-256"], [14])
     p2 = (["AES128-GCM-16"], ["SHA2-256"])
-    text = espd_config(tag, "add", p1, p2, extra='tunnel_inside_cidr = "169.254.10.0/30"\nbgp_advertise = ["10.1.0.0/24"]', routing="dynamic")
-    text = text.replace('local_ipv4_network_cidr = "10.2.0.0/24"', 'local_ipv4_network_cidr = "0.0.0.0/0"')
-    text = text.replace('remote_ipv4_network_cidr = "10.1.0.0/24"', 'remote_ipv4_network_cidr = "0.0.0.0/0"')
-    text = text.replace('pre_shared_key = "lab.tunnel_two"', 'pre_shared_key = "lab.tunnel_two"\nbgp_advertise = ["10.1.0.0/24"]')
-    gw = f'idle_sleep_us = 20\nstate_directory = "{WORK}/{tag}-state"\n'
+    text = dynamic_config(tag, p1, p2)
     if mode == "external":
-        gw += f'bird = "external"\nbird_control_socket = "{WORK}/bird-{tag}-aws.ctl"\n'
-    text = text.replace("idle_sleep_us = 20\n", gw)
+        text = text.replace("idle_sleep_us = 20\n", f'idle_sleep_us = 20\nbird = "external"\nbird_control_socket = "{WORK}/bird-{tag}-aws.ctl"\n')
     e = Espd(tag, text)
     c = b1 = b2 = None
     try:
@@ -783,10 +789,7 @@ def bgp_two_tunnels_case(tag):
     2: the route is on tunnel 1 only; prepend removed: ECMP again."""
     p1 = (["AES128"], ["SHA2-256"], [14])
     p2 = (["AES128-GCM-16"], ["SHA2-256"])
-    text = espd_config(tag, "add", p1, p2, extra='tunnel_inside_cidr = "169.254.10.0/30"\nbgp_advertise = ["10.1.0.0/24"]', routing="dynamic")
-    text = text.replace('local_ipv4_network_cidr = "10.2.0.0/24"', 'local_ipv4_network_cidr = "0.0.0.0/0"')
-    text = text.replace('remote_ipv4_network_cidr = "10.1.0.0/24"', 'remote_ipv4_network_cidr = "0.0.0.0/0"')
-    text = text.replace('idle_sleep_us = 20\n', f'idle_sleep_us = 20\nstate_directory = "{WORK}/{tag}-state"\n')
+    text = dynamic_config(tag, p1, p2)
     t2 = text[text.index('[[tunnel]]\nname = "aws-t2"'):]
     t1 = text[text.index('[[tunnel]]\nname = "aws-t1"'):text.index('[[tunnel]]\nname = "aws-t2"')]
     t2new = (t1.replace('name = "aws-t1"', 'name = "aws-t2"').replace('outside_ip = "192.0.2.1"', 'outside_ip = "192.0.2.5"')
@@ -941,11 +944,7 @@ def static_and_dynamic_case(tag):
     UP with its SAs and no BGP, the dynamic one UP with its session)."""
     p1 = (["AES128"], ["SHA2-256"], [14])
     p2 = (["AES128-GCM-16"], ["SHA2-256"])
-    text = espd_config(tag, "add", p1, p2, extra='tunnel_inside_cidr = "169.254.10.0/30"\nbgp_advertise = ["10.1.0.0/24"]', routing="dynamic")
-    text = text.replace('local_ipv4_network_cidr = "10.2.0.0/24"', 'local_ipv4_network_cidr = "0.0.0.0/0"')
-    text = text.replace('remote_ipv4_network_cidr = "10.1.0.0/24"', 'remote_ipv4_network_cidr = "0.0.0.0/0"')
-    text = text.replace('pre_shared_key = "lab.tunnel_two"', 'pre_shared_key = "lab.tunnel_two"\nbgp_advertise = ["10.1.0.0/24"]')
-    text = text.replace('idle_sleep_us = 20\n', f'idle_sleep_us = 20\nstate_directory = "{WORK}/{tag}-state"\n')
+    text = dynamic_config(tag, p1, p2)
     static = f"""
 [[tunnel]]
 name = "st-t1"

@@ -636,18 +636,18 @@ fn v1_run(
     logs.join("\n")
 }
 
-/// DPD actions `none` and `restart` on an IKEv1 tunnel: the IKEv1 wording; `none` keeps
-/// the IPsec SA; `restart` starts an IKEv1 main mode (the tunnel allows only IKEv1), and
+/// DPD actions `none`, `clear` and `restart` on an IKEv1 tunnel: the IKEv1 wording; `none`
+/// keeps the IPsec SA; `clear` deletes it and starts nothing; `restart` starts an IKEv1 main mode (the tunnel allows only IKEv1), and
 /// again every 5 s after one gives up, until the CGW answers again and the tunnel is back
 /// with a new IPsec SA.
 #[test]
 #[ignore = "needs root (UDP port 500); the test command runs it as root"]
-fn ikev1_dpd_none_and_restart() {
+fn ikev1_dpd_none_clear_and_restart() {
     assert!(
         root(),
         "needs root (UDP port 500): run as root, or without --include-ignored"
     );
-    for (net, action) in [(70, "none"), (71, "restart")] {
+    for (net, action) in [(70, "none"), (71, "restart"), (72, "clear")] {
         let (me, peer) = (format!("127.0.{net}.1"), format!("127.0.{net}.2"));
         let (mut b, mut g) = v1_setup(&me, &peer, action);
         let (_w, h) = handle();
@@ -662,6 +662,19 @@ fn ikev1_dpd_none_and_restart() {
         assert!(!l.contains("DPD timed out after"), "{action}: {l}");
         if action == "none" {
             assert_eq!(b.stats()[0].1.phase2, "Established", "{l}");
+            continue;
+        }
+        if action == "clear" {
+            assert!(
+                l.contains("DPD action clear: SAs deleted, tunnel DOWN"),
+                "{l}"
+            );
+            // The CGW answers again: clear does not start anything of its own.
+            let l = v1_run(&mut b, &mut g, &h, &mut now, 30.0, false, &mut logs);
+            assert!(!l.contains("Initiating IKEv1 Main Mode"), "{l}");
+            assert_eq!(l.matches("CHILD_SA established").count(), 1, "{l}");
+            let st = b.stats();
+            assert_eq!((st[0].1.phase1, st[0].1.phase2), ("Down", "Down"), "{l}");
             continue;
         }
         assert!(l.contains("Initiating IKEv1 Main Mode"), "{l}");

@@ -100,6 +100,8 @@ struct Common {
 enum PipelineArg {
     Loopback,
     Oneway,
+    /// The gateway on AF_XDP sockets over veth in a private namespace (root, `xdp` feature).
+    XdpGateway,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -133,9 +135,13 @@ enum Cmd {
         /// Seconds of the warm-up trial (as fast as possible; it starts the search).
         #[arg(long, default_value_t = 1.0)]
         warmup: f64,
-        /// What is measured: the loopback pipeline, or one worker in one direction.
+        /// What is measured: the loopback pipeline, one worker in one direction, or the
+        /// gateway on AF_XDP over veth (root; a generator and a sink of ours on core 0).
         #[arg(long, value_enum, default_value = "loopback")]
         pipeline: PipelineArg,
+        /// xdp-gateway: native | generic | auto.
+        #[arg(long, default_value = "generic")]
+        xdp_mode: String,
         /// oneway: the direction.
         #[arg(long, value_enum, default_value = "encrypt")]
         direction: DirectionArg,
@@ -592,13 +598,109 @@ fn loopback(c: Common) {
     }
 }
 
-/// `perf ndr`: the search of [`ndr::search`] over loopback trials, with the setup and the
-/// machine in the result.
+/// The xdp-gateway rig of `perf ndr` (nothing without the `xdp` feature).
+#[cfg(feature = "xdp")]
+type XdpRig = xdpbench::EspRig;
+#[cfg(not(feature = "xdp"))]
+struct XdpRig;
+
+/// Checks the flags `perf ndr --pipeline xdp-gateway` takes, enters its namespace (this
+/// binary again, inside it: the process exits with that run's status) and, inside, starts
+/// the rig.
+#[cfg(feature = "xdp")]
+fn xdp_rig(c: &Common, s: &Setup, xdp_mode: &str) -> XdpRig {
+    let size = s
+        .size
+        .filter(|n| (48..=1500).contains(n))
+        .unwrap_or_else(|| {
+            fail(format!(
+                "--packet-size {}: xdp-gateway allows 48..=1500 (no imix)",
+                c.packet_size
+            ))
+        });
+    if c.tunnels != 1 && c.tunnels as usize != s.workers {
+        fail(format!(
+            "--tunnels {}: xdp-gateway has one tunnel per worker (--workers {})",
+            c.tunnels, s.workers
+        ));
+    }
+    for (set, flag) in [
+        (c.nat_t, "--nat-t"),
+        (c.ipv6_outer, "--ipv6-outer"),
+        (c.handoff, "--handoff"),
+        (c.metrics.is_some(), "--metrics"),
+    ] {
+        if set {
+            fail(format!(
+                "{flag}: not with --pipeline xdp-gateway (IPv4 outer ESP; with --workers 2 or more every tunnel's packets arrive on every queue and handoff carries its share)"
+            ));
+        }
+    }
+    let mode = xdp_mode
+        .parse()
+        .unwrap_or_else(|e: String| fail(format!("--xdp-mode {e}")));
+    if std::env::var_os("PERF_XDP_INSIDE").is_none() {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        std::process::exit(xdpbench::outer(&args));
+    }
+    let o = xdpbench::Opts {
+        sizes: vec![size],
+        duration: 0.0,
+        suite: s.suite,
+        backend: s.backend,
+        json: c.json,
+        mode,
+        workers: s.workers,
+    };
+    xdpbench::EspRig::start(&o, size).unwrap_or_else(|e| fail(format!("xdp-gateway: {e}")))
+}
+
+#[cfg(not(feature = "xdp"))]
+fn xdp_rig(_: &Common, _: &Setup, _: &str) -> XdpRig {
+    no_xdp()
+}
+
+#[cfg(not(feature = "xdp"))]
+fn no_xdp() -> ! {
+    fail(
+        "--pipeline xdp-gateway: perf was built without its `xdp` feature (clang, libelf-dev): \
+         cargo run --release -p perf --features xdp -- ndr --pipeline xdp-gateway"
+            .into(),
+    )
+}
+
+/// One trial over the xdp-gateway rig: what the tester could not send counts as offered
+/// and lost; latency from the sampled packets.
+#[cfg(feature = "xdp")]
+fn xdp_trial(rig: &mut XdpRig, rate: Option<f64>, secs: f64) -> ndr::Outcome {
+    // Latency only at a fixed rate (as fast as possible, the queues are full by design).
+    let r = rig.trial(rate, secs, rate.is_some());
+    ndr::Outcome {
+        duration_s: r.duration_s,
+        tx_packets: r.sent + r.short,
+        rx_packets: r.received,
+        rx_bytes: r.inner_bytes,
+        latency_us: r.latency_ns.as_ref().map_or_else(
+            || percentiles(&hdrhistogram::Histogram::new(3).expect("valid")),
+            percentiles,
+        ),
+        tester_short: r.short,
+    }
+}
+
+#[cfg(not(feature = "xdp"))]
+fn xdp_trial(_: &mut XdpRig, _: Option<f64>, _: f64) -> ndr::Outcome {
+    no_xdp()
+}
+
+/// `perf ndr`: the search of [`ndr::search`] over trials of the chosen pipeline, with the
+/// setup and the machine in the result.
 fn ndr_cmd(
     c: Common,
     pipeline: PipelineArg,
     direction: DirectionArg,
     packets: usize,
+    xdp_mode: &str,
     o: ndr::Opts,
 ) {
     let bad = |flag: &str, v: String, allowed: &str| {
@@ -637,16 +739,20 @@ fn ndr_cmd(
     let s = setup(&c);
     let oneway = matches!(pipeline, PipelineArg::Oneway);
     let decrypt = oneway && matches!(direction, DirectionArg::Decrypt);
+    let mut rig = None;
     if oneway {
         oneway_check(&c, decrypt, packets);
+    } else if matches!(pipeline, PipelineArg::XdpGateway) {
+        rig = Some(xdp_rig(&c, &s, xdp_mode));
     } else if c.handoff && s.workers < 2 {
         fail("--handoff needs --workers 2 or more (one worker has no one to hand to)".into());
     }
     let base = baseline_mpps(&s, decrypt);
-    let pipeline_name = match (oneway, decrypt) {
-        (false, _) => "loopback",
-        (true, false) => "oneway encrypt",
-        (true, true) => "oneway decrypt",
+    let pipeline_name = match (pipeline, decrypt) {
+        (PipelineArg::Loopback, _) => "loopback",
+        (PipelineArg::XdpGateway, _) => "xdp-gateway",
+        (PipelineArg::Oneway, false) => "oneway encrypt",
+        (PipelineArg::Oneway, true) => "oneway decrypt",
     };
     if !c.json {
         eprintln!(
@@ -662,6 +768,9 @@ fn ndr_cmd(
         );
     }
     let mut trial = |rate: Option<f64>, secs: f64| {
+        if let Some(r) = rig.as_mut() {
+            return xdp_trial(r, rate, secs);
+        }
         let mut cc = c.clone();
         cc.rate = rate;
         cc.duration = secs;
@@ -718,6 +827,10 @@ fn ndr_cmd(
         );
     };
     let found = ndr::search(&o, &mut trial, &mut progress);
+    #[cfg(feature = "xdp")]
+    if let Some(r) = rig {
+        r.finish();
+    }
     let mut v = found.json(&o);
     let m = v.as_object_mut().expect("an object");
     for (k, x) in [
@@ -1428,6 +1541,7 @@ fn main() {
             pdr_loss,
             warmup,
             pipeline,
+            xdp_mode,
             direction,
             packets,
         } => ndr_cmd(
@@ -1435,6 +1549,7 @@ fn main() {
             pipeline,
             direction,
             packets,
+            &xdp_mode,
             ndr::Opts {
                 trial_s: trial_duration,
                 max_trials,
@@ -1442,7 +1557,7 @@ fn main() {
                 pdr_loss,
                 warmup_s: warmup,
                 // oneway drops its output: no latency to measure.
-                latency: matches!(pipeline, PipelineArg::Loopback),
+                latency: !matches!(pipeline, PipelineArg::Oneway),
             },
         ),
         Cmd::Oneway {

@@ -190,16 +190,8 @@ fn generate(
     secs: f64,
     esp: bool,
 ) -> (GenStats, f64) {
-    let mut free: Vec<Vec<u64>> = gens
-        .iter()
-        .map(|g| {
-            (0..g.frames as u64)
-                .map(|i| i * FRAME_SIZE as u64)
-                .collect()
-        })
-        .collect();
+    let mut free: Vec<Vec<u64>> = gens.iter().map(all_frames).collect();
     let mut done = Vec::with_capacity(4096);
-    let mut descs = Vec::with_capacity(BATCH);
     let mut rx = Vec::with_capacity(BATCH);
     let mut refill = Vec::with_capacity(BATCH);
     let mut seq = vec![0u64; frames.len()];
@@ -216,6 +208,7 @@ fn generate(
     let mut measuring = false;
     let (mut sent0, mut rx0, mut tm) = (0u64, 0u64, t0);
     let ng = gens.len();
+    let per = frames.len() / ng;
     let mut flow = vec![0usize; ng];
     loop {
         let el = t0.elapsed();
@@ -233,88 +226,54 @@ fn generate(
             gen_xsk.complete(&mut done);
             free[q].extend_from_slice(&done);
             let room = gen_xsk.tx_free(BATCH as u32) as usize;
-            descs.clear();
-            for _ in 0..room.min(BATCH) {
-                let Some(a) = free[q].pop() else { break };
-                // This socket's flows: q, q + ng, q + 2 ng, ...
-                let fl = flow[q] * ng + q;
-                let f = &frames[fl];
-                let buf = gen_xsk.frame_mut(a);
-                buf[..f.len()].copy_from_slice(f);
-                seq[fl] += 1;
-                buf[SEQ_OFF..SEQ_OFF + 8].copy_from_slice(&seq[fl].to_be_bytes());
-                descs.push(XdpDesc {
-                    addr: a,
-                    len: f.len() as u32,
-                    options: 0,
-                });
-                flow[q] = (flow[q] + 1) % (frames.len() / ng);
-            }
-            if !descs.is_empty() {
-                gen_xsk.send(&descs);
-                st.sent += descs.len() as u64;
-            }
+            // This socket's flows: q, q + ng, q + 2 ng, ...
+            let k = send_batch(
+                gen_xsk,
+                &mut free[q],
+                room,
+                |_| {
+                    let fl = flow[q] * ng + q;
+                    flow[q] = (flow[q] + 1) % per;
+                    fl
+                },
+                frames,
+                &mut seq,
+                None,
+            );
+            st.sent += k as u64;
         }
-        for sink in sinks.iter_mut() {
-            for _ in 0..2 {
-                rx.clear();
-                let n = sink.recv(&mut rx, BATCH);
-                for d in &rx {
-                    let b = sink.frame(d.addr, d.len as usize);
-                    if esp {
-                        // Outer IPv4 (20) + ESP: SPI (4), sequence number (4).
-                        if b.len() >= 14 + 28 {
-                            let s = u32::from_be_bytes(b[38..42].try_into().unwrap_or_default());
-                            st.max_esp_seq = st.max_esp_seq.max(u64::from(s));
-                        }
-                    } else if b.len() >= SEQ_OFF + 8 {
-                        let fl =
-                            u32::from_be_bytes(b[42..46].try_into().unwrap_or_default()) as usize;
-                        let s = u64::from_be_bytes(
-                            b[SEQ_OFF..SEQ_OFF + 8].try_into().unwrap_or_default(),
-                        );
-                        if let Some(nx) = next_seen.get_mut(fl) {
-                            if s > *nx + 1 {
-                                st.lost += s - *nx - 1;
-                            } else if s <= *nx {
-                                st.reordered += 1;
-                            }
-                            *nx = (*nx).max(s);
-                        }
+        st.received += drain_sinks(sinks, &mut rx, &mut refill, |b| {
+            if esp {
+                // Outer IPv4 (20) + ESP: SPI (4), sequence number (4).
+                if b.len() >= 14 + 28 {
+                    let s = u32::from_be_bytes(b[38..42].try_into().unwrap_or_default());
+                    st.max_esp_seq = st.max_esp_seq.max(u64::from(s));
+                }
+            } else if b.len() >= SEQ_OFF + 8 {
+                let fl = u32::from_be_bytes(b[42..46].try_into().unwrap_or_default()) as usize;
+                let s = u64::from_be_bytes(b[SEQ_OFF..SEQ_OFF + 8].try_into().unwrap_or_default());
+                if let Some(nx) = next_seen.get_mut(fl) {
+                    if s > *nx + 1 {
+                        st.lost += s - *nx - 1;
+                    } else if s <= *nx {
+                        st.reordered += 1;
                     }
-                    refill.push(d.addr);
-                }
-                st.received += n as u64;
-                sink.fill(&refill);
-                refill.clear();
-                if n == 0 {
-                    break;
+                    *nx = (*nx).max(s);
                 }
             }
-        }
+        });
     }
     let window = tm.elapsed().as_secs_f64();
     // Drain what is still in flight.
     let end = Instant::now();
     while end.elapsed() < Duration::from_millis(300) {
-        let mut got = 0;
-        for sink in sinks.iter_mut() {
-            rx.clear();
-            let n = sink.recv(&mut rx, BATCH);
-            for d in &rx {
-                refill.push(d.addr);
-            }
-            sink.fill(&refill);
-            refill.clear();
-            got += n;
-        }
-        st.received += got as u64;
+        let got = drain_sinks(sinks, &mut rx, &mut refill, |_| {});
+        st.received += got;
         if got == 0 {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
     let measured = (st.received.min(rx0 + (st.sent - sent0)) - rx0) as f64;
-    let _ = sent0;
     (st, measured / window)
 }
 
@@ -327,10 +286,7 @@ fn open_sink(mode: Mode, queues: usize) -> Result<(Steering, Vec<Xsk>), String> 
     for q in 0..queues as u32 {
         let mut x =
             Xsk::open(ifi, q, XskConfig::default()).map_err(|e| format!("xgo queue {q}: {e}"))?;
-        let all: Vec<u64> = (0..x.frames as u64)
-            .map(|i| i * FRAME_SIZE as u64)
-            .collect();
-        x.fill(&all);
+        x.fill(&all_frames(&x));
         st.add_socket(q, x.fd()).map_err(|e| e.to_string())?;
         v.push(x);
     }
@@ -484,108 +440,418 @@ fn macs() -> Result<(Mac, Mac, Mac, Mac), String> {
     Ok((m("xgo")?, m("xwo")?, m("xwi")?, m("xgi")?))
 }
 
-fn run_esp(o: &Opts, size: usize) -> Result<RunResult, String> {
-    let n = o.workers;
-    let (_sink_st, mut sinks) = open_sink(o.mode, n)?;
-    let wi_st = Steering::attach("xwi", Role::Inside, o.mode).map_err(|e| e.to_string())?;
-    let wo_st = Steering::attach("xwo", Role::Outside, o.mode).map_err(|e| e.to_string())?;
-    wi_st
-        .add_selector("0.0.0.0".parse().expect("literal"), 0)
-        .map_err(|e| e.to_string())?;
-    let (go_mac, _wo_mac, wi_mac, gi_mac) = macs()?;
-    let n_in = NeighShared::new();
-    let n_out = NeighShared::new();
-    let peer: IpAddr = "198.19.0.2".parse().expect("literal");
-    n_out.insert(peer, go_mac);
-    let xc = XskConfig::default();
-    let ifi = |d: &str| xdp_prog::ifindex(d).map_err(|e| e.to_string());
-    let (ifi_wi, ifi_wo) = (ifi("xwi")?, ifi("xwo")?);
-    let mut gens = open_gens(n)?;
-    // One worker per queue (as `espd run`: one pool behind them, a handoff mesh when there
-    // are several); tunnel t belongs to worker t mod n.
-    let shared = engine::pkt::shared_pool(8192 * n, engine::pkt::DEFAULT_CAPACITY);
-    let mut meshes = engine::handoff::mesh(n, 1024).into_iter();
-    let mut workers = vec![];
-    let mut handles = vec![];
-    for w in 0..n {
-        let q = w as u32;
-        let pin = XskPort::open("xwi", ifi_wi, q, xc, NextHops::default(), n_in.clone())
-            .map_err(|e| format!("xwi queue {q}: {e}"))?;
-        let pout = XskPort::open("xwo", ifi_wo, q, xc, NextHops::default(), n_out.clone())
-            .map_err(|e| format!("xwo queue {q}: {e}"))?;
-        wi_st.add_socket(q, pin.fd()).map_err(|e| e.to_string())?;
-        wo_st.add_socket(q, pout.fd()).map_err(|e| e.to_string())?;
-        let wc = WorkerConfig {
-            id: w,
-            // One worker: core 1 (the generator has core 0). More: core w mod the cores,
-            // so worker 0 shares core 0 with the generator on a 2-core machine.
-            core: Some(if n == 1 { 1 } else { w % cores() }),
-            burst: 64,
-            // As `espd run`: forward inner fragments, lower the inner TTL.
-            reassemble_inner: false,
-            decrement_ttl: true,
-            ..Default::default()
-        };
-        let pool = BufPool::with_shared(shared.clone(), engine::pkt::DEFAULT_CAPACITY);
-        let (mut wk, h) = Worker::new(wc, pin, pout, pool);
-        if n > 1
-            && let Some(m) = meshes.next()
-        {
-            wk.set_mesh(m);
+/// The ESP gateway of the rig, running: its workers (tunnel t owned by worker t), the
+/// steering programs, and the generator's and sink's sockets, ready for runs and trials.
+pub struct EspRig {
+    gens: Vec<Xsk>,
+    /// Free frames of each generator socket (kept across trials).
+    gen_free: Vec<Vec<u64>>,
+    sinks: Vec<Xsk>,
+    frames: Vec<Vec<u8>>,
+    /// Per-flow sequence numbers written into the payloads (kept across trials).
+    seq: Vec<u64>,
+    set: engine::workers::WorkerSet,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// The outbound SAs' configurations: the sampler decrypts with their mirrors.
+    sas: Vec<SaConfig>,
+    backend: Backend,
+    _steering: [Steering; 3],
+}
+
+impl EspRig {
+    /// Attaches the programs, opens every socket, starts the workers with one outbound SA
+    /// per worker, and pins the calling thread (generator and sink) to core 0.
+    pub fn start(o: &Opts, size: usize) -> Result<EspRig, String> {
+        let n = o.workers;
+        let (sink_st, sinks) = open_sink(o.mode, n)?;
+        let wi_st = Steering::attach("xwi", Role::Inside, o.mode).map_err(|e| e.to_string())?;
+        let wo_st = Steering::attach("xwo", Role::Outside, o.mode).map_err(|e| e.to_string())?;
+        wi_st
+            .add_selector("0.0.0.0".parse().expect("literal"), 0)
+            .map_err(|e| e.to_string())?;
+        let (go_mac, _wo_mac, wi_mac, gi_mac) = macs()?;
+        let n_in = NeighShared::new();
+        let n_out = NeighShared::new();
+        let peer: IpAddr = "198.19.0.2".parse().expect("literal");
+        n_out.insert(peer, go_mac);
+        let xc = XskConfig::default();
+        let ifi = |d: &str| xdp_prog::ifindex(d).map_err(|e| e.to_string());
+        let (ifi_wi, ifi_wo) = (ifi("xwi")?, ifi("xwo")?);
+        let gens = open_gens(n)?;
+        // One worker per queue (as `espd run`: one pool behind them, a handoff mesh when
+        // there are several); tunnel t belongs to worker t mod n.
+        let shared = engine::pkt::shared_pool(8192 * n, engine::pkt::DEFAULT_CAPACITY);
+        let mut meshes = engine::handoff::mesh(n, 1024).into_iter();
+        let mut workers = vec![];
+        let mut handles = vec![];
+        for w in 0..n {
+            let q = w as u32;
+            let pin = XskPort::open("xwi", ifi_wi, q, xc, NextHops::default(), n_in.clone())
+                .map_err(|e| format!("xwi queue {q}: {e}"))?;
+            let pout = XskPort::open("xwo", ifi_wo, q, xc, NextHops::default(), n_out.clone())
+                .map_err(|e| format!("xwo queue {q}: {e}"))?;
+            wi_st.add_socket(q, pin.fd()).map_err(|e| e.to_string())?;
+            wo_st.add_socket(q, pout.fd()).map_err(|e| e.to_string())?;
+            let wc = WorkerConfig {
+                id: w,
+                // One worker: core 1 (the generator has core 0). More: core w mod the
+                // cores, so worker 0 shares core 0 with the generator on a 2-core machine.
+                core: Some(if n == 1 { 1 } else { w % cores() }),
+                burst: 64,
+                // As `espd run`: forward inner fragments, lower the inner TTL.
+                reassemble_inner: false,
+                decrement_ttl: true,
+                ..Default::default()
+            };
+            let pool = BufPool::with_shared(shared.clone(), engine::pkt::DEFAULT_CAPACITY);
+            let (mut wk, h) = Worker::new(wc, pin, pout, pool);
+            if n > 1
+                && let Some(m) = meshes.next()
+            {
+                wk.set_mesh(m);
+            }
+            workers.push(wk);
+            handles.push(h);
         }
-        workers.push(wk);
-        handles.push(h);
-    }
-    let set = engine::workers::WorkerSet::new(handles);
-    for t in 0..n {
-        let mut cfg = SaConfig::new(
-            format!("bench{t}"),
-            Direction::Out,
-            0x4242 + t as u32,
-            o.suite,
-            vec![7; o.suite.enc.enc_key_len()],
-            vec![9; o.suite.integ.key_len()],
-            "198.19.0.1".parse().expect("literal"),
-            peer,
-        );
-        cfg.mss_clamp = false;
-        let sa = OutboundSa::new(cfg, o.backend, &[5; 32]).map_err(|e| e.to_string())?;
-        set.send(Command::SetOutbound {
-            tunnel: t as u32,
-            sa: Box::new(sa),
-            selectors: vec![Selector {
-                addr: IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 2, 1 + t as u8)),
-                prefix: 32,
-            }],
-        });
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let threads: Vec<_> = workers
-        .into_iter()
-        .map(|w| {
-            let s2 = stop.clone();
-            std::thread::spawn(move || drop(w.run(s2)))
+        let set = engine::workers::WorkerSet::new(handles);
+        let mut sas = vec![];
+        for t in 0..n {
+            let mut cfg = SaConfig::new(
+                format!("bench{t}"),
+                Direction::Out,
+                SPI0 + t as u32,
+                o.suite,
+                vec![7; o.suite.enc.enc_key_len()],
+                vec![9; o.suite.integ.key_len()],
+                "198.19.0.1".parse().expect("literal"),
+                peer,
+            );
+            cfg.mss_clamp = false;
+            sas.push(cfg.clone());
+            let sa = OutboundSa::new(cfg, o.backend, &[5; 32]).map_err(|e| e.to_string())?;
+            set.send(Command::SetOutbound {
+                tunnel: t as u32,
+                sa: Box::new(sa),
+                selectors: vec![Selector {
+                    addr: IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 2, 1 + t as u8)),
+                    prefix: 32,
+                }],
+            });
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads: Vec<_> = workers
+            .into_iter()
+            .map(|w| {
+                let s2 = stop.clone();
+                std::thread::spawn(move || drop(w.run(s2)))
+            })
+            .collect();
+        set.barrier();
+        core_affinity_set(0);
+        // Flow f leaves on generator queue f mod n and goes to tunnel (f / n) mod n: every
+        // tunnel's packets arrive on every queue, as RSS spreads them.
+        let frames: Vec<Vec<u8>> = (0..FLOWS)
+            .map(|f| frame(size, f, ((f as usize / n) % n) as u8, wi_mac, gi_mac))
+            .collect();
+        let gen_free = gens.iter().map(all_frames).collect();
+        Ok(EspRig {
+            gens,
+            gen_free,
+            sinks,
+            seq: vec![0; frames.len()],
+            frames,
+            set,
+            stop,
+            threads,
+            sas,
+            backend: o.backend,
+            _steering: [sink_st, wi_st, wo_st],
         })
-        .collect();
-    set.barrier();
-    core_affinity_set(0);
-    // Flow f leaves on generator queue f mod n and goes to tunnel (f / n) mod n: every
-    // tunnel's packets arrive on every queue, as RSS spreads them.
-    let frames: Vec<Vec<u8>> = (0..FLOWS)
-        .map(|f| frame(size, f, ((f as usize / n) % n) as u8, wi_mac, gi_mac))
-        .collect();
-    let (st, mpps) = generate(&mut gens, &mut sinks, &frames, o.duration, true);
-    let rep = set.report(false);
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        let _ = t.join();
     }
-    let (drops, handoff_share) = rep
-        .map(|r| {
+
+    /// Stops the workers: their drops (all reasons) and the share of packets handed over.
+    pub fn finish(self) -> (u64, f64) {
+        let rep = self.set.report(false);
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        rep.map(|r| {
             let rx = (r.rx_in + r.rx_out).max(1);
             (r.total.total_drops(), r.handoff_in as f64 / rx as f64)
         })
-        .unwrap_or((0, 0.0));
+        .unwrap_or((0, 0.0))
+    }
+
+    /// One trial of `perf ndr`: the generator offers `rate` packets per second (None: as
+    /// fast as its TX rings take them) for `secs`, then the sinks drain until nothing has
+    /// arrived for 100 ms. With `latency`, one ESP packet in [`SAMPLE`] (by its sequence
+    /// number) is decrypted by the sink with the SA's keys for the send time the generator
+    /// wrote into it. Generator and sink share core 0, one clock.
+    pub fn trial(&mut self, rate: Option<f64>, secs: f64, latency: bool) -> TrialResult {
+        let epoch = Instant::now();
+        let mut sampler = latency.then(|| Sampler::new(&self.sas, self.backend));
+        let mut pace = rate.map(|r| (r, 0.0f64, epoch));
+        let (mut sent, mut short, mut received) = (0u64, 0u64, 0u64);
+        let mut done = Vec::with_capacity(4096);
+        let mut rx = Vec::with_capacity(BATCH);
+        let mut refill = Vec::with_capacity(BATCH);
+        let ng = self.gens.len();
+        let per = self.frames.len() / ng;
+        let mut flow = vec![0usize; ng];
+        let end = Duration::from_secs_f64(secs);
+        loop {
+            let now = Instant::now();
+            let el = now - epoch;
+            if el >= end {
+                break;
+            }
+            // Packets due now (as fast as possible: a batch per socket).
+            let mut due = usize::MAX;
+            if let Some((r, tokens, last)) = pace.as_mut() {
+                *tokens += (now - *last).as_secs_f64() * *r;
+                *last = now;
+                // What the tester could not send before its backlog filled up is short.
+                if *tokens > TESTER_BACKLOG {
+                    short += (*tokens - TESTER_BACKLOG) as u64;
+                    *tokens = TESTER_BACKLOG;
+                }
+                due = *tokens as usize;
+            }
+            let ts = el.as_nanos() as u64;
+            for (q, (g, free)) in self.gens.iter_mut().zip(&mut self.gen_free).enumerate() {
+                done.clear();
+                g.complete(&mut done);
+                free.extend_from_slice(&done);
+                // Copy mode sends a few dozen descriptors per kick: keep the ring moving.
+                g.flush();
+                if due == 0 {
+                    continue;
+                }
+                let room = (g.tx_free(BATCH as u32) as usize).min(BATCH).min(due);
+                let fq = &mut flow[q];
+                // This socket's flows: q, q + ng, q + 2 ng, ...
+                let k = send_batch(
+                    g,
+                    free,
+                    room,
+                    |_| {
+                        let fl = *fq * ng + q;
+                        *fq = (*fq + 1) % per;
+                        fl
+                    },
+                    &self.frames,
+                    &mut self.seq,
+                    Some(ts),
+                );
+                sent += k as u64;
+                if due != usize::MAX {
+                    due -= k;
+                }
+                if let Some((_, tokens, _)) = pace.as_mut() {
+                    *tokens -= k as f64;
+                }
+            }
+            received += drain_sinks(&mut self.sinks, &mut rx, &mut refill, |b| {
+                if let Some(s) = sampler.as_mut() {
+                    s.sample(b, epoch);
+                }
+            });
+        }
+        let duration_s = epoch.elapsed().as_secs_f64();
+        // What is still on the generator's TX rings was sent in this trial: push it out
+        // now, so that it does not arrive in the next one.
+        let t_flush = Instant::now();
+        while self.gens.iter().any(Xsk::tx_pending) && t_flush.elapsed() < Duration::from_secs(1) {
+            for g in &self.gens {
+                g.flush();
+            }
+        }
+        let mut quiet = Instant::now();
+        let drain0 = Instant::now();
+        while quiet.elapsed() < Duration::from_millis(100)
+            && drain0.elapsed() < Duration::from_secs(2)
+        {
+            let got = drain_sinks(&mut self.sinks, &mut rx, &mut refill, |b| {
+                if let Some(s) = sampler.as_mut() {
+                    s.sample(b, epoch);
+                }
+            });
+            received += got;
+            if got > 0 {
+                quiet = Instant::now();
+            } else {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        // Whatever the generator's TX rings still hold went out meanwhile: take its
+        // completions back for the next trial.
+        for (g, free) in self.gens.iter_mut().zip(&mut self.gen_free) {
+            done.clear();
+            g.complete(&mut done);
+            free.extend_from_slice(&done);
+        }
+        TrialResult {
+            duration_s,
+            sent,
+            short,
+            received,
+            inner_bytes: received * (self.frames[0].len() as u64 - 14),
+            latency_ns: sampler.map(|s| s.hist),
+        }
+    }
+}
+
+/// What one trial of [`EspRig::trial`] counted.
+pub struct TrialResult {
+    pub duration_s: f64,
+    /// Packets the generator put on the wire.
+    pub sent: u64,
+    /// Packets due at the trial's rate that the generator could not send (its backlog of
+    /// [`TESTER_BACKLOG`] was full): the tester's shortfall, counted as offered and lost.
+    pub short: u64,
+    /// ESP packets the sink received.
+    pub received: u64,
+    /// Inner bytes of what was received.
+    pub inner_bytes: u64,
+    /// Send-to-receive times of the sampled packets.
+    pub latency_ns: Option<hdrhistogram::Histogram<u64>>,
+}
+
+/// SPI of the rig's tunnel 0 (tunnel t: SPI0 + t).
+const SPI0: u32 = 0x4242;
+/// One ESP packet in this many (by sequence number) is decrypted for its timestamp.
+pub const SAMPLE: u32 = 64;
+/// Packets a paced generator may fall behind its schedule before the rest is short.
+const TESTER_BACKLOG: f64 = 4096.0;
+
+/// Decrypts sampled ESP frames with the mirrors of the rig's outbound SAs and records the
+/// time since the generator's send timestamp.
+struct Sampler {
+    sas: Vec<engine::sa::InboundSa>,
+    pool: BufPool,
+    hist: hdrhistogram::Histogram<u64>,
+}
+
+impl Sampler {
+    fn new(cfgs: &[SaConfig], backend: Backend) -> Sampler {
+        Sampler {
+            sas: cfgs
+                .iter()
+                .filter_map(|c| engine::sa::InboundSa::new(c.mirrored(), backend).ok())
+                .collect(),
+            pool: BufPool::new(4, engine::pkt::DEFAULT_CAPACITY),
+            hist: hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3)
+                .expect("valid bounds"),
+        }
+    }
+
+    /// `b`: an Ethernet frame from the sink (outer IPv4, ESP).
+    fn sample(&mut self, b: &[u8], epoch: Instant) {
+        const ESP: usize = 14 + 20;
+        if b.len() < ESP + 8 {
+            return;
+        }
+        let spi = u32::from_be_bytes(b[ESP..ESP + 4].try_into().unwrap_or_default());
+        let seq = u32::from_be_bytes(b[ESP + 4..ESP + 8].try_into().unwrap_or_default());
+        if seq % SAMPLE != 0 {
+            return;
+        }
+        let Some(sa) = self.sas.get_mut(spi.wrapping_sub(SPI0) as usize) else {
+            return;
+        };
+        let mut p = self.pool.get();
+        if p.set(&b[ESP..]).is_ok() && engine::esp::decapsulate(sa, &mut p).is_ok() {
+            // The inner packet: IPv4 (20), UDP (8), flow (4), sequence (8), send time (8).
+            let inner = p.bytes();
+            if inner.len() >= 48 {
+                let ts = u64::from_be_bytes(inner[40..48].try_into().unwrap_or_default());
+                let now = epoch.elapsed().as_nanos() as u64;
+                let _ = self.hist.record(now.saturating_sub(ts).max(1));
+            }
+        }
+        self.pool.put(p);
+    }
+}
+
+/// Every frame address of a socket's UMEM.
+fn all_frames(x: &Xsk) -> Vec<u64> {
+    (0..x.frames as u64)
+        .map(|i| i * FRAME_SIZE as u64)
+        .collect()
+}
+
+/// Puts up to `room` frames on `g`'s TX ring: the prebuilt frame of flow `next_flow(i)`
+/// with its next sequence number (and `ts`, the send time in ns, after it). Returns how
+/// many went.
+fn send_batch(
+    g: &mut Xsk,
+    free: &mut Vec<u64>,
+    room: usize,
+    mut next_flow: impl FnMut(usize) -> usize,
+    frames: &[Vec<u8>],
+    seq: &mut [u64],
+    ts: Option<u64>,
+) -> usize {
+    let mut descs = [XdpDesc::default(); BATCH];
+    let mut k = 0;
+    while k < room.min(BATCH) {
+        let Some(a) = free.pop() else { break };
+        let fl = next_flow(k);
+        let f = &frames[fl];
+        let buf = g.frame_mut(a);
+        buf[..f.len()].copy_from_slice(f);
+        seq[fl] += 1;
+        buf[SEQ_OFF..SEQ_OFF + 8].copy_from_slice(&seq[fl].to_be_bytes());
+        if let Some(ts) = ts {
+            buf[SEQ_OFF + 8..SEQ_OFF + 16].copy_from_slice(&ts.to_be_bytes());
+        }
+        descs[k] = XdpDesc {
+            addr: a,
+            len: f.len() as u32,
+            options: 0,
+        };
+        k += 1;
+    }
+    if k > 0 {
+        g.send(&descs[..k]);
+    }
+    k
+}
+
+/// Receives what every sink socket holds (up to two batches each), gives each frame to
+/// `see`, refills; returns how many arrived.
+fn drain_sinks(
+    sinks: &mut [Xsk],
+    rx: &mut Vec<XdpDesc>,
+    refill: &mut Vec<u64>,
+    mut see: impl FnMut(&[u8]),
+) -> u64 {
+    let mut got = 0;
+    for sink in sinks.iter_mut() {
+        for _ in 0..2 {
+            rx.clear();
+            let n = sink.recv(rx, BATCH);
+            for d in rx.iter() {
+                see(sink.frame(d.addr, d.len as usize));
+                refill.push(d.addr);
+            }
+            got += n as u64;
+            sink.fill(refill);
+            refill.clear();
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    got
+}
+
+fn run_esp(o: &Opts, size: usize) -> Result<RunResult, String> {
+    let mut rig = EspRig::start(o, size)?;
+    let (st, mpps) = generate(&mut rig.gens, &mut rig.sinks, &rig.frames, o.duration, true);
+    let (drops, handoff_share) = rig.finish();
     Ok(RunResult {
         mpps: mpps / 1e6,
         sent: st.sent,

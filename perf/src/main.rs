@@ -736,7 +736,7 @@ fn ndr_cmd(
     if c.rate.is_some() {
         fail("--rate: perf ndr chooses the rates (see --precision, --max-trials)".into());
     }
-    let s = setup(&c);
+    let mut s = setup(&c);
     let oneway = matches!(pipeline, PipelineArg::Oneway);
     let decrypt = oneway && matches!(direction, DirectionArg::Decrypt);
     let mut rig = None;
@@ -744,6 +744,8 @@ fn ndr_cmd(
         oneway_check(&c, decrypt, packets);
     } else if matches!(pipeline, PipelineArg::XdpGateway) {
         rig = Some(xdp_rig(&c, &s, xdp_mode));
+        // The rig's tunnels: one per worker.
+        s.tunnels = s.workers as u32;
     } else if c.handoff && s.workers < 2 {
         fail("--handoff needs --workers 2 or more (one worker has no one to hand to)".into());
     }

@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '== %s\n' "$*"; }
+log() { printf '== %s (at %d s)\n' "$*" "$SECONDS"; }
 
 need_apt=()
 for pkg in libipsec-mb-dev tshark strongswan-charon strongswan-swanctl libstrongswan-standard-plugins libcharon-extra-plugins iproute2 clang libelf-dev tcpdump iputils-ping ethtool nftables bird2; do
@@ -80,3 +80,4 @@ python3 tests/stress/stress.py target/debug/espd target/debug/perf 2>&1 | grep -
 
 log "IKEv1: espd run against strongSwan version = 1 (main + quick mode, two proposal sets, espd's rekeys and DPD restart, rekeys under ping, PSK and proposal mismatch, tshark ISAKMP decryption)"
 python3 tests/ike/strongswan_v1.py target/debug/espd 2>&1 | grep -v -e '^PASS' -e 'WARNING: '
+log "done"

@@ -647,7 +647,7 @@ fn ikev1_dpd_none_clear_and_restart() {
         root(),
         "needs root (UDP port 500): run as root, or without --include-ignored"
     );
-    for (net, action) in [(70, "none"), (71, "restart"), (72, "clear")] {
+    for (net, action) in [(70, "none"), (71, "restart"), (73, "clear")] {
         let (me, peer) = (format!("127.0.{net}.1"), format!("127.0.{net}.2"));
         let (mut b, mut g) = v1_setup(&me, &peer, action);
         let (_w, h) = handle();

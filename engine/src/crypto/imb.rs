@@ -12,7 +12,11 @@
 //! 1400 bytes 0.77 -> 1.09 seal and 0.80 -> 1.33 open; SHA-384/512 and GCM stay on the
 //! library's pick (no SHA-NI for them; VAES for GCM).
 //!
-//! This is the crypto FFI module: the only `unsafe` of the crypto layer lives here. Each
+//! AES-GCM of large packets goes to ring's VAES-AVX2 code where the CPU has VAES but the
+//! library's pick is not AVX-512 (`ring_min`, `super::ring_gcm`).
+//!
+//! This is the crypto FFI module: the `unsafe` of the crypto layer lives here (and in
+//! `ring_gcm`'s key wiping). Each
 //! thread gets its own `IMB_MGR` (the library's managers are not thread-safe); expanded keys
 //! are immutable after creation and shared between threads.
 
@@ -159,6 +163,31 @@ fn sha_ni_for_hmac() -> bool {
     })
 }
 
+/// ESP packets (SPI to ICV) of at least this many bytes are sealed and opened with ring's
+/// VAES + VPCLMULQDQ AVX2 GCM instead of the library's, where [`ring_min`] chooses it.
+const RING_MIN_DEFAULT: usize = 1024;
+
+/// From which ESP length AES-GCM goes to ring (`super::ring_gcm`), or None (all on
+/// ipsec-mb). Decided once per process: where the CPU has AVX2, VAES and VPCLMULQDQ and the
+/// library's pick is not AVX-512 (whose GCM uses VAES already), from [`RING_MIN_DEFAULT`]
+/// bytes. `ESPD_GCM_RING=off` keeps everything on ipsec-mb, `ESPD_GCM_RING=<bytes>` sets
+/// the length (0: every packet), to compare on a machine.
+pub(super) fn ring_min() -> Option<usize> {
+    static PICK: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *PICK.get_or_init(|| match std::env::var("ESPD_GCM_RING").as_deref() {
+        Ok("off") => None,
+        Ok(n) if n.parse::<usize>().is_ok() => n.parse().ok(),
+        _ => {
+            let vaes_avx2 = std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("vaes")
+                && std::arch::is_x86_feature_detected!("vpclmulqdq");
+            // SAFETY: the manager pointer is valid for the duration of the closure.
+            let avx512 = with_mgr(|m| unsafe { espd_imb_mgr_arch(m) }) == Some(ARCH_AVX512);
+            (vaes_avx2 && !avx512).then_some(RING_MIN_DEFAULT)
+        }
+    })
+}
+
 /// Whether ipsec-mb initialises on this machine.
 pub fn available() -> bool {
     with_mgr(|_| ()).is_some()
@@ -180,11 +209,16 @@ pub fn describe() -> String {
         5 => "AVX512",
         _ => "none",
     };
+    let mut extra = String::new();
     if sha_ni_for_hmac() {
-        format!("ipsec-mb {v} ({a}; SSE with SHA-NI for HMAC-SHA1/SHA-256)")
-    } else {
-        format!("ipsec-mb {v} ({a})")
+        extra.push_str("; SSE with SHA-NI for HMAC-SHA1/SHA-256");
     }
+    if let Some(n) = ring_min() {
+        extra.push_str(&format!(
+            "; AES-GCM packets of {n} bytes and more on ring's VAES-AVX2"
+        ));
+    }
+    format!("ipsec-mb {v} ({a}{extra})")
 }
 
 pub(super) fn new(
@@ -204,11 +238,14 @@ pub(super) fn new(
         }
         let mut salt = [0u8; 4];
         salt.copy_from_slice(&enc_key[n..n + 4]);
+        let large =
+            ring_min().and_then(|min| Some((super::ring_gcm::RingGcm::new(suite, enc_key)?, min)));
         Ok(Box::new(ImbGcm {
             suite,
             key,
             key_len: n as c_int,
             salt,
+            large,
         }))
     } else {
         let alg = match suite.integ.icv_len() {
@@ -248,6 +285,8 @@ struct ImbGcm {
     key: *mut c_void,
     key_len: c_int,
     salt: [u8; 4],
+    /// The same key on ring, for ESP packets of at least this length ([`ring_min`]).
+    large: Option<(super::ring_gcm::RingGcm, usize)>,
 }
 
 // SAFETY: the expanded key is written once at creation and only read afterwards; the
@@ -268,6 +307,11 @@ impl ImbGcm {
     /// Seals one packet with an already borrowed manager.
     #[inline]
     fn seal_with(&self, m: *mut c_void, esp: &mut [u8], seq_hi: Option<u32>) {
+        if let Some((r, min)) = &self.large
+            && esp.len() >= *min
+        {
+            return r.seal(esp, seq_hi);
+        }
         let (aad, aad_len) = gcm_aad(esp, seq_hi);
         let nonce = gcm_nonce(&self.salt, esp);
         let n = esp.len();
@@ -295,6 +339,11 @@ impl ImbGcm {
         let n = esp.len();
         if n < 32 {
             return false;
+        }
+        if let Some((r, min)) = &self.large
+            && n >= *min
+        {
+            return r.open(esp, seq_hi);
         }
         let (aad, aad_len) = gcm_aad(esp, seq_hi);
         let nonce = gcm_nonce(&self.salt, esp);

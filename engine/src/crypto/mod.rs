@@ -14,6 +14,8 @@ pub mod rust;
 
 #[cfg(espd_ipsec_mb)]
 pub mod imb;
+#[cfg(espd_ipsec_mb)]
+mod ring_gcm;
 
 use std::fmt;
 use std::str::FromStr;

@@ -609,23 +609,17 @@ struct XdpRig;
 /// the rig.
 #[cfg(feature = "xdp")]
 fn xdp_rig(c: &Common, s: &Setup, xdp_mode: &str) -> XdpRig {
-    let size = s
-        .size
-        .filter(|n| (48..=1500).contains(n))
-        .unwrap_or_else(|| {
-            fail(format!(
-                "--packet-size {}: xdp-gateway allows 48..=1500 (no imix)",
-                c.packet_size
-            ))
-        });
-    if c.tunnels != 1 && c.tunnels as usize != s.workers {
+    // IMIX: the loopback's pattern (IP packets of 48, 552 and 1500 bytes, 7:4:1).
+    let sizes = traffic::size_pattern(s.size);
+    let tunnels = (s.tunnels as usize).max(s.workers);
+    if tunnels > xdpbench::MAX_TUNNELS {
         fail(format!(
-            "--tunnels {}: xdp-gateway has one tunnel per worker (--workers {})",
-            c.tunnels, s.workers
+            "--tunnels {}: xdp-gateway allows 1..={}",
+            c.tunnels,
+            xdpbench::MAX_TUNNELS
         ));
     }
     for (set, flag) in [
-        (c.nat_t, "--nat-t"),
         (c.ipv6_outer, "--ipv6-outer"),
         (c.handoff, "--handoff"),
         (c.metrics.is_some(), "--metrics"),
@@ -644,7 +638,7 @@ fn xdp_rig(c: &Common, s: &Setup, xdp_mode: &str) -> XdpRig {
         std::process::exit(xdpbench::outer(&args));
     }
     let o = xdpbench::Opts {
-        sizes: vec![size],
+        sizes: sizes.clone(),
         duration: 0.0,
         suite: s.suite,
         backend: s.backend,
@@ -652,7 +646,8 @@ fn xdp_rig(c: &Common, s: &Setup, xdp_mode: &str) -> XdpRig {
         mode,
         workers: s.workers,
     };
-    xdpbench::EspRig::start(&o, size).unwrap_or_else(|e| fail(format!("xdp-gateway: {e}")))
+    xdpbench::EspRig::start(&o, &sizes, tunnels, c.nat_t)
+        .unwrap_or_else(|e| fail(format!("xdp-gateway: {e}")))
 }
 
 #[cfg(not(feature = "xdp"))]
@@ -744,8 +739,8 @@ fn ndr_cmd(
         oneway_check(&c, decrypt, packets);
     } else if matches!(pipeline, PipelineArg::XdpGateway) {
         rig = Some(xdp_rig(&c, &s, xdp_mode));
-        // The rig's tunnels: one per worker.
-        s.tunnels = s.workers as u32;
+        // The rig has a tunnel for every worker at least.
+        s.tunnels = s.tunnels.max(s.workers as u32);
     } else if c.handoff && s.workers < 2 {
         fail("--handoff needs --workers 2 or more (one worker has no one to hand to)".into());
     }

@@ -141,9 +141,17 @@ pub fn outer(args: &[String]) -> i32 {
     }
 }
 
-/// Builds the UDP frame of `flow` to tunnel `tunnel`'s inside host 198.18.2.(1 + tunnel)
+/// The inside host of tunnel `t` (its selector, /32): 198.18.(2 + t / 250).(1 + t % 250).
+fn tunnel_dst(t: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(198, 18, (2 + t / 250) as u8, (1 + t % 250) as u8)
+}
+
+/// Tunnels the rig can address with [`tunnel_dst`].
+pub const MAX_TUNNELS: usize = 250 * 250;
+
+/// Builds the UDP frame of `flow` to tunnel `tunnel`'s inside host ([`tunnel_dst`])
 /// (sequence number patched per send).
-fn frame(size: usize, flow: u32, tunnel: u8, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+fn frame(size: usize, flow: u32, tunnel: u32, dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
     let ip_len = size.clamp(48, 1500);
     let mut f = vec![0u8; 14 + ip_len];
     f[0..6].copy_from_slice(&dst_mac);
@@ -156,7 +164,7 @@ fn frame(size: usize, flow: u32, tunnel: u8, dst_mac: [u8; 6], src_mac: [u8; 6])
     ip[8] = 64;
     ip[9] = 17;
     ip[12..16].copy_from_slice(&[198, 18, 1, 1]);
-    ip[16..20].copy_from_slice(&[198, 18, 2, 1 + tunnel]);
+    ip[16..20].copy_from_slice(&tunnel_dst(tunnel).octets());
     engine::wire::ipv4_fix_checksum(&mut ip[..20]);
     let udp_len = ip_len - 20;
     ip[20..22].copy_from_slice(&((1024 + flow) as u16).to_be_bytes());
@@ -455,15 +463,22 @@ pub struct EspRig {
     threads: Vec<std::thread::JoinHandle<()>>,
     /// The outbound SAs' configurations: the sampler decrypts with their mirrors.
     sas: Vec<SaConfig>,
+    /// ESP in UDP (NAT-T): the ESP header is 8 bytes further into a frame.
+    nat_t: bool,
     backend: Backend,
     _steering: [Steering; 3],
 }
 
 impl EspRig {
-    /// Attaches the programs, opens every socket, starts the workers with one outbound SA
-    /// per worker, and pins the calling thread (generator and sink) to core 0.
-    pub fn start(o: &Opts, size: usize) -> Result<EspRig, String> {
+    /// Attaches the programs, opens every socket, starts the workers with `tunnels`
+    /// outbound SAs (tunnel t owned by worker t mod the workers; UDP-encapsulated with
+    /// `nat_t`), and pins the calling thread (generator and sink) to core 0. The flows'
+    /// inner IP sizes cycle through `sizes`.
+    pub fn start(o: &Opts, sizes: &[usize], tunnels: usize, nat_t: bool) -> Result<EspRig, String> {
         let n = o.workers;
+        if sizes.is_empty() || !(1..=MAX_TUNNELS).contains(&tunnels) {
+            return Err(format!("tunnels {tunnels}: allowed 1..={MAX_TUNNELS}"));
+        }
         let (sink_st, sinks) = open_sink(o.mode, n)?;
         let wi_st = Steering::attach("xwi", Role::Inside, o.mode).map_err(|e| e.to_string())?;
         let wo_st = Steering::attach("xwo", Role::Outside, o.mode).map_err(|e| e.to_string())?;
@@ -515,8 +530,8 @@ impl EspRig {
             handles.push(h);
         }
         let set = engine::workers::WorkerSet::new(handles);
-        let mut sas = vec![];
-        for t in 0..n {
+        let mut sas: Vec<SaConfig> = vec![];
+        for t in 0..tunnels {
             let mut cfg = SaConfig::new(
                 format!("bench{t}"),
                 Direction::Out,
@@ -528,13 +543,14 @@ impl EspRig {
                 peer,
             );
             cfg.mss_clamp = false;
+            cfg.nat_t = nat_t;
             sas.push(cfg.clone());
             let sa = OutboundSa::new(cfg, o.backend, &[5; 32]).map_err(|e| e.to_string())?;
             set.send(Command::SetOutbound {
                 tunnel: t as u32,
                 sa: Box::new(sa),
                 selectors: vec![Selector {
-                    addr: IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 2, 1 + t as u8)),
+                    addr: IpAddr::V4(tunnel_dst(t as u32)),
                     prefix: 32,
                 }],
             });
@@ -549,10 +565,24 @@ impl EspRig {
             .collect();
         set.barrier();
         core_affinity_set(0);
-        // Flow f leaves on generator queue f mod n and goes to tunnel (f / n) mod n: every
-        // tunnel's packets arrive on every queue, as RSS spreads them.
-        let frames: Vec<Vec<u8>> = (0..FLOWS)
-            .map(|f| frame(size, f, ((f as usize / n) % n) as u8, wi_mac, gi_mac))
+        // Flow f leaves on generator queue f mod n and goes to tunnel (f / n) mod tunnels:
+        // every tunnel's packets arrive on every queue, as RSS spreads them. Its size is
+        // the next of the pattern after each round of the tunnels, so that every tunnel
+        // and every queue gets the whole pattern (whole rounds of it: the flows are sent
+        // in turn).
+        // Larger packets would be fragmented before encryption, two ESP packets for one:
+        // the sink counts ESP packets, so the sizes stop at the tunnel's inner MTU (IMIX's
+        // 1500 bytes become 1446 with AES-GCM).
+        let mtu = sas[0].inner_mtu();
+        let sizes: Vec<usize> = sizes.iter().map(|&z| z.min(mtu)).collect();
+        let cycle = n * tunnels * sizes.len();
+        let flows = (FLOWS as usize).div_ceil(cycle) * cycle;
+        let frames: Vec<Vec<u8>> = (0..flows)
+            .map(|f| {
+                let t = ((f / n) % tunnels) as u32;
+                let size = sizes[(f / n / tunnels) % sizes.len()];
+                frame(size, f as u32, t, wi_mac, gi_mac)
+            })
             .collect();
         let gen_free = gens.iter().map(all_frames).collect();
         Ok(EspRig {
@@ -565,9 +595,16 @@ impl EspRig {
             stop,
             threads,
             sas,
+            nat_t,
             backend: o.backend,
             _steering: [sink_st, wi_st, wo_st],
         })
+    }
+
+    /// Mean inner IP packet size of the flows.
+    pub fn mean_inner(&self) -> f64 {
+        let total: usize = self.frames.iter().map(|f| f.len() - 14).sum();
+        total as f64 / self.frames.len() as f64
     }
 
     /// Stops the workers: their drops (all reasons) and the share of packets handed over.
@@ -586,12 +623,11 @@ impl EspRig {
 
     /// One trial of `perf ndr`: the generator offers `rate` packets per second (None: as
     /// fast as its TX rings take them) for `secs`, then the sinks drain until nothing has
-    /// arrived for 100 ms. With `latency`, one ESP packet in [`SAMPLE`] (by its sequence
-    /// number) is decrypted by the sink with the SA's keys for the send time the generator
+    /// arrived for 100 ms. With `latency`, one ESP packet in [`SAMPLE`] is decrypted by the sink with the SA's keys for the send time the generator
     /// wrote into it. Generator and sink share core 0, one clock.
     pub fn trial(&mut self, rate: Option<f64>, secs: f64, latency: bool) -> TrialResult {
         let epoch = Instant::now();
-        let mut sampler = latency.then(|| Sampler::new(&self.sas, self.backend));
+        let mut sampler = latency.then(|| Sampler::new(&self.sas, self.backend, self.nat_t));
         let mut pace = rate.map(|r| (r, 0.0f64, epoch));
         let (mut sent, mut short, mut received) = (0u64, 0u64, 0u64);
         let mut done = Vec::with_capacity(4096);
@@ -697,7 +733,8 @@ impl EspRig {
             sent,
             short,
             received,
-            inner_bytes: received * (self.frames[0].len() as u64 - 14),
+            // Every flow is sent in turn: received packets have the flows' mean size.
+            inner_bytes: (received as f64 * self.mean_inner()) as u64,
             latency_ns: sampler.map(|s| s.hist),
         }
     }
@@ -721,8 +758,9 @@ pub struct TrialResult {
 
 /// SPI of the rig's tunnel 0 (tunnel t: SPI0 + t).
 const SPI0: u32 = 0x4242;
-/// One ESP packet in this many (by sequence number) is decrypted for its timestamp.
-pub const SAMPLE: u32 = 64;
+/// One ESP packet in this many (of those the sink receives) is decrypted for its
+/// timestamp: the SAs' replay windows take the gaps.
+pub const SAMPLE: u64 = 64;
 /// Packets a paced generator may fall behind its schedule before the rest is short.
 const TESTER_BACKLOG: f64 = 4096.0;
 
@@ -730,13 +768,20 @@ const TESTER_BACKLOG: f64 = 4096.0;
 /// time since the generator's send timestamp.
 struct Sampler {
     sas: Vec<engine::sa::InboundSa>,
+    /// Frames seen (every [`SAMPLE`]th is decrypted).
+    seen: u64,
+    /// Offset of the ESP header in a frame.
+    esp: usize,
     pool: BufPool,
     hist: hdrhistogram::Histogram<u64>,
 }
 
 impl Sampler {
-    fn new(cfgs: &[SaConfig], backend: Backend) -> Sampler {
+    fn new(cfgs: &[SaConfig], backend: Backend, nat_t: bool) -> Sampler {
         Sampler {
+            // Ethernet, IPv4 and, with NAT-T, UDP.
+            esp: 14 + 20 + if nat_t { 8 } else { 0 },
+            seen: 0,
             sas: cfgs
                 .iter()
                 .filter_map(|c| engine::sa::InboundSa::new(c.mirrored(), backend).ok())
@@ -749,23 +794,24 @@ impl Sampler {
 
     /// `b`: an Ethernet frame from the sink (outer IPv4, ESP).
     fn sample(&mut self, b: &[u8], epoch: Instant) {
-        const ESP: usize = 14 + 20;
-        if b.len() < ESP + 8 {
+        let esp = self.esp;
+        if b.len() < esp + 8 {
             return;
         }
-        let spi = u32::from_be_bytes(b[ESP..ESP + 4].try_into().unwrap_or_default());
-        let seq = u32::from_be_bytes(b[ESP + 4..ESP + 8].try_into().unwrap_or_default());
-        if seq % SAMPLE != 0 {
+        self.seen += 1;
+        if !self.seen.is_multiple_of(SAMPLE) {
             return;
         }
+        let spi = u32::from_be_bytes(b[esp..esp + 4].try_into().unwrap_or_default());
         let Some(sa) = self.sas.get_mut(spi.wrapping_sub(SPI0) as usize) else {
             return;
         };
         let mut p = self.pool.get();
-        if p.set(&b[ESP..]).is_ok() && engine::esp::decapsulate(sa, &mut p).is_ok() {
+        if p.set(&b[esp..]).is_ok() && engine::esp::decapsulate(sa, &mut p).is_ok() {
             // The inner packet: IPv4 (20), UDP (8), flow (4), sequence (8), send time (8).
             let inner = p.bytes();
-            if inner.len() >= 48 {
+            // A whole packet (no fragment), as the generator made it.
+            if inner.len() >= 48 && inner[6] & 0x3f == 0 && inner[7] == 0 {
                 let ts = u64::from_be_bytes(inner[40..48].try_into().unwrap_or_default());
                 let now = epoch.elapsed().as_nanos() as u64;
                 let _ = self.hist.record(now.saturating_sub(ts).max(1));
@@ -849,7 +895,7 @@ fn drain_sinks(
 }
 
 fn run_esp(o: &Opts, size: usize) -> Result<RunResult, String> {
-    let mut rig = EspRig::start(o, size)?;
+    let mut rig = EspRig::start(o, &[size], o.workers, false)?;
     let (st, mpps) = generate(&mut rig.gens, &mut rig.sinks, &rig.frames, o.duration, true);
     let (drops, handoff_share) = rig.finish();
     Ok(RunResult {

@@ -145,13 +145,35 @@ fn xdp_gateway_ndr() {
     // The generator's backlog (4096) is the slack: it can be short by that much at most
     // before it counts the rest as short.
     check_search(&v, 512.0, 4200.0);
-    let ndr = v["ndr_mpps"].as_f64().unwrap() * 1e6;
+    let found = v["ndr_mpps"].as_f64().unwrap() * 1e6;
     for t in v["trials"].as_array().unwrap() {
         assert!(t["tester_short"].as_u64().is_some(), "{t}");
-        if t["rate_pps"].as_f64().is_some_and(|r| r <= ndr) && t["kind"] != "latency" {
+        if t["rate_pps"].as_f64().is_some_and(|r| r <= found) && t["kind"] != "latency" {
             assert_eq!(t["tester_short"], 0, "{t}");
         }
     }
+    // IMIX over three tunnels in UDP (NAT-T): the pattern's 1500-byte packets are sized to
+    // the tunnel's inner MTU (AES-GCM in UDP: floor((1500 - 20 - 8 - 8 - 8 - 16) / 4) x 4 - 2
+    // = 1438, shared/spec/mtu.md section 3), so the mean inner packet is (7 x 48 + 4 x 552 +
+    // 1438) / 12 bytes; the sink decrypts its samples past the UDP header.
+    let (ok, v, err) = ndr(&[
+        "--pipeline",
+        "xdp-gateway",
+        "--packet-size",
+        "imix",
+        "--tunnels",
+        "3",
+        "--nat-t",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(v["tunnels"], 3, "{v}");
+    assert_eq!(v["nat_t"], true, "{v}");
+    let mean = v["inner_bytes_per_packet"].as_f64().unwrap();
+    assert!(
+        (mean - (7.0 * 48.0 + 4.0 * 552.0 + 1438.0) / 12.0).abs() < 0.01,
+        "{v}"
+    );
+    check_search(&v, mean, 4200.0);
 }
 
 #[test]

@@ -12,7 +12,7 @@ sides float to 4500 at main mode message 5).
      `espd rekey`, and after DPD (strongSwan killed, action restart) a whole new main mode
      and quick mode towards the new strongSwan.
   3. Short lab lifetimes: a continuous ping across several phase 1 and phase 2 rekeys by
-     both sides, nothing lost (ESPD_REKEY_SECS, default 60; SKIP_LONG=1 skips it).
+     both sides, nothing lost (ESPD_REKEY_SECS, default 40; SKIP_LONG=1 skips it).
   4. Wrong PSK and mismatched proposals give the AWS IKEv1 log lines and no tunnel.
 
 Usage: strongswan_v1.py ESPD_BINARY. Needs root. PASS/FAIL per check; exits 1 on any failure.
@@ -197,7 +197,7 @@ def main():
         basic_case("v1-aes128-sha1-g2", (["AES128"], ["SHA1"], [2]), (["AES128"], ["SHA1"]), 2)
         basic_case("v1-aes256-sha256-g14", (["AES256"], ["SHA2-256"], [14]), (["AES256"], ["SHA2-256"]), 14)
         initiate_case("v1-espd-initiates") if not os.environ.get("SKIP_LONG") else None
-        rekey_case("v1-rekey", float(os.environ.get("ESPD_REKEY_SECS", "60"))) if not os.environ.get("SKIP_LONG") else None
+        rekey_case("v1-rekey", float(os.environ.get("ESPD_REKEY_SECS", "40"))) if not os.environ.get("SKIP_LONG") else None
         failure_case("v1-psk", [('secret = "lab.tunnel_one"', 'secret = "lab.wrong_key"')],
                      "AWS tunnel payload decryption was unsuccessful due to invalid Pre-shared Key")
         failure_case("v1-proposal", [("proposals = aes128-sha1-modp1024", "proposals = aes256-sha512-modp2048")],

@@ -239,7 +239,7 @@ fn generate(
                 gen_xsk,
                 &mut free[q],
                 room,
-                |_| {
+                || {
                     let fl = flow[q] * ng + q;
                     flow[q] = (flow[q] + 1) % per;
                     fl
@@ -623,11 +623,17 @@ impl EspRig {
 
     /// One trial of `perf ndr`: the generator offers `rate` packets per second (None: as
     /// fast as its TX rings take them) for `secs`, then the sinks drain until nothing has
-    /// arrived for 100 ms. With `latency`, one ESP packet in [`SAMPLE`] is decrypted by the sink with the SA's keys for the send time the generator
-    /// wrote into it. Generator and sink share core 0, one clock.
+    /// arrived for 100 ms. With `latency`, one ESP packet in [`SAMPLE`] is decrypted by the
+    /// sink with the SA's keys for the send time the generator wrote into it. Generator and
+    /// sink share core 0, one clock.
     pub fn trial(&mut self, rate: Option<f64>, secs: f64, latency: bool) -> TrialResult {
         let epoch = Instant::now();
         let mut sampler = latency.then(|| Sampler::new(&self.sas, self.backend, self.nat_t));
+        let mut see = |b: &[u8]| {
+            if let Some(s) = sampler.as_mut() {
+                s.sample(b, epoch);
+            }
+        };
         let mut pace = rate.map(|r| (r, 0.0f64, epoch));
         let (mut sent, mut short, mut received) = (0u64, 0u64, 0u64);
         let mut done = Vec::with_capacity(4096);
@@ -656,6 +662,7 @@ impl EspRig {
                 due = *tokens as usize;
             }
             let ts = el.as_nanos() as u64;
+            let sent0 = sent;
             for (q, (g, free)) in self.gens.iter_mut().zip(&mut self.gen_free).enumerate() {
                 done.clear();
                 g.complete(&mut done);
@@ -672,7 +679,7 @@ impl EspRig {
                     g,
                     free,
                     room,
-                    |_| {
+                    || {
                         let fl = *fq * ng + q;
                         *fq = (*fq + 1) % per;
                         fl
@@ -682,18 +689,12 @@ impl EspRig {
                     Some(ts),
                 );
                 sent += k as u64;
-                if due != usize::MAX {
-                    due -= k;
-                }
-                if let Some((_, tokens, _)) = pace.as_mut() {
-                    *tokens -= k as f64;
-                }
+                due -= k;
             }
-            received += drain_sinks(&mut self.sinks, &mut rx, &mut refill, |b| {
-                if let Some(s) = sampler.as_mut() {
-                    s.sample(b, epoch);
-                }
-            });
+            if let Some((_, tokens, _)) = pace.as_mut() {
+                *tokens -= (sent - sent0) as f64;
+            }
+            received += drain_sinks(&mut self.sinks, &mut rx, &mut refill, &mut see);
         }
         let duration_s = epoch.elapsed().as_secs_f64();
         // What is still on the generator's TX rings was sent in this trial: push it out
@@ -709,11 +710,7 @@ impl EspRig {
         while quiet.elapsed() < Duration::from_millis(100)
             && drain0.elapsed() < Duration::from_secs(2)
         {
-            let got = drain_sinks(&mut self.sinks, &mut rx, &mut refill, |b| {
-                if let Some(s) = sampler.as_mut() {
-                    s.sample(b, epoch);
-                }
-            });
+            let got = drain_sinks(&mut self.sinks, &mut rx, &mut refill, &mut see);
             received += got;
             if got > 0 {
                 quiet = Instant::now();
@@ -828,14 +825,14 @@ fn all_frames(x: &Xsk) -> Vec<u64> {
         .collect()
 }
 
-/// Puts up to `room` frames on `g`'s TX ring: the prebuilt frame of flow `next_flow(i)`
+/// Puts up to `room` frames on `g`'s TX ring: the prebuilt frame of flow `next_flow()`
 /// with its next sequence number (and `ts`, the send time in ns, after it). Returns how
 /// many went.
 fn send_batch(
     g: &mut Xsk,
     free: &mut Vec<u64>,
     room: usize,
-    mut next_flow: impl FnMut(usize) -> usize,
+    mut next_flow: impl FnMut() -> usize,
     frames: &[Vec<u8>],
     seq: &mut [u64],
     ts: Option<u64>,
@@ -844,7 +841,7 @@ fn send_batch(
     let mut k = 0;
     while k < room.min(BATCH) {
         let Some(a) = free.pop() else { break };
-        let fl = next_flow(k);
+        let fl = next_flow();
         let f = &frames[fl];
         let buf = g.frame_mut(a);
         buf[..f.len()].copy_from_slice(f);

@@ -174,16 +174,19 @@ const RING_MIN_DEFAULT: usize = 1024;
 /// the length (0: every packet), to compare on a machine.
 pub(super) fn ring_min() -> Option<usize> {
     static PICK: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    *PICK.get_or_init(|| match std::env::var("ESPD_GCM_RING").as_deref() {
-        Ok("off") => None,
-        Ok(n) if n.parse::<usize>().is_ok() => n.parse().ok(),
-        _ => {
+    *PICK.get_or_init(|| {
+        let cpu = || {
             let vaes_avx2 = std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("vaes")
                 && std::arch::is_x86_feature_detected!("vpclmulqdq");
             // SAFETY: the manager pointer is valid for the duration of the closure.
             let avx512 = with_mgr(|m| unsafe { espd_imb_mgr_arch(m) }) == Some(ARCH_AVX512);
             (vaes_avx2 && !avx512).then_some(RING_MIN_DEFAULT)
+        };
+        match std::env::var("ESPD_GCM_RING").as_deref() {
+            Ok("off") => None,
+            Ok(n) => n.parse().ok().or_else(cpu),
+            Err(_) => cpu(),
         }
     })
 }

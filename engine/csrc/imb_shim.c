@@ -195,9 +195,17 @@ static void record(IMB_JOB *j)
     op->status = j->status == IMB_STATUS_COMPLETED ? 0 : (int32_t)j->status + 100;
 }
 
-/* Encrypts (CBC then HMAC) or decrypts (HMAC then CBC) a burst of packets of one SA.
+/* The AES encryption key schedule (11 or 15 round keys of 16 bytes, FIPS 197 order). */
+const uint8_t *espd_imb_cbc_enc_keys(const void *key)
+{
+    return ((const struct espd_cbc_key *)key)->enc;
+}
+
+/* Encrypts (CBC then HMAC) or decrypts (HMAC then CBC) a burst of packets of one SA; with
+ * hash == 0 only the cipher runs (the caller computes the ICVs).
  * Returns the number of jobs that completed successfully. */
-int espd_imb_cbc_burst(void *mgr, const void *key, int encrypt, struct espd_cbc_op *ops, int n)
+int espd_imb_cbc_burst(void *mgr, const void *key, int encrypt, int hash, struct espd_cbc_op *ops,
+                       int n)
 {
     IMB_MGR *m = (IMB_MGR *)mgr;
     const struct espd_cbc_key *k = (const struct espd_cbc_key *)key;
@@ -211,7 +219,7 @@ int espd_imb_cbc_burst(void *mgr, const void *key, int encrypt, struct espd_cbc_
         j->cipher_mode = IMB_CIPHER_CBC;
         j->cipher_direction = encrypt ? IMB_DIR_ENCRYPT : IMB_DIR_DECRYPT;
         j->chain_order = encrypt ? IMB_ORDER_CIPHER_HASH : IMB_ORDER_HASH_CIPHER;
-        j->hash_alg = hash_of(k->hash_alg);
+        j->hash_alg = hash ? hash_of(k->hash_alg) : IMB_AUTH_NULL;
         j->enc_keys = k->enc;
         j->dec_keys = k->dec;
         j->key_len_in_bytes = (uint64_t)k->aes_len;

@@ -10,7 +10,9 @@
 //! unspecified. With ESN the high 32 bits of the sequence number are authenticated
 //! (RFC 4303 section 2.2.1; RFC 4106 section 5). No allocation, no I/O.
 
+pub mod cbc_vaes;
 pub mod rust;
+pub mod sha1_ni;
 
 #[cfg(espd_ipsec_mb)]
 pub mod imb;

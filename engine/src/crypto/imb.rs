@@ -3,20 +3,24 @@
 //! AES-CBC + HMAC uses the job manager, so a burst of packets of one SA is encrypted and
 //! hashed multi-buffer (AVX-512 lanes).
 //!
-//! Two managers per thread: the library's pick for the CPU (`init_mb_mgr_auto`), and, for
-//! HMAC-SHA1 and HMAC-SHA-256 on a CPU with the SHA extensions (SHA-NI) where that pick is
-//! not AVX-512, the SSE manager. The library's AVX2 manager only uses SHA-NI on CPUs that
-//! also have GFNI ("AVX2 type 2"), so on AMD Zen 2/3 it hashes with 8-lane AVX2 code; its
-//! SSE manager hashes with SHA-NI. Measured on a Zen 3 EPYC (`perf crypto`, one core):
-//! CBC+SHA1-96 at 64 bytes 4.7 -> 5.9 Mpps seal and 5.1 -> 6.2 open; CBC+SHA256-128 at
-//! 1400 bytes 0.77 -> 1.09 seal and 0.80 -> 1.33 open; SHA-384/512 and GCM stay on the
-//! library's pick (no SHA-NI for them; VAES for GCM).
+//! Where the CPU has the SHA extensions (SHA-NI) and the library's pick is not AVX-512
+//! ([`hmac_pick`]):
+//! - HMAC-SHA-256 runs on a second manager per thread, the SSE one. The library's AVX2
+//!   manager only uses SHA-NI on CPUs that also have GFNI ("AVX2 type 2"), so on AMD Zen 2/3
+//!   it hashes with 8-lane AVX2 code; its SSE manager hashes with two-lane SHA-NI (Zen 3,
+//!   `perf crypto`, CBC+SHA256-128 at 1400 bytes: 0.77 -> 1.09 Mpps seal, 0.80 -> 1.33 open).
+//! - AES-CBC + HMAC-SHA1 bypasses the job manager: four-lane SHA-NI HMAC
+//!   (`super::sha1_ni`) and 16-lane VAES CBC (`super::cbc_vaes`) on the library's key
+//!   schedule (Zen 3, CBC+SHA1-96: 1400 bytes 1.29 / 1.42 -> 1.71 / 1.85 Mpps seal / open,
+//!   64 bytes 5.4 / 6.1 -> 8.9 / 9.1).
+//!
+//! SHA-384/512 stay on the library's pick (no SHA-NI for them).
 //!
 //! AES-GCM of large packets goes to ring's VAES-AVX2 code where the CPU has VAES but the
 //! library's pick is not AVX-512 (`ring_min`, `super::ring_gcm`).
 //!
 //! This is the crypto FFI module: the `unsafe` of the crypto layer lives here (and in
-//! `ring_gcm`'s key wiping). Each
+//! `ring_gcm`'s key wiping and the SIMD kernels of `sha1_ni` and `cbc_vaes`). Each
 //! thread gets its own `IMB_MGR` (the library's managers are not thread-safe); expanded keys
 //! are immutable after creation and shared between threads.
 

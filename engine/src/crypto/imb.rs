@@ -4,15 +4,14 @@
 //! hashed multi-buffer (AVX-512 lanes).
 //!
 //! Where the CPU has the SHA extensions (SHA-NI) and the library's pick is not AVX-512
-//! ([`hmac_pick`]):
-//! - HMAC-SHA-256 runs on a second manager per thread, the SSE one. The library's AVX2
-//!   manager only uses SHA-NI on CPUs that also have GFNI ("AVX2 type 2"), so on AMD Zen 2/3
-//!   it hashes with 8-lane AVX2 code; its SSE manager hashes with two-lane SHA-NI (Zen 3,
-//!   `perf crypto`, CBC+SHA256-128 at 1400 bytes: 0.77 -> 1.09 Mpps seal, 0.80 -> 1.33 open).
-//! - AES-CBC + HMAC-SHA1 bypasses the job manager: four-lane SHA-NI HMAC
-//!   (`super::sha1_ni`) and 16-lane VAES CBC (`super::cbc_vaes`) on the library's key
-//!   schedule (Zen 3, CBC+SHA1-96: 1400 bytes 1.29 / 1.42 -> 1.71 / 1.85 Mpps seal / open,
-//!   64 bytes 5.4 / 6.1 -> 8.9 / 9.1).
+//! ([`hmac_pick`]), AES-CBC + HMAC-SHA1 and + HMAC-SHA-256 bypass the job manager: the
+//! library's AVX2 manager only uses SHA-NI on CPUs that also have GFNI ("AVX2 type 2"), so
+//! on AMD Zen 2/3 it hashes with 8-lane AVX2 code, and its SSE manager's SHA-NI code runs
+//! two messages at a time. Ours: four-lane SHA-NI HMAC (`super::hmac_ni`) and 16-lane VAES
+//! CBC (`super::cbc_vaes`) on the library's key schedule. Zen 3, `perf crypto`, Mpps seal /
+//! open, library's pick -> SSE manager -> ours: CBC+SHA1-96 at 1400 bytes 1.25 / 1.43 ->
+//! 1.28 / 1.32 -> 1.66 / 1.78, at 64 bytes 5.4 / 6.2 -> 6.4 / 7.0 -> 8.0 / 8.3;
+//! CBC+SHA256-128 at 1400 bytes 0.78 / 0.70 -> 1.12 / 1.35 -> 1.47 / 1.54.
 //!
 //! SHA-384/512 stay on the library's pick (no SHA-NI for them).
 //!
@@ -20,7 +19,7 @@
 //! library's pick is not AVX-512 (`ring_min`, `super::ring_gcm`).
 //!
 //! This is the crypto FFI module: the `unsafe` of the crypto layer lives here (and in
-//! `ring_gcm`'s key wiping and the SIMD kernels of `sha1_ni` and `cbc_vaes`). Each
+//! `ring_gcm`'s key wiping and the SIMD kernels of `hmac_ni` and `cbc_vaes`). Each
 //! thread gets its own `IMB_MGR` (the library's managers are not thread-safe); expanded keys
 //! are immutable after creation and shared between threads.
 
@@ -157,16 +156,17 @@ pub enum HmacPick {
     Library,
     /// The SSE manager (two-lane SHA-NI) for SHA-1 and SHA-256.
     Sse,
-    /// SHA-1 on our four-lane SHA-NI code (`super::sha1_ni`), the AES-CBC around it on
-    /// 16-lane VAES (`super::cbc_vaes`) or the library; SHA-256 on the SSE manager.
+    /// SHA-1 and SHA-256 on our four-lane SHA-NI code (`super::hmac_ni`), the AES-CBC
+    /// around them on 16-lane VAES (`super::cbc_vaes`) or, without VAES, the library
+    /// (encryption) and RustCrypto (decryption).
     Lanes,
 }
 
 /// The default: where the CPU has SHA-NI and the library's pick is not AVX-512,
-/// [`HmacPick::Lanes`] (Zen 3, 1,400-byte packets: HMAC-SHA1 2.4 Mpps against the library's
-/// 2.0 with AVX2 and 1.8 with SHA-NI); otherwise the library's pick. `ESPD_IMB_HMAC=auto`
-/// keeps every HMAC on the library's pick, `=sse` sends SHA-1 and SHA-256 to the SSE
-/// manager, `=lanes` asks for the default where the CPU allows it (to compare on a machine).
+/// [`HmacPick::Lanes`] (Zen 3, AES-128-CBC + HMAC-SHA1 at 1400 bytes: 1.66 Mpps seal against
+/// 1.25 on the library's pick); otherwise the library's pick. `ESPD_IMB_HMAC=auto` keeps
+/// every HMAC on the library's pick, `=sse` sends SHA-1 and SHA-256 to the SSE manager,
+/// `=lanes` asks for the default where the CPU allows it (to compare on a machine).
 pub fn hmac_pick() -> HmacPick {
     static PICK: std::sync::OnceLock<HmacPick> = std::sync::OnceLock::new();
     *PICK.get_or_init(|| {
@@ -177,7 +177,7 @@ pub fn hmac_pick() -> HmacPick {
                 espd_imb_mgr_features(m) & FEATURE_SHANI != 0 && espd_imb_mgr_arch(m) != ARCH_AVX512
             })
             .unwrap_or(false);
-            if shani_not_512 && super::sha1_ni::available() && sse_ok() {
+            if shani_not_512 && super::hmac_ni::available() && sse_ok() {
                 HmacPick::Lanes
             } else {
                 HmacPick::Library
@@ -245,11 +245,10 @@ pub fn describe() -> String {
         HmacPick::Library => {}
         HmacPick::Sse => extra.push_str("; SSE with SHA-NI for HMAC-SHA1/SHA-256"),
         HmacPick::Lanes => {
-            extra.push_str("; HMAC-SHA1 on 4-lane SHA-NI");
+            extra.push_str("; HMAC-SHA1/SHA-256 on 4-lane SHA-NI");
             if super::cbc_vaes::available() {
-                extra.push_str(" with AES-CBC encryption on 16-lane VAES");
+                extra.push_str(", AES-CBC on 16-lane VAES");
             }
-            extra.push_str(", SSE with SHA-NI for HMAC-SHA-256");
         }
     }
     if let Some(n) = ring_min() {
@@ -333,8 +332,13 @@ fn new_with(
         } else {
             Kind::Auto
         };
-        let lanes = (alg == 1 && pick == HmacPick::Lanes).then(|| Sha1Lanes {
-            hmac: super::sha1_ni::HmacSha1::new(int_key),
+        let hash = match alg {
+            1 => Some(super::hmac_ni::Alg::Sha1),
+            256 => Some(super::hmac_ni::Alg::Sha256),
+            _ => None,
+        };
+        let lanes = hash.filter(|_| pick == HmacPick::Lanes).map(|h| Lanes {
+            hmac: super::hmac_ni::Hmac::new(h, int_key),
             dec: if n == 16 {
                 CbcDec::A128(aes::Aes128Dec::new_from_slice(&enc_key[..16]).expect("16"))
             } else {
@@ -481,17 +485,17 @@ struct ImbCbc {
     /// The manager its bursts run on (the key data is the same for both).
     kind: Kind,
     /// HMAC-SHA1 SAs under [`HmacPick::Lanes`]: bursts bypass the job manager's hashing.
-    lanes: Option<Sha1Lanes>,
+    lanes: Option<Lanes>,
 }
 
-/// The pieces of an AES-CBC + HMAC-SHA1 SA for [`HmacPick::Lanes`]. The ICVs run on
-/// `super::sha1_ni`; opening checks them first and decrypts only packets that pass. With
+/// The pieces of an AES-CBC + HMAC-SHA1 or HMAC-SHA-256 SA for [`HmacPick::Lanes`]. The
+/// ICVs run on `super::hmac_ni`; opening checks them first and decrypts only packets that pass. With
 /// VAES both directions of AES-CBC run on `super::cbc_vaes` with the library's key schedule
 /// (Zen 3, 1,424 bytes: encryption 107 ns against the library's 237, decryption 16 blocks
 /// per step); without it encryption runs on the library (cipher only) and decryption on
 /// RustCrypto's `aes`. Key schedules and pad states are wiped on drop by their own types.
-struct Sha1Lanes {
-    hmac: super::sha1_ni::HmacSha1,
+struct Lanes {
+    hmac: super::hmac_ni::Hmac,
     dec: CbcDec,
     vaes: bool,
 }
@@ -623,12 +627,13 @@ impl ImbCbc {
 
 impl ImbCbc {
     /// [`Self::run`] for [`HmacPick::Lanes`]: up to CHUNK packets of an AES-CBC +
-    /// HMAC-SHA1-96 SA. Sealing encrypts every packet, then hashes them four at a time and
+    /// HMAC-SHA1-96 or HMAC-SHA2-256-128 SA. Sealing encrypts every packet, then hashes them
+    /// four at a time and
     /// writes the ICVs; opening hashes first, compares in constant time and decrypts only
     /// the packets whose ICV matches. ESN's seq-hi sits where the ICV goes while hashing,
     /// as in `run`.
-    fn run_lanes(&self, lanes: &Sha1Lanes, ops: &mut [CryptoOp<'_>], encrypt: bool) {
-        const ICV: usize = 12;
+    fn run_lanes(&self, lanes: &Lanes, ops: &mut [CryptoOp<'_>], encrypt: bool) {
+        let icv = self.suite.icv_len();
         let mut valid = [false; CHUNK];
         let mut hash_len = [0usize; CHUNK];
         let mut seq_hi_tail = [[0u8; 4]; CHUNK];
@@ -636,10 +641,10 @@ impl ImbCbc {
         for (i, op) in ops.iter_mut().enumerate() {
             let n = op.esp.len();
             op.ok = false;
-            if n < 24 + ICV + 16 || !(n - 24 - ICV).is_multiple_of(16) {
+            if n < 24 + icv + 16 || !(n - 24 - icv).is_multiple_of(16) {
                 continue;
             }
-            let authed = n - ICV;
+            let authed = n - icv;
             valid[i] = true;
             any = true;
             hash_len[i] = authed;
@@ -658,7 +663,7 @@ impl ImbCbc {
                 .zip(valid)
                 .filter(|(_, v)| *v)
                 .map(|(op, _)| {
-                    let authed = op.esp.len() - ICV;
+                    let authed = op.esp.len() - icv;
                     &mut op.esp[8..authed]
                 })
                 .collect();
@@ -666,7 +671,7 @@ impl ImbCbc {
                 return;
             }
         }
-        let mut tags = [[0u8; 20]; CHUNK];
+        let mut tags = [[0u8; 32]; CHUNK];
         {
             let msgs: smallvec::SmallVec<[&[u8]; CHUNK]> = ops
                 .iter()
@@ -681,9 +686,9 @@ impl ImbCbc {
             if !valid[i] {
                 continue;
             }
-            let tag = &tags[j][..ICV];
+            let tag = &tags[j][..icv];
             j += 1;
-            let authed = op.esp.len() - ICV;
+            let authed = op.esp.len() - icv;
             if encrypt {
                 op.esp[authed..].copy_from_slice(tag);
                 op.ok = true;
@@ -703,7 +708,7 @@ impl ImbCbc {
                 .iter_mut()
                 .filter(|op| op.ok)
                 .map(|op| {
-                    let authed = op.esp.len() - ICV;
+                    let authed = op.esp.len() - icv;
                     &mut op.esp[8..authed]
                 })
                 .collect();
@@ -729,7 +734,7 @@ impl ImbCbc {
     /// CBC-encrypts `IV | plaintext` buffers in place: 16-lane VAES with the library's key
     /// schedule, or the library's job manager with no hash.
     /// False when the library failed a job (then no packet of the burst is sealed).
-    fn cbc_encrypt(&self, lanes: &Sha1Lanes, bufs: &mut [&mut [u8]]) -> bool {
+    fn cbc_encrypt(&self, lanes: &Lanes, bufs: &mut [&mut [u8]]) -> bool {
         if lanes.vaes {
             super::cbc_vaes::encrypt_burst(self.enc_schedule(), bufs);
             return true;
@@ -836,7 +841,7 @@ mod tests {
         if with_kind(Kind::Sse, |_| ()).is_some() {
             paths.push((HmacPick::Sse, false));
         }
-        if super::super::sha1_ni::available() {
+        if super::super::hmac_ni::available() {
             paths.push((HmacPick::Lanes, false));
             if super::super::cbc_vaes::available() {
                 paths.push((HmacPick::Lanes, true));

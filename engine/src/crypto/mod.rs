@@ -11,8 +11,8 @@
 //! (RFC 4303 section 2.2.1; RFC 4106 section 5). No allocation, no I/O.
 
 pub mod cbc_vaes;
+pub mod hmac_ni;
 pub mod rust;
-pub mod sha1_ni;
 
 #[cfg(espd_ipsec_mb)]
 pub mod imb;

@@ -394,7 +394,9 @@ def rekey_case(tag, secs):
         ours = text.count("is sending request (id=")
         theirs = text.count("processed request (id=")
         ike_rekeys = text.count("IKE SA rekeyed")
-        check(f"[{tag}] {secs:.0f} s of ping across rekeys: {got}/{n} received", got == n, line + "\n" + text[-2500:] + "\n--- charon ---\n" + c.log()[-2000:])
+        # Where lost pings went, should any be: the workers' drop counters by reason.
+        drops = json.dumps(e.show("counters").get("worker", {}).get("drops"))
+        check(f"[{tag}] {secs:.0f} s of ping across rekeys: {got}/{n} received", got == n, line + "\nespd drops: " + drops + "\n" + text[-2500:] + "\n--- charon ---\n" + c.log()[-2000:])
         check(f"[{tag}] both sides rekeyed (espd started {ours}, strongSwan started {theirs} CREATE_CHILD_SA), IKE SA rekeyed {ike_rekeys}x",
               ours >= 1 and theirs >= 1 and ike_rekeys >= 1 and child_rekeys >= 0, text[-3000:])
         # A CHILD_SA rekey every few seconds: the old pair stays installed for a moment after

@@ -153,8 +153,10 @@ def rekey_case(tag, secs):
         children = text.count("CHILD_SA established")
         p1_ours = text.count("IKEv1 phase 1 rekeyed")
         p1_theirs = text.count("IKE SA established (IKEv1") - 1
+        # Where lost pings went, should any be: the workers' drop counters by reason.
+        drops = json.dumps(e.show("counters").get("worker", {}).get("drops"))
         check(f"[{tag}] {secs:.0f} s of ping across rekeys: {got}/{n} received", got == n,
-              line + "\n" + text[-2500:] + "\n--- charon ---\n" + c.log()[-2000:])
+              line + "\nespd drops: " + drops + "\n" + text[-2500:] + "\n--- charon ---\n" + c.log()[-2000:])
         check(f"[{tag}] both sides rekeyed phase 2 ({children - 1} new SA pairs, {ours} by espd) and phase 1 ({p1_ours} by espd, {p1_theirs} by strongSwan)",
               ours >= 1 and children - 1 > ours and p1_ours >= 1 and p1_theirs >= 1, text[-3000:] + "\n--- charon ---\n" + c.log()[-2000:])
         time.sleep(1)

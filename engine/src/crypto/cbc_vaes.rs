@@ -55,20 +55,26 @@ struct Lane {
     done: usize,
 }
 
+/// The preconditions both directions assert: VAES present, an AES-128 or AES-256
+/// schedule, whole-block buffers.
+fn check_args(round_keys: &[[u8; 16]], bufs: &[&mut [u8]]) {
+    assert!(available(), "VAES CBC on a CPU without VAES");
+    assert!(
+        matches!(round_keys.len(), 11 | 15),
+        "AES-128 or AES-256 schedule"
+    );
+    for b in bufs {
+        assert!(b.len().is_multiple_of(16), "whole blocks");
+    }
+}
+
 /// Encrypts each `IV | plaintext` buffer in place with AES-CBC under `round_keys` (11 keys:
 /// AES-128, 15: AES-256). Buffers shorter than two blocks have nothing to encrypt.
 ///
 /// # Panics
 /// If the CPU lacks VAES, a buffer is not whole blocks, or the schedule is not 11 or 15 keys.
 pub fn encrypt_burst(round_keys: &[[u8; 16]], bufs: &mut [&mut [u8]]) {
-    assert!(available(), "VAES CBC on a CPU without VAES");
-    assert!(
-        matches!(round_keys.len(), 11 | 15),
-        "AES-128 or AES-256 schedule"
-    );
-    for b in bufs.iter() {
-        assert!(b.len().is_multiple_of(16), "whole blocks");
-    }
+    check_args(round_keys, bufs);
     let blocks = |b: &[u8]| (b.len() / 16).saturating_sub(1);
     // Idle lanes run on this scratch pair of blocks (chain, block), going nowhere.
     let mut scratch = [0u8; 32];
@@ -132,14 +138,7 @@ pub fn encrypt_burst(round_keys: &[[u8; 16]], bufs: &mut [&mut [u8]]) {
 /// # Panics
 /// As [`encrypt_burst`].
 pub fn decrypt_burst(round_keys: &[[u8; 16]], bufs: &mut [&mut [u8]]) {
-    assert!(available(), "VAES CBC on a CPU without VAES");
-    assert!(
-        matches!(round_keys.len(), 11 | 15),
-        "AES-128 or AES-256 schedule"
-    );
-    for b in bufs.iter() {
-        assert!(b.len().is_multiple_of(16), "whole blocks");
-    }
+    check_args(round_keys, bufs);
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the CPU has AVX2, VAES and AES-NI (asserted above); the kernel stays inside
     // each buffer (whole blocks, asserted above).

@@ -535,6 +535,12 @@ impl Drop for ImbCbc {
     }
 }
 
+/// Whether an ESP packet of `n` bytes can be AES-CBC: header and IV (24 bytes), at least
+/// one whole block, whole blocks only, then the ICV.
+fn cbc_len_ok(n: usize, icv: usize) -> bool {
+    n >= 24 + icv + 16 && (n - 24 - icv).is_multiple_of(16)
+}
+
 /// Most packets one job-manager call takes; longer bursts are cut into chunks of this size.
 const CHUNK: usize = 64;
 
@@ -557,7 +563,7 @@ impl ImbCbc {
         for (i, op) in ops.iter_mut().enumerate() {
             let n = op.esp.len();
             op.ok = false;
-            if n < 24 + icv + 16 || !(n - 24 - icv).is_multiple_of(16) {
+            if !cbc_len_ok(n, icv) {
                 continue;
             }
             let authed = n - icv;
@@ -641,7 +647,7 @@ impl ImbCbc {
         for (i, op) in ops.iter_mut().enumerate() {
             let n = op.esp.len();
             op.ok = false;
-            if n < 24 + icv + 16 || !(n - 24 - icv).is_multiple_of(16) {
+            if !cbc_len_ok(n, icv) {
                 continue;
             }
             let authed = n - icv;
@@ -868,9 +874,27 @@ mod tests {
         }
     }
 
-    /// Header, IV, at least one block, whole blocks, ICV.
-    fn well_formed(n: usize, icv: usize) -> bool {
-        n >= 24 + icv + 16 && (n - 24 - icv).is_multiple_of(16)
+    /// Seals or opens the packets as one burst; the per-packet `ok` flags.
+    fn burst(
+        t: &dyn EspTransform,
+        pkts: &mut [Vec<u8>],
+        seq_hi: Option<u32>,
+        seal: bool,
+    ) -> Vec<bool> {
+        let mut ops: Vec<CryptoOp<'_>> = pkts
+            .iter_mut()
+            .map(|p| CryptoOp {
+                esp: &mut p[..],
+                seq_hi,
+                ok: false,
+            })
+            .collect();
+        if seal {
+            t.seal_burst(&mut ops);
+        } else {
+            t.open_burst(&mut ops);
+        }
+        ops.iter().map(|o| o.ok).collect()
     }
 
     fn check_bursts(
@@ -895,19 +919,9 @@ mod tests {
             .map(|(k, &n)| (0..n).map(|j| (j * 13 + k * 7 + 1) as u8).collect())
             .collect();
         let mut sealed = base.clone();
-        let mut ops: Vec<CryptoOp<'_>> = sealed
-            .iter_mut()
-            .map(|p| CryptoOp {
-                esp: &mut p[..],
-                seq_hi,
-                ok: false,
-            })
-            .collect();
-        t.seal_burst(&mut ops);
-        let oks: Vec<bool> = ops.iter().map(|o| o.ok).collect();
-        drop(ops);
+        let oks = burst(t, &mut sealed, seq_hi, true);
         for (k, p) in sealed.iter().enumerate() {
-            let well_formed = well_formed(lens[k], icv);
+            let well_formed = cbc_len_ok(lens[k], icv);
             assert_eq!(oks[k], well_formed, "{what}: packet {k} sealed flag");
             if !well_formed {
                 continue;
@@ -924,19 +938,9 @@ mod tests {
                 p[at] ^= 0x40;
             }
         }
-        let mut ops: Vec<CryptoOp<'_>> = opened
-            .iter_mut()
-            .map(|p| CryptoOp {
-                esp: &mut p[..],
-                seq_hi,
-                ok: false,
-            })
-            .collect();
-        t.open_burst(&mut ops);
-        let oks: Vec<bool> = ops.iter().map(|o| o.ok).collect();
-        drop(ops);
+        let oks = burst(t, &mut opened, seq_hi, false);
         for (k, p) in opened.iter().enumerate() {
-            let well_formed = well_formed(lens[k], icv);
+            let well_formed = cbc_len_ok(lens[k], icv);
             let tampered = k % 3 == 1 && lens[k] > 40;
             assert_eq!(
                 oks[k],
